@@ -1,5 +1,4 @@
-"""Shared test set-up: keep TensorFlow off accelerators and quiet."""
+"""Shared test set-up: keep TensorFlow quiet."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
