@@ -34,11 +34,13 @@ HEADS = "heads"  # attention heads
 HEAD_DIM = "head_dim"  # per-head width
 VOCAB = "vocab"  # token values (embedding rows, output logits)
 COND = "cond"  # conditioning vector width (time / label embedding)
+COND_IN = "cond_in"  # input side of a cond -> cond projection
 CONV_IN = "conv_in"  # convolution input channels
 CONV_OUT = "conv_out"  # convolution output channels
 HEIGHT = "height"
 WIDTH = "width"
-KERNEL = "kernel"  # convolution spatial window axes
+KERNEL = "kernel"  # convolution window rows
+KERNEL_W = "kernel_w"  # convolution window columns
 NORM = "norm"  # scale/bias of normalisation layers
 
 # The default rule table: logical axis -> mesh axis (or a tuple of them, or
@@ -52,11 +54,13 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (HEAD_DIM, None),
     (VOCAB, TENSOR),
     (COND, None),
+    (COND_IN, None),
     (CONV_IN, None),
     (CONV_OUT, FSDP),
     (HEIGHT, None),
     (WIDTH, None),
     (KERNEL, None),
+    (KERNEL_W, None),
     (NORM, None),
 )
 

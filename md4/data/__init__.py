@@ -1,0 +1,1 @@
+"""Data: grain pipelines (`pipelines.build_datasets`), sources, tokenizers."""

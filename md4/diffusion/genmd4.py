@@ -105,14 +105,15 @@ def diffusion_integrand(x: jax.Array, z_t: jax.Array, logits: jax.Array,
 def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
           power_param: jax.Array, *, vocab_size: int, eps: float = 1e-4,
           t1: float = 1e-4, label: jax.Array | None = None,
-          antithetic: bool = True) -> tuple[dict[str, jax.Array],
-                                            dict[str, jax.Array]]:
+          antithetic: bool = True, t: jax.Array | None = None,
+          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """The GenMD4 surrogate loss and negative ELBO per example.
 
   The denoiser is called once on a batch of 2B (two draws per example).
 
   Args:
-    rng: PRNG key for the time and the mask draws.
+    rng: PRNG key for the time and the mask draws, or one key per example
+      [B] for the mask draws (then `t` must be given).
     x: int tokens [B, *data_shape] in [0, vocab_size).
     denoise: `logits = denoise(z_t, t, label)`.
     power_param: unconstrained schedule parameters [V].
@@ -121,6 +122,7 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
     t1: the diffusion integral runs over [t1, 1]; reconstruction is at t1.
     label: optional int [B].
     antithetic: stratify the B time samples.
+    t: optional times [B] in [0, 1), mapped to [t1, 1), instead of drawing.
 
   Returns:
     (terms, scalars): per-example nats [B] (`loss` the surrogate,
@@ -131,15 +133,21 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
   batch_size = x.shape[0]
   num_elements = math.prod(x.shape[1:])
   w = powers(power_param)  # [V]
-  t_rng, z_rng = jax.random.split(rng)
-
-  t = t1 + (1.0 - t1) * md4.sample_times(t_rng, batch_size, antithetic)  # [B]
+  if eps <= 0:
+    raise ValueError(f"config.model.eps must be > 0 for GenMD4, got {eps}.")
+  t_rng, z_rng = md4.time_and_mask_rngs(rng, t)
+  if t is None:
+    t = md4.sample_times(t_rng, batch_size, antithetic)
+  t = t1 + (1.0 - t1) * t  # [B]
   x2 = jnp.concatenate([x] * NUM_DRAWS)  # [2B, ...]
   t2 = jnp.concatenate([t] * NUM_DRAWS)  # [2B]
   label2 = None if label is None else jnp.concatenate([label] * NUM_DRAWS)
   t2_data = md4.broadcast_to_data(t2, x2)  # [2B, 1, ...]
   w_x2 = w[x2]  # [2B, ...]
-  keep = jax.random.uniform(z_rng, x2.shape) < alpha(w_x2, t2_data, eps)
+  # Draw k of example b in row k * B + b: [B, 2, ...] -> [2B, ...].
+  u = md4.uniform(z_rng, (batch_size, NUM_DRAWS) + x.shape[1:])
+  u = jnp.swapaxes(u, 0, 1).reshape(x2.shape)
+  keep = u < alpha(w_x2, t2_data, eps)
   z2 = jnp.where(keep, x2, jnp.asarray(mask_id, x2.dtype))  # [2B, ...]
 
   logits = denoise(z2, t2, label2)  # [2B, ..., V]

@@ -81,12 +81,24 @@ def discretize_times(t: jax.Array, num_steps: int):
   return (i - 1.0) / num_steps, i / num_steps
 
 
+def uniform(rng: jax.Array, shape) -> jax.Array:
+  """U[0, 1) draws of `shape` from one key, or from one key per example.
+
+  With per-example keys (a [B] array of typed keys) each example's draws
+  depend only on its own key, so splitting a batch into micro-batches does
+  not change any example's noise.
+  """
+  if rng.ndim == 0:
+    return jax.random.uniform(rng, shape)
+  return jax.vmap(lambda k: jax.random.uniform(k, shape[1:]))(rng)
+
+
 def forward_sample(rng: jax.Array, x: jax.Array, alpha_t: jax.Array,
                    mask_id: int) -> jax.Array:
   """Draws z_t ~ q(z_t | x): each token kept with probability alpha_t.
 
   Args:
-    rng: PRNG key.
+    rng: a PRNG key, or one key per example [B].
     x: int tokens [B, ...].
     alpha_t: keep probability, broadcastable to x (e.g. [B, 1, ...]).
     mask_id: the mask token.
@@ -94,7 +106,7 @@ def forward_sample(rng: jax.Array, x: jax.Array, alpha_t: jax.Array,
   Returns:
     z_t: int tokens [B, ...], same dtype as x.
   """
-  keep = jax.random.uniform(rng, x.shape) < alpha_t
+  keep = uniform(rng, x.shape) < alpha_t
   return jnp.where(keep, x, jnp.asarray(mask_id, x.dtype))
 
 
@@ -163,11 +175,13 @@ def diffusion_weight(schedule: schedules.MaskingSchedule, t: jax.Array,
 def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
           schedule: schedules.MaskingSchedule, *, vocab_size: int,
           label: jax.Array | None = None, num_steps: int = 0,
-          antithetic: bool = True) -> dict[str, jax.Array]:
+          antithetic: bool = True, t: jax.Array | None = None,
+          ) -> dict[str, jax.Array]:
   """One Monte-Carlo sample of the MD4 negative ELBO per example.
 
   Args:
-    rng: PRNG key for the time and the mask draws.
+    rng: PRNG key for the time and the mask draws, or one key per example
+      [B] for the mask draws (then `t` must be given).
     x: int tokens [B, *data_shape] in [0, vocab_size).
     denoise: `logits = denoise(z_t, t, label)`, logits [B, *data_shape, V].
     schedule: the masking schedule.
@@ -175,6 +189,7 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
     label: optional int [B] passed through to the denoiser.
     num_steps: 0 for continuous time, T > 0 for the T-step discrete ELBO.
     antithetic: stratify the B time samples.
+    t: optional times [B] in [0, 1) to use instead of drawing them.
 
   Returns:
     Per-example nats [B]: `loss` = `loss_diff` + `loss_recon` + `loss_prior`.
@@ -182,9 +197,9 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
   mask_id = mask_token(vocab_size)
   batch_size = x.shape[0]
   num_elements = math.prod(x.shape[1:])
-  t_rng, z_rng = jax.random.split(rng)
-
-  t = sample_times(t_rng, batch_size, antithetic)  # [B]
+  t_rng, z_rng = time_and_mask_rngs(rng, t)
+  if t is None:
+    t = sample_times(t_rng, batch_size, antithetic)  # [B]
   weight, t_query = diffusion_weight(schedule, t, num_steps)  # [B], [B]
   alpha_t = broadcast_to_data(schedule.alpha(t_query), x)  # [B, 1, ...]
   z_t = forward_sample(z_rng, x, alpha_t, mask_id)  # [B, ...]
@@ -200,6 +215,15 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
       "loss_recon": loss_recon,
       "loss_prior": loss_prior,
   }
+
+
+def time_and_mask_rngs(rng, t):
+  """Splits one key into (time, mask) keys; per-example keys need given t."""
+  if rng.ndim == 0:
+    return jax.random.split(rng)
+  if t is None:
+    raise ValueError("per-example keys need the times t to be given")
+  return None, rng
 
 
 def drop_labels(rng: jax.Array, label: jax.Array, drop_prob: float,

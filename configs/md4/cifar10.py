@@ -1,0 +1,44 @@
+"""MD4 on CIFAR-10 (32x32x3, 256 values per channel), Shi et al. (2024).
+
+Variants: `default` (continuous time), `discrete` (T = 256 steps), `cpu`.
+"""
+
+from md4 import configuration
+
+
+def get_config(arg=None):
+  name = configuration.variant(arg, ("default", "discrete", "cpu"))
+  c = configuration.default_config()
+  c.data.dataset = "cifar10"
+  c.data.data_shape = (32, 32, 3)
+  c.data.vocab_size = 256
+  c.model.schedule = "linear"
+  c.model.num_steps = 256 if name == "discrete" else 0
+  c.network = configuration.unet(ch=128, num_res_blocks=32, dropout_rate=0.1,
+                                 ch_mult=(1,), attn_resolutions=(),
+                                 embed_dim=32)
+  c.optimizer.learning_rate = 2e-4
+  c.optimizer.warmup_steps = 100
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.ema_decay = 0.9999
+  c.train.batch_size = 256
+  c.train.num_steps = 2_000_000
+  c.train.eval_batch_size = 256
+  c.train.eval_every = 20_000
+  c.train.checkpoint_every = 10_000
+  c.train.sample_every = 20_000
+  c.train.log_every = 500
+  c.train.num_samples = 64
+  c.train.sample_steps = 256
+  if name == "cpu":
+    c.network = configuration.unet(ch=64, num_res_blocks=4, dropout_rate=0.0)
+    c.train.batch_size = c.train.eval_batch_size = 8
+    c.train.eval_max_batches = 4
+    c.train.num_steps = 1000
+    c.train.eval_every = c.train.checkpoint_every = 500
+    c.train.sample_every = 500
+    c.train.log_every = 50
+    c.train.num_samples = 4
+    c.train.sample_steps = 32
+  return c

@@ -1,0 +1,61 @@
+"""MD4 on ImageNet 64x64 with a U-ViT, Shi et al. (2024).
+
+Variants: `default` (unconditional), `cond` (class-conditional, with label
+dropout for classifier-free guidance), `cpu` (shrunk).
+"""
+
+import ml_collections
+
+from md4 import configuration
+
+
+def get_config(arg=None):
+  name = configuration.variant(arg, ("default", "cond", "cpu"))
+  c = configuration.default_config()
+  c.data.dataset = "imagenet64"
+  c.data.data_shape = (64, 64, 3)
+  c.data.vocab_size = 256
+  c.model.schedule = "linear"
+  c.model.class_conditional = name == "cond"
+  c.model.cond_drop_prob = 0.1
+  c.network = ml_collections.ConfigDict(dict(
+      name="uvit",
+      dtype="float32",
+      embed_dim=32,  # Per-channel token embedding width.
+      ch=256,  # U-Net base channels.
+      ch_mult=(1, 1, 2),  # Per level; 64 -> 16 before the transformer.
+      num_res_blocks=8,  # U-Net residual blocks (see md4/networks/uvit.py).
+      num_transformer_layers=20,
+      transformer_width=768,
+      num_heads=12,
+      mlp_type="glu",
+      dropout_rate=0.1,
+      time_features="t",
+      remat=False,
+  ))
+  c.optimizer.learning_rate = 2e-4
+  c.optimizer.warmup_steps = 100
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.01
+  c.train.batch_size = 512
+  c.train.num_steps = 2_000_000
+  c.train.eval_batch_size = 512
+  c.train.eval_every = 20_000
+  c.train.checkpoint_every = 10_000
+  c.train.sample_every = 20_000
+  c.train.log_every = 500
+  c.train.num_samples = 16
+  c.train.sample_steps = 256
+  if name == "cpu":
+    c.network.ch, c.network.num_res_blocks = 32, 1
+    c.network.num_transformer_layers, c.network.transformer_width = 2, 64
+    c.network.num_heads = 4
+    c.train.batch_size = c.train.eval_batch_size = 4
+    c.train.eval_max_batches = 2
+    c.train.num_steps = 200
+    c.train.eval_every = c.train.checkpoint_every = 100
+    c.train.sample_every = 100
+    c.train.log_every = 10
+    c.train.num_samples = 4
+    c.train.sample_steps = 16
+  return c

@@ -1,0 +1,192 @@
+"""Every configuration field md4 reads, its default, and validation.
+
+Config files (`configs/<family>/<dataset>.py`) start from `default_config()`
+and change what their experiment needs. `validate` rejects any key that is
+not defined here, naming the nearest valid key, so a misspelt override never
+silently trains the wrong model. Network fields (`config.network`) are
+checked against the chosen network's own fields by `md4.networks`.
+"""
+
+import difflib
+
+import ml_collections
+
+# Sections whose keys are fixed here. `network` is open: its keys are the
+# fields of the network named by `network.name`.
+_CLOSED_SECTIONS = ("data", "model", "optimizer", "train", "sharding")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default value of every field, with what it means."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameters, data order, time and mask draws.
+  # Initialise parameters (not the optimizer or step) from another run: a
+  # workdir or a checkpoint directory. Ignored when the workdir already has
+  # a checkpoint, which is resumed instead.
+  c.restore_from = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "digits"  # One of md4.data.pipelines.DATASETS.
+  c.data.data_dir = "./data_dir"  # Where data files live (or are downloaded).
+  c.data.data_shape = (8, 8, 1)  # One example: (L,) text, (H, W, C) images.
+  c.data.vocab_size = 17  # Token values per position; the mask id is this.
+  c.data.num_workers = 0  # grain worker processes; 0 loads in-process.
+  c.data.pad_to = 0  # MNIST only: zero-pad 28x28 to pad_to x pad_to.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.process = "md4"  # "md4" or "genmd4".
+  c.model.schedule = "linear"  # MD4: linear, cosine or polyK.
+  c.model.eps = 1e-4  # alpha stays in [eps, 1 - eps].
+  c.model.num_steps = 0  # 0: continuous-time ELBO; T > 0: T-step ELBO.
+  c.model.antithetic = True  # Stratified time samples within a batch.
+  c.model.class_conditional = False  # Feed labels to the denoiser.
+  c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
+  c.model.power_init = 1.0  # GenMD4: initial exponent of every value.
+  c.model.t1 = 1e-4  # GenMD4: the diffusion integral starts at t1.
+
+  c.network = ml_collections.ConfigDict()
+  c.network.name = "unet"  # transformer, unet or uvit.
+  c.network.dtype = "float32"  # Compute dtype; parameters stay float32.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-4  # Peak learning rate.
+  c.optimizer.lr_schedule = "cosine"  # After warm-up: cosine or constant.
+  c.optimizer.warmup_steps = 2000  # Linear warm-up from 0.
+  c.optimizer.min_lr_ratio = 0.0  # Cosine decays to this times the peak.
+  c.optimizer.b1 = 0.9  # AdamW first-moment decay.
+  c.optimizer.b2 = 0.999  # AdamW second-moment decay.
+  c.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
+  c.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+  c.optimizer.ema_decay = 0.9999  # EMA of parameters; 0 keeps no EMA.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # Global batch over all devices and processes.
+  c.train.num_steps = 10_000  # Total optimisation steps.
+  c.train.micro_batches = 1  # Gradient accumulation: batch split k ways.
+  c.train.log_every = 100  # Steps between training metric writes.
+  c.train.eval_every = 1000  # Steps between evaluations (and at the end).
+  c.train.eval_batch_size = 64  # Global eval batch.
+  c.train.eval_max_batches = 0  # Per split per evaluation; 0 means all.
+  c.train.checkpoint_every = 1000  # Steps between checkpoints (and at end).
+  c.train.keep_checkpoints = 3  # How many recent checkpoints to keep.
+  c.train.keep_period = 0  # Also keep every k-th step's checkpoint; 0 off.
+  c.train.sample_every = 1000  # Steps between sample writes (and at end).
+  c.train.num_samples = 16  # Samples per write.
+  c.train.sample_steps = 100  # Ancestral sampler steps.
+
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest.
+  c.sharding.rules = ()  # ((logical, mesh axes), ...); empty = defaults.
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects unknown keys (with the nearest valid one) and bad values."""
+  reference = default_config()
+  _check_keys(config, reference, "config")
+  for section in _CLOSED_SECTIONS:
+    _check_keys(config[section], reference[section], f"config.{section}")
+  _check_values(config)
+
+
+def _check_keys(given, reference, where: str) -> None:
+  valid = list(reference.keys())
+  for key in given.keys():
+    if key not in reference:
+      near = difflib.get_close_matches(key, valid, n=1)
+      hint = f"; did you mean {where}.{near[0]}?" if near else ""
+      raise ValueError(
+          f"{where}.{key} is not a known field{hint} Valid fields: "
+          f"{', '.join(sorted(valid))}.")
+
+
+def _check_values(config) -> None:
+  """Cheap checks that must fail before any compilation."""
+  positive = {
+      "train.batch_size": config.train.batch_size,
+      "train.num_steps": config.train.num_steps,
+      "train.micro_batches": config.train.micro_batches,
+      "train.eval_batch_size": config.train.eval_batch_size,
+      "data.vocab_size": config.data.vocab_size,
+  }
+  for name, value in positive.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got "
+                       f"{value!r}.")
+  if config.train.batch_size % config.train.micro_batches:
+    raise ValueError(
+        f"config.train.batch_size={config.train.batch_size} must be divisible"
+        f" by config.train.micro_batches={config.train.micro_batches}.")
+  if config.model.process not in ("md4", "genmd4"):
+    raise ValueError(
+        f"config.model.process={config.model.process!r} is not a diffusion "
+        "process; valid: md4, genmd4.")
+  if config.optimizer.lr_schedule not in ("cosine", "constant"):
+    raise ValueError(
+        f"config.optimizer.lr_schedule={config.optimizer.lr_schedule!r}; "
+        "valid: cosine, constant.")
+  if not 0.0 <= config.optimizer.ema_decay < 1.0:
+    raise ValueError(
+        f"config.optimizer.ema_decay must be in [0, 1), got "
+        f"{config.optimizer.ema_decay}.")
+
+
+# The paper's DiT sizes (Shi et al., 2024): layers, width, heads.
+TRANSFORMER_SIZES = {
+    "tiny": (2, 64, 4),  # CPU smoke runs.
+    "cpu": (4, 256, 8),  # Laptop-scale runs and the CPU benchmarks.
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+}
+
+
+def transformer(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
+  """config.network for the DiT transformer of a named size."""
+  if size not in TRANSFORMER_SIZES:
+    raise ValueError(f"transformer size {size!r}; valid: "
+                     f"{', '.join(TRANSFORMER_SIZES)}.")
+  layers, width, heads = TRANSFORMER_SIZES[size]
+  return ml_collections.ConfigDict(dict(
+      name="transformer",
+      dtype="float32",
+      num_layers=layers,  # Transformer blocks.
+      width=width,  # Residual stream width.
+      num_heads=heads,  # Attention heads (head dim = width / heads).
+      mlp_type="glu",  # glu (GELU-gated), swiglu or gelu.
+      mlp_ratio=4.0,  # MLP hidden = 2/3 * ratio * width for gated MLPs.
+      cond_width=128,  # Time/label conditioning vector width.
+      depth_scaled_init=True,  # Output projections scaled by 1/sqrt(2 L).
+      use_rope=True,  # Rotary position embeddings.
+      dropout_rate=dropout_rate,
+      time_features="t",  # "t" or "none" (time-agnostic denoiser).
+      remat=False,  # Recompute block activations in the backward pass.
+  ))
+
+
+def variant(arg: str | None, valid: tuple[str, ...]) -> str:
+  """The `:variant` suffix of a config path, checked against the valid ones."""
+  arg = arg or valid[0]
+  if arg not in valid:
+    raise ValueError(f"config variant {arg!r} is not defined; valid: "
+                     f"{', '.join(valid)}.")
+  return arg
+
+
+def unet(ch: int, num_res_blocks: int, dropout_rate: float,
+         ch_mult=(1,), attn_resolutions=(), embed_dim: int = 32,
+         ) -> ml_collections.ConfigDict:
+  """config.network for the image U-Net."""
+  return ml_collections.ConfigDict(dict(
+      name="unet",
+      dtype="float32",
+      embed_dim=embed_dim,  # Per-channel token embedding width.
+      ch=ch,  # Base channel count.
+      ch_mult=tuple(ch_mult),  # Channel multiplier per resolution level.
+      num_res_blocks=num_res_blocks,  # Residual blocks per level.
+      attn_resolutions=tuple(attn_resolutions),  # Sizes with self-attention.
+      num_heads=1,  # Heads of those attention layers.
+      cond_width=512,  # Time/label conditioning width.
+      dropout_rate=dropout_rate,
+      time_features="t",  # "t" or "none".
+      remat=False,  # Recompute residual blocks in the backward pass.
+  ))

@@ -1,0 +1,240 @@
+"""Training and evaluation pipelines: `build_datasets(config.data, ...)`.
+
+Training: a grain `DataLoader` over this process's shard of the training
+records; infinite, shuffled with the given seed (a fresh permutation every
+epoch), batches of `global_batch_size // process_count`. Iterating it gives a
+`grain.DataLoaderIterator` whose `get_state`/`set_state` (or orbax's
+`grain.checkpoint.CheckpointSave/Restore`) checkpoint the position exactly.
+
+Evaluation: per split, a callable returning a fresh finite iterator over this
+process's contiguous part of the split, in order, with batches of exactly
+`eval_batch_size // process_count`. Every process yields the same number of
+batches (collectives need it); the last ones are padded with zero examples
+whose `"weight"` is 0.0 (1.0 for real examples).
+
+Batches are dicts of numpy arrays: `"x"` int32 `[b, *data_shape]`, `"label"`
+int32 `[b]` for labelled data sets, and `"weight"` float32 `[b]` in eval.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from md4.data import digits
+from md4.data import mnist
+from md4.data import sources
+from md4.data import text8
+from md4.data import tfds_images
+
+DataInfo = sources.DataInfo
+Batch = dict[str, np.ndarray]
+
+_LOADERS: dict[str, Callable[[Any], sources.LoadedData]] = {
+    "digits": digits.load,
+    "text8": text8.load,
+    "mnist": functools.partial(mnist.load, binarized=False),
+    "binarized_mnist": functools.partial(mnist.load, binarized=True),
+    "cifar10": tfds_images.load_cifar10,
+    "imagenet64": tfds_images.load_imagenet64,
+}
+# Data sets that read `data_config.pad_to`.
+_PADDABLE = ("mnist", "binarized_mnist")
+DATASET_NAMES = tuple(_LOADERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+  """What `build_datasets` returns.
+
+  Attributes:
+    train: infinite, shuffled, sharded training loader; `iter(train)` gives a
+      checkpointable iterator of batches.
+    eval: evaluation split name -> callable returning a fresh finite iterator
+      of padded batches with a "weight" entry.
+    info: shape, vocabulary, classes, kind and decoder of the data.
+  """
+
+  train: grain.DataLoader
+  eval: dict[str, Callable[[], Iterator[Batch]]]
+  info: DataInfo
+
+
+def build_datasets(
+    data_config: Any,
+    *,
+    global_batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Datasets:
+  """Builds the training loader and evaluation iterators of a data set.
+
+  Args:
+    data_config: `config.data` with `dataset`, `data_dir`, `data_shape`,
+      `vocab_size`, `num_workers` (grain worker processes; 0 = in-process) and
+      `pad_to` (MNIST variants only; 0 = no padding).
+    global_batch_size: training examples per step over all processes.
+    eval_batch_size: evaluation examples per batch over all processes.
+    seed: shuffling (and random crop) seed, an integer in [0, 2**32).
+    process_index: this process; defaults to `jax.process_index()`.
+    process_count: number of processes; defaults to `jax.process_count()`.
+
+  Returns:
+    The `Datasets`.
+
+  Raises:
+    ValueError: for an unknown data set, a config that does not match the
+      data, or batch sizes not divisible by the process count.
+    FileNotFoundError: if the data is missing and cannot be downloaded.
+  """
+  process_index, process_count = _processes(process_index, process_count)
+  train_batch = _per_process(global_batch_size, process_count, "global_batch")
+  eval_batch = _per_process(eval_batch_size, process_count, "eval_batch")
+  _check_seed(seed)
+  _check_num_workers(data_config.num_workers)
+  load = _loader(data_config)
+  loaded = load(data_config)
+
+  if len(loaded.train) < process_count:
+    raise ValueError(
+        f"the {data_config.dataset} training split has {len(loaded.train)}"
+        f" records, fewer than the {process_count} processes sharing it."
+    )
+  shard = grain.sharding.ShardOptions(
+      shard_index=process_index,
+      shard_count=process_count,
+      drop_remainder=True,
+  )
+  train = grain.DataLoader(
+      data_source=loaded.train,
+      sampler=grain.samplers.IndexSampler(
+          num_records=len(loaded.train),
+          shard_options=shard,
+          shuffle=True,
+          num_epochs=None,
+          seed=int(seed),
+      ),
+      operations=[
+          *loaded.train_transforms,
+          grain.transforms.Batch(batch_size=train_batch, drop_remainder=True),
+      ],
+      worker_count=int(data_config.num_workers),
+      shard_options=shard,
+  )
+  evals = {
+      split: functools.partial(
+          eval_batches,
+          source,
+          batch_size=eval_batch,
+          process_index=process_index,
+          process_count=process_count,
+      )
+      for split, source in loaded.eval.items()
+  }
+  return Datasets(train=train, eval=evals, info=loaded.info)
+
+
+def eval_batches(
+    source: grain.sources.RandomAccessDataSource,
+    *,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+  """Yields this process's part of `source` in padded batches.
+
+  Process `p` reads the `p`-th of `process_count` contiguous parts (sizes
+  differ by at most one). All processes yield `ceil(ceil(N / process_count) /
+  batch_size)` batches; padding examples are zeros with weight 0.
+
+  Args:
+    source: random-access source of finished examples.
+    batch_size: examples per batch in this process.
+    process_index: this process.
+    process_count: number of processes.
+
+  Yields:
+    Dicts of `[batch_size, ...]` arrays with an extra "weight" float32
+    `[batch_size]`.
+  """
+  num_examples = len(source)
+  start = process_index * num_examples // process_count
+  end = (process_index + 1) * num_examples // process_count
+  largest_part = -(-num_examples // process_count)
+  num_batches = -(-largest_part // batch_size)
+  blank = {k: np.zeros_like(v) for k, v in source[0].items()}
+  for batch_start in range(start, start + num_batches * batch_size, batch_size):
+    indices = range(batch_start, min(batch_start + batch_size, end))
+    examples = [source[i] for i in indices]
+    num_real = len(examples)
+    examples += [blank] * (batch_size - num_real)
+    batch = {k: np.stack([ex[k] for ex in examples]) for k in blank}
+    weight = np.zeros(batch_size, np.float32)  # [b]
+    weight[:num_real] = 1.0
+    batch["weight"] = weight
+    yield batch
+
+
+def _loader(data_config: Any) -> Callable[[Any], sources.LoadedData]:
+  name = data_config.dataset
+  if name not in _LOADERS:
+    raise ValueError(
+        f"data_config.dataset is {name!r}, which is not a known data set;"
+        f" choose one of {', '.join(DATASET_NAMES)}."
+    )
+  if int(data_config.pad_to) and name not in _PADDABLE:
+    raise ValueError(
+        f"data_config.pad_to is {data_config.pad_to} but padding only applies"
+        f" to {', '.join(_PADDABLE)}, not {name!r}; set data_config.pad_to ="
+        " 0."
+    )
+  return _LOADERS[name]
+
+
+def _processes(
+    process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
+  if (process_index is None) != (process_count is None):
+    raise ValueError(
+        f"got process_index={process_index} and process_count={process_count};"
+        " pass both, or neither to use jax.process_index()/process_count()."
+    )
+  if process_index is None:
+    return jax.process_index(), jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f"process_index must be in [0, process_count={process_count}), got"
+        f" {process_index}."
+    )
+  return process_index, process_count
+
+
+def _per_process(batch_size: int, process_count: int, name: str) -> int:
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(
+        f"{name}_size is {batch_size}, which must be a positive multiple of"
+        f" the number of processes ({process_count}); change {name}_size."
+    )
+  return batch_size // process_count
+
+
+def _check_seed(seed: int) -> None:
+  if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(
+        f"seed must be an integer in [0, 2**32) (grain's shuffle seed), got"
+        f" {seed!r}; change the config's seed."
+    )
+
+
+def _check_num_workers(num_workers: int) -> None:
+  if int(num_workers) < 0:
+    raise ValueError(
+        f"data_config.num_workers is {num_workers}; set it to 0 (load in this"
+        " process) or a positive number of grain worker processes."
+    )

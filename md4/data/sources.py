@@ -1,0 +1,137 @@
+"""What a data-set module hands to the pipeline builder.
+
+Every data-set module (`digits`, `text8`, `mnist`, `tfds_images`) has a
+`load(data_config) -> LoadedData` function. `LoadedData` holds grain
+random-access sources whose records are finished examples,
+
+    {"x": int32 [*data_shape], "label": int32 []}   ("label" only if labelled)
+
+except for the training source, which may need `train_transforms` (e.g. text8's
+random crop) to become one. `pipelines.build_datasets` turns these into the
+shuffled, sharded, batched training loader and the padded evaluation batches.
+
+A source's `repr` is stored in data-iterator checkpoints and compared on
+restore, so it names the data (never a memory address or a local path).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+Example = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """Facts about a data set that the model and the samplers need.
+
+  Attributes:
+    data_shape: shape of one example's `x`, e.g. `(L,)` or `(H, W, C)`.
+    vocab_size: token values are in `[0, vocab_size)`.
+    num_classes: number of label classes; 0 when examples carry no label.
+    kind: "text" or "image".
+    decode: for text, turns tokens `[L]` back into a string; None for images.
+  """
+
+  data_shape: tuple[int, ...]
+  vocab_size: int
+  num_classes: int
+  kind: str
+  decode: Callable[[np.ndarray], str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedData:
+  """A data set's sources, as returned by each data-set module's `load`.
+
+  Attributes:
+    info: the data set's `DataInfo`.
+    train: random-access source of training records.
+    eval: evaluation split name -> random-access source of finished examples.
+    train_transforms: grain transforms turning a training record into a
+      finished example (empty when `train` records already are examples).
+  """
+
+  info: DataInfo
+  train: grain.sources.RandomAccessDataSource
+  eval: Mapping[str, grain.sources.RandomAccessDataSource]
+  train_transforms: tuple[grain.transforms.Transformation, ...] = ()
+
+
+def check_matches_config(
+    data_config: Any,
+    *,
+    data_shape: Sequence[int],
+    vocab_size: int,
+    shape_hint: str = "",
+) -> None:
+  """Raises ValueError if the data's shape or vocabulary differs from config.
+
+  Args:
+    data_config: the `config.data` ConfigDict (reads `dataset`, `data_shape`
+      and `vocab_size`).
+    data_shape: the shape of one example of the data, e.g. `(28, 28, 1)`.
+    vocab_size: the number of token values of the data.
+    shape_hint: extra advice appended to the data_shape error (e.g. "or change
+      data_config.pad_to").
+  """
+  name = data_config.dataset
+  data_shape = tuple(int(d) for d in data_shape)
+  if int(data_config.vocab_size) != vocab_size:
+    raise ValueError(
+        f"data_config.vocab_size is {data_config.vocab_size} but the {name}"
+        f" data has {vocab_size} token values; set data_config.vocab_size ="
+        f" {vocab_size}."
+    )
+  config_shape = tuple(data_config.data_shape)
+  if config_shape != data_shape:
+    raise ValueError(
+        f"data_config.data_shape is {config_shape} but {name} examples have"
+        f" shape {data_shape}; set data_config.data_shape = {data_shape}"
+        f"{shape_hint}."
+    )
+
+
+class ArraySource:
+  """A random-access source over examples held in numpy arrays.
+
+  Values are stored compactly (e.g. uint8) and converted to int32 per record.
+  """
+
+  def __init__(
+      self,
+      name: str,
+      x: np.ndarray,
+      label: np.ndarray | None = None,
+  ):
+    """Wraps arrays of examples.
+
+    Args:
+      name: names the data in `repr` (and so in checkpoints), e.g.
+        "digits/train".
+      x: integer array `[N, *data_shape]`.
+      label: integer array `[N]`, or None for unlabelled data.
+    """
+    if label is not None and len(label) != len(x):
+      raise ValueError(
+          f"{name}: label has {len(label)} entries but x has {len(x)}"
+          " examples; they must have one label per example."
+      )
+    self._name = name
+    self._x = x
+    self._label = label
+
+  def __len__(self) -> int:
+    return len(self._x)
+
+  def __getitem__(self, index: int) -> Example:
+    example = {"x": self._x[index].astype(np.int32)}
+    if self._label is not None:
+      example["label"] = np.asarray(self._label[index], np.int32)
+    return example
+
+  def __repr__(self) -> str:
+    return f"ArraySource(name={self._name!r}, num_records={len(self)})"

@@ -1,0 +1,49 @@
+r"""Trains an md4 model.
+
+  python md4/main.py --config=configs/md4/digits.py --workdir=./expt
+  python md4/main.py --config=configs/md4/openwebtext.py:medium \
+      --workdir=./owt --config.train.batch_size=256
+"""
+
+import os
+import sys
+
+# `python md4/main.py` puts md4/ rather than the repository on the path.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from md4 import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with ':variant'.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and "
+                               "samples are written; rerun to resume.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info("Done: %s", result)
+  summary = [f"Finished at step {result['step']}."]
+  for key, value in sorted(result["eval"].items()):
+    if key.endswith(("bits_per_dim", "perplexity")):
+      summary.append(f"  {key}: {value:.4f}")
+  summary += [f"  samples:     {result.get('samples', '-')}",
+              f"  tensorboard: tensorboard --logdir={result['tensorboard']}",
+              f"  checkpoints: {result['checkpoints']}"]
+  print("\n".join(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

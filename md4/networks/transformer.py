@@ -1,0 +1,437 @@
+"""DiT-style bidirectional transformer denoiser for text.
+
+    z [B, L] -> token embedding (vocab_size + 1 rows, the last is MASK)
+             -> num_layers x TransformerBlock (pre-LN, adaLN-zero)
+             -> LayerNorm + adaLN shift/scale -> Dense -> logits [B, L, V]
+
+Each block reads a conditioning vector `c` (time and label, see
+`conditioning.py`). From `c` a zero-initialised Dense produces a shift, scale
+and gate for the attention branch and for the MLP branch:
+
+    x = x + gate_attn * Attention(LN(x) * (1 + scale_attn) + shift_attn)
+    x = x + gate_mlp  * MLP(LN(x) * (1 + scale_mlp) + shift_mlp)
+
+so every block starts as the identity ("adaLN-zero", Peebles & Xie 2023). The
+LayerNorms have no scale or bias of their own: adaLN supplies them.
+
+With nothing to condition on (`time_features == "none"` and
+`num_classes == 0`) the modulation is a learned per-block constant (a
+zero-initialised parameter of the same shape as the Dense's output), so the
+blocks still start as the identity.
+
+`TransformerBlock` is reused by `uvit.py`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from md4.networks.conditioning import Conditioning
+from md4.sharding import BATCH, COND, EMBED, HEAD_DIM, HEADS, LENGTH, MLP, VOCAB
+
+MLP_TYPES = ("glu", "swiglu", "gelu")
+ATTENTION_IMPLS = ("xla", "cudnn", None)
+
+# Standard deviation of the normal initialiser of every weight matrix (GPT-2).
+INIT_STD = 0.02
+LAYER_NORM_EPS = 1e-6
+ROPE_BASE = 10_000.0
+
+
+def mlp_hidden_width(width: int, mlp_ratio: float, mlp_type: str) -> int:
+  """Hidden width of the MLP.
+
+  A plain "gelu" MLP uses `int(mlp_ratio * width)`. The gated MLPs ("glu",
+  "swiglu") have three weight matrices instead of two, so to keep the
+  parameter count of a plain MLP they use `2/3 * mlp_ratio * width`, rounded
+  up to a multiple of 64 for efficient matrix tiles. For width 768 and ratio 4
+  that is 2048; for width 1024 it is 2752.
+
+  Args:
+    width: model width.
+    mlp_ratio: hidden width of a plain MLP divided by the model width.
+    mlp_type: one of MLP_TYPES.
+
+  Returns:
+    The hidden width.
+  """
+  check_choice("mlp_type", mlp_type, MLP_TYPES)
+  if mlp_type == "gelu":
+    return int(mlp_ratio * width)
+  hidden = int(2 * mlp_ratio * width / 3)
+  return -(-hidden // 64) * 64
+
+
+def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+  """Raises a ValueError naming `field` unless `value` is in `choices`."""
+  if value not in choices:
+    raise ValueError(f"{field} must be one of {choices}, got {value!r}.")
+
+
+def rotary_embedding(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+  """Rotates query or key features by position (RoPE, Su et al. 2021).
+
+  The head features are split into two halves that form the real and
+  imaginary parts of head_dim / 2 complex numbers; number i is rotated by
+  angle `position * ROPE_BASE ** (-2i / head_dim)`.
+
+  Args:
+    x: [B, L, N, H] queries or keys, H even.
+    positions: [L] integer positions.
+
+  Returns:
+    [B, L, N, H] rotated features in the dtype of `x`.
+  """
+  head_dim = x.shape[-1]
+  freqs = ROPE_BASE ** (-np.arange(0, head_dim, 2) / head_dim)  # [H/2]
+  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [L, H/2]
+  sin = jnp.sin(angles)[None, :, None, :]  # [1, L, 1, H/2]
+  cos = jnp.cos(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, L, N, H/2] each
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return rotated.astype(x.dtype)  # [B, L, N, H]
+
+
+def modulate(x: jnp.ndarray, shift: jnp.ndarray,
+             scale: jnp.ndarray) -> jnp.ndarray:
+  """adaLN modulation; `scale` is an offset from 1 so zero means identity."""
+  return x * (1 + scale) + shift
+
+
+def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm without learned scale or bias (adaLN supplies both)."""
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_scale=False, use_bias=False,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ShapedDense(nn.Module):
+  """A dense layer whose kernel is created at its full N-d shape.
+
+  flax's DenseGeneral creates a flat kernel and reshapes it, which breaks
+  logical-axis annotations under a mesh; this creates
+  kernel [*in_dims, *features] directly and contracts the trailing
+  `num_in_axes` input dimensions.
+  """
+  features: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  bias_axes: tuple[str | None, ...]
+  kernel_init: Any = nn.initializers.zeros_init()
+  num_in_axes: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    in_dims = x.shape[x.ndim - self.num_in_axes:]
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init,
+                                               self.kernel_axes),
+        tuple(in_dims) + tuple(self.features), jnp.float32)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                             self.bias_axes),
+        tuple(self.features), jnp.float32)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
+                      axes=self.num_in_axes)
+    return y + bias.astype(self.dtype)
+
+
+class AdaLNModulation(nn.Module):
+  """Zero-initialised `c -> num_chunks` vectors of the model width.
+
+  Attributes:
+    num_chunks: how many shift/scale/gate vectors to produce.
+    dtype: compute dtype.
+  """
+  num_chunks: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, c: jnp.ndarray | None,
+               width: int) -> list[jnp.ndarray]:
+    """Returns num_chunks arrays [B, 1, width] ([1, 1, width] if c is None)."""
+    zeros = nn.initializers.zeros_init()
+    if c is None:
+      # No conditioning: learned constants, zero so that blocks start as the
+      # identity.
+      mod = self.param(
+          "constant",
+          nn.with_logical_partitioning(zeros, (None, EMBED)),
+          (self.num_chunks, width), jnp.float32)
+      mod = mod.astype(self.dtype)[None]  # [1, n, W]
+    else:
+      mod = ShapedDense(
+          (self.num_chunks, width), (COND, None, EMBED), (None, EMBED),
+          kernel_init=zeros, dtype=self.dtype,
+          name="dense")(nn.silu(c))  # mod: [B, n, W]
+    return [mod[:, None, i, :] for i in range(self.num_chunks)]
+
+
+class Attention(nn.Module):
+  """Bidirectional multi-head self-attention: [B, L, W] -> [B, L, W].
+
+  Attributes:
+    num_heads: number of heads; must divide the input width.
+    use_rope: apply rotary position embeddings to queries and keys.
+    attention_impl: `implementation` of `jax.nn.dot_product_attention`:
+      "xla", "cudnn" or None (JAX chooses).
+    out_std: init std of the output projection (0 gives a zero init).
+    dtype: compute dtype.
+  """
+  num_heads: int
+  use_rope: bool = True
+  attention_impl: str | None = "xla"
+  out_std: float = INIT_STD
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    width = x.shape[-1]
+    if self.num_heads <= 0 or width % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} must divide the width "
+                       f"{width}.")
+    head_dim = width // self.num_heads
+    if self.use_rope and head_dim % 2:
+      raise ValueError(f"rotary embeddings need an even head dim, got "
+                       f"width {width} / num_heads {self.num_heads} = "
+                       f"{head_dim}.")
+
+    def project(name):
+      return ShapedDense(
+          (self.num_heads, head_dim), (EMBED, HEADS, HEAD_DIM),
+          (HEADS, HEAD_DIM), kernel_init=nn.initializers.normal(INIT_STD),
+          dtype=self.dtype, name=name)(x)  # [B, L, N, H]
+
+    axes = (BATCH, LENGTH, HEADS, HEAD_DIM)
+    q = nn.with_logical_constraint(project("query"), axes)
+    k = nn.with_logical_constraint(project("key"), axes)
+    v = nn.with_logical_constraint(project("value"), axes)
+    if self.use_rope:
+      positions = jnp.arange(x.shape[1])  # [L]
+      q = rotary_embedding(q, positions)
+      k = rotary_embedding(k, positions)
+    out = jax.nn.dot_product_attention(
+        q, k, v, implementation=self.attention_impl)  # [B, L, N, H]
+    out = nn.with_logical_constraint(out, axes)
+    return ShapedDense(
+        (width,), (HEADS, HEAD_DIM, EMBED), (EMBED,),
+        kernel_init=nn.initializers.normal(self.out_std), num_in_axes=2,
+        dtype=self.dtype, name="out")(out)  # [B, L, W]
+
+
+class Mlp(nn.Module):
+  """Position-wise MLP: [B, L, W] -> [B, L, W].
+
+  Attributes:
+    hidden: hidden width (see `mlp_hidden_width`).
+    mlp_type: "glu" (GELU-gated), "swiglu" (SiLU-gated) or "gelu" (plain).
+    out_std: init std of the output projection.
+    dtype: compute dtype.
+  """
+  hidden: int
+  mlp_type: str = "glu"
+  out_std: float = INIT_STD
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+
+    def dense(features, axes, std, name):
+      return nn.Dense(
+          features, dtype=self.dtype, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.normal(std), axes),
+          bias_init=nn.with_logical_partitioning(
+              nn.initializers.zeros_init(), axes[-1:]),
+          name=name)
+
+    if self.mlp_type == "gelu":
+      h = nn.gelu(dense(self.hidden, (EMBED, MLP), INIT_STD, "wi")(x))
+    else:
+      act = nn.gelu if self.mlp_type == "glu" else nn.silu
+      gate = dense(self.hidden, (EMBED, MLP), INIT_STD, "wi_gate")(x)
+      up = dense(self.hidden, (EMBED, MLP), INIT_STD, "wi_up")(x)
+      h = act(gate) * up
+    h = nn.with_logical_constraint(h, (BATCH, LENGTH, MLP))  # [B, L, M]
+    return dense(x.shape[-1], (MLP, EMBED), self.out_std, "wo")(h)  # [B, L, W]
+
+
+class TransformerBlock(nn.Module):
+  """Pre-LN transformer block with adaLN-zero conditioning.
+
+  Call as `block(x, c, train)` with x: [B, L, W] and c: [B, Dc] or None;
+  returns [B, L, W]. At initialisation it is the identity.
+
+  Attributes:
+    num_heads: attention heads.
+    mlp_type: see `Mlp`.
+    mlp_ratio: see `mlp_hidden_width`.
+    use_rope: rotary position embeddings in attention.
+    attention_impl: see `Attention`.
+    dropout_rate: dropout on the attention and MLP branches before gating.
+    out_std: init std of the attention and MLP output projections.
+    dtype: compute dtype.
+  """
+  num_heads: int
+  mlp_type: str = "glu"
+  mlp_ratio: float = 4.0
+  use_rope: bool = True
+  attention_impl: str | None = "xla"
+  dropout_rate: float = 0.0
+  out_std: float = INIT_STD
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None,
+               train: bool) -> jnp.ndarray:
+    axes = (BATCH, LENGTH, EMBED)
+    x = nn.with_logical_constraint(x, axes)  # [B, L, W]
+    width = x.shape[-1]
+    (shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp,
+     gate_mlp) = AdaLNModulation(6, dtype=self.dtype, name="adaln")(c, width)
+
+    h = modulate(layer_norm(self.dtype, "norm_attn")(x), shift_attn,
+                 scale_attn)
+    h = Attention(self.num_heads, use_rope=self.use_rope,
+                  attention_impl=self.attention_impl, out_std=self.out_std,
+                  dtype=self.dtype, name="attention")(h)
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    x = nn.with_logical_constraint(x + gate_attn * h, axes)
+
+    h = modulate(layer_norm(self.dtype, "norm_mlp")(x), shift_mlp, scale_mlp)
+    h = Mlp(mlp_hidden_width(width, self.mlp_ratio, self.mlp_type),
+            mlp_type=self.mlp_type, out_std=self.out_std, dtype=self.dtype,
+            name="mlp")(h)
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return nn.with_logical_constraint(x + gate_mlp * h, axes)  # [B, L, W]
+
+
+def block_class(remat: bool) -> type[TransformerBlock]:
+  """TransformerBlock, rematerialised (`train` static) when `remat`."""
+  if remat:
+    # static_argnums counts self as 0: (self, x, c, train).
+    return nn.remat(TransformerBlock, static_argnums=(3,))
+  return TransformerBlock
+
+
+def depth_scaled_std(num_layers: int, depth_scaled_init: bool) -> float:
+  """Init std of residual-branch outputs: INIT_STD / sqrt(2 * num_layers).
+
+  Each layer adds two branches to the residual stream; scaling their output
+  projections keeps the stream's variance independent of depth (GPT-2).
+  """
+  if depth_scaled_init:
+    return INIT_STD / np.sqrt(2 * num_layers)
+  return INIT_STD
+
+
+class Transformer(nn.Module):
+  """Text denoiser: `logits [B, L, V] = net(z [B, L], t [B], label, train=)`.
+
+  Attributes:
+    vocab_size: V, number of real tokens; token id V is MASK.
+    num_classes: labels for class conditioning (0: none); id num_classes is
+      "no label".
+    time_features: "t" (condition on time) or "none".
+    dropout_rate: dropout on attention and MLP branches.
+    dtype: compute dtype; parameters and logits are float32.
+    remat: rematerialise each block in the backward pass.
+    num_layers: number of blocks.
+    width: model width W.
+    num_heads: attention heads; must divide width.
+    mlp_type: "glu" (GELU-gated), "swiglu" (SiLU-gated) or "gelu" (plain).
+    mlp_ratio: MLP hidden size relative to width (see `mlp_hidden_width`).
+    cond_width: width of the time/label conditioning vector.
+    depth_scaled_init: init branch output projections with
+      INIT_STD / sqrt(2 * num_layers).
+    use_rope: rotary position embeddings; if False, learned absolute position
+      embeddings of `max_length` rows are added to the token embeddings.
+    max_length: longest sequence; required when use_rope is False.
+    attention_impl: "xla", "cudnn" or None (JAX chooses).
+  """
+  vocab_size: int
+  num_classes: int = 0
+  time_features: str = "t"
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+  num_layers: int = 12
+  width: int = 768
+  num_heads: int = 12
+  mlp_type: str = "glu"
+  mlp_ratio: float = 4.0
+  cond_width: int = 128
+  depth_scaled_init: bool = True
+  use_rope: bool = True
+  max_length: int | None = None
+  attention_impl: str | None = "xla"
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, t: jnp.ndarray | None,
+               label: jnp.ndarray | None = None, *,
+               train: bool) -> jnp.ndarray:
+    """Logits of the clean tokens.
+
+    Args:
+      z: [B, L] int tokens in [0, vocab_size]; vocab_size is MASK.
+      t: [B] diffusion time in [0, 1] (ignored if time_features == "none").
+      label: [B] int labels in [0, num_classes] or None ("no label").
+      train: enables dropout (rng stream "dropout").
+
+    Returns:
+      [B, L, vocab_size] float32 logits.
+    """
+    if z.ndim != 2:
+      raise ValueError(f"Transformer takes text tokens z: [B, L], got shape "
+                       f"{z.shape}; use 'unet' or 'uvit' for images.")
+    check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+    check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    batch, length = z.shape
+
+    c = Conditioning(self.cond_width, self.num_classes, self.time_features,
+                     dtype=self.dtype, name="conditioning")(t, label, batch)
+
+    x = nn.Embed(
+        self.vocab_size + 1, self.width,  # +1: the MASK token
+        dtype=self.dtype, param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(INIT_STD), (VOCAB, EMBED)),
+        name="token_embedding")(z)  # x: [B, L, W]
+    if not self.use_rope:
+      if self.max_length is None or length > self.max_length:
+        raise ValueError(
+            f"use_rope=False needs max_length >= sequence length {length}, "
+            f"got max_length={self.max_length}.")
+      pos = self.param(
+          "position_embedding",
+          nn.with_logical_partitioning(
+              nn.initializers.normal(INIT_STD), (LENGTH, EMBED)),
+          (self.max_length, self.width), jnp.float32)
+      x = x + pos[None, :length].astype(self.dtype)
+    x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+
+    block = block_class(self.remat)
+    out_std = depth_scaled_std(self.num_layers, self.depth_scaled_init)
+    for i in range(self.num_layers):
+      x = block(self.num_heads, mlp_type=self.mlp_type,
+                mlp_ratio=self.mlp_ratio, use_rope=self.use_rope,
+                attention_impl=self.attention_impl,
+                dropout_rate=self.dropout_rate, out_std=out_std,
+                dtype=self.dtype, name=f"block_{i}")(x, c, train)
+
+    shift, scale = AdaLNModulation(2, dtype=self.dtype,
+                                   name="final_adaln")(c, self.width)
+    x = modulate(layer_norm(self.dtype, "final_norm")(x), shift, scale)
+    logits = nn.Dense(
+        self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(INIT_STD), (EMBED, VOCAB)),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (VOCAB,)),
+        name="logits")(x)  # [B, L, V]
+    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+    return logits.astype(jnp.float32)

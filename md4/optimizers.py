@@ -1,0 +1,53 @@
+"""The optax chain, learning-rate schedules and the parameter EMA."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict,
+                           num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to the peak, then cosine (to min_lr_ratio) or flat.
+
+  The rate at step k is peak * k / warmup for k <= warmup; after it the cosine
+  runs over the remaining num_steps - warmup steps.
+  """
+  peak, warmup = opt.learning_rate, opt.warmup_steps
+  warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
+  if opt.lr_schedule == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    after = optax.cosine_decay_schedule(
+        peak, max(num_steps - warmup, 1), alpha=opt.min_lr_ratio)
+  if warmup <= 0:
+    return after
+  return optax.join_schedules([warm, after], [warmup])
+
+
+def build_optimizer(opt: ml_collections.ConfigDict,
+                    num_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with the learning-rate schedule.
+
+  Weight decay skips one-dimensional parameters (biases, norm scales,
+  GenMD4's schedule exponents), the usual practice for transformers.
+  """
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  adamw = optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1,
+                      b2=opt.b2, weight_decay=opt.weight_decay,
+                      mask=decay_mask)
+  if opt.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
+  return adamw
+
+
+def ema_update(ema_params, params, decay: float):
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(
+      lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+      ema_params, params)
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))

@@ -1,0 +1,332 @@
+"""The one train/eval loop: a jitted step over a device mesh, for 1 to N devices.
+
+State is created already sharded (abstract shapes -> logical partition specs
+-> `jax.jit(out_shardings=...)`); batches are global arrays split over the
+mesh's batch axes; a single CPU is just a 1x1x1 mesh.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from md4 import checkpointing
+from md4 import configuration
+from md4 import model as model_lib
+from md4 import optimizers
+from md4 import sample_writing
+from md4 import sharding
+from md4.data import pipelines
+from md4.diffusion import md4
+from md4.sampling import ancestral
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs, built from a config before any compilation."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: model_lib.DiffusionModel
+  optimizer: optax.GradientTransformation
+  datasets: pipelines.Datasets
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: jax.sharding.NamedSharding
+
+
+# ------------------------------------------------------------- state ------
+
+
+def _init_state(model, optimizer, rng) -> TrainState:
+  """Boxed (logically partitioned) initial state; run under eval_shape/jit."""
+  params = model_lib.init_variables(model, rng)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), ema_params=params)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early, with the path, when the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".md4_write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"--workdir={workdir!r} is not writable ({e.strerror}); choose a "
+        "directory you can write to.") from e
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Validates the config and builds model, data, mesh and shardings."""
+  configuration.validate(config)
+  check_workdir(workdir)
+  mesh = sharding.make_mesh(config.sharding.mesh)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  dp = sharding.data_parallel_size(mesh, rules)
+  micro = config.train.batch_size // config.train.micro_batches
+  for name, size in (("train.batch_size", config.train.batch_size),
+                     ("train.eval_batch_size", config.train.eval_batch_size),
+                     ("train.batch_size / train.micro_batches", micro)):
+    if size % dp or size % jax.process_count():
+      raise ValueError(
+          f"config.{name}={size} must be divisible by the data-parallel size "
+          f"{dp} (mesh {dict(mesh.shape)}) and the process count "
+          f"{jax.process_count()}.")
+  datasets = pipelines.build_datasets(
+      config.data, global_batch_size=config.train.batch_size,
+      eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+  model = model_lib.build_model(config, datasets.info.num_classes)
+  optimizer = optimizers.build_optimizer(config.optimizer,
+                                         config.train.num_steps)
+  # Initialisation runs outside the mesh context: flax reshapes some boxed
+  # kernels (DenseGeneral) after creating them, which a sharding constraint
+  # on the flat kernel would reject; out_shardings place the result instead.
+  boxed = jax.eval_shape(
+      lambda r: _init_state(model, optimizer, r), jax.random.key(0))
+  state_shardings = sharding.tree_shardings(mesh, rules, boxed)
+  unboxed = nn.meta.unbox(boxed)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      unboxed, state_shardings)
+  batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
+  return Setup(config, mesh, rules, model, optimizer, datasets,
+               state_shardings, abstract_state, batch_sharding)
+
+
+def create_state(setup: Setup, rng) -> TrainState:
+  """The initial state, created sharded across the mesh."""
+  init = jax.jit(
+      lambda r: nn.meta.unbox(_init_state(setup.model, setup.optimizer, r)),
+      out_shardings=setup.state_shardings)
+  return init(rng)
+
+
+# -------------------------------------------------------------- steps -----
+
+
+def _split_micro(tree, k: int):
+  """[B, ...] leaves -> [k, B / k, ...]."""
+  return jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]),
+                      tree)
+
+
+def make_train_step(model, optimizer, config):
+  """The jitted-to-be step: (state, batch, rng) -> (state, metrics).
+
+  Time draws are made for the whole global batch and the mask noise comes
+  from one key per example, so splitting the batch into micro-batches
+  changes nothing but memory.
+  """
+  num_elements = model.num_elements
+  k = config.train.micro_batches
+  ema_decay = config.optimizer.ema_decay
+  lr_fn = optimizers.learning_rate_schedule(config.optimizer,
+                                            config.train.num_steps)
+
+  def loss_fn(params, mb, rng):
+    sample_rng, dropout_rng = jax.random.split(rng)
+    terms, scalars = model.apply(
+        {"params": params}, mb["x"], mb.get("label"), train=True, t=mb["t"],
+        example_keys=mb["keys"],
+        rngs={"sample": sample_rng, "dropout": dropout_rng})
+    return terms["loss"].mean() / num_elements, (terms, scalars)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    t_rng, key_rng, micro_rng = jax.random.split(rng, 3)
+    batch_size = batch["x"].shape[0]
+    batch = dict(batch)
+    batch["t"] = md4.sample_times(t_rng, batch_size, model.antithetic)
+    batch["keys"] = jax.random.split(key_rng, batch_size)
+    if k == 1:
+      (_, (terms, scalars)), grads = grad_fn(state.params, batch, micro_rng)
+    else:
+      def body(acc, inputs):
+        mb, i = inputs
+        (_, aux), g = grad_fn(state.params, mb,
+                              jax.random.fold_in(micro_rng, i))
+        return jax.tree.map(lambda a, b: a + b / k, acc, g), aux
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, (terms, scalars) = jax.lax.scan(
+          body, zeros, (_split_micro(batch, k), jnp.arange(k)))
+      terms = jax.tree.map(lambda a: a.reshape(-1), terms)
+      scalars = jax.tree.map(lambda a: a[-1], scalars)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = (optimizers.ema_update(state.ema_params, params, ema_decay)
+           if ema_decay > 0 else params)
+    metrics = md4.summarize(terms, num_elements)
+    metrics.update(scalars)
+    metrics["grad_norm"] = optimizers.global_norm(grads)
+    metrics["learning_rate"] = lr_fn(state.step)
+    new_state = TrainState(step=state.step + 1, params=params,
+                           opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model):
+  """(params, batch, rng) -> weighted sums of every per-example term."""
+
+  def eval_step(params, batch, rng):
+    terms, _ = model.apply({"params": params}, batch["x"], batch.get("label"),
+                           train=False, rngs={"sample": rng})
+    weight = batch["weight"]
+    sums = {k: (v * weight).sum() for k, v in terms.items()}
+    sums["weight"] = weight.sum()
+    return sums
+
+  return eval_step
+
+
+# ---------------------------------------------------------- the loop ------
+
+
+def _global_batch(setup: Setup, local: dict) -> dict:
+  """Assembles this process's numpy shard into global sharded arrays."""
+  return {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
+          for k, v in local.items()}
+
+
+def evaluate(setup: Setup, eval_step, params, step: int) -> dict[str, float]:
+  """Negative ELBO on every eval split with the given (EMA) parameters."""
+  results = {}
+  info = setup.datasets.info
+  max_batches = setup.config.train.eval_max_batches
+  for split, make_iter in setup.datasets.eval.items():
+    totals = {}
+    for i, local in enumerate(make_iter()):
+      if max_batches and i >= max_batches:
+        break
+      rng = jax.random.fold_in(jax.random.key(setup.config.seed + 1), i)
+      sums = eval_step(params, _global_batch(setup, local), rng)
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    count = max(totals.pop("weight", 0.0), 1.0)
+    means = {k: v / count for k, v in totals.items()}
+    bound = means.get("loss_nelbo", means["loss"])
+    means["bits_per_dim"] = bound / (math.prod(info.data_shape) * math.log(2))
+    if info.kind == "text":
+      means["perplexity"] = math.exp(bound / math.prod(info.data_shape))
+    results.update({f"{split}/{k}": v for k, v in means.items()})
+  logging.info("step %d eval: %s", step, results)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains, evaluates, samples and checkpoints; resumes from the workdir.
+
+  Returns:
+    The last evaluation's metrics and the paths of the outputs.
+  """
+  setup = build(config, workdir)
+  info = setup.datasets.info
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
+                                       config.train.keep_period)
+  train_iter = iter(setup.datasets.train)
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng, sample_rng = jax.random.split(rng, 3)
+
+  # ------------------------------------------------ state: resume/init --
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, setup.abstract_state, train_iter)
+    logging.info("Resumed from %s at step %d.", manager.directory,
+                 int(state.step))
+  else:
+    state = create_state(setup, init_rng)
+    if config.restore_from:
+      loaded = checkpointing.restore_params(config.restore_from,
+                                            setup.abstract_state)
+      state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
+      logging.info("Initialised parameters from %s.", config.restore_from)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(state.params)
+  writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
+
+  # ---------------------------------------------------- compiled steps --
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    train_step = jax.jit(
+        make_train_step(setup.model, setup.optimizer, config),
+        in_shardings=(setup.state_shardings, setup.batch_sharding, None),
+        out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(setup.model))
+    sample_fn = jax.jit(
+        lambda params, r: ancestral.sample(
+            setup.model, {"params": params}, r, config.train.num_samples,
+            config.train.sample_steps))
+
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                           writer=writer)
+  outputs: dict[str, Any] = {"tensorboard": workdir,
+                             "checkpoints": checkpointing.checkpoint_dir(
+                                 workdir)}
+  step = int(state.step)
+  eval_metrics: dict[str, float] = {}
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    while step < num_steps:
+      # ------------------------------------------------------ one step --
+      local = next(train_iter)
+      md4.check_tokens(local["x"], info.vocab_size, info.data_shape)
+      state, metrics = train_step(state, _global_batch(setup, local),
+                                  train_rng)
+      step += 1
+      report(step)
+      last = step == num_steps
+      # ------------------------------------------------ periodic work --
+      if step % config.train.log_every == 0 or last:
+        writer.write_scalars(step, {f"train/{k}": float(v)
+                                    for k, v in metrics.items()})
+      if step % config.train.eval_every == 0 or last:
+        eval_metrics = evaluate(setup, eval_step, state.ema_params, step)
+        writer.write_scalars(step, eval_metrics)
+      if step % config.train.sample_every == 0 or last:
+        samples = np.asarray(jax.device_get(sample_fn(
+            state.ema_params, jax.random.fold_in(sample_rng, step))))
+        outputs["samples"] = sample_writing.write_samples(
+            workdir, step, samples, info, writer)
+      if step % config.train.checkpoint_every == 0 or last:
+        checkpointing.save(manager, step, state, train_iter)
+  writer.flush()
+  manager.close()
+  return {"eval": eval_metrics, "step": step, **outputs}
+
+
+def _flatten(config, prefix=""):
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

@@ -1,0 +1,125 @@
+"""Every shipped config loads, validates and builds its train state abstractly."""
+
+import glob
+import importlib.util
+import os
+import re
+
+import jax
+import ml_collections
+import pytest
+
+from md4 import configuration
+from md4 import model as model_lib
+from md4 import optimizers
+from md4 import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.py")))
+VARIANTS = {
+    "openwebtext": ["small", "medium", "cpu"],
+    "fineweb_edu": ["small", "cpu"],
+    "text8": ["small", "cpu", "tiny"],
+    "cifar10": ["default", "discrete", "cpu"],
+    "imagenet64": ["default", "cond", "cpu"],
+    "mnist": ["default", "cpu"],
+    "binarized_mnist": ["default", "cpu"],
+    "protein": ["small", "cpu"],
+    "digits": ["default", "tiny"],
+}
+NUM_CLASSES = {"cifar10": 10, "imagenet64": 1000, "mnist": 10,
+               "binarized_mnist": 10, "digits": 10}
+
+
+def load(path, arg=None):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def cases():
+  for path in CONFIG_FILES:
+    name = os.path.splitext(os.path.basename(path))[0]
+    for arg in VARIANTS[name]:
+      yield pytest.param(path, arg, id=f"{os.path.relpath(path, ROOT)}:{arg}")
+
+
+def test_every_config_file_is_covered():
+  names = {os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES}
+  assert names <= set(VARIANTS)
+  assert len(CONFIG_FILES) >= 11
+
+
+@pytest.mark.parametrize("path,arg", list(cases()))
+def test_config_validates_and_builds_its_train_state_abstractly(path, arg):
+  config = load(path, arg)
+  configuration.validate(config)
+  model = model_lib.build_model(config, NUM_CLASSES.get(config.data.dataset, 0))
+  optimizer = optimizers.build_optimizer(config.optimizer,
+                                         config.train.num_steps)
+  state = jax.eval_shape(lambda r: train._init_state(model, optimizer, r),
+                         jax.random.key(0))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  assert num_params > 1000
+  assert config.train.batch_size % config.train.micro_batches == 0
+
+
+def test_paper_sizes_of_the_openwebtext_configs():
+  small = load(os.path.join(ROOT, "configs/md4/openwebtext.py"))
+  medium = load(os.path.join(ROOT, "configs/md4/openwebtext.py"), "medium")
+  assert (small.network.num_layers, small.network.width,
+          small.network.num_heads) == (12, 768, 12)
+  assert (medium.network.num_layers, medium.network.width,
+          medium.network.num_heads) == (24, 1024, 16)
+  assert small.data.vocab_size == 50257 and small.data.data_shape == (1024,)
+  assert small.optimizer.warmup_steps == 2000
+  assert small.train.batch_size == 512
+
+
+def test_unknown_variant_is_rejected_with_the_valid_ones():
+  with pytest.raises(ValueError, match="small, medium, cpu"):
+    load(os.path.join(ROOT, "configs/md4/openwebtext.py"), "huge")
+
+
+def test_misspelt_key_names_the_nearest_valid_field():
+  config = configuration.default_config()
+  with config.unlocked():
+    config.train.batch_sise = 3
+  with pytest.raises(ValueError, match="did you mean config.train.batch_size"):
+    configuration.validate(config)
+
+
+def test_misspelt_network_field_names_the_nearest_valid_field():
+  config = load(os.path.join(ROOT, "configs/md4/text8.py"), "tiny")
+  config.network.num_layer = 3
+  with pytest.raises(ValueError, match="num_layers"):
+    model_lib.build_model(config)
+
+
+def test_batch_not_divisible_by_micro_batches_is_rejected_before_compiling():
+  config = configuration.default_config()
+  config.train.batch_size, config.train.micro_batches = 10, 3
+  with pytest.raises(ValueError, match="micro_batches"):
+    configuration.validate(config)
+
+
+def _all_keys(config, prefix=""):
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _all_keys(v, f"{prefix}{k}.")
+    else:
+      yield k
+
+
+def test_every_config_field_is_read_by_the_code():
+  """A field nothing reads is a bug: each must appear as an attribute read."""
+  sources = ""
+  for path in glob.glob(os.path.join(ROOT, "md4", "**", "*.py"),
+                        recursive=True):
+    if not path.endswith("configuration.py"):
+      with open(path) as f:
+        sources += f.read()
+  unread = [k for k in _all_keys(configuration.default_config())
+            if not re.search(rf"\.{k}\b", sources)]
+  assert not unread, f"config fields nothing reads: {unread}"

@@ -1,0 +1,190 @@
+"""End to end: shrunk real configs train, evaluate, sample, checkpoint, resume."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from md4 import checkpointing
+from md4 import optimizers
+from md4 import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name, arg):
+  spec = importlib.util.spec_from_file_location(
+      "cfg", os.path.join(ROOT, "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def final_state(workdir):
+  manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
+                                  item_names=("state", "data"))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  return step, restored.state
+
+
+def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path):
+  config = load("md4/digits.py", "tiny")
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == config.train.num_steps
+  assert np.isfinite(result["eval"]["test/bits_per_dim"])
+  assert 0 < result["eval"]["test/bits_per_dim"] < 10
+  assert result["samples"].endswith(".png") and os.path.exists(
+      result["samples"])
+  steps = ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(tmp_path))
+  assert sorted(steps) == [3, 6]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+
+
+class _Preempted(Exception):
+  pass
+
+
+def test_resume_continues_with_identical_params_optimizer_and_batches(
+    tmp_path, monkeypatch):
+  config = load("md4/digits.py", "tiny")
+  straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
+  train.train_and_evaluate(config, straight)
+
+  real_save = checkpointing.save
+
+  def save_then_die(manager, step, state, it):
+    real_save(manager, step, state, it)
+    raise _Preempted()
+
+  monkeypatch.setattr(checkpointing, "save", save_then_die)
+  with pytest.raises(_Preempted):
+    train.train_and_evaluate(config, resumed)
+  monkeypatch.setattr(checkpointing, "save", real_save)
+  assert final_state(resumed)[0] == 3
+  train.train_and_evaluate(config, resumed)
+
+  step_a, state_a = final_state(straight)
+  step_b, state_b = final_state(resumed)
+  assert step_a == step_b == config.train.num_steps
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_restore_from_initialises_params_from_another_run(tmp_path):
+  config = load("md4/digits.py", "tiny")
+  train.train_and_evaluate(config, str(tmp_path / "first"))
+  config.train.num_steps = 1
+  config.optimizer.learning_rate = 0.0  # The copied params must survive.
+  config.optimizer.ema_decay = 0.0
+  config.restore_from = str(tmp_path / "first")
+  train.train_and_evaluate(config, str(tmp_path / "second"))
+  _, first = final_state(str(tmp_path / "first"))
+  _, second = final_state(str(tmp_path / "second"))
+  for a, b in zip(jax.tree.leaves(first["params"]),
+                  jax.tree.leaves(second["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def _write_text8(data_dir, n=60_000, seed=0):
+  rng = np.random.default_rng(seed)
+  words = ["the", "of", "and", "one", "zero", "nine", "in", "a", "to", "is"]
+  text = " ".join(rng.choice(words, size=n // 3))[:n]
+  os.makedirs(os.path.join(data_dir, "text8"), exist_ok=True)
+  with zipfile.ZipFile(os.path.join(data_dir, "text8", "text8.zip"), "w") as z:
+    z.writestr("text8", text)
+
+
+@pytest.mark.parametrize("config_name", ["md4/text8.py", "genmd4/text8.py"])
+def test_text8_run_writes_text_samples_and_perplexity(tmp_path, config_name):
+  _write_text8(str(tmp_path / "data"))
+  config = load(config_name, "tiny")
+  config.data.data_dir = str(tmp_path / "data")
+  config.train.num_steps = 4
+  config.train.eval_every = config.train.checkpoint_every = 4
+  config.train.sample_every = 4
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert {"valid/bits_per_dim", "test/bits_per_dim", "test/perplexity"} <= set(
+      result["eval"])
+  with open(result["samples"]) as f:
+    text = f.read()
+  assert set(text) <= set(" abcdefghijklmnopqrstuvwxyz\n")
+  assert len(text.split("\n\n")) == config.train.num_samples
+
+
+def test_learning_rate_at_end_of_warmup_midway_and_end():
+  config = load("md4/openwebtext.py", "small")
+  lr = optimizers.learning_rate_schedule(config.optimizer, 1_000_000)
+  assert float(lr(0)) == 0.0
+  assert float(lr(1000)) == pytest.approx(1.5e-4, rel=1e-5)
+  assert float(lr(2000)) == pytest.approx(3e-4, rel=1e-5)
+  midway = 2000 + (1_000_000 - 2000) // 2
+  assert float(lr(midway)) == pytest.approx(1.5e-4, rel=1e-3)
+  assert float(lr(1_000_000)) == pytest.approx(0.0, abs=1e-9)
+  config.optimizer.lr_schedule = "constant"
+  flat = optimizers.learning_rate_schedule(config.optimizer, 1_000_000)
+  assert float(flat(500_000)) == pytest.approx(3e-4)
+
+
+def test_ema_is_decay_times_ema_plus_rest_times_params():
+  ema = {"w": jnp.array([1.0, 2.0])}
+  params = {"w": jnp.array([3.0, -2.0])}
+  out = optimizers.ema_update(ema, params, 0.9)
+  np.testing.assert_allclose(out["w"], [1.2, 1.6], rtol=1e-6)
+
+
+def test_micro_batches_give_the_same_update_as_one_full_batch(tmp_path):
+  config = load("md4/digits.py", "tiny")
+  setup = train.build(config, str(tmp_path))
+  state = train.create_state(setup, jax.random.key(0))
+  batch = next(iter(setup.datasets.train))
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  updated = []
+  for k in (1, 4):
+    config.train.micro_batches = k
+    step = jax.jit(train.make_train_step(setup.model, setup.optimizer, config))
+    new_state, metrics = step(state, batch, jax.random.key(1))
+    updated.append((new_state, metrics))
+  (a, ma), (b, mb) = updated
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4,
+                               atol=2e-6)
+  assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-5)
+  assert not np.allclose(np.asarray(jax.tree.leaves(a.params)[0]),
+                         np.asarray(jax.tree.leaves(state.params)[0]))
+
+
+def test_unwritable_workdir_is_reported_before_compiling(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="not writable"):
+    train.build(load("md4/digits.py", "tiny"), str(blocker / "run"))
+
+
+def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
+  code = (
+      "import importlib.util, sys; sys.path.insert(0, %r);"
+      "from md4 import train;"
+      "spec = importlib.util.spec_from_file_location('c', %r);"
+      "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
+      "c = m.get_config('tiny'); c.train.batch_size = 6;"
+      "c.train.eval_batch_size = 8;"
+      "train.build(c, %r)"
+  ) % (ROOT, os.path.join(ROOT, "configs/md4/digits.py"), str(tmp_path))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "config.train.batch_size=6 must be divisible by the data-parallel " \
+         "size 4" in out.stderr
