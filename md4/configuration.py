@@ -174,7 +174,7 @@ def variant(arg: str | None, valid: tuple[str, ...]) -> str:
 
 def unet(ch: int, num_res_blocks: int, dropout_rate: float,
          ch_mult=(1,), attn_resolutions=(), embed_dim: int = 32,
-         ) -> ml_collections.ConfigDict:
+         cond_width: int = 512) -> ml_collections.ConfigDict:
   """config.network for the image U-Net."""
   return ml_collections.ConfigDict(dict(
       name="unet",
@@ -185,7 +185,7 @@ def unet(ch: int, num_res_blocks: int, dropout_rate: float,
       num_res_blocks=num_res_blocks,  # Residual blocks per level.
       attn_resolutions=tuple(attn_resolutions),  # Sizes with self-attention.
       num_heads=1,  # Heads of those attention layers.
-      cond_width=512,  # Time/label conditioning width.
+      cond_width=cond_width,  # Time/label conditioning width.
       dropout_rate=dropout_rate,
       time_features="t",  # "t" or "none".
       remat=False,  # Recompute residual blocks in the backward pass.
