@@ -52,7 +52,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (MLP, TENSOR),
     (HEADS, TENSOR),
     (HEAD_DIM, None),
-    (VOCAB, TENSOR),
+    (VOCAB, None),  # V and V+1 rarely divide evenly; see issue #7.
     (COND, None),
     (COND_IN, None),
     (CONV_IN, None),
