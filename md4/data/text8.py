@@ -24,7 +24,6 @@ Examples are `seq_len = data_shape[0]` characters:
   incomplete tail of a split is dropped.
 """
 
-from collections.abc import Sequence
 import http.client
 import os
 import pathlib
@@ -36,67 +35,22 @@ import grain
 import numpy as np
 
 from md4.data import sources
+from md4.data import tokenizers
 
 URL = "http://mattmahoney.net/dc/text8.zip"
 MEMBER = "text8"
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 VOCAB_SIZE = len(ALPHABET)  # 27
 # Shown by `decode` for ids outside the vocabulary (e.g. the mask token).
-UNKNOWN_CHAR = "_"
+UNKNOWN_CHAR = tokenizers.UNKNOWN
 DOWNLOAD_TIMEOUT_S = 30.0
-_INVALID = 255  # marks bytes outside the alphabet in the lookup table
 
 
-class Tokenizer:
+class Tokenizer(tokenizers.CharTokenizer):
   """Maps text8 characters to token ids and back (see `ALPHABET`)."""
 
-  vocab_size = VOCAB_SIZE
-
   def __init__(self):
-    # byte value -> token id, _INVALID for bytes outside the alphabet.
-    self._byte_to_id = np.full(256, _INVALID, np.uint8)
-    for token, char in enumerate(ALPHABET):
-      self._byte_to_id[ord(char)] = token
-    # token id -> character; index VOCAB_SIZE stands for any unknown id.
-    self._id_to_char = np.array(list(ALPHABET + UNKNOWN_CHAR))
-
-  def encode_bytes(self, data: bytes) -> np.ndarray:
-    """Encodes ASCII bytes; returns uint8 ids `[len(data)]`.
-
-    Raises:
-      ValueError: if `data` contains a character outside `ALPHABET`.
-    """
-    ids = self._byte_to_id[np.frombuffer(data, np.uint8)]  # [N] uint8
-    bad = np.flatnonzero(ids == _INVALID)
-    if bad.size:
-      found = sorted({bytes([data[i]]) for i in bad[:1000]})
-      raise ValueError(
-          f"text8 data contains {bad.size} characters outside the vocabulary"
-          f" {ALPHABET!r}, first at position {bad[0]} (found {found}); text8"
-          " must hold only lowercase a-z and spaces."
-      )
-    return ids
-
-  def encode(self, text: str) -> np.ndarray:
-    """Encodes a string; returns int32 ids `[len(text)]`."""
-    try:
-      data = text.encode("ascii")
-    except UnicodeEncodeError as e:
-      raise ValueError(
-          f"text8 text must be lowercase a-z and spaces, got {text[:50]!r}"
-      ) from e
-    return self.encode_bytes(data).astype(np.int32)
-
-  def decode(self, tokens: np.ndarray | Sequence[int]) -> str:
-    """Decodes ids `[L]` to a string; unknown ids become `UNKNOWN_CHAR`."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-      raise ValueError(
-          f"decode takes one sequence of ids [L], got shape {tokens.shape};"
-          " decode each row separately."
-      )
-    known = (tokens >= 0) & (tokens < VOCAB_SIZE)
-    return "".join(self._id_to_char[np.where(known, tokens, VOCAB_SIZE)])
+    super().__init__(ALPHABET, name="text8")
 
 
 def split_sizes(num_chars: int) -> tuple[int, int, int]:
@@ -163,12 +117,12 @@ def _seq_len(data_config: Any) -> int:
   return int(shape[0])
 
 
-def _chunks(tokens: np.ndarray, seq_len: int, split: str) -> np.ndarray:
+def chunks(tokens: np.ndarray, seq_len: int, split: str) -> np.ndarray:
   """Non-overlapping chunks `[len(tokens) // seq_len, seq_len]`."""
   num_chunks = len(tokens) // seq_len
   if num_chunks == 0:
     raise ValueError(
-        f"the text8 {split} split has {len(tokens)} characters, fewer than"
+        f"the {split} split has {len(tokens)} tokens, fewer than"
         f" one sequence of data_config.data_shape[0] = {seq_len}; use a"
         " shorter sequence or a longer file."
     )
@@ -176,7 +130,7 @@ def _chunks(tokens: np.ndarray, seq_len: int, split: str) -> np.ndarray:
 
 
 class CropWindowSource:
-  """Training records: window `i` starts at `i * seq_len`.
+  """Training records of a token stream: window `i` starts at `i * seq_len`.
 
   A window has up to `2 * seq_len - 1` characters (fewer at the end of the
   split), enough for `RandomCrop` to take any of `seq_len` start offsets.
@@ -185,8 +139,9 @@ class CropWindowSource:
   def __init__(self, name: str, tokens: np.ndarray, seq_len: int):
     if len(tokens) < seq_len:
       raise ValueError(
-          f"the text8 train split has {len(tokens)} characters, fewer than"
-          f" one sequence of data_config.data_shape[0] = {seq_len}."
+          f"the {name} split has {len(tokens)} tokens, fewer than one"
+          f" sequence of data_config.data_shape[0] = {seq_len}; use a"
+          " shorter sequence or more data."
       )
     self._name = name
     self._tokens = tokens
@@ -251,10 +206,10 @@ def load(data_config: Any) -> sources.LoadedData:
       train_transforms=(RandomCrop(seq_len),),
       eval={
           "valid": sources.ArraySource(
-              "text8/valid", _chunks(valid, seq_len, "valid")
+              "text8/valid", chunks(valid, seq_len, "text8 valid")
           ),
           "test": sources.ArraySource(
-              "text8/test", _chunks(test, seq_len, "test")
+              "text8/test", chunks(test, seq_len, "text8 test")
           ),
       },
   )
