@@ -26,12 +26,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.restore_from = ""
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"  # One of md4.data.pipelines.DATASETS.
+  c.data.dataset = "digits"  # One of md4.data.pipelines.DATASET_NAMES.
   c.data.data_dir = "./data_dir"  # Where data files live (or are downloaded).
   c.data.data_shape = (8, 8, 1)  # One example: (L,) text, (H, W, C) images.
   c.data.vocab_size = 17  # Token values per position; the mask id is this.
   c.data.num_workers = 0  # grain worker processes; 0 loads in-process.
   c.data.pad_to = 0  # MNIST only: zero-pad 28x28 to pad_to x pad_to.
+  # File-based data sets (openwebtext, fineweb_edu, protein, tokens,
+  # text_chars): their file or directory, relative to data_dir or absolute;
+  # empty = the data set's default place under data_dir.
+  c.data.path = ""
+  # text_chars only: the vocabulary as a string of characters (ids in this
+  # order); empty = the text file's own characters, kept in a vocab file.
+  c.data.characters = ""
+  # protein, tokens (without train*/valid* files) and text_chars: the share
+  # of examples (characters for text_chars) held out for evaluation under a
+  # fixed split seed.
+  c.data.eval_fraction = 0.05
 
   c.model = ml_collections.ConfigDict()
   c.model.process = "md4"  # "md4" or "genmd4".

@@ -1,10 +1,14 @@
 """Tests of md4.data: sources, sharding, checkpointing, config checks.
 
 Everything runs offline on data the tests generate or on scikit-learn's bundled
-digits; real MNIST is read from ../shared/data/mnist when that folder exists.
+digits; real MNIST and the E. coli proteome are read from ../shared/data when
+that folder exists. The prepared OpenWebText files are tested in
+test_prepare_openwebtext.py.
 """
 
 import gzip
+import io
+import json
 import pathlib
 import zipfile
 
@@ -17,9 +21,13 @@ import tensorflow_datasets as tfds
 from md4.data import digits
 from md4.data import mnist
 from md4.data import pipelines
+from md4.data import protein
 from md4.data import text8
+from md4.data import token_files
 
-SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist"
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared/data"
+SHARED_MNIST = SHARED_DATA / "mnist"
+SHARED_PROTEIN = SHARED_DATA / "protein"
 TEXT8_CHARS = 20_000
 SEQ_LEN = 64
 
@@ -32,6 +40,9 @@ def make_config(dataset="digits", **overrides):
       vocab_size=17,
       num_workers=0,
       pad_to=0,
+      path="",
+      characters="",
+      eval_fraction=0.05,
   )
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
@@ -472,3 +483,335 @@ def test_text8_config_needs_a_one_dimensional_shape_and_27_tokens(text8_dir):
     build(text8_config(text8_dir, data_shape=(8, 8)))
   with pytest.raises(ValueError, match="vocab_size = 27"):
     build(text8_config(text8_dir, vocab_size=28))
+
+
+def test_config_path_given_to_a_data_set_that_ignores_it_raises():
+  with pytest.raises(ValueError, match="data_config.path is 'x.txt'"):
+    build(make_config(path="x.txt"))
+  with pytest.raises(ValueError, match="data_config.characters is 'ab'"):
+    build(make_config(characters="ab"))
+
+
+# --- protein -----------------------------------------------------------------
+
+needs_proteome = pytest.mark.skipif(
+    not SHARED_PROTEIN.is_dir(),
+    reason=f"the E. coli proteome FASTA not found in {SHARED_PROTEIN}",
+)
+PROTEINS = {
+    "sp|P1|SHORT": "MKTAYIAK",
+    "sp|P2|LONG": "ACDEFGHIKLMNPQRSTVWY" * 3 + "XBZUO",  # 65 residues
+    "sp|P3|STOP": "mkvlaa*",  # lower case and a stop: MKVLAA
+}
+
+
+def write_fasta(path, proteins, width=10):
+  lines = []
+  for header, sequence in proteins.items():
+    lines.append(f">{header} some description")
+    lines += [sequence[i : i + width] for i in range(0, len(sequence), width)]
+  text = "\n".join(lines) + "\n"
+  if path.name.endswith(".gz"):
+    with gzip.open(path, "wt") as f:
+      f.write(text)
+  else:
+    path.write_text(text)
+  return path
+
+
+def protein_config(data_dir, **overrides):
+  fields = dict(data_dir=str(data_dir), data_shape=(32,), vocab_size=26)
+  fields.update(overrides)
+  return make_config("protein", **fields)
+
+
+def test_fasta_records_become_amino_acid_tokens_of_plain_and_gzipped_files(
+    tmp_path,
+):
+  (tmp_path / "protein").mkdir()
+  items = list(PROTEINS.items())
+  write_fasta(tmp_path / "protein/a.fasta", dict(items[:2]))
+  write_fasta(tmp_path / "protein/b.fa.gz", dict(items[2:]))
+  files = protein.fasta_files(protein_config(tmp_path))
+  tokens, offsets = protein.read_proteins(files)
+  assert np.diff(offsets).tolist() == [8, 65, 6]
+  tokenizer = protein.Tokenizer()
+  assert tokenizer.decode(tokens[offsets[2]:]) == "MKVLAA"
+  assert tokens[offsets[1]:offsets[2]][-5:].tolist() == [20, 21, 22, 23, 24]
+
+
+def test_protein_training_examples_are_random_crops_or_padded_proteins(
+    tmp_path,
+):
+  (tmp_path / "protein").mkdir()
+  write_fasta(tmp_path / "protein/p.fasta", PROTEINS)
+  config = protein_config(tmp_path, eval_fraction=0.3)
+  loaded = protein.load(config)
+  assert len(loaded.train) == 2 and len(loaded.eval["valid"]) == 1
+  crop = protein.RandomCropOrPad(32)
+  long = protein.Tokenizer().encode(PROTEINS["sp|P2|LONG"])
+  starts = set()
+  for seed in range(20):
+    x = crop.random_map(long, np.random.default_rng(seed))["x"]
+    assert x.shape == (32,) and x.dtype == np.int32
+    start = [i for i in range(len(long) - 31)
+             if (long[i : i + 32] == x).all()]
+    starts.add(start[0])
+  assert len(starts) > 5
+  short = crop.random_map(long[:8], np.random.default_rng(0))["x"]
+  assert short[:8].tolist() == long[:8].tolist()
+  assert (short[8:] == protein.PAD).all()
+
+
+def test_protein_eval_examples_are_the_first_residues_then_padding(tmp_path):
+  (tmp_path / "protein").mkdir()
+  write_fasta(tmp_path / "protein/p.fasta", PROTEINS)
+  datasets = build(protein_config(tmp_path, eval_fraction=0.3), batch=2,
+                   eval_batch=2)
+  (batch,) = list(datasets.eval["valid"]())
+  text = datasets.info.decode(batch["x"][0])
+  assert text in {s.upper().rstrip("*")[:32] for s in PROTEINS.values()}
+
+
+def test_protein_character_outside_the_alphabet_names_file_and_protein(
+    tmp_path,
+):
+  (tmp_path / "protein").mkdir()
+  write_fasta(tmp_path / "protein/p.fasta", {"gappy": "MKV-LA"})
+  with pytest.raises(ValueError, match=r"p.fasta, protein 'gappy.*'-'"):
+    build(protein_config(tmp_path))
+
+
+def test_missing_protein_fasta_says_where_to_put_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / "protein")):
+    build(protein_config(tmp_path))
+
+
+@needs_proteome
+def test_ecoli_proteome_loads_with_a_seeded_split_of_its_4363_proteins():
+  config = protein_config(SHARED_DATA, data_shape=(128,))
+  loaded = protein.load(config)
+  assert len(loaded.train) + len(loaded.eval["valid"]) == 4363
+  assert len(loaded.eval["valid"]) == round(4363 * 0.05)
+  again = protein.load(config)
+  valid = [loaded.eval["valid"][i]["x"] for i in range(5)]
+  for i, x in enumerate(valid):
+    np.testing.assert_array_equal(again.eval["valid"][i]["x"], x)
+  batch = next(iter(build(config, batch=16).train))
+  assert batch["x"].shape == (16, 128)
+  assert 0 <= batch["x"].min() and batch["x"].max() <= protein.PAD
+  assert (batch["x"][:, 0] != protein.PAD).all()
+
+
+@needs_proteome
+def test_ecoli_proteome_restored_iterator_redraws_the_same_crops():
+  config = protein_config(SHARED_DATA, data_shape=(64,))
+  iterator = iter(build(config, batch=8).train)
+  take(iterator, 2)
+  state = iterator.get_state()
+  expected = take(iterator, 2)
+  restored = iter(build(config, batch=8).train)
+  restored.set_state(state)
+  for want, got in zip(expected, take(restored, 2)):
+    np.testing.assert_array_equal(want["x"], got["x"])
+
+
+# --- users' token arrays -----------------------------------------------------
+
+
+def tokens_config(path, **overrides):
+  fields = dict(data_dir=str(path.parent), path=path.name,
+                data_shape=(16,), vocab_size=100)
+  fields.update(overrides)
+  return make_config("tokens", **fields)
+
+
+def write_npy_records(path, rows):
+  """An ArrayRecord file whose records are .npy bytes, one row each."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+  for row in rows:
+    buffer = io.BytesIO()
+    np.save(buffer, row)
+    writer.write(buffer.getvalue())
+  writer.close()
+
+
+def all_real(batches):
+  return np.concatenate([b["x"][b["weight"] > 0] for b in batches])
+
+
+def test_token_directory_with_split_files_reads_npy_and_array_record(
+    tmp_path,
+):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  stream = np.arange(100, dtype=np.uint16) % 100  # 6 examples of 16
+  rows = (np.arange(4 * 40).reshape(4, 40) % 100).astype(np.int32)
+  np.save(directory / "train-a.npy", stream)
+  np.save(directory / "train-b.npy", rows)  # 2 examples per row
+  write_npy_records(directory / "valid.array_record", rows[:3, :32])
+  loaded = token_files.load_tokens(tokens_config(directory))
+  assert len(loaded.train) == 6 + 8 and list(loaded.eval) == ["valid"]
+  np.testing.assert_array_equal(loaded.train[1]["x"], stream[16:32])
+  np.testing.assert_array_equal(loaded.train[6 + 3]["x"], rows[1, 16:32])
+  datasets = build(tokens_config(directory), batch=4, eval_batch=4)
+  np.testing.assert_array_equal(
+      all_real(datasets.eval["valid"]()), rows[:3, :32].reshape(6, 16))
+  assert datasets.info.decode(np.array([1, 2, 30])) == "1 2 30"
+
+
+def test_token_directory_without_split_files_holds_out_a_seeded_share(
+    tmp_path,
+):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  np.save(directory / "all.npy", np.arange(1600) % 1000)  # 100 examples
+  config = tokens_config(directory, eval_fraction=0.1, vocab_size=1000)
+  loaded = token_files.load_tokens(config)
+  assert len(loaded.train) == 90 and len(loaded.eval["valid"]) == 10
+  train = {loaded.train[i]["x"].tobytes() for i in range(90)}
+  valid = {loaded.eval["valid"][i]["x"].tobytes() for i in range(10)}
+  assert len(train | valid) == 100 and not train & valid
+  again = token_files.load_tokens(config)
+  assert valid == {again.eval["valid"][i]["x"].tobytes() for i in range(10)}
+
+
+def test_token_directory_two_processes_get_disjoint_examples(tmp_path):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  np.save(directory / "train.npy", np.arange(64 * 16).reshape(64, 16) % 1000)
+  np.save(directory / "valid.npy", np.zeros((4, 16), np.int32))
+  config = tokens_config(directory, vocab_size=1000)
+  parts = [
+      next(iter(build_for_process(p, config, batch=64).train))["x"]
+      for p in range(2)
+  ]
+  keys = [{x.tobytes() for x in part} for part in parts]
+  assert len(keys[0]) == len(keys[1]) == 32 and not keys[0] & keys[1]
+
+
+def test_token_out_of_range_names_the_file_the_value_and_the_field(
+    tmp_path,
+):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  rows = np.ones((8, 16), np.int32)
+  rows[-1, 3] = 100  # vocab_size is 100
+  np.save(directory / "train.npy", rows)
+  np.save(directory / "valid.npy", rows[:2])
+  with pytest.raises(ValueError) as error:
+    build(tokens_config(directory))
+  message = str(error.value)
+  assert str(directory / "train.npy") in message
+  assert "token value 100" in message and "data_config.vocab_size" in message
+
+
+def test_token_rows_shorter_than_data_shape_raise_naming_the_file(tmp_path):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  np.save(directory / "train.npy", np.zeros((4, 8), np.int32))
+  with pytest.raises(ValueError, match=r"train.npy has rows of 8 tokens"):
+    build(tokens_config(directory))
+
+
+def test_missing_token_directory_says_to_set_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match="data_config.path"):
+    build(tokens_config(tmp_path / "absent"))
+
+
+# --- users' text file ---------------------------------------------------------
+
+TEXT = "Größe matters. Ünïcode is fine; so are numbers 0-9!\n" * 40
+
+
+def text_config(path, **overrides):
+  fields = dict(data_dir=str(path.parent), path=path.name, data_shape=(16,),
+                vocab_size=len(set(TEXT)))
+  fields.update(overrides)
+  return make_config("text_chars", **fields)
+
+
+def test_text_file_vocabulary_is_its_characters_saved_next_to_it(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text(TEXT, encoding="utf-8")
+  datasets = build(text_config(path), batch=4, eval_batch=4)
+  stored = json.loads((tmp_path / "corpus.txt.vocab.json").read_text())
+  assert "".join(stored["characters"]) == "".join(sorted(set(TEXT)))
+  batch = next(iter(datasets.train))
+  assert batch["x"].shape == (4, 16)
+  assert all(datasets.info.decode(x) in TEXT for x in batch["x"])
+  valid = "".join(datasets.info.decode(x)
+                  for x in all_real(datasets.eval["valid"]()))
+  num_train = len(TEXT) - int(len(TEXT) * 0.05)
+  assert TEXT[num_train:].startswith(valid) and len(valid) >= 16
+
+
+def test_text_file_with_characters_from_the_config_uses_their_order(
+    tmp_path,
+):
+  path = tmp_path / "abc.txt"
+  path.write_text("abcab" * 200)
+  config = text_config(path, characters="cba", vocab_size=3)
+  loaded = pipelines.build_datasets(
+      config, global_batch_size=2, eval_batch_size=2, seed=0)
+  x = next(iter(loaded.train))["x"][0]
+  assert set(x.tolist()) <= {0, 1, 2}
+  assert loaded.info.decode(np.array([0, 1, 2])) == "cba"
+  assert not (tmp_path / "abc.txt.vocab.json").exists()
+
+
+def test_text_file_vocab_size_mismatch_names_the_right_size(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text(TEXT, encoding="utf-8")
+  with pytest.raises(ValueError,
+                     match=f"set data_config.vocab_size = {len(set(TEXT))}"):
+    build(text_config(path, vocab_size=5))
+
+
+def test_text_file_character_outside_a_stored_vocabulary_raises(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text("abab" * 100)
+  build(text_config(path, vocab_size=2), batch=2, eval_batch=2)
+  path.write_text("abab" * 100 + "z")
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    build(text_config(path, vocab_size=2), batch=2, eval_batch=2)
+
+
+# --- start-up validation ------------------------------------------------------
+
+
+class _BadSource:
+  """Finished examples, one of which breaks the config."""
+
+  def __init__(self, bad_x):
+    self._bad_x = bad_x
+
+  def __len__(self):
+    return 10
+
+  def __getitem__(self, index):
+    return {"x": self._bad_x if index == 9 else np.zeros(4, np.int32)}
+
+  def describe(self, index):
+    return f"/data/shard-3.bin record {index}"
+
+
+@pytest.mark.parametrize(
+    "bad_x, expected",
+    [
+        (np.full(4, 7, np.int32), "token value 7 is outside"),
+        (np.full(4, -1, np.int32), "token value -1 is outside"),
+        (np.zeros(5, np.int32), "data_config.data_shape is (4,)"),
+    ],
+)
+def test_sample_check_names_the_file_the_value_and_the_field(
+    bad_x, expected,
+):
+  config = make_config("tokens", data_shape=(4,), vocab_size=7)
+  with pytest.raises(ValueError) as error:
+    sources_check = pipelines.sources.check_sample
+    sources_check(_BadSource(bad_x), config, finished=True)
+  assert "/data/shard-3.bin record 9" in str(error.value)
+  assert expected in str(error.value)

@@ -1,7 +1,10 @@
 """MD4 on protein sequences (amino-acid tokens, length 512).
 
-The vocabulary is the 20 standard amino acids, the ambiguity codes X, B, Z,
-U, O and a padding token (26). Variant `cpu` is shrunk.
+The vocabulary (26) is the 20 standard amino acids, the ambiguity codes X, B,
+Z, U, O and a padding token, which also marks where a protein ends (see
+md4/data/protein.py). Data: FASTA files (plain or .gz) in
+`<data_dir>/protein/`; 5% of the proteins are held out. Variant `cpu` is
+shrunk.
 """
 
 from md4 import configuration

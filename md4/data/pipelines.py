@@ -27,9 +27,12 @@ import numpy as np
 
 from md4.data import digits
 from md4.data import mnist
+from md4.data import protein
 from md4.data import sources
 from md4.data import text8
+from md4.data import text_chars
 from md4.data import tfds_images
+from md4.data import token_files
 
 DataInfo = sources.DataInfo
 Batch = dict[str, np.ndarray]
@@ -41,9 +44,16 @@ _LOADERS: dict[str, Callable[[Any], sources.LoadedData]] = {
     "binarized_mnist": functools.partial(mnist.load, binarized=True),
     "cifar10": tfds_images.load_cifar10,
     "imagenet64": tfds_images.load_imagenet64,
+    "openwebtext": token_files.load_prepared,
+    "fineweb_edu": token_files.load_prepared,
+    "protein": protein.load,
+    "tokens": token_files.load_tokens,
+    "text_chars": text_chars.load,
 }
-# Data sets that read `data_config.pad_to`.
+# Data sets that read `data_config.pad_to`, `path` and `characters`.
 _PADDABLE = ("mnist", "binarized_mnist")
+_WITH_PATH = ("openwebtext", "fineweb_edu", "protein", "tokens", "text_chars")
+_WITH_CHARACTERS = ("text_chars",)
 DATASET_NAMES = tuple(_LOADERS)
 
 
@@ -77,8 +87,10 @@ def build_datasets(
 
   Args:
     data_config: `config.data` with `dataset`, `data_dir`, `data_shape`,
-      `vocab_size`, `num_workers` (grain worker processes; 0 = in-process) and
-      `pad_to` (MNIST variants only; 0 = no padding).
+      `vocab_size`, `num_workers` (grain worker processes; 0 = in-process),
+      `pad_to` (MNIST variants only; 0 = no padding), `path` (file-based
+      data sets: their file or directory), `characters` (text_chars only)
+      and `eval_fraction` (data without an evaluation split of its own).
     global_batch_size: training examples per step over all processes.
     eval_batch_size: evaluation examples per batch over all processes.
     seed: shuffling (and random crop) seed, an integer in [0, 2**32).
@@ -100,6 +112,11 @@ def build_datasets(
   _check_num_workers(data_config.num_workers)
   load = _loader(data_config)
   loaded = load(data_config)
+  # Start-up validation: a sample of every split against the config.
+  sources.check_sample(
+      loaded.train, data_config, finished=not loaded.train_transforms)
+  for source in loaded.eval.values():
+    sources.check_sample(source, data_config, finished=True)
 
   if len(loaded.train) < process_count:
     raise ValueError(
@@ -194,6 +211,14 @@ def _loader(data_config: Any) -> Callable[[Any], sources.LoadedData]:
         f" to {', '.join(_PADDABLE)}, not {name!r}; set data_config.pad_to ="
         " 0."
     )
+  for field, users in (("path", _WITH_PATH),
+                       ("characters", _WITH_CHARACTERS)):
+    if data_config[field] and name not in users:
+      raise ValueError(
+          f"data_config.{field} is {data_config[field]!r} but only"
+          f" {', '.join(users)} read it, not {name!r}; set"
+          f" data_config.{field} = ''."
+      )
   return _LOADERS[name]
 
 

@@ -1,7 +1,8 @@
 """What a data-set module hands to the pipeline builder.
 
-Every data-set module (`digits`, `text8`, `mnist`, `tfds_images`) has a
-`load(data_config) -> LoadedData` function. `LoadedData` holds grain
+Every data-set module (`digits`, `text8`, `mnist`, `tfds_images`,
+`token_files`, `protein`, `text_chars`) has a `load(data_config) ->
+LoadedData` function. `LoadedData` holds grain
 random-access sources whose records are finished examples,
 
     {"x": int32 [*data_shape], "label": int32 []}   ("label" only if labelled)
@@ -11,7 +12,10 @@ random crop) to become one. `pipelines.build_datasets` turns these into the
 shuffled, sharded, batched training loader and the padded evaluation batches.
 
 A source's `repr` is stored in data-iterator checkpoints and compared on
-restore, so it names the data (never a memory address or a local path).
+restore, so it names the data (never a memory address or a local path). A
+source may also have `describe(index) -> str` naming the file a record comes
+from, which `check_sample` (run on every split at start-up) puts in its
+errors.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -135,3 +139,54 @@ class ArraySource:
 
   def __repr__(self) -> str:
     return f"ArraySource(name={self._name!r}, num_records={len(self)})"
+
+
+def check_sample(
+    source: grain.sources.RandomAccessDataSource,
+    data_config: Any,
+    *,
+    finished: bool,
+    num_samples: int = 8,
+) -> None:
+  """Checks evenly spaced records of a source against the config.
+
+  Token values must lie in `[0, data_config.vocab_size)`; finished examples
+  (`{"x": ...}`) must have shape `data_config.data_shape`. Raw training
+  records (`finished=False`, e.g. text windows before a crop) are checked for
+  values only. A source with a `describe(index)` method names the file the
+  record came from.
+
+  Args:
+    source: the records.
+    data_config: `config.data` (reads `dataset`, `vocab_size`, `data_shape`).
+    finished: whether records are finished examples.
+    num_samples: how many records to read, first and last included.
+
+  Raises:
+    ValueError: naming the record's file, the offending value and the field.
+  """
+  vocab_size = int(data_config.vocab_size)
+  data_shape = tuple(int(d) for d in data_config.data_shape)
+  num = len(source)
+  for index in np.unique(np.linspace(0, num - 1, min(num, num_samples))
+                         .astype(np.int64)):
+    record = source[int(index)]
+    x = np.asarray(record["x"] if isinstance(record, dict) else record)
+    describe = getattr(source, "describe", None)
+    where = describe(int(index)) if describe else f"{source!r} record {index}"
+    if finished and tuple(x.shape) != data_shape:
+      raise ValueError(
+          f"{where}: a {data_config.dataset} example has shape"
+          f" {tuple(x.shape)} but data_config.data_shape is {data_shape}; set"
+          f" data_config.data_shape = {tuple(x.shape)} or fix the data."
+      )
+    if not x.size:
+      continue
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high >= vocab_size:
+      bad = low if low < 0 else high
+      raise ValueError(
+          f"{where}: token value {bad} is outside [0, data_config.vocab_size"
+          f" = {vocab_size}); set data_config.vocab_size to at least"
+          f" {high + 1} (with no negative ids), or fix the data."
+      )
