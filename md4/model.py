@@ -147,10 +147,24 @@ def build_model(config: ml_collections.ConfigDict,
       power_init=config.model.power_init, t1=config.model.t1)
 
 
-def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1):
-  """Initial variables from dummy data (use under jax.eval_shape / jit)."""
-  x = jnp.zeros((batch_size,) + tuple(model.data_shape), jnp.int32)
-  label = (jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None)
-  params_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
-  return model.init({"params": params_rng, "sample": sample_rng,
-                     "dropout": dropout_rng}, x, label, train=False)
+def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,
+                   unbox: bool = False):
+  """Initial variables from dummy data, compiled (eager init is slow on CPU).
+
+  Args:
+    model: the model.
+    rng: PRNG key.
+    batch_size: of the dummy batch.
+    unbox: return plain arrays instead of logically partitioned boxes.
+  """
+
+  def init(rng):
+    x = jnp.zeros((batch_size,) + tuple(model.data_shape), jnp.int32)
+    label = (jnp.zeros((batch_size,), jnp.int32) if model.num_classes
+             else None)
+    params_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "sample": sample_rng,
+                            "dropout": dropout_rng}, x, label, train=False)
+    return nn.meta.unbox(variables) if unbox else variables
+
+  return jax.jit(init)(rng)

@@ -17,9 +17,8 @@ def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
       cond_width=32, use_rope=True)
   model = model_lib.DiffusionModel(network=network, vocab_size=kd.VOCAB,
                                    data_shape=(kd.LENGTH,), schedule="linear")
-  params = model_lib.init_variables(model, jax.random.key(0))["params"]
-  params = jax.tree.map(lambda p: p.unbox() if hasattr(p, "unbox") else p,
-                        params, is_leaf=lambda p: hasattr(p, "unbox"))
+  params = model_lib.init_variables(model, jax.random.key(0),
+                                    unbox=True)["params"]
   optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 600))
   opt_state = optimizer.init(params)
   data = jnp.asarray(kd.sample(np.random.default_rng(0), 200_000))
