@@ -313,8 +313,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if step % config.train.sample_every == 0 or last:
         samples = np.asarray(jax.device_get(sample_fn(
             state.ema_params, jax.random.fold_in(sample_rng, step))))
-        outputs["samples"] = sample_writing.write_samples(
-            workdir, step, samples, info, writer)
+        if jax.process_index() == 0:
+          outputs["samples"] = sample_writing.write_samples(
+              workdir, step, samples, info, writer)
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
   writer.flush()
