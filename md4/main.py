@@ -35,6 +35,10 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Done: %s", result)
+  if result["preempted"]:
+    print(f"Stopped by a signal at step {result['step']}; checkpoint saved in "
+          f"{result['checkpoints']}. Rerun the same command to resume.")
+    return
   summary = [f"Finished at step {result['step']}."]
   for key, value in sorted(result["eval"].items()):
     if key.endswith(("bits_per_dim", "perplexity")):

@@ -27,6 +27,7 @@ from md4 import checkpointing
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import optimizers
+from md4 import preemption
 from md4 import sample_writing
 from md4 import sharding
 from md4.data import pipelines
@@ -293,7 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                  workdir)}
   step = int(state.step)
   eval_metrics: dict[str, float] = {}
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+  preempted = False
+  with (jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules),
+        preemption.PreemptionGuard() as guard):
     while step < num_steps:
       # ------------------------------------------------------ one step --
       local = next(train_iter)
@@ -318,9 +321,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               workdir, step, samples, info, writer)
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
+      if guard.requested:
+        checkpointing.save(manager, step, state, train_iter)
+        logging.warning("Stop requested by a signal: saved step %d to %s; "
+                        "rerun with the same --workdir to resume.", step,
+                        manager.directory)
+        preempted = True
+        break
   writer.flush()
   manager.close()
-  return {"eval": eval_metrics, "step": step, **outputs}
+  return {"eval": eval_metrics, "step": step, "preempted": preempted,
+          **outputs}
 
 
 def _flatten(config, prefix=""):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -193,3 +194,31 @@ def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
   assert out.returncode != 0
   assert "config.train.batch_size=6 must be divisible by the data-parallel " \
          "size 4" in out.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero_then_resume_finishes(
+    tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, os.path.join(ROOT, "md4", "main.py"),
+         f"--config={os.path.join(ROOT, 'configs/md4/digits.py')}:tiny",
+         f"--workdir={workdir}", "--config.train.num_steps=100000",
+         "--config.train.log_every=1"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:  # Wait until training steps are running.
+    lines.append(line)
+    if "train/loss" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, "".join(lines) + out
+  assert "Stopped by a signal at step" in out
+  steps = ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(workdir))
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  # The rerun resumes from that step and finishes.
+  config = load("md4/digits.py", "tiny")
+  config.train.num_steps = steps[0] + 2
+  result = train.train_and_evaluate(config, workdir)
+  assert result["step"] == steps[0] + 2 and not result["preempted"]
