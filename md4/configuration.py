@@ -8,6 +8,7 @@ checked against the chosen network's own fields by `md4.networks`.
 """
 
 import difflib
+import os
 
 import ml_collections
 
@@ -201,3 +202,19 @@ def unet(ch: int, num_res_blocks: int, dropout_rate: float,
       time_features="t",  # "t" or "none".
       remat=False,  # Recompute residual blocks in the backward pass.
   ))
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs a config file's get_config(arg); lets one config extend another."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("md4_config", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def sibling(config_file: str, relative: str) -> str:
+  """The path of another config file relative to this one's directory."""
+  return os.path.join(os.path.dirname(os.path.abspath(config_file)), relative)

@@ -1,7 +1,6 @@
 """Every shipped config loads, validates and builds its train state abstractly."""
 
 import glob
-import importlib.util
 import os
 import re
 
@@ -18,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.py")))
 VARIANTS = {
     "openwebtext": ["small", "medium", "cpu"],
-    "fineweb_edu": ["small", "cpu"],
+    "fineweb_edu": ["small", "medium", "cpu"],
     "text8": ["small", "cpu", "tiny"],
     "cifar10": ["default", "discrete", "cpu"],
     "imagenet64": ["default", "cond", "cpu"],
@@ -32,10 +31,7 @@ NUM_CLASSES = {"cifar10": 10, "imagenet64": 1000, "mnist": 10,
 
 
 def load(path, arg=None):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configuration.load_file(path, arg)
 
 
 def cases():

@@ -1,6 +1,5 @@
 """The model wrapper: config -> network + diffusion, numerics and bad input."""
 
-import importlib.util
 import os
 
 import jax
@@ -8,17 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from md4 import configuration
 from md4 import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      "cfg", os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configuration.load_file(os.path.join(ROOT, "configs", name), arg)
 
 
 def _loss_and_logits(config, x):

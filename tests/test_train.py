@@ -1,6 +1,5 @@
 """End to end: shrunk real configs train, evaluate, sample, checkpoint, resume."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from md4 import checkpointing
+from md4 import configuration
 from md4 import optimizers
 from md4 import train
 
@@ -22,11 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      "cfg", os.path.join(ROOT, "configs", name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configuration.load_file(os.path.join(ROOT, "configs", name), arg)
 
 
 def final_state(workdir):

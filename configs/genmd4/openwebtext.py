@@ -1,22 +1,17 @@
 """GenMD4 on OpenWebText: per-token learnable polynomial schedules.
 
-Same data and transformer as configs/md4/openwebtext.py; the schedule exponents
-start at power_init = 1 (the linear schedule) and are learned with the
-leave-one-out REINFORCE gradient. Variants: `small`, `medium`, `cpu`.
+Same data and transformer as configs/md4/openwebtext.py; the schedule
+exponents start at power_init = 1 (the linear schedule) and are learned with
+the leave-one-out REINFORCE gradient. Variants: `small`, `medium`, `cpu`.
 """
 
-import importlib.util
-import os
-
-_MD4 = os.path.join(os.path.dirname(__file__), "..", "md4", "openwebtext.py")
+from md4 import configuration
 
 
 def get_config(arg=None):
-  spec = importlib.util.spec_from_file_location("md4_openwebtext", _MD4)
-  base = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(base)
-  c = base.get_config(arg)
+  c = configuration.load_file(
+      configuration.sibling(__file__, "../md4/openwebtext.py"), arg)
   c.model.process = "genmd4"
-  c.model.power_init = 1.0
-  c.model.t1 = 1e-4
+  c.model.power_init = 1.0  # softplus(param) starts here for every value.
+  c.model.t1 = 1e-4  # Start of the diffusion integral.
   return c
