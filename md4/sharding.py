@@ -146,3 +146,13 @@ def tree_shardings(mesh, rules, abstract_tree):
   """
   specs = nn.get_partition_spec(abstract_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def bytes_per_device(abstract_tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings."""
+  total = 0
+  for leaf in jax.tree.leaves(abstract_tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding else (
+        leaf.shape)
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total

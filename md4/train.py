@@ -272,6 +272,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info("Initialised parameters from %s.", config.restore_from)
   if jax.process_index() == 0:
     parameter_overview.log_parameter_overview(state.params)
+    abstract = setup.abstract_state
+    logging.info(
+        "Per device: parameters %.1f MiB, optimizer state %.1f MiB, EMA "
+        "%.1f MiB (mesh %s).",
+        sharding.bytes_per_device(abstract.params) / 2**20,
+        sharding.bytes_per_device(abstract.opt_state) / 2**20,
+        sharding.bytes_per_device(abstract.ema_params) / 2**20,
+        dict(setup.mesh.shape))
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
 
   # ---------------------------------------------------- compiled steps --
