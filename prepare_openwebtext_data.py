@@ -48,12 +48,13 @@ end-of-sequence id. md4 loads the result with `data.dataset = "openwebtext"`
 """
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -453,8 +454,9 @@ def shard_file(split: str, shard: int) -> str:
 class ShardWriter:
   """Packs a shard's token stream into blocks and writes both splits."""
 
-  def __init__(self, out_dir: pathlib.Path, shard: int, settings: dict[str,
-                                                                       Any]):
+  def __init__(
+      self, out_dir: pathlib.Path, shard: int, settings: dict[str, Any]
+  ):
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
     self._writer_class = array_record_module.ArrayRecordWriter
@@ -579,8 +581,9 @@ def copy_tokenizer(spec: TokenizerSpec, out_dir: pathlib.Path) -> None:
     shutil.copyfile(file, target / pathlib.Path(file).name)
 
 
-def settings_of(args: argparse.Namespace, spec: TokenizerSpec) -> dict[str,
-                                                                       Any]:
+def settings_of(
+    args: argparse.Namespace, spec: TokenizerSpec
+) -> dict[str, Any]:
   """Everything that decides the files' contents (checked on resume)."""
   return {
       "dataset": args.dataset,
@@ -634,18 +637,40 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
   return metadata
 
 
+def tokenized_in_order(
+    work: Iterator[Task], num_proc: int, init: tuple[Any, ...]
+) -> Iterator[Tokenized]:
+  """Tokenizes tasks in `num_proc` worker processes; yields results in order.
+
+  The input is read here, in the calling thread, a few tasks ahead of the
+  results (so an input error is raised here, and memory stays bounded); a
+  worker that dies raises BrokenProcessPool instead of hanging.
+  """
+  if num_proc == 1:
+    init_worker(*init)
+    yield from map(tokenize, work)
+    return
+  ahead = 2 * num_proc
+  with concurrent.futures.ProcessPoolExecutor(
+      num_proc, initializer=init_worker, initargs=init) as executor:
+    pending = collections.deque()
+    try:
+      for task in work:
+        pending.append(executor.submit(tokenize, task))
+        if len(pending) >= ahead:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
+    finally:
+      for future in pending:
+        future.cancel()
+
+
 def _run(args, spec, settings, out_dir, shards, work) -> None:
   """Tokenizes `work` in worker processes and writes shard after shard."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-  init = (spec, settings["dtype"])
-  if args.num_proc > 1:
-    pool = multiprocessing.Pool(args.num_proc, init_worker, init)
-    results = pool.imap(tokenize, work)
-  else:
-    pool = None
-    init_worker(*init)
-    results = map(tokenize, work)
+  results = tokenized_in_order(work, args.num_proc, (spec, settings["dtype"]))
   bar = tqdm(unit="tok", unit_scale=True, desc=f"{args.dataset} tokens",
              initial=sum(s["tokens"] for s in shards), smoothing=0.1)
   writer = None
@@ -664,8 +689,6 @@ def _run(args, spec, settings, out_dir, shards, work) -> None:
         bar.set_postfix(shards=len(shards), refresh=False)
   finally:
     bar.close()
-    if pool is not None:
-      pool.terminate()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

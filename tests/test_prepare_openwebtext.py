@@ -261,14 +261,14 @@ def test_prepare_killed_half_way_and_rerun_writes_the_files_of_one_run(
   os.mkfifo(fifo)
   killed = tmp_path / "killed"
   args = flags_for(input_dir, killed, bpe_dir, num_proc=2)
-  # The corpus arrives through a pipe: after 2.5 shards the script waits
+  # The corpus arrives through a pipe: after 2.8 shards the script waits
   # for more input in the middle of shard 2, and is killed there.
   with open(tmp_path / "log.txt", "w") as log:
     process = subprocess.Popen([sys.executable, str(SCRIPT), *args],
                                stdout=log, stderr=log, start_new_session=True)
   try:
     with _open_fifo_for_writing(fifo) as pipe:
-      pipe.writelines(lines[:125])
+      pipe.writelines(lines[:140])
       pipe.flush()
       metadata = _wait_for_shards(killed / "openwebtext", 2, process)
       os.killpg(process.pid, signal.SIGKILL)
@@ -299,6 +299,21 @@ def test_prepare_grows_a_max_documents_run_to_the_whole_corpus(
   assert all_files(tmp_path) == all_files(prepared)
   run_in_process(input_dir, tmp_path, bpe_dir)  # complete: nothing to do
   assert all_files(tmp_path) == all_files(prepared)
+
+
+def test_prepare_input_error_with_worker_processes_exits_with_its_message(
+    tmp_path, bpe_dir,
+):
+  input_dir = tmp_path / "bad"
+  input_dir.mkdir()
+  (input_dir / "a.jsonl").write_text(jsonl_lines(["fine"] * 30)[0] * 30
+                                     + '{"body": "no text field"}\n')
+  result = subprocess.run(
+      [sys.executable, str(SCRIPT),
+       *flags_for(input_dir, tmp_path / "out", bpe_dir, num_proc=2)],
+      capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode != 0
+  assert "a.jsonl:31 has no field 'text'" in result.stderr
 
 
 def test_prepare_refuses_to_resume_with_other_settings(

@@ -187,8 +187,9 @@ def seq_len_of(data_config: Any) -> int:
   return int(shape[0])
 
 
-def _open_files(paths, seq_len, dtype) -> list[NpyRecords |
-                                                ArrayRecordRecords]:
+def _open_files(
+    paths, seq_len, dtype
+) -> list[NpyRecords | ArrayRecordRecords]:
   files = []
   for path in paths:
     if path.suffix == ".npy":
@@ -217,8 +218,9 @@ def _examples(name, paths, seq_len, dtype, indices=None) -> TokenExamples:
   return examples
 
 
-def _prepared_metadata(directory: pathlib.Path, dataset: str) -> dict[str,
-                                                                     Any]:
+def _prepared_metadata(
+    directory: pathlib.Path, dataset: str
+) -> dict[str, Any]:
   path = directory / METADATA_FILE
   command = (f"python prepare_openwebtext_data.py --dataset={dataset}"
              f" --data_dir={directory.parent}")
