@@ -1,0 +1,277 @@
+"""Discrete-time D3PM (Austin et al., 2021) with uniform or absorbing noise.
+
+States: K data values, plus the mask id K for absorbing noise (S = K or K+1).
+One step keeps a token with probability 1 - beta_t and otherwise resamples
+it from u (uniform over the K values, or the mask):
+
+  q(x_t | x_{t-1}) = (1 - beta_t) [x_t = x_{t-1}] + beta_t u(x_t),
+  q(x_t | x_0)     = abar_t [x_t = x_0] + (1 - abar_t) u(x_t),
+  abar_t = prod_{s <= t} (1 - beta_s)  (float64 cumulative product).
+
+Both matrices have this closed form, so nothing of size S x S is built.
+Multinomial diffusion (Hoogeboom et al., 2021) is exactly the uniform case
+with the cosine schedule and no auxiliary loss; absorbing D3PM with
+abar_t = alpha(t/T) is MD4's discrete-time ELBO (tests show both).
+
+The denoiser predicts p~(x_0 | x_t) over the K values (the mask gets no
+probability); the reverse step marginalises the true posterior over it:
+
+  p(x_{t-1} | x_t) = sum_{x_0} q(x_{t-1} | x_t, x_0) p~(x_0 | x_t),
+
+restricted to the x_0 that could have produced x_t. The negative ELBO is
+
+  prior KL(q(x_T | x_0) || p(x_T)) + sum_{t=2}^T KL(q(x_{t-1}|x_t,x_0) ||
+  p(x_{t-1}|x_t)) - log p(x_0 | x_1),
+
+estimated with one uniformly drawn t per example (times T). All computation
+is in log space.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from md4.diffusion import md4
+
+TRANSITIONS = ("uniform", "absorbing")
+SCHEDULES = ("linear", "cosine", "jsd")
+_NEG_INF = -jnp.inf
+
+
+def betas(schedule: str, num_steps: int) -> np.ndarray:
+  """beta_1..beta_T in float64.
+
+  linear: DDPM's 1e-4..0.02 over 1000 steps, rescaled by 1000/T so the total
+    noise (and abar_T ~ 4e-5) does not depend on T.
+  cosine: from abar(t) = cos^2(pi/2 (t/T + s)/(1 + s)), s = 0.008
+    (Nichol & Dhariwal; Hoogeboom et al.), betas clipped at 0.999 except
+    the last, which is 1 so the chain reaches its prior exactly.
+  jsd: 1 / (T - t + 1), which makes abar_t = 1 - t/T (Austin et al.'s
+    absorbing schedule).
+  """
+  t = np.arange(1, num_steps + 1, dtype=np.float64)
+  if schedule == "linear":
+    scale = 1000.0 / num_steps
+    return np.linspace(1e-4 * scale, min(0.02 * scale, 1.0), num_steps)
+  if schedule == "cosine":
+    s = 0.008
+    f = lambda u: np.cos((u / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    abar = f(np.concatenate([[0.0], t])) / f(0.0)
+    b = np.clip(1.0 - abar[1:] / abar[:-1], 0.0, 0.999)
+    b[-1] = 1.0
+    return b
+  if schedule == "jsd":
+    return 1.0 / (num_steps - t + 1.0)
+  raise ValueError(f"config.model.schedule={schedule!r} is not a D3PM "
+                   f"schedule; valid: {', '.join(SCHEDULES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class D3PM:
+  """A D3PM forward process: transition kind, size and schedule.
+
+  Attributes:
+    transition: "uniform" or "absorbing".
+    vocab_size: K data values; the mask id is K (absorbing only).
+    num_steps: T.
+    schedule: "linear", "cosine" or "jsd".
+  """
+  transition: str
+  vocab_size: int
+  num_steps: int
+  schedule: str
+
+  def __post_init__(self):
+    if self.transition not in TRANSITIONS:
+      raise ValueError(
+          f"config.model.transition={self.transition!r}; valid: "
+          f"{', '.join(TRANSITIONS)}.")
+    if self.num_steps < 1:
+      raise ValueError(f"config.model.num_steps must be >= 1 for D3PM, got "
+                       f"{self.num_steps}.")
+    betas(self.schedule, self.num_steps)  # Validates the name.
+
+  # ------------------------------------------------------ the schedule --
+
+  @property
+  def mask_id(self) -> int:
+    return md4.mask_token(self.vocab_size)
+
+  @property
+  def num_states(self) -> int:
+    return self.vocab_size + (self.transition == "absorbing")
+
+  def log_tables(self):
+    """float32 tables indexed by t = 0..T of log(1-beta), log beta,
+    log abar, log(1-abar), computed from float64 products."""
+    b = np.concatenate([[0.0], betas(self.schedule, self.num_steps)])
+    abar = np.cumprod(1.0 - b)  # abar_0 = 1
+    with np.errstate(divide="ignore"):
+      tables = [np.log1p(-b), np.log(b), np.log(abar), np.log1p(-abar)]
+    return [jnp.asarray(x, jnp.float32) for x in tables]
+
+  def _noise_log_prob(self, j):
+    """log u(j) for state ids j (any shape)."""
+    if self.transition == "uniform":
+      return jnp.full(j.shape, -math.log(self.vocab_size))
+    return jnp.where(j == self.mask_id, 0.0, _NEG_INF)
+
+  def _mix(self, log_keep, log_noise, same, j):
+    """log(keep [same] + noise u(j)) elementwise, -inf safe."""
+    noise = log_noise + self._noise_log_prob(j)
+    return jnp.where(same, jnp.logaddexp(log_keep, noise), noise)
+
+  # -------------------------------------------------- forward process --
+
+  def log_q_marginal(self, x0, t):
+    """log q(x_t = j | x_0) for every state j: [B, ..., S]."""
+    _, _, log_abar, log_1m_abar = self.log_tables()
+    t_b = md4.broadcast_to_data(t, x0)[..., None]  # [B, 1.., 1]
+    j = jnp.arange(self.num_states)
+    return self._mix(log_abar[t_b], log_1m_abar[t_b], j == x0[..., None], j)
+
+  def sample_marginal(self, rng, x0, t):
+    """x_t ~ q(x_t | x_0) for integer steps t [B]."""
+    _, _, log_abar, _ = self.log_tables()
+    keep_rng, noise_rng = jax.random.split(rng)
+    keep = (jnp.log(md4.uniform(keep_rng, x0.shape))
+            < md4.broadcast_to_data(log_abar[t], x0))
+    if self.transition == "uniform":
+      noise = jax.random.randint(noise_rng, x0.shape, 0, self.vocab_size)
+    else:
+      noise = jnp.full(x0.shape, self.mask_id)
+    return jnp.where(keep, x0, noise).astype(x0.dtype)
+
+  def log_q_given_each_x0(self, x_t, t):
+    """log q(x_t | x_0 = k) for every data value k: [B, ..., K]."""
+    _, _, log_abar, log_1m_abar = self.log_tables()
+    t_b = md4.broadcast_to_data(t, x_t)[..., None]
+    k = jnp.arange(self.vocab_size)
+    same = k == x_t[..., None]
+    if self.transition == "uniform":
+      noise = log_1m_abar[t_b] - math.log(self.vocab_size)
+      return jnp.where(same, jnp.logaddexp(log_abar[t_b], noise), noise)
+    masked = x_t[..., None] == self.mask_id
+    return jnp.where(masked, log_1m_abar[t_b] * jnp.ones_like(same, float),
+                     jnp.where(same, log_abar[t_b], _NEG_INF))
+
+  def log_q_step(self, x_t, t):
+    """log q(x_t | x_{t-1} = j) for every state j: [B, ..., S]."""
+    log_1m_beta, log_beta, _, _ = self.log_tables()
+    t_b = md4.broadcast_to_data(t, x_t)[..., None]
+    j = jnp.arange(self.num_states)
+    noise = log_beta[t_b] + self._noise_log_prob(x_t[..., None])
+    if self.transition == "absorbing":
+      # From the mask state x_t can only be the mask.
+      from_mask = jnp.where(x_t[..., None] == self.mask_id, 0.0, _NEG_INF)
+      keep = jnp.where(j == x_t[..., None], jnp.logaddexp(log_1m_beta[t_b],
+                                                          noise), noise)
+      return jnp.where(j == self.mask_id, from_mask, keep)
+    return jnp.where(j == x_t[..., None],
+                     jnp.logaddexp(log_1m_beta[t_b], noise), noise)
+
+  # ---------------------------------------------------------- posterior --
+
+  def log_posterior(self, log_x0, x_t, t):
+    """log sum_{x0} q(x_{t-1} | x_t, x0) p(x0): [B, ..., S].
+
+    Args:
+      log_x0: log-probabilities (or logits) over the K values [B, ..., K];
+        a one-hot in log space gives the true posterior.
+      x_t: states [B, ...].
+      t: steps [B] in 1..T.
+    """
+    _, _, log_abar, log_1m_abar = self.log_tables()
+    lq = self.log_q_given_each_x0(x_t, t)  # [B, ..., K]
+    consistent = lq > _NEG_INF
+    log_p0 = jax.nn.log_softmax(
+        jnp.where(consistent, log_x0.astype(jnp.float32), _NEG_INF), axis=-1)
+    log_w = jnp.where(consistent, log_p0 - lq, _NEG_INF)  # [B, ..., K]
+    total = jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
+    s = md4.broadcast_to_data(t - 1, x_t)[..., None]
+    data_part = log_abar[s] + log_w  # j < K
+    noise = log_1m_abar[s] + total
+    if self.transition == "uniform":
+      mixed = jnp.logaddexp(data_part, noise - math.log(self.vocab_size))
+    else:
+      mixed = jnp.concatenate([data_part, noise], axis=-1)
+    return jax.nn.log_softmax(self.log_q_step(x_t, t) + mixed, axis=-1)
+
+
+def kl(log_q, log_p):
+  """KL between categoricals in log space over the last axis, -inf safe."""
+  q = jnp.exp(log_q)
+  return jnp.where(q > 0, q * (log_q - log_p), 0.0).sum(-1)
+
+
+def _sum_data(v):
+  return v.reshape(v.shape[0], -1).sum(-1)
+
+
+def prior_loss(process: D3PM, x0):
+  """KL(q(x_T | x_0) || p(x_T)) per example; p is u at every position."""
+  t_last = jnp.full((x0.shape[0],), process.num_steps, jnp.int32)
+  log_q = process.log_q_marginal(x0, t_last)
+  j = jnp.arange(process.num_states)
+  log_prior = jnp.broadcast_to(process._noise_log_prob(j), log_q.shape)  # pylint: disable=protected-access
+  return _sum_data(kl(log_q, log_prior))
+
+
+def step_loss(process: D3PM, x0, x_t, t, logits):
+  """L_{t-1} per example: the step's KL, or -log p(x0 | x1) at t = 1."""
+  one_hot_log = jnp.where(
+      jnp.arange(process.vocab_size) == x0[..., None], 0.0, _NEG_INF)
+  log_q = process.log_posterior(one_hot_log, x_t, t)  # [B, ..., S]
+  log_p = process.log_posterior(logits, x_t, t)  # [B, ..., S]
+  step_kl = kl(log_q, log_p)
+  recon = -jnp.take_along_axis(log_p, x0[..., None], axis=-1)[..., 0]
+  first = md4.broadcast_to_data(t == 1, x0)
+  return _sum_data(jnp.where(first, recon, step_kl))
+
+
+def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
+          label=None, antithetic: bool = True, t=None):
+  """One-sample D3PM negative ELBO and the hybrid objective, per example.
+
+  Args:
+    rng: PRNG key, or one key per example [B] (then `t` must be given).
+    x: int tokens [B, *data_shape] in [0, K).
+    denoise: `logits = denoise(x_t, t / T, label)` over K values.
+    process: the forward process.
+    hybrid_coeff: lambda of the auxiliary -log p~(x0 | x_t) term.
+    label: optional int [B].
+    antithetic: stratify the B step draws.
+    t: optional continuous times [B] in [0, 1), mapped to steps 1..T.
+
+  Returns:
+    (terms, scalars): per-example nats: `loss` (the training objective,
+    T (L_{t-1} + lambda CE) + prior), `loss_nelbo` (the bound),
+    `loss_diff` (T L_{t-1}), `loss_prior`, `loss_ce`.
+  """
+  t_rng, z_rng = md4.time_and_mask_rngs(rng, t)
+  if t is None:
+    t = md4.sample_times(t_rng, x.shape[0], antithetic)
+  steps = jnp.clip(jnp.floor(t * process.num_steps).astype(jnp.int32) + 1, 1,
+                   process.num_steps)  # [B] in 1..T
+  if z_rng.ndim:  # Per-example keys: one noise key each.
+    x_t = jax.vmap(lambda k, xi, ti: process.sample_marginal(
+        k, xi[None], ti[None])[0])(z_rng, x, steps)
+  else:
+    x_t = process.sample_marginal(z_rng, x, steps)
+  logits = denoise(x_t, steps.astype(jnp.float32) / process.num_steps, label)
+  num_steps = process.num_steps
+  loss_diff = num_steps * step_loss(process, x, x_t, steps, logits)
+  loss_ce = -_sum_data(md4.target_log_prob(logits, x))
+  loss_prior = prior_loss(process, x)
+  loss_nelbo = loss_diff + loss_prior
+  terms = {
+      "loss": loss_nelbo + hybrid_coeff * num_steps * loss_ce,
+      "loss_nelbo": loss_nelbo,
+      "loss_diff": loss_diff,
+      "loss_prior": loss_prior,
+      "loss_ce": loss_ce,
+  }
+  return terms, {}

@@ -1,0 +1,208 @@
+"""D3PM (uniform, absorbing) and multinomial diffusion against brute force."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import known_distribution as kd
+from md4.diffusion import d3pm
+from md4.diffusion import md4
+from md4.diffusion import schedules
+
+K, T = 3, 12
+
+
+def explicit_step_matrices(process):
+  """Q_t[i, j] = q(x_t = j | x_{t-1} = i) as dense float64 matrices."""
+  s = process.num_states
+  u = np.zeros(s)
+  if process.transition == "uniform":
+    u[:] = 1.0 / process.vocab_size
+  else:
+    u[process.mask_id] = 1.0
+  mats = []
+  for beta in d3pm.betas(process.schedule, process.num_steps):
+    q = (1 - beta) * np.eye(s) + beta * u[None, :]
+    if process.transition == "absorbing":
+      q[process.mask_id] = 0.0
+      q[process.mask_id, process.mask_id] = 1.0
+    mats.append(q)
+  return mats
+
+
+CASES = [("uniform", "linear"), ("uniform", "cosine"),
+         ("absorbing", "jsd"), ("absorbing", "cosine")]
+
+
+@pytest.mark.parametrize("transition,schedule", CASES)
+def test_cumulative_marginals_equal_repeated_matrix_products(transition,
+                                                             schedule):
+  process = d3pm.D3PM(transition, K, T, schedule)
+  cumulative = np.eye(process.num_states)
+  x0 = jnp.arange(K)
+  for t, q in enumerate(explicit_step_matrices(process), start=1):
+    cumulative = cumulative @ q
+    got = np.exp(np.asarray(process.log_q_marginal(
+        x0[:, None], jnp.full((K,), t))))[:, 0]  # [K, S]
+    np.testing.assert_allclose(got, cumulative[:K], atol=1e-6)
+
+
+@pytest.mark.parametrize("transition,schedule", CASES)
+def test_posterior_equals_bayes_rule_by_brute_force(transition, schedule):
+  process = d3pm.D3PM(transition, K, T, schedule)
+  mats = explicit_step_matrices(process)
+  rng = np.random.default_rng(0)
+  for t in (1, 2, 5, T):
+    before = np.eye(process.num_states)
+    for q in mats[:t - 1]:
+      before = before @ q
+    after = before @ mats[t - 1]
+    logits = rng.normal(size=K) * 2
+    for x_t in range(process.num_states):
+      # The predicted posterior: sum over consistent x0 of q(.|x_t, x0) p(x0).
+      p0 = np.exp(logits) * (after[:K, x_t] > 0)
+      if p0.sum() == 0:
+        continue
+      p0 /= p0.sum()
+      expected = np.zeros(process.num_states)
+      for x0 in range(K):
+        if after[x0, x_t] > 0:
+          bayes = mats[t - 1][:, x_t] * before[x0] / after[x0, x_t]
+          expected += p0[x0] * bayes
+      got = np.exp(np.asarray(process.log_posterior(
+          jnp.asarray(logits, jnp.float32)[None], jnp.array([x_t]),
+          jnp.array([t]))))[0]
+      np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_absorbing_d3pm_loss_equals_md4_discrete_time_loss():
+  v, steps, length, batch = 5, 16, 7, 64
+  process = d3pm.D3PM("absorbing", v, steps, "jsd")  # abar_t = 1 - t/T
+  schedule = schedules.MaskingSchedule("linear", eps=0.0)  # alpha = 1 - t
+  rng = jax.random.key(0)
+  x = jax.random.randint(rng, (batch, length), 0, v)
+  step = jax.random.randint(jax.random.key(1), (batch,), 1, steps + 1)
+  x_t = process.sample_marginal(jax.random.key(2), x, step)
+  logits = jax.random.normal(jax.random.key(3), (batch, length, v)) * 2
+  ours = steps * d3pm.step_loss(process, x, x_t, step, logits)
+  weight, t_query = md4.diffusion_weight(schedule, (step - 0.5) / steps, steps)
+  np.testing.assert_allclose(t_query, step / steps, rtol=1e-6)
+  theirs = weight * md4.masked_cross_entropy(x, x_t, logits, v)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+  assert float(d3pm.prior_loss(process, x).max()) == 0.0
+
+
+def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
+  """Hoogeboom et al.'s closed-form posterior equals our Bayes posterior."""
+  process = d3pm.D3PM("uniform", K, T, "cosine")
+  b = d3pm.betas("cosine", T)
+  abar = np.cumprod(1 - b)
+  for t in range(2, T + 1):
+    a_t, abar_prev = 1 - b[t - 1], abar[t - 2]
+    for x0 in range(K):
+      for x_t in range(K):
+        # theta_post = [a_t x_t + (1 - a_t)/K] * [abar x0 + (1 - abar)/K].
+        theta = ((a_t * (np.arange(K) == x_t) + (1 - a_t) / K)
+                 * (abar_prev * (np.arange(K) == x0) + (1 - abar_prev) / K))
+        theta /= theta.sum()
+        one_hot = jnp.where(jnp.arange(K) == x0, 0.0, -jnp.inf)[None]
+        got = np.exp(np.asarray(process.log_posterior(
+            one_hot, jnp.array([x_t]), jnp.array([t]))))[0]
+        np.testing.assert_allclose(got, theta, atol=1e-5)
+
+
+@pytest.mark.parametrize("transition,schedule", CASES)
+def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
+                                                                schedule):
+  process = d3pm.D3PM(transition, 2, 200, schedule)
+  x = jnp.ones((4096, 16), jnp.int32)
+  prior = d3pm.prior_loss(process, x)
+  assert float(prior.max()) / 16 < 1e-3  # nats per dimension
+  x_T = process.sample_marginal(jax.random.key(0), x,
+                                jnp.full((4096,), 200))
+  if transition == "absorbing":
+    assert bool((x_T == process.mask_id).all())
+  else:
+    assert float((x_T == 1).mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def _uniform_oracle(process):
+  """Exact p(x0_i | x_t) for uniform noise on the known distribution."""
+  states = jnp.asarray(kd.all_states())
+  log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)
+  _, _, log_abar, log_1m_abar = process.log_tables()
+
+  def denoise(z, t, label=None):
+    del label
+    step = jnp.round(t * process.num_steps).astype(jnp.int32)
+    la, lm = log_abar[step][:, None, None], log_1m_abar[step][:, None, None]
+    noise = lm - math.log(kd.VOCAB)
+    same = z[:, None, :] == states[None]
+    log_obs = jnp.where(same, jnp.logaddexp(la, noise), noise)
+    post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
+    marginal = jnp.einsum("bs,slv->blv", post,
+                          jax.nn.one_hot(states, kd.VOCAB))
+    return jnp.log(jnp.maximum(marginal, 1e-30))
+
+  return denoise
+
+
+@pytest.mark.parametrize("transition", ["uniform", "absorbing"])
+def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(transition):
+  schedule = "cosine" if transition == "uniform" else "jsd"
+  process = d3pm.D3PM(transition, kd.VOCAB, 200, schedule)
+  if transition == "absorbing":
+    _, _, log_abar, _ = process.log_tables()
+    denoise = kd.oracle(lambda v, t: jnp.exp(
+        log_abar[jnp.round(t * 200).astype(jnp.int32)]))
+  else:
+    denoise = _uniform_oracle(process)
+  x = jnp.asarray(kd.sample(np.random.default_rng(0), 20000))
+
+  @jax.jit
+  def run(rng):
+    terms, _ = d3pm.nelbo(rng, x, denoise, process)
+    return terms
+
+  terms = run(jax.random.key(0))
+  nelbo = np.asarray(terms["loss_nelbo"], np.float64)
+  mean, se = nelbo.mean(), nelbo.std() / math.sqrt(len(nelbo))
+  entropy = kd.entropy()
+  # A bound: not below the entropy; with true posteriors and T = 200 close.
+  assert mean > entropy - 4 * se
+  assert mean < 1.05 * entropy, (mean, entropy)
+
+
+def test_hybrid_loss_includes_the_variational_term_and_the_scaled_ce():
+  process = d3pm.D3PM("uniform", 4, 10, "linear")
+  x = jax.random.randint(jax.random.key(0), (8, 6), 0, 4)
+  logits_fn = lambda z, t, c: jax.nn.one_hot(z, 4) * 2.0
+  terms, _ = d3pm.nelbo(jax.random.key(1), x, logits_fn, process,
+                        hybrid_coeff=0.01)
+  np.testing.assert_allclose(
+      terms["loss"], terms["loss_nelbo"] + 0.01 * 10 * terms["loss_ce"],
+      rtol=1e-6)
+  np.testing.assert_allclose(
+      terms["loss_nelbo"], terms["loss_diff"] + terms["loss_prior"],
+      rtol=1e-6)
+  assert float(terms["loss_diff"].min()) > 0
+
+
+def test_predicting_the_mask_is_impossible_in_the_reverse_process():
+  process = d3pm.D3PM("absorbing", 4, 10, "jsd")
+  x_t = jnp.full((1, 3), process.mask_id)
+  logits = jnp.zeros((1, 3, 4))
+  log_p = process.log_posterior(logits, x_t, jnp.array([1]))
+  # At t = 1 every token is revealed: the mask has zero probability.
+  assert float(jnp.exp(log_p[..., process.mask_id]).max()) == 0.0
+  np.testing.assert_allclose(jnp.exp(log_p).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_unknown_transition_or_schedule_is_rejected_with_the_field():
+  with pytest.raises(ValueError, match="transition"):
+    d3pm.D3PM("gaussian", 4, 10, "linear")
+  with pytest.raises(ValueError, match="linear, cosine, jsd"):
+    d3pm.D3PM("uniform", 4, 10, "quadratic")
