@@ -46,10 +46,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.05
 
   c.model = ml_collections.ConfigDict()
-  c.model.process = "md4"  # "md4" or "genmd4".
-  c.model.schedule = "linear"  # MD4: linear, cosine or polyK.
+  c.model.process = "md4"  # "md4", "genmd4" or "d3pm".
+  # MD4: linear, cosine or polyK. D3PM: linear, cosine or jsd (1/(T-t+1)).
+  c.model.schedule = "linear"
   c.model.eps = 1e-4  # alpha stays in [eps, 1 - eps].
   c.model.num_steps = 0  # 0: continuous-time ELBO; T > 0: T-step ELBO.
+  c.model.transition = "uniform"  # D3PM noise: uniform or absorbing.
+  c.model.hybrid_coeff = 0.0  # D3PM: lambda of the auxiliary CE loss.
   c.model.antithetic = True  # Stratified time samples within a batch.
   c.model.class_conditional = False  # Feed labels to the denoiser.
   c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
@@ -129,10 +132,13 @@ def _check_values(config) -> None:
     raise ValueError(
         f"config.train.batch_size={config.train.batch_size} must be divisible"
         f" by config.train.micro_batches={config.train.micro_batches}.")
-  if config.model.process not in ("md4", "genmd4"):
+  if config.model.process not in ("md4", "genmd4", "d3pm"):
     raise ValueError(
         f"config.model.process={config.model.process!r} is not a diffusion "
-        "process; valid: md4, genmd4.")
+        "process; valid: md4, genmd4, d3pm.")
+  if config.model.process == "d3pm" and config.model.num_steps < 1:
+    raise ValueError("config.model.num_steps must be the number of steps T "
+                     f"(>= 1) for D3PM, got {config.model.num_steps}.")
   if config.optimizer.lr_schedule not in ("cosine", "constant"):
     raise ValueError(
         f"config.optimizer.lr_schedule={config.optimizer.lr_schedule!r}; "
@@ -218,3 +224,38 @@ def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def sibling(config_file: str, relative: str) -> str:
   """The path of another config file relative to this one's directory."""
   return os.path.join(os.path.dirname(os.path.abspath(config_file)), relative)
+
+
+def use_digits(c: ml_collections.ConfigDict) -> None:
+  """Switches a config to the bundled digits (offline, trains in minutes)."""
+  c.data.dataset = "digits"
+  c.data.data_shape = (8, 8, 1)
+  c.data.vocab_size = 17
+  c.data.pad_to = 0
+  c.network = unet(ch=32, num_res_blocks=2, dropout_rate=0.1,
+                   attn_resolutions=(8,), embed_dim=16, cond_width=128)
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.warmup_steps = 100
+  c.optimizer.ema_decay = 0.995
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 100
+  c.train.eval_max_batches = 0
+  c.train.num_steps = 2000
+  c.train.log_every = 100
+  c.train.eval_every = c.train.checkpoint_every = 1000
+  c.train.sample_every = 1000
+  c.train.num_samples = 64
+
+
+def use_cpu_unet(c: ml_collections.ConfigDict, num_steps: int = 500) -> None:
+  """Shrinks an image config to a laptop-sized U-Net run."""
+  c.network = unet(ch=32, num_res_blocks=1, dropout_rate=0.0, ch_mult=(1, 2),
+                   cond_width=128)
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 100
+  c.train.eval_max_batches = 2
+  c.train.num_steps = num_steps
+  c.train.eval_every = c.train.checkpoint_every = num_steps // 2
+  c.train.sample_every = num_steps // 2
+  c.train.log_every = 50
+  c.train.num_samples = 16

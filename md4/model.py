@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from md4 import sharding
+from md4.diffusion import d3pm
 from md4.diffusion import genmd4
 from md4.diffusion import md4
 from md4.diffusion import schedules
@@ -25,8 +26,8 @@ class DiffusionModel(nn.Module):
     network: the denoiser, `logits = network(z, t, label, train=...)`.
     vocab_size: V; the mask token is V.
     data_shape: one example's shape.
-    process: "md4" or "genmd4".
-    schedule: MD4 masking schedule name.
+    process: "md4", "genmd4" or "d3pm".
+    schedule: MD4 masking schedule name, or D3PM beta schedule.
     eps: schedule end-point offset.
     num_steps: 0 for the continuous-time ELBO, else T.
     antithetic: stratified times.
@@ -34,6 +35,8 @@ class DiffusionModel(nn.Module):
     cond_drop_prob: training-time label dropout (classifier-free guidance).
     power_init: GenMD4 initial exponent.
     t1: GenMD4 start of the diffusion integral.
+    transition: D3PM noise, "uniform" or "absorbing".
+    hybrid_coeff: D3PM auxiliary cross-entropy weight (lambda).
   """
   network: nn.Module
   vocab_size: int
@@ -47,6 +50,8 @@ class DiffusionModel(nn.Module):
   cond_drop_prob: float = 0.0
   power_init: float = 1.0
   t1: float = 1e-4
+  transition: str = "uniform"
+  hybrid_coeff: float = 0.0
 
   @property
   def mask_id(self) -> int:
@@ -63,6 +68,9 @@ class DiffusionModel(nn.Module):
           nn.with_logical_partitioning(
               genmd4.power_param_init(self.power_init), (sharding.VOCAB,)),
           (self.vocab_size,))
+    elif self.process == "d3pm":
+      self.d3pm_process = d3pm.D3PM(self.transition, self.vocab_size, self.num_steps,
+                            self.schedule)
     else:
       self.masking = schedules.MaskingSchedule(self.schedule, self.eps)
 
@@ -91,6 +99,10 @@ class DiffusionModel(nn.Module):
       label = md4.drop_labels(self.make_rng("sample"), label,
                               self.cond_drop_prob, self.num_classes)
     denoise = lambda z, tt, c: self.denoise(z, tt, c, train=train)
+    if self.process == "d3pm":
+      return d3pm.nelbo(rng, x, denoise, self.d3pm_process,
+                        hybrid_coeff=self.hybrid_coeff, label=label,
+                        antithetic=self.antithetic, t=t)
     if self.process == "genmd4":
       return genmd4.nelbo(rng, x, denoise, self.power_param,
                           vocab_size=self.vocab_size, eps=self.eps, t1=self.t1,
@@ -108,6 +120,9 @@ class DiffusionModel(nn.Module):
     shape [B, 1, ..., 1]. GenMD4: one value per v, shape [B, 1, ..., V].
     Multiplied by the denoiser's probabilities it gives the reverse step.
     """
+    if self.process == "d3pm":
+      raise ValueError("D3PM's reverse step is not an unmasking step; use "
+                       "DiffusionModel.reverse_log_probs.")
     expand = (1,) * len(self.data_shape)
     if self.process == "genmd4":
       w = genmd4.powers(self.power_param)  # [V]
@@ -118,6 +133,11 @@ class DiffusionModel(nn.Module):
     a_s = self.masking.alpha(s).reshape(s.shape + expand + (1,))
     a_t = self.masking.alpha(t).reshape(t.shape + expand + (1,))
     return (a_s - a_t) / (1.0 - a_t)  # [B, 1.., 1]
+
+  def reverse_log_probs(self, z, step, label=None):
+    """D3PM: log p(x_{t-1} | x_t = z) over states [B, ..., S] at steps [B]."""
+    logits = self.denoise(z, step.astype(jnp.float32) / self.num_steps, label)
+    return self.d3pm_process.log_posterior(logits, z, step)
 
 
 def build_model(config: ml_collections.ConfigDict,
@@ -138,13 +158,18 @@ def build_model(config: ml_collections.ConfigDict,
       dtype=config.network.dtype, **network_fields)
   if config.model.process == "md4":
     schedules.MaskingSchedule(config.model.schedule, config.model.eps)
+  if config.model.process == "d3pm":
+    d3pm.D3PM(config.model.transition, config.data.vocab_size,
+              config.model.num_steps, config.model.schedule)
   return DiffusionModel(
       network=network, vocab_size=config.data.vocab_size,
       data_shape=tuple(config.data.data_shape), process=config.model.process,
       schedule=config.model.schedule, eps=config.model.eps,
       num_steps=config.model.num_steps, antithetic=config.model.antithetic,
       num_classes=classes, cond_drop_prob=config.model.cond_drop_prob,
-      power_init=config.model.power_init, t1=config.model.t1)
+      power_init=config.model.power_init, t1=config.model.t1,
+      transition=config.model.transition,
+      hybrid_coeff=config.model.hybrid_coeff)
 
 
 def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,

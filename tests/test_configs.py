@@ -22,9 +22,12 @@ VARIANTS = {
     "cifar10": ["default", "discrete", "cpu"],
     "imagenet64": ["default", "cond", "cpu"],
     "mnist": ["default", "cpu"],
-    "binarized_mnist": ["default", "cpu"],
+    "binarized_mnist": ["default", "cpu", "digits"],
     "protein": ["small", "cpu"],
     "digits": ["default", "tiny"],
+    "d3pm/binarized_mnist": ["default", "cpu", "digits"],
+    "d3pm/text8": ["small", "cpu", "tiny", "digits"],
+    "multinomial/binarized_mnist": ["default", "cpu", "digits"],
 }
 NUM_CLASSES = {"cifar10": 10, "imagenet64": 1000, "mnist": 10,
                "binarized_mnist": 10, "digits": 10}
@@ -34,15 +37,22 @@ def load(path, arg=None):
   return configuration.load_file(path, arg)
 
 
+def _name(path):
+  """Family-qualified name for families other than md4/genmd4."""
+  family = os.path.basename(os.path.dirname(path))
+  base = os.path.splitext(os.path.basename(path))[0]
+  return base if family in ("md4", "genmd4") else f"{family}/{base}"
+
+
 def cases():
   for path in CONFIG_FILES:
-    name = os.path.splitext(os.path.basename(path))[0]
+    name = _name(path)
     for arg in VARIANTS[name]:
       yield pytest.param(path, arg, id=f"{os.path.relpath(path, ROOT)}:{arg}")
 
 
 def test_every_config_file_is_covered():
-  names = {os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES}
+  names = {_name(p) for p in CONFIG_FILES}
   assert names <= set(VARIANTS)
   assert len(CONFIG_FILES) >= 11
 
@@ -51,7 +61,8 @@ def test_every_config_file_is_covered():
 def test_config_validates_and_builds_its_train_state_abstractly(path, arg):
   config = load(path, arg)
   configuration.validate(config)
-  model = model_lib.build_model(config, NUM_CLASSES.get(config.data.dataset, 0))
+  model = model_lib.build_model(config,
+                                NUM_CLASSES.get(config.data.dataset, 0))
   optimizer = optimizers.build_optimizer(config.optimizer,
                                          config.train.num_steps)
   state = jax.eval_shape(lambda r: train._init_state(model, optimizer, r),

@@ -1,14 +1,15 @@
 """MD4 on binarized MNIST: pixels > 0.5 -> 1, padded to 32x32, tokens {0, 1}.
 
 Three token values in the network (0, 1 and the mask) with a 32-wide token
-embedding, as in the PyTorch setups researchers port from. Variant `cpu`.
+embedding, as in the PyTorch setups researchers port from. Variants:
+`default`, `cpu` (shrunk), `digits` (offline, minutes).
 """
 
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "cpu"))
+  name = configuration.variant(arg, ("default", "cpu", "digits"))
   c = configuration.default_config()
   c.data.dataset = "binarized_mnist"
   c.data.data_shape = (32, 32, 1)
@@ -32,15 +33,8 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 200
   if name == "cpu":
-    c.network = configuration.unet(ch=32, num_res_blocks=1, dropout_rate=0.0,
-                                   ch_mult=(1, 2))
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 100
-    c.train.eval_max_batches = 2
-    c.train.num_steps = 500
-    c.train.eval_every = c.train.checkpoint_every = 250
-    c.train.sample_every = 250
-    c.train.log_every = 50
-    c.train.num_samples = 16
+    configuration.use_cpu_unet(c)
     c.train.sample_steps = 32
+  if name == "digits":
+    configuration.use_digits(c)
   return c

@@ -26,15 +26,6 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 256
   if name == "cpu":
-    c.network = configuration.unet(ch=32, num_res_blocks=1, dropout_rate=0.0,
-                                   ch_mult=(1, 2))
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 100
-    c.train.eval_max_batches = 2
-    c.train.num_steps = 500
-    c.train.eval_every = c.train.checkpoint_every = 250
-    c.train.sample_every = 250
-    c.train.log_every = 50
-    c.train.num_samples = 16
+    configuration.use_cpu_unet(c)
     c.train.sample_steps = 32
   return c
