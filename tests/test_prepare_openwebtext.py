@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 from absl import flags
 import ml_collections
@@ -314,6 +315,73 @@ def test_prepare_input_error_with_worker_processes_exits_with_its_message(
       capture_output=True, text=True, timeout=60, check=False)
   assert result.returncode != 0
   assert "a.jsonl:31 has no field 'text'" in result.stderr
+
+
+class _FakeDatasets(types.ModuleType):
+  """Stands in for the `datasets` package: records how it was called."""
+
+  def __init__(self, texts):
+    super().__init__("datasets")
+    self.texts = texts
+    self.calls = []
+
+  class DatasetDict(dict):
+    pass
+
+  def load_dataset(self, path, name=None, split=None, streaming=False):
+    self.calls.append(dict(path=path, name=name, split=split,
+                           streaming=streaming))
+    return ({"text": t} for t in self.texts)
+
+  def load_from_disk(self, path):
+    self.calls.append(dict(load_from_disk=path))
+    return self.DatasetDict(train=[{"text": t} for t in self.texts])
+
+
+@pytest.mark.parametrize(
+    "dataset, hub_name, hub_config",
+    [("openwebtext", "Skylion007/openwebtext", None),
+     ("fineweb_edu", "HuggingFaceFW/fineweb-edu", "sample-10BT")],
+)
+def test_prepare_without_input_streams_the_corpus_from_the_hub(
+    tmp_path, bpe_dir, corpus, monkeypatch, dataset, hub_name, hub_config,
+):
+  fake = _FakeDatasets(corpus[:30])
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  prepare_script.main([f"--dataset={dataset}", f"--data_dir={tmp_path}",
+                       f"--tokenizer_dir={bpe_dir}", f"--seq_len={SEQ_LEN}",
+                       "--num_proc=1"])
+  assert fake.calls == [dict(path=hub_name, name=hub_config, split="train",
+                             streaming=True)]
+  metadata = json.loads((tmp_path / dataset / "metadata.json").read_text())
+  assert metadata["totals"]["documents"] == 30
+  assert metadata["source"] == f"hub:{hub_name}" + (
+      f"/{hub_config}" if hub_config else "")
+
+
+def test_prepare_reads_the_train_split_of_a_saved_hf_dataset(
+    tmp_path, bpe_dir, corpus, monkeypatch,
+):
+  fake = _FakeDatasets(corpus[:6])
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  saved = tmp_path / "saved"
+  saved.mkdir()
+  (saved / "dataset_dict.json").write_text('{"splits": ["train"]}')
+  run_in_process(saved, tmp_path / "out", bpe_dir, seq_len=4,
+                 eval_fraction=0.0)
+  assert fake.calls == [dict(load_from_disk=str(saved))]
+  _, (stream,) = shard_streams(tmp_path / "out/openwebtext")
+  expected = np.concatenate(reference_ids(bpe_dir, corpus[:6]))
+  np.testing.assert_array_equal(stream, expected[: len(stream)])
+
+
+def test_prepare_from_the_hub_without_datasets_says_how_to_install_it(
+    tmp_path, bpe_dir, monkeypatch,
+):
+  monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+  with pytest.raises(SystemExit, match="pip install datasets"):
+    prepare_script.main([f"--data_dir={tmp_path}",
+                         f"--tokenizer_dir={bpe_dir}", "--num_proc=1"])
 
 
 def test_prepare_refuses_to_resume_with_other_settings(

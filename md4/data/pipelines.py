@@ -14,6 +14,10 @@ whose `"weight"` is 0.0 (1.0 for real examples).
 
 Batches are dicts of numpy arrays: `"x"` int32 `[b, *data_shape]`, `"label"`
 int32 `[b]` for labelled data sets, and `"weight"` float32 `[b]` in eval.
+
+At start-up a sample of every split is checked against `data_shape` and
+`[0, vocab_size)` (`sources.check_sample`), so bad data fails before any
+compilation, with an error naming the file.
 """
 
 from collections.abc import Callable, Iterator
