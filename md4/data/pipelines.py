@@ -127,26 +127,27 @@ def build_datasets(
         f"the {data_config.dataset} training split has {len(loaded.train)}"
         f" records, fewer than the {process_count} processes sharing it."
     )
-  shard = grain.sharding.ShardOptions(
-      shard_index=process_index,
-      shard_count=process_count,
-      drop_remainder=True,
-  )
+  # Every process walks the same shuffled order of global batches and keeps
+  # its own slice of each, so a global batch (and the training run) is the
+  # same whatever the number of processes.
+  everything = grain.sharding.NoSharding()
   train = grain.DataLoader(
       data_source=loaded.train,
       sampler=grain.samplers.IndexSampler(
           num_records=len(loaded.train),
-          shard_options=shard,
+          shard_options=everything,
           shuffle=True,
           num_epochs=None,
           seed=int(seed),
       ),
       operations=[
           *loaded.train_transforms,
-          grain.transforms.Batch(batch_size=train_batch, drop_remainder=True),
+          grain.transforms.Batch(batch_size=global_batch_size,
+                                 drop_remainder=True),
+          ProcessSlice(process_index, train_batch),
       ],
       worker_count=int(data_config.num_workers),
-      shard_options=shard,
+      shard_options=everything,
       read_options=_read_options(int(data_config.num_workers)),
   )
   evals = {
@@ -160,6 +161,17 @@ def build_datasets(
       for split, source in loaded.eval.items()
   }
   return Datasets(train=train, eval=evals, info=loaded.info)
+
+
+class ProcessSlice(grain.transforms.Map):
+  """Keeps rows [p * b, (p + 1) * b) of a global batch: process p's part."""
+
+  def __init__(self, process_index: int, batch_size: int):
+    self._start = process_index * batch_size
+    self._stop = self._start + batch_size
+
+  def map(self, element: Batch) -> Batch:
+    return {k: v[self._start:self._stop] for k, v in element.items()}
 
 
 def eval_batches(

@@ -1,0 +1,99 @@
+"""Two real processes (2 CPU devices each, gloo on 127.0.0.1) match one."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import portpicker
+
+from md4 import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_text8(path, n=40_000):
+  rng = np.random.default_rng(0)
+  words = ["the", "of", "and", "one", "zero", "nine", "in", "a", "to", "is"]
+  text = " ".join(rng.choice(words, size=n // 3))[:n]
+  os.makedirs(os.path.join(path, "text8"), exist_ok=True)
+  with zipfile.ZipFile(os.path.join(path, "text8", "text8.zip"), "w") as z:
+    z.writestr("text8", text)
+
+
+def _command(workdir, data, num_steps, extra=()):
+  return [sys.executable, os.path.join(ROOT, "md4", "main.py"),
+          f"--config={os.path.join(ROOT, 'configs/md4/text8.py')}:tiny",
+          f"--workdir={workdir}", f"--config.data.data_dir={data}",
+          f"--config.train.num_steps={num_steps}",
+          "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
+          "--config.train.sample_every=100", *extra]
+
+
+def _env(devices):
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _two_processes(workdir, data, num_steps):
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      _command(workdir, data, num_steps, [
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}"]),
+      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs
+
+
+def _params(workdir):
+  """The latest checkpoint's parameters, read onto this process's device."""
+  directory = checkpointing.checkpoint_dir(workdir)
+  step = max(ocp.utils.checkpoint_steps(directory))
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  # Saved on 4 devices, read here on one: give every leaf a local sharding.
+  local = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+      checkpointer.metadata(path).item_metadata)
+  params = _flat(checkpointer.restore(path, target)["params"])
+  return step, [np.asarray(params[k]) for k in sorted(params)]
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def test_two_processes_train_checkpoint_resume_and_match_one_process(
+    tmp_path):
+  data = str(tmp_path / "data")
+  _write_text8(data)
+  single = str(tmp_path / "single")
+  out = subprocess.run(_command(single, data, 4), env=_env(4),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+
+  multi = str(tmp_path / "multi")
+  _two_processes(multi, data, 2)  # Stops at step 2 with a checkpoint ...
+  assert _params(multi)[0] == 2
+  outs = _two_processes(multi, data, 4)  # ... and resumes to step 4.
+  assert any("Resumed from" in o for o in outs)
+
+  step_a, single_params = _params(single)
+  step_b, multi_params = _params(multi)
+  assert step_a == step_b == 4
+  for a, b in zip(single_params, multi_params):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
