@@ -3,25 +3,17 @@
 import os
 import subprocess
 import sys
-import zipfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import portpicker
 
+import generated_data
 from md4 import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _write_text8(path, n=40_000):
-  rng = np.random.default_rng(0)
-  words = ["the", "of", "and", "one", "zero", "nine", "in", "a", "to", "is"]
-  text = " ".join(rng.choice(words, size=n // 3))[:n]
-  os.makedirs(os.path.join(path, "text8"), exist_ok=True)
-  with zipfile.ZipFile(os.path.join(path, "text8", "text8.zip"), "w") as z:
-    z.writestr("text8", text)
 
 
 def _command(workdir, data, num_steps, extra=()):
@@ -80,7 +72,7 @@ def _flat(tree, prefix=""):
 def test_two_processes_train_checkpoint_resume_and_match_one_process(
     tmp_path):
   data = str(tmp_path / "data")
-  _write_text8(data)
+  generated_data.write_text8(data)
   single = str(tmp_path / "single")
   out = subprocess.run(_command(single, data, 4), env=_env(4),
                        capture_output=True, text=True, timeout=600)

@@ -4,10 +4,11 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
+
+import generated_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,14 +39,6 @@ print("RESULT" + json.dumps(dict(eval=result["eval"], shards=shards,
 """
 
 
-def _write_text8(path, n=40_000):
-  rng = np.random.default_rng(0)
-  words = ["the", "of", "and", "one", "zero", "nine", "in", "a", "to", "is"]
-  text = " ".join(rng.choice(words, size=n // 3))[:n]
-  os.makedirs(os.path.join(path, "text8"), exist_ok=True)
-  with zipfile.ZipFile(os.path.join(path, "text8", "text8.zip"), "w") as z:
-    z.writestr("text8", text)
-
 
 def _run(tmp_path, mesh, devices):
   workdir = str(tmp_path / f"run_{'x'.join(map(str, mesh))}")
@@ -63,7 +56,7 @@ def _run(tmp_path, mesh, devices):
 
 def test_mesh_runs_match_one_device_after_three_steps_and_fsdp_shards(
     tmp_path):
-  _write_text8(str(tmp_path / "data"))
+  generated_data.write_text8(str(tmp_path / "data"))
   single = _run(tmp_path, (1, 1, 1), devices=1)
   for mesh in [(2, 2, 2), (1, 4, 2)]:
     sharded = _run(tmp_path, mesh, devices=8)

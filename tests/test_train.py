@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+import generated_data
 from md4 import checkpointing
 from md4 import configuration
 from md4 import optimizers
@@ -93,18 +93,10 @@ def test_restore_from_initialises_params_from_another_run(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
 
 
-def _write_text8(data_dir, n=60_000, seed=0):
-  rng = np.random.default_rng(seed)
-  words = ["the", "of", "and", "one", "zero", "nine", "in", "a", "to", "is"]
-  text = " ".join(rng.choice(words, size=n // 3))[:n]
-  os.makedirs(os.path.join(data_dir, "text8"), exist_ok=True)
-  with zipfile.ZipFile(os.path.join(data_dir, "text8", "text8.zip"), "w") as z:
-    z.writestr("text8", text)
-
 
 @pytest.mark.parametrize("config_name", ["md4/text8.py", "genmd4/text8.py"])
 def test_text8_run_writes_text_samples_and_perplexity(tmp_path, config_name):
-  _write_text8(str(tmp_path / "data"))
+  generated_data.write_text8(str(tmp_path / "data"))
   config = load(config_name, "tiny")
   config.data.data_dir = str(tmp_path / "data")
   config.train.num_steps = 4
