@@ -1,70 +1,91 @@
-"""Ancestral sampling: the reverse of the masking process on a time grid.
+"""Ancestral sampling and its two small variations: nucleus and two-step.
 
-From z_1 = all masks, each step t -> s < t reveals every masked token
-independently: value v with probability unmask(s, t)[v] * mu_theta(z_t, t)[v],
-otherwise it stays masked. Revealed tokens never change again. The last step
-(s = 0) is followed by filling any token still masked with a draw from the
-denoiser, since alpha(0) = 1 - eps leaves a few masked by construction.
+* `ancestral`: the reverse of the masking process on a time grid. In a step
+  t -> s every masked token draws one of V + 1 outcomes: value v with
+  probability unmask(s, t)[v] * mu(z_t, t)[v], or "stay masked"
+  (`core.ancestral_reveal`).
+* `topp`: the same step with mu replaced by its nucleus, the smallest set of
+  values holding at least `topp` of the mass, renormalised (Holtzman et al.,
+  2020). Biased on purpose; topp = 1 is `ancestral`.
+* `mean`: the same distribution as `ancestral`, drawn in two steps (Shi et
+  al., 2024, App. G): first whether the token is revealed, a Bernoulli with
+  probability r = sum_v unmask_v mu_v (unmask(s, t) for MD4), then its value
+  from unmask_v mu_v / r (mu itself for MD4: the "mean" prediction). The
+  paper found this variant scored worse than the one-step draw; with float32
+  Gumbel-max the one-step draw loses its rare values (Zheng et al., 2024),
+  which lowers its temperature, while the two-step draw never mixes the tiny
+  factor unmask(s, t) into the value probabilities. With the exact draws of
+  `core.categorical` the two agree; `tests/test_sampling.py` checks both
+  against the exact distribution of the T-step sampler.
 """
 
 import jax
 import jax.numpy as jnp
 
 from md4 import model as model_lib
+from md4.sampling import core
+
+# `time_grid` and `categorical` have always been importable from here.
+time_grid = core.time_grid
+categorical = core.categorical
 
 
-def time_grid(num_steps: int, grid: str = "uniform") -> jax.Array:
-  """Times 1 = t_T > ... > t_0 = 0, [num_steps + 1]."""
-  u = jnp.linspace(1.0, 0.0, num_steps + 1)
-  if grid == "uniform":
-    return u
-  if grid == "cosine":
-    return 1.0 - jnp.cos(0.5 * jnp.pi * u)
-  raise ValueError(f"--grid={grid!r} is not a time grid; valid: uniform, "
-                   "cosine.")
+def ancestral_step(reverse: core.Reverse, step: core.Step) -> jax.Array:
+  unmask = reverse.unmask_probability(step.s, step.t)
+  return core.ancestral_reveal(step.rng, step.z, step.log_mu, unmask,
+                               reverse.mask_id)
 
 
-def categorical(rng: jax.Array, probs: jax.Array) -> jax.Array:
-  """Draws indices from probabilities [..., K] by inverting the CDF.
+def mean_step(reverse: core.Reverse, step: core.Step) -> jax.Array:
+  """Bernoulli(reveal mass), then the value given that it is revealed."""
+  unmask = reverse.unmask_probability(step.s, step.t)  # [B, 1.., 1 | V]
+  log_weights = jnp.log(unmask) + step.log_mu  # [B, ..., V]
+  reveal_mass = jnp.exp(jax.nn.logsumexp(log_weights, axis=-1))  # [B, ...]
+  reveal_rng, value_rng = jax.random.split(step.rng)
+  revealed = core.bernoulli(reveal_rng, reveal_mass, step.z.shape)
+  value = core.categorical(value_rng, log_weights)  # [B, ...]
+  masked = step.z == reverse.mask_id
+  return jnp.where(masked & revealed, value, step.z).astype(step.z.dtype)
 
-  Inverse-CDF sampling uses the probabilities themselves, so small ones are
-  not truncated the way float32 Gumbel noise truncates them.
+
+def nucleus(log_mu: jax.Array, topp: float) -> jax.Array:
+  """log mu restricted to its top-p nucleus and renormalised, [..., V].
+
+  Keeps value v when the mass of the values more probable than v is below
+  topp (ties at the threshold are all kept), so at least one value survives.
   """
-  cdf = jnp.cumsum(probs, axis=-1)  # [..., K]
-  u = jax.random.uniform(rng, probs.shape[:-1] + (1,)) * cdf[..., -1:]
-  return jnp.minimum((cdf <= u).sum(-1), probs.shape[-1] - 1)
+  if topp >= 1.0:
+    return log_mu
+  ordered = -jnp.sort(-log_mu, axis=-1)  # [..., V], descending
+  before = jnp.cumsum(jnp.exp(ordered), axis=-1) - jnp.exp(ordered)
+  kept = (before < topp).sum(-1, keepdims=True)  # [..., 1] >= 1
+  threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)  # [..., 1]
+  filtered = jnp.where(log_mu >= threshold, log_mu, -jnp.inf)
+  return jax.nn.log_softmax(filtered, axis=-1)
 
 
-def reverse_step(rng, z, logits, unmask_prob, mask_id: int):
-  """One reverse step: reveal masked tokens of z; [B, ...] -> [B, ...]."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, ..., V]
-  reveal = probs * unmask_prob  # [B, ..., V]
-  stay = jnp.clip(1.0 - reveal.sum(-1, keepdims=True), 0.0, 1.0)
-  choice = categorical(rng, jnp.concatenate([reveal, stay], -1))
-  # choice == V means "stay masked", which is exactly mask_id.
-  new = jnp.where(choice == reveal.shape[-1], mask_id, choice)
-  return jnp.where(z == mask_id, new, z).astype(z.dtype)
+def sample_ancestral(reverse, rng, num_samples, settings, known=None):
+  return core.run(reverse, rng, num_samples, settings, ancestral_step, known)
+
+
+def sample_topp(reverse, rng, num_samples, settings, known=None):
+  return core.run(reverse, rng, num_samples, settings, ancestral_step, known,
+                  transform=lambda log_mu: nucleus(log_mu, settings.topp))
+
+
+def sample_mean(reverse, rng, num_samples, settings, known=None):
+  return core.run(reverse, rng, num_samples, settings, mean_step, known)
 
 
 def sample(model: model_lib.DiffusionModel, variables, rng: jax.Array,
            num_samples: int, num_steps: int, label=None,
            grid: str = "uniform") -> jax.Array:
-  """Draws num_samples examples [N, *data_shape] with an ancestral sampler."""
-  times = time_grid(num_steps, grid)
-  mask_id = model.mask_id
-  z = jnp.full((num_samples,) + tuple(model.data_shape), mask_id, jnp.int32)
-  ones = jnp.ones((num_samples,), jnp.float32)
+  """Draws num_samples examples [N, *data_shape] with the ancestral sampler.
 
-  def denoise(z, t):
-    return model.apply(variables, z, t, label, method=model.denoise)
-
-  def body(i, z):
-    t, s = times[i] * ones, times[i + 1] * ones
-    unmask = model.apply(variables, s, t, method=model.unmask_probability)
-    return reverse_step(jax.random.fold_in(rng, i), z, denoise(z, t), unmask,
-                        mask_id)
-
-  z = jax.lax.fori_loop(0, num_steps, body, z)
-  final = jax.nn.softmax(denoise(z, 0.0 * ones).astype(jnp.float32), -1)
-  fill = categorical(jax.random.fold_in(rng, num_steps), final)
-  return jnp.where(z == mask_id, fill, z)
+  The entry point of the training loop's periodic samples; `label` is an
+  optional class id for class-conditional models.
+  """
+  reverse = core.from_model(model, variables,
+                            label=None if label is None else int(label))
+  settings = core.Settings(num_steps=num_steps, grid=grid)
+  return sample_ancestral(reverse, rng, num_samples, settings).samples

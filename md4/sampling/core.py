@@ -1,0 +1,478 @@
+"""The unmasking core that every sampler shares.
+
+A masked-diffusion sampler starts from z_1 (every unknown token masked) and
+walks a time grid 1 = t_0 > t_1 > ... > t_T = 0. In one step t -> s a masked
+token is revealed with value v with probability unmask(s, t)[v] * mu(z_t, t)[v]
+(mu = softmax of the denoiser's logits) and otherwise stays masked; revealed
+tokens never change (except under remasking, `remask.py`). After the last step
+a final "fill" call at t = 0 draws every token still masked from mu, since
+alpha(0) = 1 - eps leaves a few masked by construction.
+
+This module holds what samplers have in common:
+
+* `Reverse`: what a sampler needs from a model (the denoiser, the reveal
+  probabilities, the MD4 schedule when there is one), built from a trained
+  `DiffusionModel` (with class label and classifier-free guidance) or from
+  any denoiser and schedule (the tests' oracle).
+* Exact random draws: `uniform`, `exponential` and `categorical`. Categorical
+  draws are an exponential race, argmax_v (log p_v - log E_v) with E_v ~ Exp(1)
+  (the Gumbel-max trick with G = -log E), in log space, with E drawn from 56
+  random bits below 1/2. Float32 Gumbel-max built on a 23-bit uniform cannot
+  produce the large Gumbel values that rare outcomes need, so it under-samples
+  probabilities below ~1e-7 and lowers the effective temperature of
+  many-step samplers (Zheng et al., 2024); here the first bias appears below
+  ~1e-15. `benchmarks/sampling.py` measures it against the alternatives.
+* `reveal_log_probs` / `ancestral_reveal`: the reverse step of one token.
+* `run`: the step loop (network call, sampler step, known tokens, history
+  frames, final fill) that the step-based samplers plug a step function into.
+* History frames: snapshots of z at evenly spaced diffusion times, either
+  recorded in the loop or rebuilt from the time each token was revealed.
+"""
+
+from collections.abc import Callable
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from md4.diffusion import md4
+from md4.diffusion import schedules
+
+GRIDS = ("uniform", "cosine")
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+# ------------------------------------------------------------ settings ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Sampler settings (they belong to sampling, not to the model).
+
+  Attributes:
+    num_steps: T, steps of the time grid (step-based and cached samplers).
+    grid: "uniform" or "cosine" time grid.
+    topp: nucleus mass kept by the `topp` sampler, in (0, 1].
+    remask_strength: eta in [0, 1] of the `remask` sampler (0 = ancestral).
+    choice_temperature: scale of the annealed Gumbel noise added to the
+      `confidence` sampler's scores (0 = strictly most confident first).
+    num_frames: history frames to record (0 = none, else >= 2).
+  """
+  num_steps: int = 100
+  grid: str = "uniform"
+  topp: float = 0.9
+  remask_strength: float = 0.05
+  choice_temperature: float = 1.0
+  num_frames: int = 0
+
+  def validate(self) -> None:
+    """Raises ValueError naming the flag, its value and the fix."""
+    if not isinstance(self.num_steps, int) or self.num_steps < 1:
+      raise ValueError(f"--steps must be a positive integer, got "
+                       f"{self.num_steps!r}.")
+    if self.grid not in GRIDS:
+      raise ValueError(f"--grid={self.grid!r} is not a time grid; valid: "
+                       f"{', '.join(GRIDS)}.")
+    if not 0.0 < self.topp <= 1.0:
+      raise ValueError(f"--topp must be in (0, 1], got {self.topp}; 1 keeps "
+                       "every value (plain ancestral sampling).")
+    if not 0.0 <= self.remask_strength <= 1.0:
+      raise ValueError(f"--remask_strength must be in [0, 1], got "
+                       f"{self.remask_strength}; 0 is ancestral sampling.")
+    if self.choice_temperature < 0.0:
+      raise ValueError(f"--choice_temperature must be >= 0, got "
+                       f"{self.choice_temperature}.")
+    if self.num_frames == 1 or self.num_frames < 0:
+      raise ValueError(f"--history_frames must be at least 2 (the first "
+                       f"and the last state), got {self.num_frames}.")
+
+
+class Known(NamedTuple):
+  """Tokens given in advance (prompts, infilling, inpainting).
+
+  Attributes:
+    mask: bool [B, *data_shape], True where the token is given.
+    tokens: int32 [B, *data_shape], the given values (ignored elsewhere).
+  """
+  mask: jax.Array
+  tokens: jax.Array
+
+
+class Result(NamedTuple):
+  """What every sampler returns.
+
+  Attributes:
+    samples: int32 [B, *data_shape], no mask tokens left.
+    network_calls: int32 scalar, denoiser calls made for this batch; every
+      call evaluates every sample of the batch, so it is also the number of
+      network evaluations per sample.
+    history: int32 [F, B, *data_shape] frames at times 1 - k / (F - 1), mask
+      tokens included, or None when no frames were asked for.
+  """
+  samples: jax.Array
+  network_calls: jax.Array
+  history: jax.Array | None = None
+
+
+# ------------------------------------------------------------ the model ---
+
+
+@dataclasses.dataclass(frozen=True)
+class Reverse:
+  """What a sampler needs from a model.
+
+  Attributes:
+    denoise: `logits = denoise(z, t)`, z int [B, *data_shape] with mask id V,
+      t float [B]; logits [B, *data_shape, V].
+    unmask_probability: `p = unmask_probability(s, t)` for times s < t [B]:
+      the probability that a masked token is revealed with value v between t
+      and s, per unit of mu[v]; [B, 1, ..., 1] (MD4) or [B, 1, ..., V]
+      (GenMD4).
+    vocab_size: V; the mask token is V.
+    data_shape: one example's shape.
+    alpha: MD4's `alpha(t)` (same shape as t), or None for GenMD4, whose
+      schedule depends on the token value. The cached, first-hitting and
+      remasking samplers need it.
+  """
+  denoise: Callable[[jax.Array, jax.Array], jax.Array]
+  unmask_probability: Callable[[jax.Array, jax.Array], jax.Array]
+  vocab_size: int
+  data_shape: tuple[int, ...]
+  alpha: Callable[[jax.Array], jax.Array] | None = None
+
+  @property
+  def mask_id(self) -> int:
+    return md4.mask_token(self.vocab_size)
+
+  def log_probs(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    """log mu(z, t) in float32, [B, *data_shape, V]."""
+    return jax.nn.log_softmax(self.denoise(z, t).astype(jnp.float32), -1)
+
+  def masked_fraction(self, t: jax.Array) -> jax.Array:
+    """Expected share of tokens masked at t among those masked at 1, [B].
+
+    (1 - alpha(t)) / (1 - alpha(1)) for MD4; GenMD4 averages it over values.
+    """
+    p = self.unmask_probability(t, jnp.ones_like(t))  # [B, 1.., 1 | V]
+    return 1.0 - p.reshape(p.shape[0], -1).mean(-1)
+
+  def require_alpha(self, sampler: str) -> Callable[[jax.Array], jax.Array]:
+    if self.alpha is None:
+      raise ValueError(
+          f"--sampler={sampler} needs an MD4 model (config.model.process="
+          "'md4'): with GenMD4 the reveal probability of a token depends on "
+          "its value. Use --sampler=ancestral, mean, topp or confidence.")
+    return self.alpha
+
+
+def from_model(model, variables, *, label: int | None = None,
+               guidance: float = 0.0) -> Reverse:
+  """The `Reverse` of a trained `md4.model.DiffusionModel`.
+
+  Args:
+    model: the DiffusionModel (its `denoise` and `unmask_probability`).
+    variables: its variables, e.g. {"params": ema_params}.
+    label: class id for class-conditional models; None = no label.
+    guidance: classifier-free guidance scale w >= 0: log mu = (1 + w)
+      log mu(. | label) - w log mu(. | no label), renormalised. Needs a label;
+      doubles the batch of every network call.
+
+  Returns:
+    The Reverse.
+  """
+  if model.process not in ("md4", "genmd4"):
+    raise ValueError(
+        f"config.model.process={model.process!r}: md4's samplers reveal "
+        "masked tokens, so they need process 'md4' or 'genmd4'.")
+  num_classes = model.num_classes
+  if label is not None and not num_classes:
+    raise ValueError(
+        f"--label={label} but the model is not class-conditional "
+        "(config.model.class_conditional=False); drop --label.")
+  if label is not None and not 0 <= label < num_classes:
+    raise ValueError(f"--label must be in [0, {num_classes}), got {label}.")
+  if guidance < 0.0:
+    raise ValueError(f"--guidance must be >= 0, got {guidance}.")
+  if guidance > 0.0 and label is None:
+    raise ValueError(f"--guidance={guidance} needs --label: guidance pushes "
+                     "samples towards a class.")
+
+  def labels(batch: int, value: int | None):
+    return None if value is None else jnp.full((batch,), value, jnp.int32)
+
+  def denoise(z, t):
+    batch = z.shape[0]
+    if guidance == 0.0:
+      return model.apply(variables, z, t, labels(batch, label),
+                         method=model.denoise)
+    both = model.apply(
+        variables, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
+        jnp.concatenate([labels(batch, label), labels(batch, num_classes)]),
+        method=model.denoise).astype(jnp.float32)  # [2B, ..., V]
+    cond = jax.nn.log_softmax(both[:batch], -1)
+    uncond = jax.nn.log_softmax(both[batch:], -1)
+    return (1.0 + guidance) * cond - guidance * uncond
+
+  def unmask_probability(s, t):
+    return model.apply(variables, s, t, method=model.unmask_probability)
+
+  alpha = None
+  if model.process == "md4":
+    alpha = schedules.MaskingSchedule(model.schedule, model.eps).alpha
+  return Reverse(denoise, unmask_probability, model.vocab_size,
+                 tuple(model.data_shape), alpha)
+
+
+def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
+                  schedule: schedules.MaskingSchedule, vocab_size: int,
+                  data_shape: tuple[int, ...]) -> Reverse:
+  """The `Reverse` of any denoiser under an MD4 schedule (e.g. an oracle)."""
+  expand = (1,) * (len(data_shape) + 1)
+
+  def unmask_probability(s, t):
+    a_s, a_t = schedule.alpha(s), schedule.alpha(t)
+    return ((a_s - a_t) / (1.0 - a_t)).reshape(s.shape + expand)
+
+  return Reverse(denoise, unmask_probability, vocab_size, tuple(data_shape),
+                 schedule.alpha)
+
+
+# ------------------------------------------------------- random draws -----
+
+
+def grid_times(num_steps: int, grid: str = "uniform") -> np.ndarray:
+  """Times 1 = t_0 > ... > t_T = 0, numpy float32 [num_steps + 1].
+
+  "cosine" puts t = 1 - cos(pi u / 2) on a uniform u, finer near t = 0.
+  """
+  u = np.linspace(1.0, 0.0, num_steps + 1)
+  if grid == "uniform":
+    return u.astype(np.float32)
+  if grid == "cosine":
+    return (1.0 - np.cos(0.5 * np.pi * u)).astype(np.float32)
+  raise ValueError(f"--grid={grid!r} is not a time grid; valid: "
+                   f"{', '.join(GRIDS)}.")
+
+
+def time_grid(num_steps: int, grid: str = "uniform") -> jax.Array:
+  """`grid_times` as a jax array, [num_steps + 1]."""
+  return jnp.asarray(grid_times(num_steps, grid))
+
+
+def uniform_from_bits(high: jax.Array, low: jax.Array) -> jax.Array:
+  """U[0, 1) from two uint32 words, with 56-bit resolution below 1/2.
+
+  The top 24 bits of `high` give k / 2**24 exactly; below 1/2 the 32 bits of
+  `low` refine it at 2**-56, so small values (which decide rare outcomes in
+  `categorical`) are not rounded to a multiple of 2**-24. Adding them only
+  below 1/2 keeps the result < 1.
+  """
+  coarse = (high >> 8).astype(jnp.float32) * (2.0 ** -24)
+  fine = low.astype(jnp.float32) * (2.0 ** -56)
+  return jnp.where(coarse < 0.5, coarse + fine, coarse)
+
+
+def uniform(rng: jax.Array, shape) -> jax.Array:
+  """U[0, 1) float32 draws of `shape` (see `uniform_from_bits`)."""
+  high, low = jax.random.bits(rng, (2,) + tuple(shape), jnp.uint32)
+  return uniform_from_bits(high, low)
+
+
+def exponential(rng: jax.Array, shape) -> jax.Array:
+  """Exp(1) draws whose small values keep full relative precision."""
+  return -jnp.log1p(-uniform(rng, shape))
+
+
+def categorical(rng: jax.Array, log_probs: jax.Array) -> jax.Array:
+  """Exact draws from log-probabilities [..., K] (unnormalised is fine).
+
+  The exponential race: argmax_k (log p_k - log E_k), E_k ~ Exp(1); -inf
+  entries are never drawn. Returns int32 [...].
+  """
+  e = jnp.maximum(exponential(rng, log_probs.shape), _TINY)  # [..., K]
+  return jnp.argmax(log_probs - jnp.log(e), axis=-1).astype(jnp.int32)
+
+
+def bernoulli(rng: jax.Array, p: jax.Array, shape) -> jax.Array:
+  """True with probability p (broadcast to shape), resolved to 2**-56."""
+  return uniform(rng, shape) < p
+
+
+# --------------------------------------------------- the reverse step -----
+
+
+def reveal_log_probs(log_mu: jax.Array, unmask: jax.Array) -> jax.Array:
+  """Log-probabilities [..., V + 1] of a masked token's next state.
+
+  Args:
+    log_mu: denoiser log-probabilities [B, ..., V].
+    unmask: reveal probabilities [B, 1.., 1 | V] (see `Reverse`).
+
+  Returns:
+    [..., V] = log(unmask_v mu_v), then log(1 - sum_v unmask_v mu_v) for
+    "stay masked", written as logsumexp(log(1 - unmask_v) + log mu_v) so no
+    cancellation happens when the reveal probability is tiny.
+  """
+  unmask = jnp.broadcast_to(unmask, log_mu.shape[:-1] + unmask.shape[-1:])
+  log_reveal = jnp.log(unmask) + log_mu  # [B, ..., V]
+  log_stay = jax.nn.logsumexp(jnp.log1p(-unmask) + log_mu, axis=-1,
+                              keepdims=True)  # [B, ..., 1]
+  return jnp.concatenate([log_reveal, log_stay], axis=-1)
+
+
+def ancestral_reveal(rng: jax.Array, z: jax.Array, log_mu: jax.Array,
+                     unmask: jax.Array, mask_id: int) -> jax.Array:
+  """One exact reverse step for every masked token of z; [B, ...] -> [B, ...].
+
+  One categorical draw over V + 1 outcomes per token; outcome V ("stay
+  masked") is exactly mask_id.
+  """
+  choice = categorical(rng, reveal_log_probs(log_mu, unmask))  # [B, ...]
+  return jnp.where(z == mask_id, choice, z).astype(z.dtype)
+
+
+def fill(rng: jax.Array, z: jax.Array, log_mu: jax.Array,
+         mask_id: int) -> jax.Array:
+  """Draws every still-masked token of z from mu (the final t = 0 call)."""
+  return jnp.where(z == mask_id, categorical(rng, log_mu), z).astype(z.dtype)
+
+
+# -------------------------------------------------------- known tokens ----
+
+
+def no_known(num_samples: int, data_shape) -> Known:
+  shape = (num_samples,) + tuple(data_shape)
+  return Known(jnp.zeros(shape, bool), jnp.zeros(shape, jnp.int32))
+
+
+def initial_tokens(known: Known, mask_id: int) -> jax.Array:
+  """z_1: the known tokens, mask everywhere else; int32 [B, ...]."""
+  return jnp.where(known.mask, known.tokens, mask_id).astype(jnp.int32)
+
+
+def keep_known(z: jax.Array, known: Known) -> jax.Array:
+  return jnp.where(known.mask, known.tokens, z).astype(z.dtype)
+
+
+# ------------------------------------------------------------ history -----
+
+
+def frame_times(num_frames: int) -> np.ndarray:
+  """The F frame times 1 = tau_0 > ... > tau_{F-1} = 0."""
+  return np.linspace(1.0, 0.0, num_frames)
+
+
+def frames_from_reveal_times(samples: jax.Array, reveal_time: jax.Array,
+                             num_frames: int, mask_id: int) -> jax.Array:
+  """Frames [F, B, ...] of a sampler whose revealed tokens never change.
+
+  Frame k shows the tokens revealed at a time >= tau_k (known tokens have
+  reveal time > 1), the same rule `run` uses for the frames it records.
+  """
+  taus = jnp.asarray(frame_times(num_frames), jnp.float32)
+  taus = taus.reshape((-1,) + (1,) * samples.ndim)  # [F, 1, ...]
+  return jnp.where(reveal_time[None] >= taus, samples[None], mask_id)
+
+
+def _frame_writes(times: np.ndarray, num_frames: int) -> np.ndarray:
+  """bool [T, F]: after step i (ending at times[i + 1]) write frame k.
+
+  Frame k is the state after the last step whose end time is >= tau_k;
+  frames that no step reaches keep the initial state.
+  """
+  taus = frame_times(num_frames)
+  ends = times[1:]  # [T], decreasing
+  last_step = np.array([np.nonzero(ends >= tau - 1e-7)[0].max(initial=-1)
+                        for tau in taus])  # [F]
+  return np.arange(len(ends))[:, None] == last_step[None, :]
+
+
+# --------------------------------------------------------------- loop -----
+
+
+class Step(NamedTuple):
+  """What a step function sees at step i (t -> s).
+
+  Attributes:
+    rng: this step's key.
+    index: i, a traced int32 in [0, T).
+    num_steps: T.
+    z: int32 [B, ...] tokens at t.
+    log_mu: float32 [B, ..., V] denoiser log-probabilities at (z, t).
+    t: float32 [B] current time.
+    s: float32 [B] next time (< t).
+    known: the given tokens.
+  """
+  rng: jax.Array
+  index: jax.Array
+  num_steps: int
+  z: jax.Array
+  log_mu: jax.Array
+  t: jax.Array
+  s: jax.Array
+  known: Known
+
+
+StepFn = Callable[[Reverse, Step], jax.Array]
+
+
+def run(reverse: Reverse, rng: jax.Array, num_samples: int,
+        settings: Settings, step_fn: StepFn, known: Known | None = None,
+        transform: Callable[[jax.Array], jax.Array] | None = None) -> Result:
+  """The step loop: T network calls and sampler steps, then the fill call.
+
+  Args:
+    reverse: the model.
+    rng: PRNG key.
+    num_samples: B.
+    settings: num_steps, grid and num_frames are read here.
+    step_fn: `z_s = step_fn(reverse, step)`, the sampler's variation.
+    known: given tokens, kept fixed throughout; None = nothing given.
+    transform: optional map of log mu before each step and the fill (e.g.
+      the nucleus filter).
+
+  Returns:
+    The `Result`, with T + 1 network calls.
+  """
+  num_steps = settings.num_steps
+  times = time_grid(num_steps, settings.grid)  # [T + 1]
+  mask_id = reverse.mask_id
+  known = known if known is not None else no_known(num_samples,
+                                                   reverse.data_shape)
+  transform = transform or (lambda log_mu: log_mu)
+  ones = jnp.ones((num_samples,), jnp.float32)
+  z = initial_tokens(known, mask_id)
+  num_frames = settings.num_frames
+  writes = history = None
+  if num_frames:
+    writes = jnp.asarray(_frame_writes(grid_times(num_steps, settings.grid),
+                                       num_frames))  # [T, F]
+    history = jnp.broadcast_to(z, (num_frames,) + z.shape)  # [F, B, ...]
+
+  def body(i, carry):
+    z, history = carry
+    t, s = times[i] * ones, times[i + 1] * ones  # [B], [B]
+    log_mu = transform(reverse.log_probs(z, t))  # [B, ..., V]
+    step = Step(jax.random.fold_in(rng, i), i, num_steps, z, log_mu, t, s,
+                known)
+    z = keep_known(step_fn(reverse, step), known)
+    if history is not None:
+      write = writes[i].reshape((-1,) + (1,) * z.ndim)  # [F, 1, ...]
+      history = jnp.where(write, z[None], history)
+    return z, history
+
+  z, history = jax.lax.fori_loop(0, num_steps, body, (z, history))
+  # ------------------------------------------- final fill at t = 0 --
+  log_mu = transform(reverse.log_probs(z, 0.0 * ones))
+  z = keep_known(fill(jax.random.fold_in(rng, num_steps), z, log_mu,
+                      mask_id), known)
+  if history is not None:
+    history = history.at[-1].set(z)
+  return Result(z, jnp.int32(num_steps + 1), history)
+
+
+def flat_positions(x: jax.Array, data_rank: int) -> jax.Array:
+  """[B, *data_shape, ...] -> [B, N, ...] (N = prod(data_shape))."""
+  return x.reshape((x.shape[0], -1) + x.shape[1 + data_rank:])
