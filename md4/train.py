@@ -241,6 +241,24 @@ def evaluate(setup: Setup, eval_step, params, step: int) -> dict[str, float]:
   return results
 
 
+# ------------------------------------------------------- saved config -----
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the run's config to `<workdir>/config.json`; returns the path.
+
+  `md4.sample` and `md4.evaluate` rebuild the model from it. Rewritten at
+  every start, so a resumed run records the config it continues with.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+  return path
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains, evaluates, samples and checkpoints; resumes from the workdir.
@@ -249,6 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The last evaluation's metrics and the paths of the outputs.
   """
   setup = build(config, workdir)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
   info = setup.datasets.info
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

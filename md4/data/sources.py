@@ -38,6 +38,8 @@ class DataInfo:
     num_classes: number of label classes; 0 when examples carry no label.
     kind: "text" or "image".
     decode: for text, turns tokens `[L]` back into a string; None for images.
+    encode: for text, turns a string into int tokens `[n]` (the tokenizer's
+      `encode`, no special tokens); used for prompts. None when unknown.
   """
 
   data_shape: tuple[int, ...]
@@ -45,6 +47,7 @@ class DataInfo:
   num_classes: int
   kind: str
   decode: Callable[[np.ndarray], str] | None = None
+  encode: Callable[[str], np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
