@@ -1,0 +1,115 @@
+"""What `python -m md4.sample` does, as an importable function.
+
+`sample_to_files(Request(...))` restores a run (EMA parameters), builds the
+known tokens of a prompt, infilling template or inpainting mask, draws the
+samples, and writes them (see `md4.sample_writing`) with `summary.json`.
+"""
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+
+from md4 import sample_writing
+from md4.sampling import conditioning
+from md4.sampling import core
+from md4.sampling import drawing
+from md4.sampling import restored_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One `md4.sample` invocation; fields mirror its flags."""
+  workdir: str
+  step: int | None = None
+  overrides: tuple[str, ...] = ()
+  output_dir: str | None = None
+  num_samples: int = 16
+  batch_size: int = 16
+  steps: int | None = None  # None: config.train.sample_steps.
+  seed: int = 0
+  sampler: str = "ancestral"
+  grid: str = "uniform"
+  topp: float = 0.9
+  remask_strength: float = 0.05
+  choice_temperature: float = 1.0
+  label: int | None = None
+  guidance: float = 0.0
+  prompt: str | None = None
+  infill: str | None = None
+  inpaint: str | None = None
+  inpaint_split: str | None = None
+  history: bool = False
+  history_frames: int = 32
+
+
+def known_tokens(request: Request, run: restored_run.RestoredRun):
+  """Known tokens from the prompt, infilling template or mask, or None."""
+  info = run.setup.datasets.info
+  dataset = run.config.data.dataset
+  given = {name: value for name, value in (
+      ("prompt", request.prompt), ("infill", request.infill),
+      ("inpaint", request.inpaint)) if value is not None}
+  if len(given) > 1:
+    raise ValueError(f"give at most one of --prompt, --infill, --inpaint; "
+                     f"got {', '.join('--' + k for k in given)}.")
+  if not given:
+    return None
+  if "inpaint" in given:
+    if info.kind != "image":
+      raise ValueError(f"--inpaint needs an image data set, not {dataset}; "
+                       "use --prompt or --infill.")
+    split = request.inpaint_split or next(iter(run.setup.datasets.eval))
+    images = conditioning.split_examples(run.setup.datasets, split,
+                                         request.num_samples)
+    return conditioning.image_known(request.inpaint, images)
+  if info.kind != "text":
+    raise ValueError(f"--prompt/--infill need a text data set, not "
+                     f"{dataset}; use --inpaint.")
+  template = next(iter(given.values()))
+  return conditioning.text_known(template, conditioning.encoder(info, dataset),
+                                 info.data_shape[0], request.num_samples)
+
+
+def sample_to_files(request: Request) -> dict:
+  """Draws and writes the samples; returns the summary (also saved)."""
+  run = restored_run.restore(request.workdir, request.step, request.overrides)
+  info = run.setup.datasets.info
+  settings = core.Settings(
+      num_steps=request.steps or run.config.train.sample_steps,
+      grid=request.grid, topp=request.topp,
+      remask_strength=request.remask_strength,
+      choice_temperature=request.choice_temperature,
+      num_frames=request.history_frames if request.history else 0)
+  known = known_tokens(request, run)
+  with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
+    drawn = drawing.draw(
+        run.setup.model, run.params, request.sampler, settings,
+        num_samples=request.num_samples, batch_size=request.batch_size,
+        seed=request.seed, known=known, label=request.label,
+        guidance=request.guidance)
+  summary = {
+      "request": dataclasses.asdict(request), "checkpoint_step": run.step,
+      "settings": dataclasses.asdict(settings),
+      "network_calls_per_sample": drawn.network_calls,
+      "samples_per_second": drawn.samples_per_second,
+      "seconds": drawn.seconds, "compile_seconds": drawn.compile_seconds,
+  }
+  if jax.process_index() > 0:
+    return summary
+  # ------------------------------------------------------- outputs --
+  out = request.output_dir or os.path.join(
+      run.workdir, sample_writing.SAMPLE_DIR,
+      f"{request.sampler}_step{run.step}_seed{request.seed}")
+  paths = sample_writing.write_sample_files(
+      out, drawn.samples, info, known=known,
+      prompt=request.prompt or request.infill or "")
+  if drawn.history is not None:
+    paths += sample_writing.write_history(out, drawn.history, info)
+  paths.append(os.path.join(out, "summary.json"))
+  summary["files"] = paths
+  with open(paths[-1], "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
