@@ -1,0 +1,78 @@
+"""md4.evaluate: the negative ELBO of a trained checkpoint with standard errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import trained_digits
+
+from md4 import evaluate
+from md4.sampling import restored_run
+
+
+def test_evaluate_matches_the_training_time_eval_within_its_standard_error():
+  workdir, result = trained_digits.trained_run()
+  # Training evaluates the first eval batch (100 test examples) once.
+  run = restored_run.restore(workdir)
+  trained = result["eval"]["test/bits_per_dim"]
+  repeated = evaluate.negative_elbo(run, "test", num_examples=100,
+                                    num_time_samples=4, progress=False)
+  single = evaluate.negative_elbo(run, "test", num_examples=100,
+                                  num_time_samples=1, seed=1, progress=False)
+  mean, se = (repeated["bits_per_dim"]["mean"],
+              repeated["bits_per_dim"]["se"])
+  # Training's value is itself one draw per example: its error is about
+  # the K = 1 standard error.
+  se_train = single["bits_per_dim"]["se"]
+  assert abs(mean - trained) < 3 * math.hypot(se, se_train)
+  assert 0 < se < se_train
+  assert repeated["num_examples"] == 100 and repeated["checkpoint_step"] == 6
+
+
+def test_bound_is_reported_per_unit_with_standard_errors():
+  per_example = np.array([100.0, 110.0, 90.0, 104.0])
+  n, se = 4, np.std(per_example, ddof=1) / 2
+  to_bits = 1 / (64 * math.log(2))
+  image = evaluate.summarize(per_example, 64, "image", "digits")
+  assert image["nelbo_nats"]["mean"] == pytest.approx(101.0)
+  assert image["bits_per_dim"]["mean"] == pytest.approx(101.0 * to_bits)
+  assert image["bits_per_dim"]["se"] == pytest.approx(se * to_bits)
+  assert "perplexity" not in image and n == 4
+  chars = evaluate.summarize(per_example, 64, "text", "text8")
+  assert chars["bits_per_char"] == chars["bits_per_dim"]
+  tokens = evaluate.summarize(per_example, 64, "text", "openwebtext")
+  ppl = math.exp(101.0 / 64)
+  assert tokens["perplexity"]["mean"] == pytest.approx(ppl)
+  assert tokens["perplexity"]["se"] == pytest.approx(ppl * se / 64)
+  assert evaluate.headline("text", "openwebtext") == "perplexity"
+  assert evaluate.headline("text", "text8") == "bits_per_char"
+
+
+def test_evaluate_command_writes_json_for_a_subset(tmp_path):
+  workdir, _ = trained_digits.trained_run()
+  output = str(tmp_path / "eval.json")
+  root = os.path.dirname(trained_digits.ROOT + "/")
+  out = subprocess.run(
+      [sys.executable, "-m", "md4.evaluate", f"--workdir={workdir}",
+       "--num_examples=30", "--num_time_samples=2", "--batch_size=20",
+       f"--output={output}"],
+      cwd=root, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(output) as f:
+    result = json.load(f)
+  assert result["num_examples"] == 30 and result["num_time_samples"] == 2
+  assert result["split"] == "test" and result["headline"] == "bits_per_dim"
+  assert 0 < result["bits_per_dim"]["se"] < result["bits_per_dim"]["mean"]
+  assert "bits_per_dim =" in out.stdout
+
+
+def test_unknown_split_is_rejected_with_the_valid_ones():
+  workdir, _ = trained_digits.trained_run()
+  run = restored_run.restore(workdir)
+  with pytest.raises(ValueError, match="valid: test"):
+    evaluate.negative_elbo(run, "valid", progress=False)
