@@ -1,16 +1,20 @@
 """D3PM (uniform, absorbing) and multinomial diffusion against brute force."""
 
 import math
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import known_distribution as kd
+from md4 import model as model_lib
 from md4.diffusion import d3pm
 from md4.diffusion import md4
 from md4.diffusion import schedules
+from md4.sampling import d3pm_reverse
 
 K, T = 3, 12
 
@@ -206,3 +210,42 @@ def test_unknown_transition_or_schedule_is_rejected_with_the_field():
     d3pm.D3PM("gaussian", 4, 10, "linear")
   with pytest.raises(ValueError, match="linear, cosine, jsd"):
     d3pm.D3PM("uniform", 4, 10, "quadratic")
+
+
+class _OracleNetwork(nn.Module):
+  """A parameter-free 'network' returning the oracle's logits."""
+  denoise: Any
+
+  def __call__(self, z, t, label=None, *, train=False):
+    return self.denoise(z, t, label)
+
+
+@pytest.mark.parametrize("transition", ["absorbing", "uniform"])
+def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
+    transition):
+  steps = 200
+  schedule = "cosine" if transition == "uniform" else "jsd"
+  process = d3pm.D3PM(transition, kd.VOCAB, steps, schedule)
+  if transition == "absorbing":
+    _, _, log_abar, _ = process.log_tables()
+    denoise = kd.oracle(lambda v, t: jnp.exp(
+        log_abar[jnp.round(t * steps).astype(jnp.int32)]))
+  else:
+    denoise = _uniform_oracle(process)
+  model = model_lib.DiffusionModel(
+      network=_OracleNetwork(denoise), vocab_size=kd.VOCAB,
+      data_shape=(kd.LENGTH,), process="d3pm", transition=transition,
+      num_steps=steps, schedule=schedule)
+  samples, history = jax.jit(
+      lambda r: d3pm_reverse.sample(model, {}, r, 20000, num_frames=5))(
+          jax.random.key(0))
+  samples = np.asarray(samples)
+  assert samples.min() >= 0 and samples.max() < kd.VOCAB  # No mask left.
+  assert history.shape == (5, 20000, kd.LENGTH)
+  states = kd.all_states()
+  index = {tuple(s): i for i, s in enumerate(states)}
+  counts = np.bincount([index[tuple(s)] for s in samples],
+                       minlength=len(states))
+  truth = np.exp(kd.log_probs(states))
+  tv = 0.5 * np.abs(counts / counts.sum() - truth).sum()
+  assert tv < 0.05, tv
