@@ -33,6 +33,7 @@ from md4 import sharding
 from md4.data import pipelines
 from md4.diffusion import md4
 from md4.sampling import ancestral
+from md4.sampling import d3pm_reverse
 
 
 @flax.struct.dataclass
@@ -310,9 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(setup.model))
     sample_fn = jax.jit(
-        lambda params, r: ancestral.sample(
-            setup.model, {"params": params}, r, config.train.num_samples,
-            config.train.sample_steps))
+        lambda params, r: _draw_samples(setup.model, params, r, config))
 
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
@@ -360,6 +359,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   manager.close()
   return {"eval": eval_metrics, "step": step, "preempted": preempted,
           **outputs}
+
+
+def _draw_samples(model, params, rng, config):
+  """The periodic samples: D3PM's reverse chain, else the MD4 ancestral."""
+  if model.process == "d3pm":
+    return d3pm_reverse.sample(model, {"params": params}, rng,
+                               config.train.num_samples)
+  return ancestral.sample(model, {"params": params}, rng,
+                          config.train.num_samples, config.train.sample_steps)
 
 
 def _flatten(config, prefix=""):
