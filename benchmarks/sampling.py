@@ -1,0 +1,211 @@
+r"""Sampling speed (samples/s, network calls) and categorical exactness.
+
+    python benchmarks/sampling.py                       # both parts
+    python benchmarks/sampling.py --parts=speed --batch=8 --steps=1000
+    python benchmarks/sampling.py --parts=exactness --draws=100000000
+
+Speed: one model, the DiT transformer of the CPU configs (4 layers, width
+256, 8 heads) with `time_features="none"`, vocabulary 27, sequence length
+256, random weights (speed does not depend on training). For each sampler
+(naive `ancestral`, `cached`, `first_hitting`, and `mean` for reference) the
+script compiles one batch of `--batch` samples, then times `--repeats`
+batches: samples/s, network calls per sample, and both as ratios against
+`ancestral`. Issue #5's target: the cached sampler makes at least 5x fewer
+network calls and draws at least 3x the samples/s of the naive one at
+1,000 steps.
+
+Exactness: the probability that a two-outcome categorical draw
+[log(1 - pi), log(pi)] returns the rare outcome, divided by pi (1 = exact):
+
+* `inverse_cdf_f32` (md4's draw before issue #5: cumsum of float32
+  probabilities, one 23-bit uniform; the rare outcome first, as the reveal
+  values come before "stay masked") and `gumbel_f32` (`jax.random.
+  categorical`, default mode "low": float32 Gumbel-max) are deterministic
+  functions of 23-bit uniforms, so their probabilities are computed exactly
+  by enumerating every uniform (with XLA's own float32 log);
+* `gumbel_high` (`jax.random.categorical(mode="high")`) and `md4_race`
+  (`md4.sampling.core.categorical`) are estimated from `--draws` draws per
+  pi (Poisson standard error shown); the draws/s of all four are timed.
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import configuration
+from md4 import model as model_lib
+from md4.sampling import core
+from md4.sampling import drawing
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_PARTS = flags.DEFINE_list("parts", ["speed", "exactness"],
+                           "speed, exactness.")
+_SAMPLERS = flags.DEFINE_list(
+    "samplers", ["ancestral", "cached", "first_hitting", "mean"],
+    "Samplers timed in the speed part.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Samples per compiled call.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches per sampler.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Time steps T.")
+_LENGTH = flags.DEFINE_integer("length", 256, "Sequence length.")
+_SIZE = flags.DEFINE_string("size", "cpu", "Transformer size (see "
+                            "md4.configuration.TRANSFORMER_SIZES).")
+_DRAWS = flags.DEFINE_integer("draws", 100_000_000,
+                              "Sampled draws per pi (exactness part).")
+_PIS = flags.DEFINE_list("pis", ["1e-5", "1e-6", "1e-7", "1e-8"],
+                         "Rare-outcome probabilities (exactness part).")
+_CHUNK = 10_000_000
+
+
+# -------------------------------------------------------------- speed -----
+
+
+def speed_model():
+  """The benchmark's model and random EMA-like parameters."""
+  c = configuration.default_config()
+  c.data.dataset = "text8"
+  c.data.data_shape = (_LENGTH.value,)
+  c.data.vocab_size = 27
+  c.network = configuration.transformer(_SIZE.value, dropout_rate=0.0)
+  c.network.time_features = "none"
+  model = model_lib.build_model(c)
+  params = jax.jit(lambda r: model_lib.init_variables(model, r))(
+      jax.random.key(0))["params"]
+  return model, params
+
+
+def run_speed() -> None:
+  model, params = speed_model()
+  settings = core.Settings(num_steps=_STEPS.value)
+  print(f"\nSpeed: transformer {_SIZE.value}, time_features=none, V=27, "
+        f"L={_LENGTH.value}, T={_STEPS.value}, batch {_BATCH.value}, "
+        f"{_REPEATS.value} timed batches, {jax.devices()[0].device_kind}")
+  print(f"{'sampler':15s} {'calls/sample':>13s} {'samples/s':>10s} "
+        f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s}")
+  base = None
+  for name in _SAMPLERS.value:
+    drawn = drawing.draw(model, params, name, settings,
+                         num_samples=_BATCH.value * _REPEATS.value,
+                         batch_size=_BATCH.value, seed=0)
+    if base is None:
+      base = drawn
+    print(f"{name:15s} {drawn.network_calls:13.1f} "
+          f"{drawn.samples_per_second:10.3f} "
+          f"{base.network_calls / drawn.network_calls:11.2f}x "
+          f"{drawn.samples_per_second / base.samples_per_second:8.2f}x "
+          f"{drawn.compile_seconds:10.1f}")
+
+
+# ---------------------------------------------------------- exactness -----
+
+_TINY = np.finfo(np.float32).tiny
+
+
+def grid_uniforms() -> np.ndarray:
+  """Every value of jax's 23-bit float32 uniform on [tiny, 1), ascending."""
+  u = np.arange(2 ** 23, dtype=np.float64) * 2.0 ** -23
+  return np.maximum(u.astype(np.float32), np.float32(_TINY))
+
+
+def exact_inverse_cdf_f32(pi: float) -> float:
+  """P(rare) of the pre-issue-5 draw: cumsum([pi, 1 - pi]) in float32."""
+  probs = np.array([pi, 1.0 - pi], np.float32)
+  cdf = np.cumsum(probs, dtype=np.float32)  # [2]
+  u = np.arange(2 ** 23, dtype=np.float64) * 2.0 ** -23  # [0, 1) grid
+  scaled = (u.astype(np.float32) * cdf[-1]).astype(np.float32)
+  return float(np.mean(scaled < cdf[0]))  # rare outcome = index 0
+
+
+def exact_gumbel_f32(pi: float) -> float:
+  """P(rare) of float32 Gumbel-max (mode "low"), by enumerating uniforms."""
+  g = np.asarray(jax.jit(lambda u: -jnp.log(-jnp.log(u)))(grid_uniforms()))
+  l0, l1 = np.float32(np.log1p(-pi)), np.float32(np.log(pi))
+  common = np.sort((g + l0).astype(np.float32))  # outcome 0's scores
+  rare = (g + l1).astype(np.float32)
+  # The rare outcome (index 1) wins when its score is strictly larger.
+  wins = np.searchsorted(common, rare, side="left").astype(np.float64)
+  return float(wins.sum() / 2.0 ** 46)
+
+
+def sampled(method, pi: float, draws: int,
+            stream: int) -> tuple[float, float, float]:
+  """(P(rare) / pi, its standard error, draws/s) from `draws` draws.
+
+  Each method gets its own key stream: from the same bits `gumbel_high` and
+  `md4_race` make the same rare draws, so shared keys would share their
+  statistical error.
+  """
+  logits = jnp.log(jnp.array([1.0 - pi, pi], jnp.float32))
+  count_fn = jax.jit(lambda r: (method(
+      r, jnp.broadcast_to(logits, (_CHUNK, 2))) == 1).sum())
+  count_fn(jax.random.key(0)).block_until_ready()
+  chunks = max(1, draws // _CHUNK)
+  start = time.perf_counter()
+  keys = [jax.random.fold_in(jax.random.key(stream), i) for i in range(chunks)]
+  count = sum(int(count_fn(k)) for k in keys)
+  rate = chunks * _CHUNK / (time.perf_counter() - start)
+  n = chunks * _CHUNK
+  return count / n / pi, np.sqrt(max(count, 1)) / n / pi, rate
+
+
+def inverse_cdf_f32(rng, log_probs):
+  """md4's draw before issue #5, with the rare outcome (index 1) first."""
+  probs = jnp.exp(log_probs[..., ::-1])  # [..., 2], rare outcome first
+  cdf = jnp.cumsum(probs, -1)
+  u = jax.random.uniform(rng, probs.shape[:-1] + (1,)) * cdf[..., -1:]
+  return 1 - jnp.minimum((cdf <= u).sum(-1), 1)
+
+
+METHODS = {
+    "inverse_cdf_f32": inverse_cdf_f32,
+    "gumbel_f32": lambda r, l: jax.random.categorical(r, l, mode="low"),
+    "gumbel_high": lambda r, l: jax.random.categorical(r, l, mode="high"),
+    "md4_race": core.categorical,
+}
+
+
+def run_exactness() -> None:
+  print(f"\nExactness: P(rare outcome) / pi for a draw from [1 - pi, pi] "
+        f"(1 = exact); exact = enumerated, else {_DRAWS.value:.1e} draws "
+        "+- standard error")
+  rates = {}
+  header = f"{'pi':>8s} " + " ".join(f"{m:>22s}" for m in METHODS)
+  print(header)
+  for text in _PIS.value:
+    pi = float(text)
+    cells = [f"{exact_inverse_cdf_f32(pi) / pi:.4f} (exact)",
+             f"{exact_gumbel_f32(pi) / pi:.4f} (exact)"]
+    for name in ("gumbel_high", "md4_race"):
+      if pi * _DRAWS.value < 30:
+        cells.append("- (too rare)")
+        continue
+      stream = list(METHODS).index(name) * 1000 + _PIS.value.index(text)
+      ratio, se, rates[name] = sampled(METHODS[name], pi, _DRAWS.value,
+                                       stream)
+      cells.append(f"{ratio:.3f} +- {se:.3f}")
+    print(f"{pi:8.0e} " + " ".join(f"{c:>22s}" for c in cells))
+  for name in ("inverse_cdf_f32", "gumbel_f32"):
+    _, _, rates[name] = sampled(METHODS[name], 1e-3, _CHUNK, 0)
+  print("draws/s (2 outcomes): " + ", ".join(
+      f"{m} {rates[m] / 1e6:.1f}M" for m in METHODS if m in rates))
+
+
+def main(argv):
+  del argv
+  print(f"jax {jax.__version__}, {jax.devices()}")
+  if "speed" in _PARTS.value:
+    run_speed()
+  if "exactness" in _PARTS.value:
+    run_exactness()
+
+
+if __name__ == "__main__":
+  app.run(main)
