@@ -1,4 +1,4 @@
-"""md4.evaluate: the negative ELBO of a trained checkpoint with standard errors."""
+"""md4.evaluate: a trained checkpoint's negative ELBO with standard errors."""
 
 import json
 import math

@@ -61,23 +61,52 @@ def oracle_reverse() -> core.Reverse:
                             (kd.LENGTH,))
 
 
+# GenMD4: one schedule per value, alpha_v(t) = 1 - (1 - eps) t^{w_v}.
+POWERS = np.array([0.5, 1.0, 3.0])
+
+
+def genmd4_alpha(t, eps=1e-4):
+  """alpha_v(t) [..., V] for times t [...]."""
+  return 1.0 - (1.0 - eps) * jnp.asarray(t)[..., None] ** POWERS
+
+
+def genmd4_reverse() -> core.Reverse:
+  def alpha_tokens(values, t):  # values [1, S, L], t [B, 1, 1]
+    return genmd4_alpha(t[:, 0, 0])[:, values[0]]  # [B, S, L]
+
+  denoise = kd.oracle(alpha_tokens)
+
+  def unmask_probability(s, t):
+    a_s, a_t = genmd4_alpha(s), genmd4_alpha(t)  # [B, V]
+    return ((a_s - a_t) / (1.0 - a_t))[:, None, :]  # [B, 1, V]
+
+  return core.Reverse(denoise, unmask_probability, kd.VOCAB, (kd.LENGTH,))
+
+
 def known_probs() -> np.ndarray:
   p = np.exp(kd.log_probs(kd.all_states()))
   return p / p.sum()
 
 
 @functools.lru_cache(maxsize=None)
-def step_distribution(num_steps: int, remask_strength: float = 0.0):
+def step_distribution(num_steps: int, remask_strength: float = 0.0,
+                      genmd4: bool = False):
   """Exact distribution over all_states() of T reverse steps and the fill.
 
   From each of the 4**L partially masked sequences, a masked token is
-  revealed as v with probability p mu_v and a revealed one is masked again
-  with probability sigma (ReMDM; 0 otherwise), independently per position.
+  revealed as v with probability p_v mu_v (p_v the same for every v in MD4)
+  and a revealed one is masked again with probability sigma (ReMDM; 0
+  otherwise), independently per position.
   """
   partial = np.array(list(itertools.product(range(MASK + 1),
                                             repeat=kd.LENGTH)))  # [S', L]
-  denoise = jax.jit(kd.oracle(lambda values, t: SCHEDULE.alpha(t)))
-  alpha = lambda t: float(SCHEDULE.alpha(np.float32(t)))
+  if genmd4:
+    reverse = genmd4_reverse()
+    denoise = jax.jit(reverse.denoise)
+    alpha = lambda t: np.asarray(genmd4_alpha(np.float32(t)), np.float64)
+  else:
+    denoise = jax.jit(kd.oracle(lambda values, t: SCHEDULE.alpha(t)))
+    alpha = lambda t: float(SCHEDULE.alpha(np.float32(t)))
   times = core.grid_times(num_steps).astype(np.float64)
   masked = partial == MASK  # [S', L]
 
@@ -86,11 +115,15 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0):
                      jnp.full((len(partial),), t, jnp.float32))
     mu = np.exp(np.asarray(logits, np.float64))
     mu /= mu.sum(-1, keepdims=True)  # [S', L, V]
+    # GenMD4 at t = 0: a masked token is impossible (alpha_v(0) = 1), so the
+    # oracle is undefined there; those states have probability 0.
+    mu = np.nan_to_num(mu)
     factor = np.zeros(partial.shape + (MASK + 1,))  # [S', L, V + 1]
     factor[..., :MASK] = np.where(masked[..., None], reveal * mu,
                                   (1 - sigma) * np.eye(MASK + 1)[
                                       partial][..., :MASK])
-    factor[..., MASK] = np.where(masked, 1 - reveal, sigma)
+    stay = 1 - (reveal * mu).sum(-1)  # [S', L]
+    factor[..., MASK] = np.where(masked, stay, sigma)
     # [S', S', L]: the factor of position j for target state s'.
     per_position = factor[:, np.arange(kd.LENGTH)[None, :], partial]
     return per_position.prod(-1)  # [S', S']
@@ -99,7 +132,8 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0):
   dist[-1] = 1.0  # Everything masked.
   for i in range(num_steps):
     a_t, a_s = alpha(times[i]), alpha(times[i + 1])
-    sigma = remask_strength * min(1.0, (1 - a_s) / a_t)
+    sigma = (remask_strength * min(1.0, (1 - a_s) / a_t)
+             if remask_strength else 0.0)
     reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)
     dist = dist @ transition(times[i], reveal, sigma)
   dist = dist @ transition(0.0, 1.0, 0.0)
@@ -143,6 +177,15 @@ def draw(name: str, settings: core.Settings, known=None, seed: int = 0,
 def test_sampler_matches_the_exact_distribution_of_its_steps(name):
   result = draw(name, core.Settings(num_steps=20))
   assert_matches(np.asarray(result.samples), step_distribution(20))
+
+
+@pytest.mark.parametrize("name", ["ancestral", "mean"])
+def test_genmd4_sampler_matches_the_exact_distribution_of_its_steps(name):
+  result = draw(name, core.Settings(num_steps=20), seed=8,
+                reverse=genmd4_reverse())
+  target = step_distribution(20, genmd4=True)
+  assert 0.5 * np.abs(target - step_distribution(20)).sum() > 0.01
+  assert_matches(np.asarray(result.samples), target)
 
 
 def test_remask_sampler_matches_the_exact_distribution_of_its_steps():
@@ -199,7 +242,7 @@ def time_agnostic_model(vocab_size=7, length=32):
   return model, params
 
 
-def test_cached_sampler_returns_the_uncached_samples_for_a_model_that_ignores_time():
+def test_cached_sampler_returns_the_uncached_samples_when_the_model_ignores_time():
   model, params = time_agnostic_model()
   reverse = core.from_model(model, {"params": params})
   settings = core.Settings(num_steps=200)

@@ -9,12 +9,12 @@ of the latest (or a chosen) checkpoint.
 """
 
 import ast
+from collections.abc import Sequence
 import dataclasses
 import difflib
 import json
 import os
 from typing import Any
-from collections.abc import Sequence
 
 from etils import epath
 import ml_collections
