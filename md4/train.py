@@ -72,7 +72,9 @@ def check_workdir(workdir: str) -> None:
   """Fails early, with the path, when the workdir cannot be written."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".md4_write_test")
+    # One probe per process: processes may share the workdir.
+    probe = os.path.join(
+        workdir, f".md4_write_test_{jax.process_index()}_{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -268,8 +270,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The last evaluation's metrics and the paths of the outputs.
   """
   setup = build(config, workdir)
-  if jax.process_index() == 0:
-    save_config(config, workdir)
   info = setup.datasets.info
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
