@@ -270,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The last evaluation's metrics and the paths of the outputs.
   """
   setup = build(config, workdir)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
   info = setup.datasets.info
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
