@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   # of examples (characters for text_chars) held out for evaluation under a
   # fixed split seed.
   c.data.eval_fraction = 0.05
+  # Image data sets only: mirror each training image left-right with
+  # probability 1/2 (seeded; evaluation images are never flipped).
+  c.data.random_flip = False
 
   c.model = ml_collections.ConfigDict()
   c.model.process = "md4"  # "md4", "genmd4" or "d3pm".

@@ -1,7 +1,9 @@
 """MD4 on ImageNet 64x64 with a U-ViT, Shi et al. (2024).
 
-Variants: `default` (unconditional), `cond` (class-conditional, with label
-dropout for classifier-free guidance), `cpu` (shrunk).
+Variants: `default` (unconditional, TFDS `downsampled_imagenet/64x64`),
+`cond` (class-conditional on ImageNet 2012's 1000 labels: TFDS
+`imagenet2012` centre-cropped and area-resized to 64x64, with label dropout
+for classifier-free guidance), `cpu` (shrunk, unconditional).
 """
 
 import ml_collections
@@ -12,7 +14,9 @@ from md4 import configuration
 def get_config(arg=None):
   name = configuration.variant(arg, ("default", "cond", "cpu"))
   c = configuration.default_config()
-  c.data.dataset = "imagenet64"
+  # The downsampled TFDS set has no labels; the labelled one is made from
+  # imagenet2012 (see md4/data/tfds_images.py).
+  c.data.dataset = "class_cond_imagenet64" if name == "cond" else "imagenet64"
   c.data.data_shape = (64, 64, 3)
   c.data.vocab_size = 256
   c.model.schedule = "linear"

@@ -5,6 +5,9 @@ records; infinite, shuffled with the given seed (a fresh permutation every
 epoch), batches of `global_batch_size // process_count`. Iterating it gives a
 `grain.DataLoaderIterator` whose `get_state`/`set_state` (or orbax's
 `grain.checkpoint.CheckpointSave/Restore`) checkpoint the position exactly.
+With `data_config.random_flip`, training images are mirrored left-right with
+probability 1/2 (`RandomFlip`), drawn from grain's per-record generator, so
+the flips too are fixed by the seed and redrawn exactly after a restore.
 
 Evaluation: per split, a callable returning a fresh finite iterator over this
 process's contiguous part of the split, in order, with batches of exactly
@@ -48,6 +51,7 @@ _LOADERS: dict[str, Callable[[Any], sources.LoadedData]] = {
     "binarized_mnist": functools.partial(mnist.load, binarized=True),
     "cifar10": tfds_images.load_cifar10,
     "imagenet64": tfds_images.load_imagenet64,
+    "class_cond_imagenet64": tfds_images.load_class_cond_imagenet64,
     "openwebtext": token_files.load_prepared,
     "fineweb_edu": token_files.load_prepared,
     "protein": protein.load,
@@ -59,6 +63,7 @@ _PADDABLE = ("mnist", "binarized_mnist")
 _WITH_PATH = ("openwebtext", "fineweb_edu", "protein", "tokens", "text_chars")
 _WITH_CHARACTERS = ("text_chars",)
 DATASET_NAMES = tuple(_LOADERS)
+FLIP_PROBABILITY = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +98,9 @@ def build_datasets(
     data_config: `config.data` with `dataset`, `data_dir`, `data_shape`,
       `vocab_size`, `num_workers` (grain worker processes; 0 = in-process),
       `pad_to` (MNIST variants only; 0 = no padding), `path` (file-based
-      data sets: their file or directory), `characters` (text_chars only)
-      and `eval_fraction` (data without an evaluation split of its own).
+      data sets: their file or directory), `characters` (text_chars only),
+      `eval_fraction` (data without an evaluation split of its own) and
+      `random_flip` (images only: mirror training images at random).
     global_batch_size: training examples per step over all processes.
     eval_batch_size: evaluation examples per batch over all processes.
     seed: shuffling (and random crop) seed, an integer in [0, 2**32).
@@ -121,6 +127,7 @@ def build_datasets(
       loaded.train, data_config, finished=not loaded.train_transforms)
   for source in loaded.eval.values():
     sources.check_sample(source, data_config, finished=True)
+  augmentations = _augmentations(data_config, loaded.info)
 
   if len(loaded.train) < process_count:
     raise ValueError(
@@ -142,6 +149,7 @@ def build_datasets(
       ),
       operations=[
           *loaded.train_transforms,
+          *augmentations,
           grain.transforms.Batch(batch_size=global_batch_size,
                                  drop_remainder=True),
           ProcessSlice(process_index, train_batch),
@@ -161,6 +169,35 @@ def build_datasets(
       for split, source in loaded.eval.items()
   }
   return Datasets(train=train, eval=evals, info=loaded.info)
+
+
+class RandomFlip(grain.transforms.RandomMap):
+  """Mirrors an image example `{"x": [H, W, C], ...}` left-right, p = 1/2."""
+
+  def random_map(
+      self, element: sources.Example, rng: np.random.Generator
+  ) -> sources.Example:
+    if rng.random() < FLIP_PROBABILITY:
+      element = {**element, "x": np.ascontiguousarray(element["x"][:, ::-1])}
+    return element
+
+  def __repr__(self) -> str:
+    return "RandomFlip()"
+
+
+def _augmentations(
+    data_config: Any, info: DataInfo
+) -> tuple[grain.transforms.Transformation, ...]:
+  """The random training-only transforms the config asks for."""
+  # A hand-built data config may predate the field: no flips then.
+  if not data_config.get("random_flip", False):
+    return ()
+  if info.kind != "image":
+    raise ValueError(
+        f"data_config.random_flip is True but {data_config.dataset} is"
+        f" {info.kind}, not images; set data_config.random_flip = False."
+    )
+  return (RandomFlip(),)
 
 
 class ProcessSlice(grain.transforms.Map):

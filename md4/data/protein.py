@@ -191,13 +191,15 @@ def load(data_config: Any) -> sources.LoadedData:
   train, valid = token_files.held_out_indices(
       len(offsets) - 1, float(data_config.eval_fraction),
       f"the proteins in {files[0].parent}")
+  tokenizer = Tokenizer()
   return sources.LoadedData(
       info=sources.DataInfo(
           data_shape=(seq_len,),
           vocab_size=VOCAB_SIZE,
           num_classes=0,
           kind="text",
-          decode=Tokenizer().decode,
+          decode=tokenizer.decode,
+          encode=tokenizer.encode,
       ),
       train=ProteinSource("protein/train", tokens, offsets, train),
       train_transforms=(RandomCropOrPad(seq_len),),

@@ -199,6 +199,7 @@ def load(data_config: Any) -> sources.LoadedData:
       num_classes=0,
       kind="text",
       decode=tokenizer.decode,
+      encode=tokenizer.encode,
   )
   return sources.LoadedData(
       info=info,

@@ -105,6 +105,7 @@ def load(data_config: Any) -> sources.LoadedData:
           num_classes=0,
           kind="text",
           decode=tokenizer.decode,
+          encode=tokenizer.encode,
       ),
       train=text8.CropWindowSource("text_chars/train", tokens[:num_train],
                                    seq_len),

@@ -4,9 +4,9 @@
   in `<data_dir>/<dataset>/` (or `data_config.path`): `train-*.array_record`
   and `valid-*.array_record` (one block of tokens per record, raw
   little-endian bytes of the dtype in `metadata.json`), the tokenizer copy in
-  `tokenizer/` (used to decode samples) and `metadata.json`, whose vocabulary
-  size and block length are checked against the config. Evaluation split:
-  "valid".
+  `tokenizer/` (decodes samples and encodes prompts) and `metadata.json`,
+  whose vocabulary size and block length are checked against the config.
+  Evaluation split: "valid".
 * `tokens`: a directory of the user's token arrays (`data_config.path`,
   default `<data_dir>/tokens`), either `.npy` files or `.array_record` files:
   - a 1-D `.npy` array is a token stream, cut into consecutive examples;
@@ -19,7 +19,8 @@
   starting with "valid"/"eval"/"test" the evaluation splits ("valid",
   "valid", "test"); with no "train*" file, a seeded `data_config.eval_fraction`
   of all examples is held out as "valid". Samples decode as space-separated
-  ids (or with the prepared tokenizer when `metadata.json` names one).
+  ids, and prompts are read as such ids (or both go through the prepared
+  tokenizer when `metadata.json` names one and `tokenizer/` holds it).
 
 Examples are `seq_len = data_shape[0]` tokens: row `r` of a file gives the
 examples `row[p * seq_len : (p + 1) * seq_len]` for `p < M // seq_len`, so a
@@ -29,7 +30,7 @@ corpus prepared with blocks of 1024 also serves a config of length 256.
 import io
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -259,21 +260,37 @@ def _check_prepared(metadata: dict[str, Any], path: pathlib.Path,
     )
 
 
-def _decoder(directory: pathlib.Path, metadata: dict[str, Any] | None):
-  """Decodes with the prepared tokenizer copy, else shows the ids."""
+def _codec(
+    directory: pathlib.Path, metadata: dict[str, Any] | None
+) -> tuple[Callable[[str], np.ndarray], Callable[[np.ndarray], str]]:
+  """(encode, decode) of the prepared tokenizer copy, else of plain ids."""
   tokenizer_dir = directory / TOKENIZER_SUBDIR
   if metadata is not None and tokenizer_dir.is_dir():
     try:
-      return tokenizers.load(metadata["tokenizer"]["kind"],
-                             tokenizer_dir).decode
+      tokenizer = tokenizers.load(metadata["tokenizer"]["kind"],
+                                  tokenizer_dir)
+      return tokenizer.encode, tokenizer.decode
     except (FileNotFoundError, ImportError, ValueError):
-      pass  # samples are still written, as ids
-  return ids_as_text
+      pass  # samples are still written, and prompts read, as ids
+  return text_as_ids, ids_as_text
 
 
 def ids_as_text(tokens: np.ndarray | Sequence[int]) -> str:
   """Space-separated ids: the decoder of token data without a tokenizer."""
   return " ".join(str(int(t)) for t in np.asarray(tokens).reshape(-1))
+
+
+def text_as_ids(text: str) -> np.ndarray:
+  """Inverse of `ids_as_text`: "5 17 3" -> int32 `[3]`, for prompts."""
+  words = text.split()
+  bad = [w for w in words if not (w.isascii() and w.isdigit())]
+  if bad:
+    raise ValueError(
+        f"{bad[0]!r} is not a token id: this token data has no tokenizer"
+        f" ({TOKENIZER_SUBDIR}/ with a {METADATA_FILE} naming it), so text is"
+        " read as space-separated non-negative ids, e.g. \"17 4 230\"."
+    )
+  return np.array([int(w) for w in words], np.int32)
 
 
 def _directory(data_config: Any) -> pathlib.Path:
@@ -298,13 +315,15 @@ def load_prepared(data_config: Any) -> sources.LoadedData:
   if "train" not in splits:
     raise ValueError(f"{directory / METADATA_FILE} lists no training file;"
                      " prepare more documents.")
+  encode, decode = _codec(directory, metadata)
   return sources.LoadedData(
       info=sources.DataInfo(
           data_shape=(seq_len,),
           vocab_size=metadata["vocab_size"],
           num_classes=0,
           kind="text",
-          decode=_decoder(directory, metadata),
+          decode=decode,
+          encode=encode,
       ),
       train=splits.pop("train"),
       eval=splits,
@@ -373,13 +392,15 @@ def load_tokens(data_config: Any) -> sources.LoadedData:
         "train": TokenExamples("tokens/train", files, seq_len, train),
         "valid": TokenExamples("tokens/valid", files, seq_len, valid),
     }
+  encode, decode = _codec(directory, metadata)
   return sources.LoadedData(
       info=sources.DataInfo(
           data_shape=(seq_len,),
           vocab_size=int(data_config.vocab_size),
           num_classes=0,
           kind="text",
-          decode=_decoder(directory, metadata),
+          decode=decode,
+          encode=encode,
       ),
       train=examples.pop("train"),
       eval=examples,
