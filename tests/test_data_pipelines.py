@@ -197,3 +197,38 @@ def test_sample_check_names_the_file_the_value_and_the_field(
     sources_check(_BadSource(bad_x), config, finished=True)
   assert "/data/shard-3.bin record 9" in str(error.value)
   assert expected in str(error.value)
+
+
+# --- random flips -------------------------------------------------------------
+
+
+def test_random_flip_mirrors_some_training_images_and_nothing_else():
+  flipping = build(make_config(random_flip=True), batch=128, seed=3)
+  plain = build(make_config(), batch=128, seed=3)
+  got, want = take(iter(flipping.train), 2), take(iter(plain.train), 2)
+  num_flipped = 0
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g["label"], w["label"])
+    for x, original in zip(g["x"], w["x"]):
+      mirrored = original[:, ::-1]
+      assert (x == original).all() or (x == mirrored).all()
+      num_flipped += int((x == mirrored).all() and (x != original).any())
+  assert 64 < num_flipped < 192  # about half of 256 (p < 1e-10 outside)
+  for g, w in zip(flipping.eval["test"](), plain.eval["test"]()):
+    np.testing.assert_array_equal(g["x"], w["x"])
+
+
+def test_random_flips_repeat_with_the_seed_and_after_a_restore():
+  config = make_config(random_flip=True)
+  first = take(iter(build(config, seed=5).train), 2)
+  again = take(iter(build(config, seed=5).train), 2)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["x"], b["x"])
+  iterator = iter(build(config, seed=5).train)
+  take(iterator, 3)
+  state = iterator.get_state()
+  expected = take(iterator, 2)
+  restored = iter(build(config, seed=5).train)
+  restored.set_state(state)
+  for want, got in zip(expected, take(restored, 2)):
+    np.testing.assert_array_equal(want["x"], got["x"])

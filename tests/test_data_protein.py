@@ -129,3 +129,17 @@ def test_ecoli_proteome_restored_iterator_redraws_the_same_crops():
   restored.set_state(state)
   for want, got in zip(expected, take(restored, 2)):
     np.testing.assert_array_equal(want["x"], got["x"])
+
+
+def test_protein_info_encode_inverts_decode(tmp_path):
+  (tmp_path / "protein").mkdir()
+  write_fasta(tmp_path / "protein/p.fasta", PROTEINS)
+  info = build(protein_config(tmp_path, eval_fraction=0.3), batch=2,
+               eval_batch=2).info
+  residues = PROTEINS["sp|P2|LONG"]
+  ids = info.encode(residues)
+  assert ids.dtype == np.int32 and len(ids) == len(residues)
+  assert info.decode(ids) == residues
+  assert info.decode(np.append(ids, [protein.PAD] * 4)) == residues
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    info.encode("MKV-LA")

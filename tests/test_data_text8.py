@@ -164,3 +164,17 @@ def test_text8_config_needs_a_one_dimensional_shape_and_27_tokens(text8_dir):
     build(text8_config(text8_dir, data_shape=(8, 8)))
   with pytest.raises(ValueError, match="vocab_size = 27"):
     build(text8_config(text8_dir, vocab_size=28))
+
+
+def test_text8_info_encode_inverts_decode(text8_dir):
+  info = build(text8_config(text8_dir)).info
+  ids = info.encode("the cat sat")
+  assert ids.dtype == np.int32 and len(ids) == 11
+  assert info.decode(ids) == "the cat sat"
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    info.encode("The Cat")
+
+
+def test_random_flip_of_text_data_raises_naming_the_field(text8_dir):
+  with pytest.raises(ValueError, match="data_config.random_flip = False"):
+    build(text8_config(text8_dir, random_flip=True))

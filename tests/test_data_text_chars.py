@@ -63,3 +63,15 @@ def test_text_file_character_outside_a_stored_vocabulary_raises(tmp_path):
   path.write_text("abab" * 100 + "z")
   with pytest.raises(ValueError, match="outside the vocabulary"):
     build(text_config(path, vocab_size=2), batch=2, eval_batch=2)
+
+
+def test_text_file_info_encode_inverts_decode(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text(TEXT, encoding="utf-8")
+  info = build(text_config(path), batch=4, eval_batch=4).info
+  prompt = "Ünïcode 0-9!"
+  ids = info.encode(prompt)
+  assert ids.dtype == np.int32 and len(ids) == len(prompt)
+  assert info.decode(ids) == prompt
+  with pytest.raises(ValueError, match=r"outside the vocabulary.*'Z'"):
+    info.encode("Zebra")

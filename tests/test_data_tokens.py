@@ -1,12 +1,21 @@
 """Tests of users' token arrays (.npy and ArrayRecord files)."""
 
 import io
+import json
+import shutil
 
 import numpy as np
 import pytest
 
-from data_setup import all_real, build, build_for_process, make_config
+from data_setup import SHARED_GPT2, all_real, build, build_for_process
+from data_setup import make_config
 from md4.data import token_files
+from md4.data import tokenizers
+
+needs_gpt2 = pytest.mark.skipif(
+    not (SHARED_GPT2 / "vocab.json").is_file(),
+    reason=f"the GPT-2 tokenizer files not found in {SHARED_GPT2}",
+)
 
 
 def tokens_config(path, **overrides):
@@ -105,3 +114,68 @@ def test_token_rows_shorter_than_data_shape_raise_naming_the_file(tmp_path):
 def test_missing_token_directory_says_to_set_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="data_config.path"):
     build(tokens_config(tmp_path / "absent"))
+
+
+def test_token_directory_info_encode_reads_space_separated_ids(tmp_path):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  np.save(directory / "all.npy", np.arange(1600) % 100)
+  info = build(tokens_config(directory)).info
+  ids = info.encode("1 2  30\n7")
+  assert ids.dtype == np.int32 and ids.tolist() == [1, 2, 30, 7]
+  assert info.decode(ids) == "1 2 30 7"
+  with pytest.raises(ValueError, match="'cat' is not a token id"):
+    info.encode("1 cat")
+
+
+# --- prepared corpora (the layout prepare_openwebtext_data.py writes) ----------
+
+PREPARED_TEXT = "the quick brown fox jumps over the lazy dog. " * 20
+
+
+def write_prepared(data_dir, tokenizer, kind, tokenizer_files, seq_len=16):
+  """`<data_dir>/openwebtext/` as the prep script leaves it, tokens raw."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  directory = data_dir / "openwebtext"
+  (directory / token_files.TOKENIZER_SUBDIR).mkdir(parents=True)
+  for file in tokenizer_files:
+    shutil.copy(file, directory / token_files.TOKENIZER_SUBDIR)
+  tokens = tokenizer.encode(PREPARED_TEXT).astype("<u2")
+  blocks = tokens[: len(tokens) // seq_len * seq_len].reshape(-1, seq_len)
+  files = {"train": ["train-00000.array_record"],
+           "valid": ["valid-00000.array_record"]}
+  for split, rows in (("train", blocks[2:]), ("valid", blocks[:2])):
+    writer = array_record_module.ArrayRecordWriter(
+        str(directory / files[split][0]), "group_size:1")
+    for row in rows:
+      writer.write(row.tobytes())
+    writer.close()
+  metadata = {"complete": True, "vocab_size": tokenizer.vocab_size,
+              "tokenizer": {"kind": kind}, "seq_len": seq_len,
+              "dtype": "uint16", "files": files}
+  (directory / token_files.METADATA_FILE).write_text(json.dumps(metadata))
+  return make_config("openwebtext", data_dir=str(data_dir),
+                     data_shape=(seq_len,), vocab_size=tokenizer.vocab_size)
+
+
+def test_prepared_corpus_info_encodes_with_its_sentencepiece_copy(tmp_path):
+  model = tokenizers.train_sentencepiece(
+      PREPARED_TEXT.split(". "), tmp_path / "spm/model", vocab_size=40)
+  tokenizer = tokenizers.SentencePieceTokenizer(model)
+  config = write_prepared(tmp_path / "data", tokenizer, "sentencepiece",
+                          [model])
+  info = build(config, batch=4, eval_batch=4).info
+  prompt = "the lazy fox"
+  np.testing.assert_array_equal(info.encode(prompt), tokenizer.encode(prompt))
+  assert info.decode(info.encode(prompt)) == prompt
+
+
+@needs_gpt2
+def test_prepared_corpus_info_encodes_with_gpt2_ids(tmp_path):
+  tokenizer = tokenizers.GPT2Tokenizer(SHARED_GPT2)
+  config = write_prepared(tmp_path, tokenizer, "gpt2",
+                          [SHARED_GPT2 / f for f in tokenizers.GPT2_FILES])
+  info = build(config, batch=4, eval_batch=4).info
+  assert info.encode("Hello world").tolist() == [15496, 995]
+  assert info.decode(info.encode(" the lazy dog.")) == " the lazy dog."
