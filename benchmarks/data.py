@@ -15,7 +15,13 @@ r"""Data throughput: the prep script's tokens/s and each loader's batches/s.
 3. Beside it, the training step's consumption on this machine for the same
    config (`train.build` + the jitted train step fed from that loader,
    `--step_steps` timed steps after a compile and a warm-up step), and the
-   ratio loader / step, which should be at least 10.
+   ratio loader / step, which should be at least 10. `mnist_flip` is MNIST
+   with `data.random_flip = True`, to show what the flips cost.
+4. ImageNet 64x64 preprocessing (`class_cond_imagenet64`): the centre crop +
+   area resize of `tfds_images.CentreCropResize` on random images of
+   ImageNet's typical and large sizes, in images/s on one core (the TFDS
+   reading and JPEG decoding before it need the prepared data set and are
+   not measured).
 
 Data come from ../shared/data where present (GPT-2 files, E. coli FASTA,
 MNIST IDX files) and are otherwise generated small in a temporary directory
@@ -44,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 # pylint: disable=g-import-not-at-top
 from md4.data import pipelines
 from md4.data import text8
+from md4.data import tfds_images
 # pylint: enable=g-import-not-at-top
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -53,6 +60,7 @@ SOURCES = {
     "digits": ("configs/md4/digits.py", None, {}),
     "text8": ("configs/md4/text8.py", "cpu", {}),
     "mnist": ("configs/md4/mnist.py", "cpu", {}),
+    "mnist_flip": ("configs/md4/mnist.py", "cpu", {"random_flip": True}),
     "openwebtext": ("configs/md4/openwebtext.py", "cpu", {}),
     "protein": ("configs/md4/protein.py", "cpu", {}),
     # Users' data: the OpenWebText CPU config, pointed at their files.
@@ -73,6 +81,9 @@ def parse_args():
                  help="timed loader batches per source.")
   p.add_argument("--step_steps", type=int, default=3,
                  help="timed train steps per config; 0 skips the step.")
+  p.add_argument("--resize_images", type=int, default=200,
+                 help="images per size for the ImageNet 64x64 crop + resize"
+                 " benchmark; 0 skips it.")
   return p.parse_args()
 
 
@@ -175,6 +186,7 @@ def make_data(work, prepared, vocab_size):
   dirs = {name: generated for name in SOURCES}
   dirs["protein"] = SHARED if (SHARED / "protein").is_dir() else generated
   dirs["mnist"] = SHARED if (SHARED / "mnist").is_dir() else None
+  dirs["mnist_flip"] = dirs["mnist"]
   dirs["openwebtext"] = prepared
   overrides = {"openwebtext": {"vocab_size": vocab_size} if prepared else {}}
   return dirs, overrides
@@ -233,6 +245,27 @@ def bench_step(config, num_steps):
   return num_steps / (time.perf_counter() - start)
 
 
+# ImageNet image sizes (height, width): the most common one, and a large one.
+IMAGENET_SIZES = ((375, 500), (1200, 1600))
+
+
+def bench_imagenet_resize(num_images):
+  """Images/s of the class_cond_imagenet64 centre crop + area resize."""
+  print(f"\n== class_cond_imagenet64 preprocessing: centre crop + area resize"
+        f" to 64x64, {num_images} random images per size, this process")
+  transform = tfds_images.CentreCropResize(tfds_images.IMAGENET64_SIZE)
+  rng = np.random.default_rng(0)
+  for height, width in IMAGENET_SIZES:
+    image = rng.integers(0, 256, (height, width, 3), np.uint8)
+    transform(image)  # warm-up
+    start = time.perf_counter()
+    for _ in range(num_images):
+      transform(image)
+    seconds = (time.perf_counter() - start) / num_images
+    print(f"  {height}x{width}: {seconds * 1e3:.2f} ms per image ="
+          f" {1 / seconds:,.0f} images/s")
+
+
 def main():
   args = parse_args()
   names = [n for n in args.sources.split(",") if n]
@@ -269,6 +302,8 @@ def main():
       print(f"  {name:12s} {label:28s} {'x'.join(map(str, shape)):>13s}"
             f" {loader:10.1f} {loader * shape[0]:9.0f} {step:9.2f}"
             f" {loader / step:7.0f}", flush=True)
+  if args.resize_images:
+    bench_imagenet_resize(args.resize_images)
 
 
 if __name__ == "__main__":
