@@ -15,8 +15,7 @@ access; small ones (CIFAR-10, MNIST) are then read into memory instead.
 * `class_cond_imagenet64`: TFDS `imagenet2012` (1.28M training, 50,000
   validation images of any size, 1000 classes), each image centre-cropped to
   a square of its short side and area-resized to 64x64x3 (`CentreCropResize`,
-  as the downsampled ImageNet of Chrabaszcz et al. (2017) was made); labels
-  kept. TFDS cannot download ImageNet: the ILSVRC2012 tar files must be put
+  the recipe of upstream MD4's class-conditional ImageNet 64); labels kept. TFDS cannot download ImageNet: the ILSVRC2012 tar files must be put
   in its manual directory first. Evaluation split "valid" is "validation".
 """
 
@@ -205,9 +204,10 @@ class CentreCropResize:
   """Centre square crop of the short side, then an area resize (picklable).
 
   Turns uint8 `[H, W, C]` into uint8 `[size, size, C]`. Numpy only, so grain
-  worker processes need no TensorFlow: about 1.5 ms for a 375x500 image on
-  one core (TensorFlow's "area" resize 1.3 ms, PIL's BOX 0.8 ms but not an
-  area average; see `area_weights`).
+  worker processes need no TensorFlow, and as fast as TensorFlow's "area"
+  resize (about 1 ms for a 375x500 image on one core, see
+  benchmarks/data.py); PIL's BOX filter is faster but not an area average
+  (see `area_weights`).
   """
 
   size: int
