@@ -29,7 +29,7 @@ VARIANTS = {
     "d3pm/text8": ["small", "cpu", "tiny", "digits"],
     "multinomial/binarized_mnist": ["default", "cpu", "digits"],
 }
-NUM_CLASSES = {"cifar10": 10, "imagenet64": 1000, "mnist": 10,
+NUM_CLASSES = {"cifar10": 10, "class_cond_imagenet64": 1000, "mnist": 10,
                "binarized_mnist": 10, "digits": 10}
 
 
