@@ -37,18 +37,27 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+# Errors that are the user's to fix (config, data, workdir, divergence):
+# reported as one line and exit status 1, with no traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+
+
+def run(config, workdir: str) -> str:
+  """Trains; returns the summary, or exits non-zero with one clear message.
+
+  Raises:
+    SystemExit: whose message names the problem, for a bad config, bad
+      data, an unusable workdir or a diverged run.
+  """
+  try:
+    result = train.train_and_evaluate(config, workdir)
+  except USER_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    raise SystemExit(f"md4 error: {e}") from e
   logging.info("Done: %s", result)
   if result["preempted"]:
-    print(f"Stopped by a signal at step {result['step']}; checkpoint saved in "
-          f"{result['checkpoints']}. Rerun the same command to resume.")
-    return
+    return (f"Stopped by a signal at step {result['step']}; checkpoint saved "
+            f"in {result['checkpoints']}. Rerun the same command to resume.")
   summary = [f"Finished at step {result['step']}."]
   for key, value in sorted(result["eval"].items()):
     if key.endswith(("bits_per_dim", "perplexity")):
@@ -56,7 +65,16 @@ def main(argv):
   summary += [f"  samples:     {result.get('samples', '-')}",
               f"  tensorboard: tensorboard --logdir={result['tensorboard']}",
               f"  checkpoints: {result['checkpoints']}"]
-  print("\n".join(summary))
+  return "\n".join(summary)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  print(run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
