@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from md4 import configuration
 from md4 import distributed
-from md4 import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.",
@@ -50,9 +50,12 @@ def run(config, workdir: str) -> str:
       data, an unusable workdir or a diverged run.
   """
   try:
+    # The cheap field checks run before the heavy imports (TensorFlow via
+    # clu), so a bad config fails within seconds.
+    configuration.validate(config)
+    from md4 import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
-    logging.error("%s: %s", type(e).__name__, e)
     raise SystemExit(f"md4 error: {e}") from e
   logging.info("Done: %s", result)
   if result["preempted"]:

@@ -3,7 +3,7 @@
 Every run is a tiny digits model (checkpoint every step, eval and samples at
 the end only). Kill and preemption tests drive real `python md4/main.py`
 processes; they share a persistent XLA compilation cache so that only the
-first one compiles.
+first one compiles, and two chains of interrupted runs go side by side.
 """
 
 import hashlib
@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -29,7 +30,7 @@ from md4 import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "md4", "main.py")
 CONFIG_FILE = os.path.join(ROOT, "configs", "md4", "digits.py")
-NUM_STEPS = 10
+NUM_STEPS = 8
 # The digits `tiny` variant, shrunk further; every step is checkpointed and
 # every checkpoint kept, so runs can be compared step by step.
 TINY = {
@@ -69,8 +70,12 @@ def tiny_flags():
 @pytest.fixture(scope="module")
 def child_env(tmp_path_factory):
   cache = str(tmp_path_factory.mktemp("xla_cache"))
+  # Every child compiles the same programs with the same flags, so results
+  # stay bitwise comparable; optimisation level 0 halves the compile time.
+  xla_flags = (os.environ.get("XLA_FLAGS", "") +
+               " --xla_backend_optimization_level=0").strip()
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-              JAX_COMPILATION_CACHE_DIR=cache,
+              XLA_FLAGS=xla_flags, JAX_COMPILATION_CACHE_DIR=cache,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
@@ -99,10 +104,6 @@ def wait_until(proc, condition, log_path):
                   f"moment:\n{read(log_path)[-3000:]}")
     assert time.time() < deadline, read(log_path)[-3000:]
     time.sleep(0.002)
-
-
-def logged_steps(log_path):
-  return [int(s) for s in STEP_LINE.findall(read(log_path))]
 
 
 def partial_saves(workdir):
@@ -169,6 +170,26 @@ def reference(tmp_path_factory, child_env):
 # ------------------------------------------------ kills and preemption --
 
 
+class _StepWatcher:
+  """The highest training step a log file has reported so far."""
+
+  def __init__(self, path):
+    self._path, self._offset, self._partial, self.step = path, 0, "", 0
+
+  def poll(self) -> int:
+    with open(self._path) as f:
+      f.seek(self._offset)
+      chunk = f.read()
+      self._offset = f.tell()
+    lines = (self._partial + chunk).split("\n")
+    self._partial = lines.pop()
+    for line in lines:
+      match = STEP_LINE.search(line)
+      if match:
+        self.step = max(self.step, int(match.group(1)))
+    return self.step
+
+
 def _segment(workdir, env, log_path, kill_at, sig, during_save=False):
   """Runs until step kill_at is logged (or being saved), then sends sig."""
   proc = start(workdir, env, log_path)
@@ -176,55 +197,115 @@ def _segment(workdir, env, log_path, kill_at, sig, during_save=False):
     wait_until(proc, lambda: any(int(n.split(".")[0]) >= kill_at
                                  for n in partial_saves(workdir)), log_path)
   else:
-    wait_until(proc, lambda: kill_at in logged_steps(log_path), log_path)
+    watcher = _StepWatcher(log_path)
+    wait_until(proc, lambda: watcher.poll() >= kill_at, log_path)
   proc.send_signal(sig)
   return proc.wait(timeout=TIMEOUT_S)
 
 
+def _step_hashes(workdir):
+  return {s: tree_hashes(os.path.join(checkpointing.checkpoint_dir(workdir),
+                                      str(s)))
+          for s in saved_steps(workdir)}
+
+
+def _chain(workdir, env, logs, plan):
+  """Interrupts successive runs in one workdir as planned, then finishes.
+
+  Args:
+    workdir: the run's workdir.
+    env: the child environment.
+    logs: directory for the runs' logs.
+    plan: (step, signal, during_save) per interrupted run, steps increasing.
+
+  Returns:
+    Facts the test asserts: exit codes, resumed-from and saved steps, the
+    interrupted save, the finalized checkpoints' hashes at that moment, and
+    the later logs.
+  """
+  facts = {"runs": [], "partial": None, "later_logs": ""}
+  for i, (step, sig, during_save) in enumerate(plan):
+    before = saved_steps(workdir)
+    log = os.path.join(logs, f"run{i}.log")
+    rc = _segment(workdir, env, log, step, sig, during_save)
+    resumed = RESUMED.search(read(log))
+    facts["runs"].append(dict(
+        step=step, sig=sig, rc=rc, before=before, after=saved_steps(workdir),
+        resumed=int(resumed.group(1)) if resumed else None, log=read(log)))
+    if facts["partial"] is not None:
+      facts["later_logs"] += read(log)
+    if during_save:
+      facts["partial"] = partial_saves(workdir)
+      facts["finalized"] = _step_hashes(workdir)
+  log = os.path.join(logs, "final.log")
+  proc = start(workdir, env, log)
+  facts["final_rc"] = proc.wait(timeout=TIMEOUT_S)
+  facts["later_logs"] += read(log)
+  return facts
+
+
+def _run_chains(tmp_path, env, plans):
+  """The chains, two at a time (they are independent workdirs)."""
+  results, errors = {}, []
+
+  def work(name, plan):
+    try:
+      (tmp_path / name).mkdir()
+      results[name] = _chain(str(tmp_path / name / "run"), env,
+                             str(tmp_path / name), plan)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=work, args=item)
+             for item in plans.items()]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
+  return results
+
+
 def test_sigterm_and_sigkills_at_seeded_steps_resume_bitwise_identically(
     reference, child_env, tmp_path):
-  workdir = str(tmp_path / "run")
   points = sorted(random.Random(KILL_SEED).sample(range(1, NUM_STEPS),
                                                   NUM_KILLS + 1))
-  # SIGTERM: the step finishes, is saved, and the process exits 0.
-  log = str(tmp_path / "term.log")
-  assert _segment(workdir, child_env, log, points[0], signal.SIGTERM) == 0
-  stopped = int(re.search(r"Stopped by a signal at step (\d+)",
-                          read(log)).group(1))
-  assert stopped >= points[0] and saved_steps(workdir)[-1] == stopped
-  # SIGKILL at seeded steps; the third kill lands inside a save.
-  logs_after_partial = ""
-  for i, kill_at in enumerate(points[1:]):
-    before = saved_steps(workdir)
-    log = str(tmp_path / f"kill{i}.log")
-    during_save = i == 2
-    rc = _segment(workdir, child_env, log, kill_at, signal.SIGKILL,
-                  during_save=during_save)
-    assert rc == -signal.SIGKILL
-    assert int(RESUMED.search(read(log)).group(1)) == before[-1]
-    if i > 2:
-      logs_after_partial += read(log)
-    if during_save:
-      partial = partial_saves(workdir)
-      assert partial, "the kill was meant to interrupt a save"
-      partial_step = int(partial[0].split(".")[0])
-      assert partial_step not in saved_steps(workdir)
-      finalized = {s: tree_hashes(os.path.join(
-          checkpointing.checkpoint_dir(workdir), str(s)))
-                   for s in saved_steps(workdir)}
-  # The last run resumes, removes the partial save and finishes.
-  log = str(tmp_path / "final.log")
-  proc = start(workdir, child_env, log)
-  assert proc.wait(timeout=TIMEOUT_S) == 0, read(log)[-3000:]
-  assert not partial_saves(workdir)
-  assert (f"{partial_step}.orbax-checkpoint-tmp: a checkpoint save that was "
-          "interrupted") in logs_after_partial + read(log)
-  for step, hashes in finalized.items():  # Never rewritten or deleted.
-    assert tree_hashes(os.path.join(checkpointing.checkpoint_dir(workdir),
-                                    str(step))) == hashes
-  assert saved_steps(workdir) == list(range(1, NUM_STEPS + 1))
-  for step in saved_steps(workdir):
-    assert_bitwise_equal(workdir, reference, step)
+  kill, term = signal.SIGKILL, signal.SIGTERM
+  plans = {  # Two chains of interrupted runs; one kill lands inside a save.
+      "a": [(points[0], term, False), (points[2], kill, False),
+            (points[4], kill, False)],
+      "b": [(points[1], kill, False), (points[3], kill, True),
+            (points[5], kill, False)],
+  }
+  results = _run_chains(tmp_path, child_env, plans)
+  for name, facts in results.items():
+    workdir = str(tmp_path / name / "run")
+    for i, run in enumerate(facts["runs"]):
+      if run["sig"] == term:  # Finishes the step, saves it, exits 0.
+        assert run["rc"] == 0, run["log"][-3000:]
+        stopped = int(re.search(r"Stopped by a signal at step (\d+)",
+                                run["log"]).group(1))
+        assert stopped >= run["step"] and run["after"][-1] == stopped
+      else:
+        assert run["rc"] == -signal.SIGKILL, run["log"][-3000:]
+      if i:  # Resumed from the newest finished checkpoint.
+        assert run["resumed"] == run["before"][-1], run["log"][-3000:]
+    assert facts["final_rc"] == 0, facts["later_logs"][-3000:]
+    assert not partial_saves(workdir)
+    if facts["partial"] is not None:
+      assert facts["partial"], "the kill was meant to interrupt a save"
+      partial_step = int(facts["partial"][0].split(".")[0])
+      assert partial_step not in facts["finalized"]
+      assert (f"{partial_step}.orbax-checkpoint-tmp: a checkpoint save that "
+              "was interrupted") in facts["later_logs"]
+      current = _step_hashes(workdir)
+      for step, hashes in facts["finalized"].items():  # Never rewritten.
+        assert current[step] == hashes
+    assert saved_steps(workdir) == list(range(1, NUM_STEPS + 1))
+    for step in saved_steps(workdir):
+      assert_bitwise_equal(workdir, reference, step)
+  assert any(f["partial"] is not None for f in results.values())
 
 
 # ---------------------------------------------------- damaged checkpoint --
@@ -236,10 +317,10 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
   shutil.copytree(reference, workdir)
   latest = os.path.join(checkpointing.checkpoint_dir(workdir), str(NUM_STEPS))
   data_dir = os.path.join(latest, "state", "ocdbt.process_0", "d")
-  biggest = max(os.listdir(data_dir),
-                key=lambda n: os.path.getsize(os.path.join(data_dir, n)))
-  with open(os.path.join(data_dir, biggest), "r+b") as f:
-    f.truncate(os.path.getsize(os.path.join(data_dir, biggest)) // 2)
+  for name in os.listdir(data_dir):  # Truncated, as by a full disk.
+    path = os.path.join(data_dir, name)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
   damaged = tree_hashes(latest)
 
   config = tiny_config()
@@ -392,8 +473,10 @@ def test_bad_config_on_the_command_line_exits_1_with_one_clear_line(
        "--config.optimizer.b2=1.5"],
       env=child_env, capture_output=True, text=True, timeout=TIMEOUT_S)
   assert out.returncode == 1
-  last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("md4 error: config.optimizer.b2=1.5 is out of range")
+  errors = [l for l in out.stderr.splitlines() if "optimizer.b2" in l]
+  assert len(errors) == 1, out.stderr
+  assert errors[0].startswith(
+      "md4 error: config.optimizer.b2=1.5 is out of range")
   assert "Traceback" not in out.stderr
   assert not os.path.exists(workdir)  # Refused before anything was made.
 
