@@ -8,6 +8,7 @@ checked against the chosen network's own fields by `md4.networks`.
 """
 
 import difflib
+import math
 import os
 
 import ml_collections
@@ -25,6 +26,9 @@ def default_config() -> ml_collections.ConfigDict:
   # workdir or a checkpoint directory. Ignored when the workdir already has
   # a checkpoint, which is resumed instead.
   c.restore_from = ""
+  # Resuming a workdir whose saved config.json has another model shape
+  # (network, data_shape, vocab_size, process) is refused unless True.
+  c.allow_config_change = False
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "digits"  # One of md4.data.pipelines.DATASET_NAMES.
@@ -91,6 +95,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 1000  # Steps between sample writes (and at end).
   c.train.num_samples = 16  # Samples per write.
   c.train.sample_steps = 100  # Ancestral sampler steps.
+  # Check every step's metrics and gradients for NaN/Inf (one scalar read
+  # per step); a non-finite step's update is discarded and the run stops.
+  c.train.check_nans = True
+  # With check_nans: non-finite steps skipped (update discarded) before the
+  # run stops; 0 stops at the first.
+  c.train.max_bad_steps = 0
 
   c.sharding = ml_collections.ConfigDict()
   c.sharding.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest.
@@ -118,38 +128,132 @@ def _check_keys(given, reference, where: str) -> None:
           f"{', '.join(sorted(valid))}.")
 
 
+# Field -> (kind, low, high): kind "int", "float" or "bool"; bounds are
+# inclusive, None for unbounded. Strings with fixed choices are in _CHOICES.
+_RANGES = {
+    "seed": ("int", 0, 2**32 - 1),
+    "allow_config_change": ("bool", None, None),
+    "data.vocab_size": ("int", 2, None),
+    "data.num_workers": ("int", 0, None),
+    "data.pad_to": ("int", 0, None),
+    "data.eval_fraction": ("float", 0.0, 1.0),
+    "model.eps": ("float", 0.0, 0.5),
+    "model.num_steps": ("int", 0, None),
+    "model.hybrid_coeff": ("float", 0.0, None),
+    "model.antithetic": ("bool", None, None),
+    "model.class_conditional": ("bool", None, None),
+    "model.cond_drop_prob": ("float", 0.0, 1.0),
+    "model.power_init": ("float", 0.0, None),
+    "model.t1": ("float", 0.0, 1.0),
+    "optimizer.learning_rate": ("float", 0.0, None),
+    "optimizer.warmup_steps": ("int", 0, None),
+    "optimizer.min_lr_ratio": ("float", 0.0, 1.0),
+    "optimizer.b1": ("float", 0.0, 1.0),
+    "optimizer.b2": ("float", 0.0, 1.0),
+    "optimizer.weight_decay": ("float", 0.0, None),
+    "optimizer.grad_clip_norm": ("float", 0.0, None),
+    "optimizer.ema_decay": ("float", 0.0, 1.0),
+    "train.batch_size": ("int", 1, None),
+    "train.num_steps": ("int", 1, None),
+    "train.micro_batches": ("int", 1, None),
+    "train.log_every": ("int", 1, None),
+    "train.eval_every": ("int", 1, None),
+    "train.eval_batch_size": ("int", 1, None),
+    "train.eval_max_batches": ("int", 0, None),
+    "train.checkpoint_every": ("int", 1, None),
+    "train.keep_checkpoints": ("int", 1, None),
+    "train.keep_period": ("int", 0, None),
+    "train.sample_every": ("int", 1, None),
+    "train.num_samples": ("int", 1, None),
+    "train.sample_steps": ("int", 1, None),
+    "train.check_nans": ("bool", None, None),
+    "train.max_bad_steps": ("int", 0, None),
+}
+# Bounds that the value must not reach (open intervals).
+_EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
+                   "optimizer.ema_decay", "model.cond_drop_prob",
+                   "data.eval_fraction")
+_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
+_CHOICES = {
+    "model.process": ("md4", "genmd4", "d3pm"),
+    "model.transition": ("uniform", "absorbing"),
+    "optimizer.lr_schedule": ("cosine", "constant"),
+    "network.dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+def _get(config, name: str):
+  value = config
+  for part in name.split("."):
+    value = value[part]
+  return value
+
+
+def _check_range(name: str, value, kind: str, low, high) -> None:
+  """One field's type and bounds; the error names the field and the fix."""
+  if kind == "bool":
+    if not isinstance(value, bool):
+      raise ValueError(f"config.{name} must be True or False, got {value!r}.")
+    return
+  types = (int,) if kind == "int" else (int, float)
+  if isinstance(value, bool) or not isinstance(value, types):
+    wanted = "an integer" if kind == "int" else "a number"
+    raise ValueError(f"config.{name} must be {wanted}, got {value!r} "
+                     f"({type(value).__name__}).")
+  if kind == "float" and not math.isfinite(value):
+    raise ValueError(f"config.{name} must be finite, got {value!r}.")
+  low_ok = low is None or (value > low if name in _EXCLUSIVE_LOW
+                           else value >= low)
+  high_ok = high is None or (value < high if name in _EXCLUSIVE_HIGH
+                             else value <= high)
+  if not (low_ok and high_ok):
+    left = "(" if name in _EXCLUSIVE_LOW else "["
+    right = ")" if name in _EXCLUSIVE_HIGH else "]"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    raise ValueError(f"config.{name}={value!r} is out of range; it must lie "
+                     f"in {left}{lo}, {hi}{right}.")
+
+
+def _check_shapes(config) -> None:
+  shape = config.data.data_shape
+  if (not isinstance(shape, (tuple, list)) or not shape or
+      not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+              for d in shape)):
+    raise ValueError(
+        f"config.data.data_shape must be a non-empty tuple of positive "
+        f"integers ((L,) for text, (H, W, C) for images), got {shape!r}.")
+  mesh = config.sharding.mesh
+  if (not isinstance(mesh, (tuple, list)) or len(mesh) != 3 or
+      not all(isinstance(d, int) and (d == -1 or d >= 1) for d in mesh) or
+      list(mesh).count(-1) > 1):
+    raise ValueError(
+        f"config.sharding.mesh must be three sizes (data, fsdp, tensor), each"
+        f" >= 1 or one of them -1 for the rest, got {mesh!r}.")
+
+
 def _check_values(config) -> None:
-  """Cheap checks that must fail before any compilation."""
-  positive = {
-      "train.batch_size": config.train.batch_size,
-      "train.num_steps": config.train.num_steps,
-      "train.micro_batches": config.train.micro_batches,
-      "train.eval_batch_size": config.train.eval_batch_size,
-      "data.vocab_size": config.data.vocab_size,
-  }
-  for name, value in positive.items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.{name} must be a positive integer, got "
-                       f"{value!r}.")
+  """Type, range and combination checks that must fail before any work."""
+  for name, (kind, low, high) in _RANGES.items():
+    _check_range(name, _get(config, name), kind, low, high)
+  for name, valid in _CHOICES.items():
+    value = _get(config, name)
+    if value not in valid:
+      raise ValueError(f"config.{name}={value!r} is not valid; valid: "
+                       f"{', '.join(valid)}.")
+  _check_shapes(config)
   if config.train.batch_size % config.train.micro_batches:
     raise ValueError(
         f"config.train.batch_size={config.train.batch_size} must be divisible"
         f" by config.train.micro_batches={config.train.micro_batches}.")
-  if config.model.process not in ("md4", "genmd4", "d3pm"):
-    raise ValueError(
-        f"config.model.process={config.model.process!r} is not a diffusion "
-        "process; valid: md4, genmd4, d3pm.")
   if config.model.process == "d3pm" and config.model.num_steps < 1:
     raise ValueError("config.model.num_steps must be the number of steps T "
                      f"(>= 1) for D3PM, got {config.model.num_steps}.")
-  if config.optimizer.lr_schedule not in ("cosine", "constant"):
+  if config.model.process == "genmd4" and config.model.num_steps != 0:
     raise ValueError(
-        f"config.optimizer.lr_schedule={config.optimizer.lr_schedule!r}; "
-        "valid: cosine, constant.")
-  if not 0.0 <= config.optimizer.ema_decay < 1.0:
-    raise ValueError(
-        f"config.optimizer.ema_decay must be in [0, 1), got "
-        f"{config.optimizer.ema_decay}.")
+        "config.model.num_steps must be 0 for GenMD4 (its ELBO is "
+        f"continuous-time only), got {config.model.num_steps}; set "
+        "config.model.num_steps=0 or use model.process='md4'.")
 
 
 # The paper's DiT sizes (Shi et al., 2024): layers, width, heads.

@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from md4 import configuration
 from md4 import distributed
-from md4 import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.",
@@ -37,18 +37,30 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+# Errors that are the user's to fix (config, data, workdir, divergence):
+# reported as one line and exit status 1, with no traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+
+
+def run(config, workdir: str) -> str:
+  """Trains; returns the summary, or exits non-zero with one clear message.
+
+  Raises:
+    SystemExit: whose message names the problem, for a bad config, bad
+      data, an unusable workdir or a diverged run.
+  """
+  try:
+    # The cheap field checks run before the heavy imports (TensorFlow via
+    # clu), so a bad config fails within seconds.
+    configuration.validate(config)
+    from md4 import train  # pylint: disable=g-import-not-at-top
+    result = train.train_and_evaluate(config, workdir)
+  except USER_ERRORS as e:
+    raise SystemExit(f"md4 error: {e}") from e
   logging.info("Done: %s", result)
   if result["preempted"]:
-    print(f"Stopped by a signal at step {result['step']}; checkpoint saved in "
-          f"{result['checkpoints']}. Rerun the same command to resume.")
-    return
+    return (f"Stopped by a signal at step {result['step']}; checkpoint saved "
+            f"in {result['checkpoints']}. Rerun the same command to resume.")
   summary = [f"Finished at step {result['step']}."]
   for key, value in sorted(result["eval"].items()):
     if key.endswith(("bits_per_dim", "perplexity")):
@@ -56,7 +68,16 @@ def main(argv):
   summary += [f"  samples:     {result.get('samples', '-')}",
               f"  tensorboard: tensorboard --logdir={result['tensorboard']}",
               f"  checkpoints: {result['checkpoints']}"]
-  print("\n".join(summary))
+  return "\n".join(summary)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  print(run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ mesh's batch axes; a single CPU is just a 1x1x1 mesh.
 """
 
 import dataclasses
+import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -138,9 +140,18 @@ def _split_micro(tree, k: int):
                       tree)
 
 
+FINITE = "all_finite"  # The metric train_step adds with check_nans.
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN/Inf beyond config.train.max_bad_steps."""
+
+
 def make_train_step(model, optimizer, config):
   """The jitted-to-be step: (state, batch, rng) -> (state, metrics).
 
+  With `config.train.check_nans`, metrics[FINITE] says whether every metric
+  (loss terms, gradient norm) was finite; if not, the update is discarded.
   Time draws are made for the whole global batch and the mask noise comes
   from one key per example, so splitting the batch into micro-batches
   changes nothing but memory.
@@ -148,6 +159,7 @@ def make_train_step(model, optimizer, config):
   num_elements = model.num_elements
   k = config.train.micro_batches
   ema_decay = config.optimizer.ema_decay
+  check_nans = config.train.check_nans
   lr_fn = optimizers.learning_rate_schedule(config.optimizer,
                                             config.train.num_steps)
 
@@ -191,6 +203,14 @@ def make_train_step(model, optimizer, config):
     metrics["learning_rate"] = lr_fn(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state, ema_params=ema)
+    if check_nans:
+      # A non-finite step keeps the old parameters, optimizer state and EMA
+      # (the step counter still moves on, to the next batch and rng).
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v))
+                                  for v in jax.tree.leaves(metrics)]))
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               new_state, state.replace(step=new_state.step))
+      metrics[FINITE] = finite
     return new_state, metrics
 
   return train_step
@@ -262,6 +282,111 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
+# Fields that fix the shapes of the saved parameters (or what they mean).
+MODEL_SHAPE_FIELDS = ("network", "data.data_shape", "data.vocab_size",
+                      "model.process")
+# Free disk space wanted up front, in checkpoints of the estimated size.
+FREE_SPACE_CHECKPOINTS = 2
+
+
+def _field(tree: dict, name: str):
+  for part in name.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
+def _differences(saved, given, prefix: str) -> list[str]:
+  """'field: saved A, given B' for every leaf that differs."""
+  if isinstance(saved, dict) and isinstance(given, dict):
+    out = []
+    for key in sorted(set(saved) | set(given)):
+      out += _differences(saved.get(key), given.get(key), f"{prefix}.{key}")
+    return out
+  return [] if saved == given else [
+      f"{prefix}: saved {saved!r}, given {given!r}"]
+
+
+def check_saved_config(config: ml_collections.ConfigDict,
+                       workdir: str) -> None:
+  """Refuses to resume a workdir saved with another model shape.
+
+  Raises:
+    ValueError: naming each differing field, unless
+      config.allow_config_change is True.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if config.allow_config_change or not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(
+        f"{path} cannot be read ({e}); restore it, or pass "
+        "--config.allow_config_change=True to overwrite it.") from e
+  given = json.loads(config.to_json_best_effort())
+  changes = []
+  for name in MODEL_SHAPE_FIELDS:
+    changes += _differences(_field(saved, name), _field(given, name),
+                            f"config.{name}")
+  if changes:
+    raise ValueError(
+        f"--workdir={workdir} holds a run with another model shape ({path}):"
+        "\n  " + "\n  ".join(changes) + "\nUse a new --workdir, or pass "
+        "--config.allow_config_change=True to continue with the new config.")
+
+
+def check_disk_space(workdir: str, abstract_state) -> None:
+  """Fails up front when the workdir's disk cannot hold a few checkpoints."""
+  needed = FREE_SPACE_CHECKPOINTS * checkpointing.estimated_size(
+      abstract_state)
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise ValueError(
+        f"--workdir={workdir} has {free / 2**20:.1f} MiB free, but "
+        f"{FREE_SPACE_CHECKPOINTS} checkpoints of this model need about "
+        f"{needed / 2**20:.1f} MiB; free disk space or choose a --workdir on "
+        "a larger disk.")
+
+
+def preflight(setup: Setup, workdir: str) -> None:
+  """Checks that need the built setup; run before anything is written."""
+  check_saved_config(setup.config, workdir)
+  check_disk_space(workdir, setup.abstract_state)
+
+
+def _check_finite(metrics, step: int, bad_steps: int, max_bad_steps: int,
+                  manager) -> int:
+  """Counts a non-finite step; raises NonFiniteError past max_bad_steps.
+
+  Returns:
+    The updated count of non-finite steps.
+  """
+  if bool(metrics[FINITE]):
+    return bad_steps
+  values = jax.device_get(metrics)
+  bad = sorted(k for k, v in values.items()
+               if k != FINITE and not np.all(np.isfinite(v)))
+  bad_steps += 1
+  logging.warning("Step %d: non-finite %s; the update was discarded (%d "
+                  "non-finite steps, config.train.max_bad_steps=%d).", step,
+                  ", ".join(f"train/{k}" for k in bad), bad_steps,
+                  max_bad_steps)
+  if bad_steps > max_bad_steps:
+    latest = manager.latest_step()
+    good = ("none (no checkpoint was saved yet)" if latest is None else
+            os.path.join(str(manager.directory), str(latest)))
+    raise NonFiniteError(
+        f"training diverged: step {step} has non-finite "
+        f"{', '.join(f'train/{k}' for k in bad)} ({bad_steps} non-finite "
+        f"steps > config.train.max_bad_steps={max_bad_steps}). Last good "
+        f"checkpoint: {good}. Lower config.optimizer.learning_rate or check "
+        "the data, then rerun (it resumes from that checkpoint).")
+  return bad_steps
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains, evaluates, samples and checkpoints; resumes from the workdir.
@@ -270,7 +395,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The last evaluation's metrics and the paths of the outputs.
   """
   setup = build(config, workdir)
+  preflight(setup, workdir)
+  # Nothing was written to the workdir before this point.
   if jax.process_index() == 0:
+    checkpointing.remove_partial_saves(workdir)
     save_config(config, workdir)
   info = setup.datasets.info
   writer = metric_writers.create_default_writer(
@@ -324,6 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = int(state.step)
   eval_metrics: dict[str, float] = {}
   preempted = False
+  bad_steps = 0
   with (jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules),
         preemption.PreemptionGuard() as guard):
     while step < num_steps:
@@ -333,6 +462,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state, metrics = train_step(state, _global_batch(setup, local),
                                   train_rng)
       step += 1
+      if config.train.check_nans:
+        bad_steps = _check_finite(metrics, step, bad_steps,
+                                  config.train.max_bad_steps, manager)
+        metrics = {k: v for k, v in metrics.items() if k != FINITE}
       report(step)
       last = step == num_steps
       # ------------------------------------------------ periodic work --
