@@ -285,6 +285,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 # Fields that fix the shapes of the saved parameters (or what they mean).
 MODEL_SHAPE_FIELDS = ("network", "data.data_shape", "data.vocab_size",
                       "model.process")
+# Network fields that change how the step runs, not the parameters: a
+# resumed run may change them freely.
+RUNTIME_NETWORK_FIELDS = ("dropout_rate", "dtype", "remat", "attention_impl",
+                          "logits_chunk")
 # Free disk space wanted up front, in checkpoints of the estimated size.
 FREE_SPACE_CHECKPOINTS = 2
 
@@ -298,11 +302,17 @@ def _field(tree: dict, name: str):
 
 
 def _differences(saved, given, prefix: str) -> list[str]:
-  """'field: saved A, given B' for every leaf that differs."""
+  """'field: saved A, given B' for every leaf that differs.
+
+  A key the saved config lacks is a field added to md4 after that run was
+  saved; it is not counted as a change.
+  """
   if isinstance(saved, dict) and isinstance(given, dict):
     out = []
-    for key in sorted(set(saved) | set(given)):
-      out += _differences(saved.get(key), given.get(key), f"{prefix}.{key}")
+    for key in sorted(set(saved) & set(given)):
+      out += _differences(saved[key], given[key], f"{prefix}.{key}")
+    out += [f"{prefix}.{key}: saved {saved[key]!r}, not given"
+            for key in sorted(set(saved) - set(given))]
     return out
   return [] if saved == given else [
       f"{prefix}: saved {saved!r}, given {given!r}"]
@@ -327,6 +337,9 @@ def check_saved_config(config: ml_collections.ConfigDict,
         f"{path} cannot be read ({e}); restore it, or pass "
         "--config.allow_config_change=True to overwrite it.") from e
   given = json.loads(config.to_json_best_effort())
+  for tree in (saved, given):
+    for key in RUNTIME_NETWORK_FIELDS:
+      tree.get("network", {}).pop(key, None)
   changes = []
   for name in MODEL_SHAPE_FIELDS:
     changes += _differences(_field(saved, name), _field(given, name),

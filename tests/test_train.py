@@ -227,3 +227,19 @@ def test_d3pm_digits_variants_train_evaluate_and_sample(tmp_path, config_name):
   assert np.isfinite(bpd) and 0 < bpd < 100
   assert result["eval"]["test/loss_prior"] < 0.1  # The chain reaches p(x_T).
   assert os.path.exists(result["samples"])
+
+
+def test_saved_config_check_ignores_runtime_fields_and_fields_added_later(
+    tmp_path):
+  config = load("md4/digits.py", "tiny")
+  saved = config.copy_and_resolve_references()
+  del saved.network["dropout_rate"]  # As if saved before the field existed.
+  train.save_config(saved, str(tmp_path))
+  resumed = config.copy_and_resolve_references()
+  resumed.network.dtype = "bfloat16"  # Compute dtype: parameters unchanged.
+  train.check_saved_config(resumed, str(tmp_path))
+  resumed.network.ch = config.network.ch * 2
+  with pytest.raises(ValueError, match=r"config\.network\.ch: saved"):
+    train.check_saved_config(resumed, str(tmp_path))
+  resumed.allow_config_change = True
+  train.check_saved_config(resumed, str(tmp_path))
