@@ -140,10 +140,6 @@ class FactoredLogits:
     if self.chunk <= 0:
       raise ValueError(f"FactoredLogits.chunk must be > 0, got {self.chunk}.")
 
-  def full(self) -> jax.Array:
-    """The float32 logits [B, *data_shape, V], all at once."""
-    return _dense_logits(self.features, self.kernel, self.bias)
-
 
 def _dense_logits(features, kernel, bias):
   """features [..., D] @ kernel [D, V] + bias, as a dense layer, in float32."""
@@ -228,13 +224,13 @@ def factored_target_log_prob(logits: FactoredLogits, x: jax.Array,
   pad = num_chunks * chunk - num_positions
   # Chunks run along the positions, so a batch-sharded mesh stays sharded.
   f = jnp.pad(f.reshape(batch, num_positions, dim), ((0, 0), (0, pad), (0, 0)))
-  t = jnp.pad(x.reshape(batch, num_positions).astype(jnp.int32),
-              ((0, 0), (0, pad)))
+  targets = jnp.pad(x.reshape(batch, num_positions).astype(jnp.int32),
+                    ((0, 0), (0, pad)))
   f = f.reshape(batch, num_chunks, chunk, dim).swapaxes(0, 1)  # [C, B, c, D]
-  t = t.reshape(batch, num_chunks, chunk).swapaxes(0, 1)  # [C, B, c]
+  targets = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
   logp = _chunked_log_prob(
       f.reshape(num_chunks, batch * chunk, dim), logits.kernel, logits.bias,
-      t.reshape(num_chunks, batch * chunk))  # [C, B * c]
+      targets.reshape(num_chunks, batch * chunk))  # [C, B * c]
   logp = logp.reshape(num_chunks, batch, chunk).swapaxes(0, 1)  # [B, C, c]
   logp = logp.reshape(batch, num_chunks * chunk)[:, :num_positions]
   return logp.reshape(x.shape)  # [B, *data_shape]
