@@ -3,6 +3,12 @@
 The diffusion math lives in `md4.diffusion` as functions of arrays; this
 module owns the parameters that math needs (the network's, and GenMD4's
 schedule exponents) and the randomness (the `sample` rng stream).
+
+The MD4 loss needs only each target's log-probability. A network that can
+hand its output head's factors to the loss (the transformer: a method
+`logits_chunk_positions(batch, length)` > 0 and `head_factors=True`) gets
+its logits formed in chunks by the cross-entropy (`md4.FactoredLogits`);
+`DiffusionModel.denoise`, which samplers call, always returns full logits.
 """
 
 import math
@@ -74,13 +80,33 @@ class DiffusionModel(nn.Module):
     else:
       self.masking = schedules.MaskingSchedule(self.schedule, self.eps)
 
+  def _network_label(self, z, label):
+    """The label the network takes: "no label" when none is given."""
+    if not self.num_classes:
+      return None
+    if label is None:
+      return jnp.full((z.shape[0],), self.num_classes, jnp.int32)
+    return label
+
   def denoise(self, z, t, label=None, train: bool = False):
     """Logits [B, *data_shape, V] (float32) for tokens z at times t [B]."""
-    if self.num_classes and label is None:
-      label = jnp.full((z.shape[0],), self.num_classes, jnp.int32)
-    if not self.num_classes:
-      label = None
-    return self.network(z, t, label, train=train)
+    return self.network(z, t, self._network_label(z, label), train=train)
+
+  def loss_logits_chunk(self, z_shape) -> int:
+    """Positions per chunk of the MD4 loss's logits; 0: full logits."""
+    chunk_positions = getattr(self.network, "logits_chunk_positions", None)
+    if chunk_positions is None or len(z_shape) != 2:
+      return 0
+    return chunk_positions(*z_shape)
+
+  def loss_denoise(self, z, t, label=None, train: bool = False):
+    """What the MD4 loss reads: logits, or `md4.FactoredLogits` to chunk."""
+    chunk = self.loss_logits_chunk(z.shape)
+    if not chunk:
+      return self.denoise(z, t, label, train=train)
+    features, kernel, bias = self.network(
+        z, t, self._network_label(z, label), train=train, head_factors=True)
+    return md4.FactoredLogits(features, kernel, bias, chunk)
 
   def __call__(self, x, label=None, *, train: bool = False, t=None,
                example_keys=None):
@@ -107,7 +133,8 @@ class DiffusionModel(nn.Module):
       return genmd4.nelbo(rng, x, denoise, self.power_param,
                           vocab_size=self.vocab_size, eps=self.eps, t1=self.t1,
                           label=label, antithetic=self.antithetic, t=t)
-    terms = md4.nelbo(rng, x, denoise, self.masking,
+    loss_denoise = lambda z, tt, c: self.loss_denoise(z, tt, c, train=train)
+    terms = md4.nelbo(rng, x, loss_denoise, self.masking,
                       vocab_size=self.vocab_size, label=label,
                       num_steps=self.num_steps, antithetic=self.antithetic,
                       t=t)

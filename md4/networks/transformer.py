@@ -37,6 +37,13 @@ ATTENTION_IMPLS = ("xla", "cudnn", None)
 
 # Standard deviation of the normal initialiser of every weight matrix (GPT-2).
 INIT_STD = 0.02
+# logits_chunk: choose by vocabulary size (see `logits_chunk_positions`).
+AUTO_LOGITS_CHUNK = -1
+# The automatic rule chunks the loss's logits from this vocabulary size on;
+# below it the full [B, L, V] logits are small and one matmul is fastest.
+AUTO_CHUNK_MIN_VOCAB = 1024
+# ... in chunks of about this many bytes of float32 logits.
+AUTO_CHUNK_BYTES = 32 * 2**20
 LAYER_NORM_EPS = 1e-6
 ROPE_BASE = 10_000.0
 
@@ -138,6 +145,70 @@ class ShapedDense(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+def logits_chunk_positions(logits_chunk: int, batch: int, length: int,
+                           vocab_size: int) -> int:
+  """Positions per chunk in which the loss forms the logits; 0: all at once.
+
+  Args:
+    logits_chunk: the `Transformer.logits_chunk` field: AUTO_LOGITS_CHUNK
+      (-1) for the automatic rule, 0 for full logits, N > 0 for N positions
+      (B x N rows of logits) per chunk.
+    batch: B.
+    length: L.
+    vocab_size: V.
+
+  Returns:
+    0, or the positions per chunk (at most L). The automatic rule chunks from
+    AUTO_CHUNK_MIN_VOCAB values on, about AUTO_CHUNK_BYTES of logits a chunk.
+  """
+  if logits_chunk < AUTO_LOGITS_CHUNK:
+    raise ValueError(
+        f"network.logits_chunk must be -1 (automatic), 0 (full logits) or "
+        f"a number of positions per chunk > 0, got {logits_chunk}.")
+  if logits_chunk == AUTO_LOGITS_CHUNK:
+    if vocab_size < AUTO_CHUNK_MIN_VOCAB:
+      return 0
+    rows = AUTO_CHUNK_BYTES // (4 * vocab_size)  # float32 logits
+    logits_chunk = max(1, rows // batch)
+  return min(logits_chunk, length)
+
+
+class OutputHead(nn.Module):
+  """Dense projection to the vocabulary, or its factors for a chunked loss.
+
+  Its parameters are those of `nn.Dense(vocab_size)` (kernel [W, V], bias
+  [V]), so checkpoints do not depend on which form is used.
+
+  Attributes:
+    vocab_size: V.
+    dtype: compute dtype.
+  """
+  vocab_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, factors: bool = False):
+    """float32 logits [B, L, V] of x [B, L, W], or (x, kernel, bias).
+
+    With `factors`, returns the compute-dtype x [B, L, W], kernel [W, V] and
+    bias [V], whose `(x @ kernel + bias)` cast to float32 are the logits.
+    """
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(INIT_STD), (EMBED, VOCAB)),
+        (x.shape[-1], self.vocab_size), jnp.float32).astype(self.dtype)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (VOCAB,)),
+        (self.vocab_size,), jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if factors:
+      return x, kernel, bias
+    logits = jnp.dot(x, kernel) + bias  # [B, L, V]
+    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
+    return logits.astype(jnp.float32)
+
+
 class AdaLNModulation(nn.Module):
   """Zero-initialised `c -> num_chunks` vectors of the model width.
 
@@ -169,14 +240,68 @@ class AdaLNModulation(nn.Module):
     return [mod[:, None, i, :] for i in range(self.num_chunks)]
 
 
+def _attention_logits(q, k, scale):
+  """Scaled scores [B, N, L, S] of q [B, L, N, H], k [B, S, N, H], float32+."""
+  logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k,
+                      preferred_element_type=logits_dtype)
+  return logits * jnp.asarray(scale, logits_dtype)
+
+
+@jax.custom_vjp
+def lean_attention(q: jnp.ndarray, k: jnp.ndarray,
+                   v: jnp.ndarray) -> jnp.ndarray:
+  """softmax(q k^T / sqrt(H)) v, keeping one [B, N, L, L] array for backward.
+
+  The math of `jax.nn.dot_product_attention(implementation="xla")` without
+  masks or bias (float32 softmax), with a hand-written VJP whose only saved
+  [B, N, L, L] value is the float32 probabilities (autodiff of the XLA
+  version keeps three such arrays per layer).
+
+  Args:
+    q: [B, L, N, H] queries.
+    k: [B, S, N, H] keys.
+    v: [B, S, N, H] values.
+
+  Returns:
+    [B, L, N, H] in the dtype of v.
+  """
+  return _lean_attention_fwd(q, k, v)[0]
+
+
+def _lean_attention_fwd(q, k, v):
+  scale = q.shape[-1] ** -0.5
+  probs = jax.nn.softmax(
+      _attention_logits(q, k, scale).astype(jnp.float32), axis=-1)
+  out = jnp.einsum("bnts,bsnh->btnh", probs.astype(k.dtype), v)
+  return out, (q, k, v, probs)
+
+
+def _lean_attention_bwd(residuals, d_out):
+  q, k, v, probs = residuals  # probs: [B, N, L, S] float32
+  scale = q.shape[-1] ** -0.5
+  d_v = jnp.einsum("bnts,btnh->bsnh", probs.astype(k.dtype), d_out)
+  d_probs = jnp.einsum("btnh,bsnh->bnts", d_out, v).astype(jnp.float32)
+  # Softmax backward: p * (dp - sum(dp * p)).
+  d_logits = probs * (d_probs - jnp.sum(d_probs * probs, -1, keepdims=True))
+  d_logits = (d_logits * scale).astype(q.dtype)  # [B, N, L, S]
+  d_q = jnp.einsum("bnts,bsnh->btnh", d_logits, k)
+  d_k = jnp.einsum("bnts,btnh->bsnh", d_logits, q)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+lean_attention.defvjp(_lean_attention_fwd, _lean_attention_bwd)
+
+
 class Attention(nn.Module):
   """Bidirectional multi-head self-attention: [B, L, W] -> [B, L, W].
 
   Attributes:
     num_heads: number of heads; must divide the input width.
     use_rope: apply rotary position embeddings to queries and keys.
-    attention_impl: `implementation` of `jax.nn.dot_product_attention`:
-      "xla", "cudnn" or None (JAX chooses).
+    attention_impl: "xla": `lean_attention` (XLA's math with a VJP that
+      saves only the probabilities); "cudnn" or None: that `implementation`
+      of `jax.nn.dot_product_attention` (None: JAX chooses).
     out_std: init std of the output projection (0 gives a zero init).
     dtype: compute dtype.
   """
@@ -213,8 +338,11 @@ class Attention(nn.Module):
       positions = jnp.arange(x.shape[1])  # [L]
       q = rotary_embedding(q, positions)
       k = rotary_embedding(k, positions)
-    out = jax.nn.dot_product_attention(
-        q, k, v, implementation=self.attention_impl)  # [B, L, N, H]
+    if self.attention_impl == "xla":
+      out = lean_attention(q, k, v)  # [B, L, N, H]
+    else:
+      out = jax.nn.dot_product_attention(
+          q, k, v, implementation=self.attention_impl)  # [B, L, N, H]
     out = nn.with_logical_constraint(out, axes)
     return ShapedDense(
         (width,), (HEADS, HEAD_DIM, EMBED), (EMBED,),
@@ -352,6 +480,13 @@ class Transformer(nn.Module):
       embeddings of `max_length` rows are added to the token embeddings.
     max_length: longest sequence; required when use_rope is False.
     attention_impl: "xla", "cudnn" or None (JAX chooses).
+    logits_chunk: how the training loss forms the logits (`denoise` always
+      returns them whole): -1 chooses by vocabulary size (chunks from 1,024
+      values on), 0 forms all [B, L, V] at once, N > 0 forms B x N rows at a
+      time from the output head's factors (`head_factors=True`), in the
+      forward and again in the backward pass, saving the memory of the full
+      logits and their gradient for one extra output-head matmul. See
+      `logits_chunk_positions`.
   """
   vocab_size: int
   num_classes: int = 0
@@ -369,11 +504,17 @@ class Transformer(nn.Module):
   use_rope: bool = True
   max_length: int | None = None
   attention_impl: str | None = "xla"
+  logits_chunk: int = AUTO_LOGITS_CHUNK
+
+  def logits_chunk_positions(self, batch: int, length: int) -> int:
+    """Positions per chunk of the loss's logits for [B, L] input; 0: none."""
+    return logits_chunk_positions(self.logits_chunk, batch, length,
+                                  self.vocab_size)
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, t: jnp.ndarray | None,
                label: jnp.ndarray | None = None, *,
-               train: bool) -> jnp.ndarray:
+               train: bool, head_factors: bool = False):
     """Logits of the clean tokens.
 
     Args:
@@ -381,9 +522,12 @@ class Transformer(nn.Module):
       t: [B] diffusion time in [0, 1] (ignored if time_features == "none").
       label: [B] int labels in [0, num_classes] or None ("no label").
       train: enables dropout (rng stream "dropout").
+      head_factors: return the output head's factors instead of the logits.
 
     Returns:
-      [B, L, vocab_size] float32 logits.
+      [B, L, vocab_size] float32 logits; with `head_factors`, the tuple
+      (features [B, L, W], kernel [W, V], bias [V]) in the compute dtype,
+      whose `features @ kernel + bias` cast to float32 are those logits.
     """
     if z.ndim != 2:
       raise ValueError(f"Transformer takes text tokens z: [B, L], got shape "
@@ -391,6 +535,7 @@ class Transformer(nn.Module):
     check_choice("mlp_type", self.mlp_type, MLP_TYPES)
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     batch, length = z.shape
+    self.logits_chunk_positions(batch, length)  # rejects a bad logits_chunk
 
     c = Conditioning(self.cond_width, self.num_classes, self.time_features,
                      dtype=self.dtype, name="conditioning")(t, label, batch)
@@ -426,12 +571,5 @@ class Transformer(nn.Module):
     shift, scale = AdaLNModulation(2, dtype=self.dtype,
                                    name="final_adaln")(c, self.width)
     x = modulate(layer_norm(self.dtype, "final_norm")(x), shift, scale)
-    logits = nn.Dense(
-        self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(INIT_STD), (EMBED, VOCAB)),
-        bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (VOCAB,)),
-        name="logits")(x)  # [B, L, V]
-    logits = nn.with_logical_constraint(logits, (BATCH, LENGTH, VOCAB))
-    return logits.astype(jnp.float32)
+    return OutputHead(self.vocab_size, dtype=self.dtype, name="logits")(
+        x, factors=head_factors)  # [B, L, V] or (x, kernel, bias)
