@@ -285,6 +285,9 @@ def transformer(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
       dropout_rate=dropout_rate,
       time_features="t",  # "t" or "none" (time-agnostic denoiser).
       remat=False,  # Recompute block activations in the backward pass.
+      # MD4 loss: -1 picks by vocabulary (chunked from 1,024 values), 0 full
+      # [B, L, V] logits, N > 0 forms N positions' logits at a time.
+      logits_chunk=-1,
   ))
 
 
