@@ -1,4 +1,5 @@
-"""D3PM (uniform, absorbing) and multinomial diffusion against brute force."""
+"""D3PM (uniform, absorbing, Gaussian) and multinomial diffusion against
+brute force."""
 
 import math
 from typing import Any
@@ -19,9 +20,22 @@ from md4.sampling import d3pm_reverse
 K, T = 3, 12
 
 
+def paper_gaussian_matrix(beta, k):
+  """Austin et al.'s discretised Gaussian, written out in probability space."""
+  weight = lambda n: np.exp(-4.0 * n ** 2 / ((k - 1) ** 2 * beta))
+  norm = sum(weight(n) for n in range(-(k - 1), k))
+  q = np.array([[weight(i - j) / norm for j in range(k)] for i in range(k)])
+  np.fill_diagonal(q, 0.0)
+  np.fill_diagonal(q, 1.0 - q.sum(1))
+  return q
+
+
 def explicit_step_matrices(process):
   """Q_t[i, j] = q(x_t = j | x_{t-1} = i) as dense float64 matrices."""
   s = process.num_states
+  if process.transition == "gaussian":
+    return [paper_gaussian_matrix(beta, s)
+            for beta in d3pm.betas(process.schedule, process.num_steps)]
   u = np.zeros(s)
   if process.transition == "uniform":
     u[:] = 1.0 / process.vocab_size
@@ -38,7 +52,23 @@ def explicit_step_matrices(process):
 
 
 CASES = [("uniform", "linear"), ("uniform", "cosine"),
-         ("absorbing", "jsd"), ("absorbing", "cosine")]
+         ("absorbing", "jsd"), ("absorbing", "cosine"),
+         ("gaussian", "linear"), ("gaussian", "cosine")]
+
+
+@pytest.mark.parametrize("k", [2, 5, 17])
+def test_gaussian_steps_are_symmetric_doubly_stochastic_paper_matrices(k):
+  for beta in (1e-3, 0.02, 0.3, 1.0):
+    q = np.exp(d3pm.gaussian_log_step(beta, k))
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(q, q.T)
+    assert q.min() >= 0.0
+    np.testing.assert_allclose(q, paper_gaussian_matrix(beta, k), rtol=1e-9,
+                               atol=1e-300)
+    # Ordinal: from the middle value, moving further is less likely.
+    row = q[k // 2, k // 2:]
+    assert (np.diff(row[1:]) <= 0).all()
 
 
 @pytest.mark.parametrize("transition,schedule", CASES)
@@ -121,7 +151,9 @@ def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
 @pytest.mark.parametrize("transition,schedule", CASES)
 def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
                                                                 schedule):
-  process = d3pm.D3PM(transition, 2, 200, schedule)
+  # Gaussian noise is for ordinal values: digits' 17 grey levels.
+  vocab = 17 if transition == "gaussian" else 2
+  process = d3pm.D3PM(transition, vocab, 200, schedule)
   x = jnp.ones((4096, 16), jnp.int32)
   prior = d3pm.prior_loss(process, x)
   assert float(prior.max()) / 16 < 1e-3  # nats per dimension
@@ -130,7 +162,8 @@ def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
   if transition == "absorbing":
     assert bool((x_T == process.mask_id).all())
   else:
-    assert float((x_T == 1).mean()) == pytest.approx(0.5, abs=0.01)
+    counts = np.bincount(np.asarray(x_T).ravel(), minlength=vocab)
+    np.testing.assert_allclose(counts / x_T.size, 1.0 / vocab, atol=0.01)
 
 
 def _uniform_oracle(process):
@@ -154,16 +187,37 @@ def _uniform_oracle(process):
   return denoise
 
 
-@pytest.mark.parametrize("transition", ["uniform", "absorbing"])
+def _matrix_oracle(process):
+  """Exact p(x0_i | x_t) from the process's own q(x_t | x_0) tables."""
+  states = jnp.asarray(kd.all_states())  # [S, L]
+  log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)
+
+  def denoise(z, t, label=None):
+    del label
+    step = jnp.round(t * process.num_steps).astype(jnp.int32)
+    lq = process.log_q_given_each_x0(z, step)  # [B, L, K]
+    log_obs = jnp.take_along_axis(
+        lq[:, None], states[None, :, :, None], axis=-1)[..., 0]  # [B, S, L]
+    post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
+    marginal = jnp.einsum("bs,slv->blv", post,
+                          jax.nn.one_hot(states, kd.VOCAB))
+    return jnp.log(jnp.maximum(marginal, 1e-30))
+
+  return denoise
+
+
+@pytest.mark.parametrize("transition", ["uniform", "absorbing", "gaussian"])
 def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(transition):
-  schedule = "cosine" if transition == "uniform" else "jsd"
+  schedule = "jsd" if transition == "absorbing" else "cosine"
   process = d3pm.D3PM(transition, kd.VOCAB, 200, schedule)
   if transition == "absorbing":
     _, _, log_abar, _ = process.log_tables()
     denoise = kd.oracle(lambda v, t: jnp.exp(
         log_abar[jnp.round(t * 200).astype(jnp.int32)]))
-  else:
+  elif transition == "uniform":
     denoise = _uniform_oracle(process)
+  else:
+    denoise = _matrix_oracle(process)
   x = jnp.asarray(kd.sample(np.random.default_rng(0), 20000))
 
   @jax.jit
@@ -176,8 +230,13 @@ def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(transition):
   mean, se = nelbo.mean(), nelbo.std() / math.sqrt(len(nelbo))
   entropy = kd.entropy()
   # A bound: not below the entropy; with true posteriors and T = 200 close.
+  # The gap is KL(q(x_T) || prior) <= the mean prior term, plus the cost of
+  # per-token reverse steps. Three values are too few for the Gaussian
+  # kernel to reach its uniform prior (its prior term is reported, ~0.56
+  # nats), so it gets that term as slack.
+  slack = float(terms["loss_prior"].mean()) if transition == "gaussian" else 0
   assert mean > entropy - 4 * se
-  assert mean < 1.05 * entropy, (mean, entropy)
+  assert mean < 1.05 * entropy + slack, (mean, entropy, slack)
 
 
 def test_hybrid_loss_includes_the_variational_term_and_the_scaled_ce():
@@ -207,7 +266,9 @@ def test_predicting_the_mask_is_impossible_in_the_reverse_process():
 
 def test_unknown_transition_or_schedule_is_rejected_with_the_field():
   with pytest.raises(ValueError, match="transition"):
-    d3pm.D3PM("gaussian", 4, 10, "linear")
+    d3pm.D3PM("gauss", 4, 10, "linear")
+  with pytest.raises(ValueError, match="vocab_size >= 2"):
+    d3pm.D3PM("gaussian", 1, 10, "linear")
   with pytest.raises(ValueError, match="linear, cosine, jsd"):
     d3pm.D3PM("uniform", 4, 10, "quadratic")
 
