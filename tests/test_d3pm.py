@@ -1,23 +1,32 @@
 """D3PM (uniform, absorbing, Gaussian) and multinomial diffusion against
 brute force."""
 
+import json
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 import known_distribution as kd
+from md4 import checkpointing
+from md4 import configuration
 from md4 import model as model_lib
+from md4 import sample_writing
+from md4 import train
 from md4.diffusion import d3pm
 from md4.diffusion import md4
 from md4.diffusion import schedules
+from md4.sampling import command
 from md4.sampling import d3pm_reverse
 
 K, T = 3, 12
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def paper_gaussian_matrix(beta, k):
@@ -310,3 +319,74 @@ def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
   truth = np.exp(kd.log_probs(states))
   tv = 0.5 * np.abs(counts / counts.sum() - truth).sum()
   assert tv < 0.05, tv
+
+
+# ------------------------------------------------- python -m md4.sample ----
+
+SAMPLE_STEPS = 6  # T of the initialised run below.
+
+
+@pytest.fixture(scope="module")
+def d3pm_workdir(tmp_path_factory):
+  """A workdir as training leaves it: config.json and a real orbax
+  checkpoint of an initialised absorbing D3PM on digits (tiny U-Net)."""
+  workdir = str(tmp_path_factory.mktemp("d3pm_run"))
+  config = configuration.load_file(
+      os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits")
+  config.network = configuration.unet(ch=16, num_res_blocks=1,
+                                      dropout_rate=0.0, embed_dim=8)
+  config.model.num_steps = config.train.sample_steps = SAMPLE_STEPS
+  setup = train.build(config, workdir)
+  train.save_config(config, workdir)
+  state = train.create_state(setup, jax.random.key(0))
+  manager = checkpointing.make_manager(workdir, 1, 0)
+  checkpointing.save(manager, 1, state, iter(setup.datasets.train))
+  manager.close()
+  return workdir
+
+
+def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
+    d3pm_workdir, tmp_path):
+  out = str(tmp_path / "out")
+  summary = command.sample_to_files(command.Request(
+      workdir=d3pm_workdir, output_dir=out, num_samples=5, batch_size=4,
+      history=True, history_frames=4))
+  assert sorted(os.listdir(out)) == ["history.gif", "history_strip.png",
+                                     "samples.npy", "samples.png",
+                                     "summary.json"]
+  samples = np.load(os.path.join(out, "samples.npy"))
+  assert samples.shape == (5, 8, 8, 1)
+  # The final step is taken: no mask (id 17) is left.
+  assert samples.min() >= 0 and samples.max() < 17
+  grid = sample_writing.enlarge(sample_writing.image_grid(samples, 17))
+  with Image.open(os.path.join(out, "samples.png")) as png:
+    assert png.size == (grid.shape[1], grid.shape[0])
+  mask_color = np.array(sample_writing.MASK_COLOR)
+  with Image.open(os.path.join(out, "history.gif")) as gif:
+    assert gif.n_frames == 4
+    gif.seek(0)
+    first = np.asarray(gif.convert("RGB"))
+    gif.seek(3)
+    last = np.asarray(gif.convert("RGB"))
+  assert (first == mask_color).all(-1).mean() > 0.5  # x_T: all masked.
+  assert not (last == mask_color).all(-1).any()  # x_0: none masked.
+  with Image.open(os.path.join(out, "history_strip.png")) as strip:
+    assert strip.size[0] > first.shape[1]
+  with open(os.path.join(out, "summary.json")) as f:
+    saved = json.load(f)
+  # One network call per step, T in all.
+  assert saved["network_calls_per_sample"] == summary[
+      "network_calls_per_sample"] == SAMPLE_STEPS
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("sampler", "cached"), ("sampler", "topp"), ("steps", 3),
+    ("inpaint", "left")])
+def test_sample_command_names_the_flag_that_does_not_apply_to_d3pm(
+    d3pm_workdir, tmp_path, flag, value):
+  request = command.Request(workdir=d3pm_workdir,
+                            output_dir=str(tmp_path / "out"),
+                            **{flag: value})
+  with pytest.raises(ValueError, match=f"--{flag}={value}|--{flag} does"):
+    command.sample_to_files(request)
+  assert not os.path.exists(tmp_path / "out")
