@@ -14,6 +14,7 @@ and the same seed; only `config.model` differs:
 | d3pm_uniform | d3pm | uniform | cosine | 0.01 |
 | d3pm_absorbing | d3pm | absorbing | jsd, 1/(T-t+1) | 0.01 |
 | multinomial | d3pm | uniform | cosine | 0 |
+| d3pm_gaussian (not run by default) | d3pm | gaussian | linear | 0.01 |
 
 The step is `md4.train.make_train_step`, jitted as `train.train_and_evaluate`
 jits it. The bound is `md4.evaluate.negative_elbo` on the test split with the
@@ -69,6 +70,8 @@ FAMILIES = {
                            schedule="jsd", hybrid_coeff=HYBRID_COEFF),
     "multinomial": dict(process="d3pm", transition="uniform",
                         schedule="cosine", hybrid_coeff=0.0),
+    "d3pm_gaussian": dict(process="d3pm", transition="gaussian",
+                          schedule="linear", hybrid_coeff=HYBRID_COEFF),
 }
 
 
@@ -88,7 +91,8 @@ def family_config(family: str, train_steps: int, num_steps: int, seed: int):
 
 
 def train_family(config, workdir: str):
-  """Trains with the real step; returns (EMA params, train seconds)."""
+  """Trains with the real step; returns (setup, EMA params, train seconds)."""
+  global_batch = train._global_batch  # pylint: disable=protected-access
   setup = train.build(config, workdir)
   rng = jax.random.key(config.seed)
   init_rng, train_rng, _ = jax.random.split(rng, 3)  # As train.py splits.
@@ -99,12 +103,12 @@ def train_family(config, workdir: str):
         train.make_train_step(setup.model, setup.optimizer, config),
         in_shardings=(setup.state_shardings, setup.batch_sharding, None),
         out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
-    first = train._global_batch(setup, next(train_iter))  # pylint: disable=protected-access
+    first = global_batch(setup, next(train_iter))
     compiled = step_fn.lower(state, first, train_rng).compile()
     start = time.perf_counter()
     state, metrics = compiled(state, first, train_rng)
     for step in range(1, config.train.num_steps):
-      batch = train._global_batch(setup, next(train_iter))  # pylint: disable=protected-access
+      batch = global_batch(setup, next(train_iter))
       state, metrics = compiled(state, batch, train_rng)
       if (step + 1) % max(config.train.num_steps // 5, 1) == 0:
         print(f"  step {step + 1}: train loss "

@@ -197,14 +197,21 @@ def _uniform_oracle(process):
 
 
 def _matrix_oracle(process):
-  """Exact p(x0_i | x_t) from the process's own q(x_t | x_0) tables."""
+  """Exact p(x0_i | x_t) from explicit products of the step matrices."""
   states = jnp.asarray(kd.all_states())  # [S, L]
   log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)
+  cumulative = [np.eye(process.num_states)]
+  for q in explicit_step_matrices(process):
+    cumulative.append(cumulative[-1] @ q)
+  with np.errstate(divide="ignore"):
+    # [T + 1, x_t, x_0]
+    log_cum = jnp.asarray(np.log(np.stack(cumulative)).swapaxes(1, 2),
+                          jnp.float32)
 
   def denoise(z, t, label=None):
     del label
     step = jnp.round(t * process.num_steps).astype(jnp.int32)
-    lq = process.log_q_given_each_x0(z, step)  # [B, L, K]
+    lq = log_cum[step[:, None], z]  # [B, L, K]: log q(z_l | x_0 = k)
     log_obs = jnp.take_along_axis(
         lq[:, None], states[None, :, :, None], axis=-1)[..., 0]  # [B, S, L]
     post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
