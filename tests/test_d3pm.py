@@ -336,7 +336,9 @@ SAMPLE_STEPS = 6  # T of the initialised run below.
 @pytest.fixture(scope="module")
 def d3pm_workdir(tmp_path_factory):
   """A workdir as training leaves it: config.json and a real orbax
-  checkpoint of an initialised absorbing D3PM on digits (tiny U-Net)."""
+  checkpoint of an absorbing D3PM on digits (tiny U-Net). The state has the
+  train state's structure, with random parameters: compiling the real
+  initialisation (the whole loss) would cost more than the test."""
   workdir = str(tmp_path_factory.mktemp("d3pm_run"))
   config = configuration.load_file(
       os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits")
@@ -345,7 +347,11 @@ def d3pm_workdir(tmp_path_factory):
   config.model.num_steps = config.train.sample_steps = SAMPLE_STEPS
   setup = train.build(config, workdir)
   train.save_config(config, workdir)
-  state = train.create_state(setup, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(
+      lambda a: jax.device_put(
+          (rng.normal(size=a.shape) * 0.1).astype(a.dtype), a.sharding),
+      setup.abstract_state)
   manager = checkpointing.make_manager(workdir, 1, 0)
   checkpointing.save(manager, 1, state, iter(setup.datasets.train))
   manager.close()
