@@ -287,7 +287,12 @@ class D3PM:
     if self.transition == "gaussian":
       _, log_cum = self.gaussian_tables()
       # [B, ..., K, 1] + [B, 1.., K, K], summed over x_0 = k.
-      return jax.nn.logsumexp(log_w[..., :, None] + log_cum[s_b], axis=-2)
+      terms = log_w[..., :, None] + log_cum[s_b]
+      # A state no x_0 reaches (all terms -inf; e.g. j far from x_t at small
+      # s) is -inf, set outside logsumexp, whose gradient would be NaN.
+      reached = (terms > _NEG_INF).any(axis=-2)  # [B, ..., K]
+      terms = jnp.where(reached[..., None, :], terms, 0.0)
+      return jnp.where(reached, jax.nn.logsumexp(terms, axis=-2), _NEG_INF)
     _, _, log_abar, log_1m_abar = self.log_tables()
     s_b = s_b[..., None]  # [B, 1.., 1]
     data_part = log_abar[s_b] + log_w  # j < K
