@@ -4,13 +4,16 @@ r"""Draws samples from a trained run's checkpoint (EMA parameters).
   python -m md4.sample --workdir=./expt/text8 --sampler=topp --topp=0.9 \
       --steps=1000 --prompt="the history of"
   python -m md4.sample --workdir=./expt/digits --inpaint=left --history
+  python -m md4.sample --workdir=./expt/d3pm_digits --history  # D3PM
 
 Writes into --output_dir (default <workdir>/samples/<sampler>_step<N>_seed<S>)
 the samples (PNG grid, or .txt and .jsonl; and .npy), `summary.json`
 (settings, network calls per sample, samples/s) and, with --history, a GIF
 and a strip image of the denoising. The logic is
 `md4.sampling.command.sample_to_files`; README.md, "Sampling and
-evaluation", lists the samplers.
+evaluation", lists the samplers. A D3PM run (config.model.process="d3pm")
+samples with its T-step reverse chain (`--sampler=ancestral`, one network
+call per step); flags of the unmasking samplers are rejected for it.
 """
 
 from absl import app
@@ -30,7 +33,8 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples to draw.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Samples per call.")
 _STEPS = flags.DEFINE_integer(
-    "steps", None, "Time steps T; default config.train.sample_steps.")
+    "steps", None, "Time steps T; default config.train.sample_steps "
+    "(D3PM: always its config.model.num_steps).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _SAMPLER = flags.DEFINE_enum("sampler", "ancestral", list(sampling.NAMES),
                              "Sampler.")

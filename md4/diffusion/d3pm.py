@@ -1,14 +1,29 @@
-"""Discrete-time D3PM (Austin et al., 2021) with uniform or absorbing noise.
+"""Discrete-time D3PM (Austin et al., 2021): uniform, absorbing, Gaussian.
 
 States: K data values, plus the mask id K for absorbing noise (S = K or K+1).
-One step keeps a token with probability 1 - beta_t and otherwise resamples
-it from u (uniform over the K values, or the mask):
+With uniform or absorbing noise one step keeps a token with probability
+1 - beta_t and otherwise resamples it from u (uniform over the K values, or
+the mask):
 
   q(x_t | x_{t-1}) = (1 - beta_t) [x_t = x_{t-1}] + beta_t u(x_t),
   q(x_t | x_0)     = abar_t [x_t = x_0] + (1 - abar_t) u(x_t),
   abar_t = prod_{s <= t} (1 - beta_s)  (float64 cumulative product).
 
 Both matrices have this closed form, so nothing of size S x S is built.
+
+Discretised-Gaussian noise (ordinal values such as pixels; Austin et al.,
+appendix A.2.2) moves a value i to j != i with probability
+
+  Q_t[i, j] = exp(-4 (i - j)^2 / ((K - 1)^2 beta_t))
+              / sum_{n=-(K-1)}^{K-1} exp(-4 n^2 / ((K - 1)^2 beta_t)),
+
+and keeps it with the rest of the row's mass. Q_t is symmetric with rows
+summing to one, so it is doubly stochastic and its stationary distribution,
+the prior p(x_T), is uniform. Its steps and cumulative products
+Qbar_t = Q_1 ... Q_t are dense [K, K] tables, multiplied in float64 and
+stored as float32 logarithms; the reverse step then materialises
+[..., K, K] log-weights, which suits small K (binary to 17 grey levels;
+256 levels on large images would need a chunked version).
 Multinomial diffusion (Hoogeboom et al., 2021) is exactly the uniform case
 with the cosine schedule and no auxiliary loss; absorbing D3PM with
 abar_t = alpha(t/T) is MD4's discrete-time ELBO (tests show both).
@@ -28,6 +43,7 @@ is in log space.
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -36,7 +52,7 @@ import numpy as np
 
 from md4.diffusion import md4
 
-TRANSITIONS = ("uniform", "absorbing")
+TRANSITIONS = ("uniform", "absorbing", "gaussian")
 SCHEDULES = ("linear", "cosine", "jsd")
 _NEG_INF = -jnp.inf
 
@@ -69,12 +85,51 @@ def betas(schedule: str, num_steps: int) -> np.ndarray:
                    f"schedule; valid: {', '.join(SCHEDULES)}.")
 
 
+def gaussian_log_step(beta: float, vocab_size: int) -> np.ndarray:
+  """log Q[i, j] of one discretised-Gaussian step, float64 [K, K].
+
+  The off-diagonal entries are the band's normalised weights in log space
+  (no exp-then-log underflow); the diagonal takes the rest of the row.
+  """
+  k = vocab_size
+  n = np.arange(-(k - 1), k, dtype=np.float64)
+  logits = -4.0 * n ** 2 / ((k - 1) ** 2 * beta)  # Max 0 at n = 0.
+  log_band = logits - np.log(np.exp(logits).sum())  # [2K - 1]
+  i = np.arange(k)
+  log_q = log_band[k - 1 + np.abs(i[:, None] - i[None, :])]  # [K, K]
+  off = np.exp(log_q)
+  np.fill_diagonal(off, 0.0)
+  np.fill_diagonal(log_q, np.log1p(-off.sum(1)))
+  return log_q
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_log_tables(vocab_size: int, num_steps: int, schedule: str):
+  """log Q_t and log Qbar_t for t = 0..T, float64 [T + 1, K, K] each.
+
+  Q_0 = Qbar_0 = I. The cumulative products are taken in float64; entries
+  below float64's range become exact zeros (-inf logarithms).
+  """
+  eye = np.eye(vocab_size)
+  with np.errstate(divide="ignore"):
+    log_eye = np.log(eye)
+  steps, cumulative = [log_eye], [log_eye]
+  total = eye
+  for beta in betas(schedule, num_steps):
+    log_q = gaussian_log_step(beta, vocab_size)
+    total = total @ np.exp(log_q)
+    steps.append(log_q)
+    with np.errstate(divide="ignore"):
+      cumulative.append(np.log(total))
+  return np.stack(steps), np.stack(cumulative)
+
+
 @dataclasses.dataclass(frozen=True)
 class D3PM:
   """A D3PM forward process: transition kind, size and schedule.
 
   Attributes:
-    transition: "uniform" or "absorbing".
+    transition: "uniform", "absorbing" or "gaussian".
     vocab_size: K data values; the mask id is K (absorbing only).
     num_steps: T.
     schedule: "linear", "cosine" or "jsd".
@@ -93,6 +148,10 @@ class D3PM:
       raise ValueError(f"config.model.num_steps must be >= 1 for D3PM, got "
                        f"{self.num_steps}.")
     betas(self.schedule, self.num_steps)  # Validates the name.
+    if self.transition == "gaussian" and self.vocab_size < 2:
+      raise ValueError(
+          "config.model.transition='gaussian' needs config.data.vocab_size "
+          f">= 2 ordinal values, got {self.vocab_size}.")
 
   # ------------------------------------------------------ the schedule --
 
@@ -113,9 +172,17 @@ class D3PM:
       tables = [np.log1p(-b), np.log(b), np.log(abar), np.log1p(-abar)]
     return [jnp.asarray(x, jnp.float32) for x in tables]
 
+  def gaussian_tables(self):
+    """float32 log Q_t and log Qbar_t, [T + 1, K, K] each (Gaussian only)."""
+    steps, cumulative = gaussian_log_tables(self.vocab_size, self.num_steps,
+                                            self.schedule)
+    return (jnp.asarray(steps, jnp.float32),
+            jnp.asarray(cumulative, jnp.float32))
+
   def _noise_log_prob(self, j):
-    """log u(j) for state ids j (any shape)."""
-    if self.transition == "uniform":
+    """log u(j) for state ids j (any shape); for Gaussian noise the uniform
+    stationary distribution (the prior)."""
+    if self.transition in ("uniform", "gaussian"):
       return jnp.full(j.shape, -math.log(self.vocab_size))
     return jnp.where(j == self.mask_id, 0.0, _NEG_INF)
 
@@ -128,6 +195,9 @@ class D3PM:
 
   def log_q_marginal(self, x0, t):
     """log q(x_t = j | x_0) for every state j: [B, ..., S]."""
+    if self.transition == "gaussian":
+      _, log_cum = self.gaussian_tables()
+      return log_cum[md4.broadcast_to_data(t, x0), x0]  # [B, ..., K]
     _, _, log_abar, log_1m_abar = self.log_tables()
     t_b = md4.broadcast_to_data(t, x0)[..., None]  # [B, 1.., 1]
     j = jnp.arange(self.num_states)
@@ -135,6 +205,12 @@ class D3PM:
 
   def sample_marginal(self, rng, x0, t):
     """x_t ~ q(x_t | x_0) for integer steps t [B]."""
+    if self.transition == "gaussian":
+      # The exponential race: argmax_j log q_j - log E_j, E_j ~ Exp(1).
+      log_q = self.log_q_marginal(x0, t)  # [B, ..., K]
+      e = -jnp.log1p(-md4.uniform(rng, log_q.shape))
+      e = jnp.maximum(e, np.finfo(np.float32).tiny)
+      return jnp.argmax(log_q - jnp.log(e), axis=-1).astype(x0.dtype)
     _, _, log_abar, _ = self.log_tables()
     keep_rng, noise_rng = jax.random.split(rng)
     keep = (jnp.log(md4.uniform(keep_rng, x0.shape))
@@ -147,6 +223,10 @@ class D3PM:
 
   def log_q_given_each_x0(self, x_t, t):
     """log q(x_t | x_0 = k) for every data value k: [B, ..., K]."""
+    if self.transition == "gaussian":
+      _, log_cum = self.gaussian_tables()
+      by_column = jnp.swapaxes(log_cum, 1, 2)  # [T + 1, x_t, x_0]
+      return by_column[md4.broadcast_to_data(t, x_t), x_t]
     _, _, log_abar, log_1m_abar = self.log_tables()
     t_b = md4.broadcast_to_data(t, x_t)[..., None]
     k = jnp.arange(self.vocab_size)
@@ -160,6 +240,10 @@ class D3PM:
 
   def log_q_step(self, x_t, t):
     """log q(x_t | x_{t-1} = j) for every state j: [B, ..., S]."""
+    if self.transition == "gaussian":
+      log_step, _ = self.gaussian_tables()
+      by_column = jnp.swapaxes(log_step, 1, 2)  # [T + 1, x_t, x_{t-1}]
+      return by_column[md4.broadcast_to_data(t, x_t), x_t]
     log_1m_beta, log_beta, _, _ = self.log_tables()
     t_b = md4.broadcast_to_data(t, x_t)[..., None]
     j = jnp.arange(self.num_states)
@@ -184,21 +268,39 @@ class D3PM:
       x_t: states [B, ...].
       t: steps [B] in 1..T.
     """
-    _, _, log_abar, log_1m_abar = self.log_tables()
     lq = self.log_q_given_each_x0(x_t, t)  # [B, ..., K]
     consistent = lq > _NEG_INF
     log_p0 = jax.nn.log_softmax(
         jnp.where(consistent, log_x0.astype(jnp.float32), _NEG_INF), axis=-1)
     log_w = jnp.where(consistent, log_p0 - lq, _NEG_INF)  # [B, ..., K]
-    total = jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
-    s = md4.broadcast_to_data(t - 1, x_t)[..., None]
-    data_part = log_abar[s] + log_w  # j < K
-    noise = log_1m_abar[s] + total
-    if self.transition == "uniform":
-      mixed = jnp.logaddexp(data_part, noise - math.log(self.vocab_size))
-    else:
-      mixed = jnp.concatenate([data_part, noise], axis=-1)
+    mixed = self._log_mix_marginals(log_w, t - 1)
     return jax.nn.log_softmax(self.log_q_step(x_t, t) + mixed, axis=-1)
+
+  def _log_mix_marginals(self, log_w, s):
+    """log sum_k w_k q(x_s = j | x_0 = k) for every state j: [B, ..., S].
+
+    Args:
+      log_w: log-weights over the K data values [B, ..., K].
+      s: steps [B] in 0..T-1.
+    """
+    s_b = md4.broadcast_to_data(s, log_w[..., 0])  # [B, 1..]
+    if self.transition == "gaussian":
+      _, log_cum = self.gaussian_tables()
+      # [B, ..., K, 1] + [B, 1.., K, K], summed over x_0 = k.
+      terms = log_w[..., :, None] + log_cum[s_b]
+      # A state no x_0 reaches (all terms -inf; e.g. j far from x_t at small
+      # s) is -inf, set outside logsumexp, whose gradient would be NaN.
+      reached = (terms > _NEG_INF).any(axis=-2)  # [B, ..., K]
+      terms = jnp.where(reached[..., None, :], terms, 0.0)
+      return jnp.where(reached, jax.nn.logsumexp(terms, axis=-2), _NEG_INF)
+    _, _, log_abar, log_1m_abar = self.log_tables()
+    s_b = s_b[..., None]  # [B, 1.., 1]
+    data_part = log_abar[s_b] + log_w  # j < K
+    noise = log_1m_abar[s_b] + jax.nn.logsumexp(log_w, axis=-1,
+                                                keepdims=True)
+    if self.transition == "uniform":
+      return jnp.logaddexp(data_part, noise - math.log(self.vocab_size))
+    return jnp.concatenate([data_part, noise], axis=-1)
 
 
 def kl(log_q, log_p):
@@ -212,7 +314,8 @@ def _sum_data(v):
 
 
 def prior_loss(process: D3PM, x0):
-  """KL(q(x_T | x_0) || p(x_T)) per example; p is u at every position."""
+  """KL(q(x_T | x_0) || p(x_T)) per example; p is u at every position
+  (uniform for Gaussian noise, its stationary distribution)."""
   t_last = jnp.full((x0.shape[0],), process.num_steps, jnp.int32)
   log_q = process.log_q_marginal(x0, t_last)
   j = jnp.arange(process.num_states)

@@ -3,6 +3,9 @@
 `sample_to_files(Request(...))` restores a run (EMA parameters), builds the
 known tokens of a prompt, infilling template or inpainting mask, draws the
 samples, and writes them (see `md4.sample_writing`) with `summary.json`.
+A D3PM run (config.model.process="d3pm") samples with its own T-step
+reverse chain (`md4.sampling.d3pm_reverse`) instead of the unmasking
+samplers; `check_d3pm_request` names the flags that do not apply to it.
 """
 
 import dataclasses
@@ -15,6 +18,7 @@ import jax
 from md4 import sample_writing
 from md4.sampling import conditioning
 from md4.sampling import core
+from md4.sampling import d3pm_reverse
 from md4.sampling import drawing
 from md4.sampling import restored_run
 
@@ -73,23 +77,82 @@ def known_tokens(request: Request, run: restored_run.RestoredRun):
                                  info.data_shape[0], request.num_samples)
 
 
-def sample_to_files(request: Request) -> dict:
-  """Draws and writes the samples; returns the summary (also saved)."""
-  run = restored_run.restore(request.workdir, request.step, request.overrides)
-  info = run.setup.datasets.info
+D3PM_SAMPLER = "ancestral"  # The D3PM reverse chain.
+
+
+def check_d3pm_request(request: Request, num_steps: int) -> None:
+  """Rejects, naming the flag, what the D3PM reverse chain cannot do.
+
+  Args:
+    request: the command's flags.
+    num_steps: the run's config.model.num_steps (T).
+  """
+  process = f"config.model.process='d3pm' (run {request.workdir!r})"
+  if request.sampler != D3PM_SAMPLER:
+    raise ValueError(
+        f"--sampler={request.sampler} does not apply to D3PM, {process}: "
+        "its reverse chain changes every token at every step instead of "
+        f"revealing masked ones. Use --sampler={D3PM_SAMPLER} (the D3PM "
+        "reverse chain, one network call per step).")
+  if request.steps is not None and request.steps != num_steps:
+    raise ValueError(
+        f"--steps={request.steps} does not apply to D3PM, {process}: it "
+        f"samples with its T = config.model.num_steps = {num_steps} steps. "
+        "Drop --steps.")
+  if request.grid != "uniform":
+    raise ValueError(f"--grid={request.grid} does not apply to D3PM, "
+                     f"{process}: its steps are t = T..1. Drop --grid.")
+  for flag in ("prompt", "infill", "inpaint"):
+    if getattr(request, flag) is not None:
+      raise ValueError(f"--{flag} does not apply to D3PM, {process}: its "
+                       "reverse chain has no conditioning on known tokens. "
+                       f"Drop --{flag}, or sample an MD4 run.")
+  if request.guidance != 0.0:
+    raise ValueError(f"--guidance={request.guidance} does not apply to D3PM,"
+                     f" {process}. Drop --guidance.")
+
+
+def _draw(request: Request, run: restored_run.RestoredRun,
+          known: core.Known | None):
+  """(settings, drawn samples) of the run's process."""
+  model = run.setup.model
+  num_frames = request.history_frames if request.history else 0
+  if model.process == "d3pm":
+    if request.label is not None and not 0 <= request.label < (
+        model.num_classes):
+      raise ValueError(
+          f"--label={request.label}: the model has {model.num_classes} "
+          "classes (config.model.class_conditional); give a label in range "
+          "or drop --label.")
+    settings = core.Settings(num_steps=model.num_steps, num_frames=num_frames)
+    settings.validate()
+    return settings, d3pm_reverse.draw(
+        model, run.params, num_samples=request.num_samples,
+        batch_size=request.batch_size, seed=request.seed,
+        label=request.label, num_frames=num_frames)
   settings = core.Settings(
       num_steps=request.steps or run.config.train.sample_steps,
       grid=request.grid, topp=request.topp,
       remask_strength=request.remask_strength,
-      choice_temperature=request.choice_temperature,
-      num_frames=request.history_frames if request.history else 0)
-  known = known_tokens(request, run)
+      choice_temperature=request.choice_temperature, num_frames=num_frames)
+  return settings, drawing.draw(
+      model, run.params, request.sampler, settings,
+      num_samples=request.num_samples, batch_size=request.batch_size,
+      seed=request.seed, known=known, label=request.label,
+      guidance=request.guidance)
+
+
+def sample_to_files(request: Request) -> dict:
+  """Draws and writes the samples; returns the summary (also saved)."""
+  config = restored_run.load_config(request.workdir, request.overrides)
+  if config.model.process == "d3pm":  # Checked before the slow restore.
+    check_d3pm_request(request, config.model.num_steps)
+  run = restored_run.restore(request.workdir, request.step, request.overrides)
+  info = run.setup.datasets.info
+  known = None if config.model.process == "d3pm" else known_tokens(request,
+                                                                   run)
   with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
-    drawn = drawing.draw(
-        run.setup.model, run.params, request.sampler, settings,
-        num_samples=request.num_samples, batch_size=request.batch_size,
-        seed=request.seed, known=known, label=request.label,
-        guidance=request.guidance)
+    settings, drawn = _draw(request, run, known)
   summary = {
       "request": dataclasses.asdict(request), "checkpoint_step": run.step,
       "settings": dataclasses.asdict(settings),

@@ -5,17 +5,26 @@ p~(x0 | x_t): the network's x0 prediction marginalised through the true
 posterior (never an argmax). One network call per step, T calls in all; the
 last step (t = 1) gives the mask state zero probability, so every token is
 a data value at the end.
+
+`reverse_chain` returns a `core.Result` (samples, network calls, history
+frames); `draw` runs it batch after batch for `python -m md4.sample`, like
+`md4.sampling.drawing.draw` does for the MD4 samplers.
 """
+
+import math
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from md4.sampling import core
+from md4.sampling import drawing
 
 
-def sample(model, variables, rng: jax.Array, num_samples: int, label=None,
-           num_frames: int = 0):
-  """Draws [N, *data_shape] samples; with num_frames, also a history.
+def reverse_chain(model, variables, rng: jax.Array, num_samples: int,
+                  label=None, num_frames: int = 0) -> core.Result:
+  """Draws [N, *data_shape] samples with the T-step reverse chain.
 
   Args:
     model: a `DiffusionModel` with process "d3pm".
@@ -23,31 +32,81 @@ def sample(model, variables, rng: jax.Array, num_samples: int, label=None,
     rng: PRNG key.
     num_samples: N.
     label: optional class id for class-conditional models.
-    num_frames: > 0 to also return that many evenly spaced states
-      [num_frames, N, *data_shape] from x_T to x_0.
+    num_frames: > 0 to also record that many evenly spaced states
+      [num_frames, N, *data_shape], from x_T (frame 0, time 1) to x_0
+      (the last frame, time 0).
 
   Returns:
-    samples, or (samples, history) when num_frames > 0.
+    The `core.Result`; network_calls counts the denoiser calls (T).
   """
   num_steps = model.num_steps
   shape = (num_samples,) + tuple(model.data_shape)
   init_rng, rng = jax.random.split(rng)
   if model.transition == "absorbing":
     z = jnp.full(shape, model.mask_id, jnp.int32)
-  else:
+  else:  # The uniform prior (also Gaussian noise's stationary one).
     z = jax.random.randint(init_rng, shape, 0, model.vocab_size)
   labels = (None if label is None else
             jnp.full((num_samples,), label, jnp.int32))
 
-  def body(z, i):
+  def body(carry, i):
+    z, calls = carry
     step = jnp.full((num_samples,), num_steps - i, jnp.int32)  # T .. 1
     log_p = model.apply(variables, z, step, labels,
                         method=model.reverse_log_probs)  # [N, ..., S]
     z = core.categorical(jax.random.fold_in(rng, i), log_p).astype(jnp.int32)
-    return z, z
+    return (z, calls + 1), z
 
-  z, states = jax.lax.scan(body, z, jnp.arange(num_steps))
+  z_T = z
+  (z, calls), states = jax.lax.scan(body, (z, jnp.int32(0)),
+                                    jnp.arange(num_steps))
   if num_frames <= 0:
-    return z
-  picks = jnp.linspace(0, num_steps - 1, num_frames).round().astype(jnp.int32)
-  return z, states[picks]
+    return core.Result(z, calls)
+  # all_states[i] = x_{T - i}; frame k at time 1 - k / (F - 1).
+  all_states = jnp.concatenate([z_T[None], states])  # [T + 1, N, ...]
+  picks = np.linspace(0, num_steps, num_frames).round().astype(np.int32)
+  return core.Result(z, calls, all_states[picks])
+
+
+def sample(model, variables, rng: jax.Array, num_samples: int, label=None,
+           num_frames: int = 0):
+  """`reverse_chain`'s samples, or (samples, history) when num_frames > 0."""
+  result = reverse_chain(model, variables, rng, num_samples, label,
+                         num_frames)
+  return result.samples if num_frames <= 0 else (result.samples,
+                                                 result.history)
+
+
+def draw(model, params, *, num_samples: int, batch_size: int, seed: int,
+         label: int | None = None, num_frames: int = 0) -> drawing.Drawn:
+  """num_samples samples in batches of one compiled reverse chain.
+
+  Batch b uses the key fold_in(key(seed), b); the last batch is trimmed;
+  the history is the first batch's.
+  """
+  for name, value in (("--num_samples", num_samples),
+                      ("--batch_size", batch_size)):
+    if value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value}.")
+  batch_size = min(batch_size, num_samples)
+
+  def one_batch(params, rng):
+    return reverse_chain(model, {"params": params}, rng, batch_size, label,
+                         num_frames)
+
+  key = jax.random.key(seed)
+  start = time.perf_counter()
+  compiled = jax.jit(one_batch).lower(params, key).compile()
+  compile_seconds = time.perf_counter() - start
+
+  samples, calls, history = [], [], None
+  start = time.perf_counter()
+  for b in range(math.ceil(num_samples / batch_size)):
+    result = compiled(params, jax.random.fold_in(key, b))
+    samples.append(np.asarray(result.samples))
+    calls.append(int(result.network_calls))
+    if b == 0 and result.history is not None:
+      history = np.asarray(result.history)
+  seconds = time.perf_counter() - start
+  return drawing.Drawn(np.concatenate(samples)[:num_samples], history,
+                       float(np.mean(calls)), seconds, compile_seconds)
