@@ -58,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.schedule = "linear"
   c.model.eps = 1e-4  # alpha stays in [eps, 1 - eps].
   c.model.num_steps = 0  # 0: continuous-time ELBO; T > 0: T-step ELBO.
-  c.model.transition = "uniform"  # D3PM noise: uniform or absorbing.
+  c.model.transition = "uniform"  # D3PM noise: uniform, absorbing, gaussian.
   c.model.hybrid_coeff = 0.0  # D3PM: lambda of the auxiliary CE loss.
   c.model.antithetic = True  # Stratified time samples within a batch.
   c.model.class_conditional = False  # Feed labels to the denoiser.
@@ -176,7 +176,7 @@ _EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
 _EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
 _CHOICES = {
     "model.process": ("md4", "genmd4", "d3pm"),
-    "model.transition": ("uniform", "absorbing"),
+    "model.transition": ("uniform", "absorbing", "gaussian"),  # d3pm.TRANSITIONS
     "optimizer.lr_schedule": ("cosine", "constant"),
     "network.dtype": ("float32", "bfloat16", "float16"),
 }

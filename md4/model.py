@@ -41,7 +41,7 @@ class DiffusionModel(nn.Module):
     cond_drop_prob: training-time label dropout (classifier-free guidance).
     power_init: GenMD4 initial exponent.
     t1: GenMD4 start of the diffusion integral.
-    transition: D3PM noise, "uniform" or "absorbing".
+    transition: D3PM noise, "uniform", "absorbing" or "gaussian".
     hybrid_coeff: D3PM auxiliary cross-entropy weight (lambda).
   """
   network: nn.Module
