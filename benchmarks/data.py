@@ -228,10 +228,7 @@ def bench_step(config, num_steps):
   state = train.create_state(setup, jax.random.key(0))
   iterator = iter(setup.datasets.train)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    step = jax.jit(
-        train.make_train_step(setup.model, setup.optimizer, config),
-        in_shardings=(setup.state_shardings, setup.batch_sharding, None),
-        out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+    step = train.jit_train_step(setup)
     rng = jax.random.key(1)
     batches = [train._global_batch(setup, next(iterator))  # pylint: disable=protected-access
                for _ in range(num_steps + 2)]

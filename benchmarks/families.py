@@ -99,10 +99,7 @@ def train_family(config, workdir: str):
   state = train.create_state(setup, init_rng)
   train_iter = iter(setup.datasets.train)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    step_fn = jax.jit(
-        train.make_train_step(setup.model, setup.optimizer, config),
-        in_shardings=(setup.state_shardings, setup.batch_sharding, None),
-        out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+    step_fn = train.jit_train_step(setup)
     first = global_batch(setup, next(train_iter))
     compiled = step_fn.lower(state, first, train_rng).compile()
     start = time.perf_counter()

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import time
 from typing import Any
 
 from absl import logging
@@ -214,6 +213,17 @@ def make_train_step(model, optimizer, config):
     return new_state, metrics
 
   return train_step
+
+
+def jit_train_step(setup: Setup):
+  """`make_train_step` jitted over the mesh: sharded state, donated.
+
+  Call it inside `jax.set_mesh(setup.mesh)` and the logical-axis rules.
+  """
+  return jax.jit(
+      make_train_step(setup.model, setup.optimizer, setup.config),
+      in_shardings=(setup.state_shardings, setup.batch_sharding, None),
+      out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
 
 
 def make_eval_step(model):
@@ -448,10 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ---------------------------------------------------- compiled steps --
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    train_step = jax.jit(
-        make_train_step(setup.model, setup.optimizer, config),
-        in_shardings=(setup.state_shardings, setup.batch_sharding, None),
-        out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+    train_step = jit_train_step(setup)
     eval_step = jax.jit(make_eval_step(setup.model))
     sample_fn = jax.jit(
         lambda params, r: _draw_samples(setup.model, params, r, config))
