@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import generated_data
+import tree_tolerance
 from md4 import sharding
-from md4.networks import transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
-RTOL = 1e-5
+RTOL = tree_tolerance.RTOL
 
 # Runs train_and_evaluate once per mesh in one process (one interpreter start
 # and one data set for all of them) and prints what the parent compares.
@@ -101,20 +101,6 @@ def _run(tmp_path, meshes, devices):
   return [json.loads(l[len("RESULT"):]) for l in lines]
 
 
-def leaf_error(a, b, floor: float) -> float:
-  """max |a - b| / max(max |b|, floor) over one array."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  scale = max(float(np.abs(b).max(initial=0.0)), floor)
-  return float(np.abs(a - b).max(initial=0.0)) / scale
-
-
-def _assert_trees_close(name, got, want, floor):
-  assert len(got) == len(want), name
-  errors = [leaf_error(a, b, floor) for a, b in zip(got, want)]
-  worst = int(np.argmax(errors))
-  assert errors[worst] <= RTOL, (name, worst, errors[worst])
-
-
 def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
     tmp_path):
   generated_data.write_text8(str(tmp_path / "data"))
@@ -131,20 +117,13 @@ def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
         assert got[key] == pytest.approx(want[key], rel=RTOL), (mesh, key)
     for key, value in single["eval"].items():
       assert sharded["eval"][key] == pytest.approx(value, rel=RTOL), key
-    # The meshes sum gradients in different orders, so they differ by
-    # float32 round-off (~1e-7 of each leaf's scale). Adam turns a gradient
-    # g below its eps (1e-8) into a step lr * g / eps: that round-off,
-    # divided by eps, moves a few elements by up to ~1e-4 of one step. Leaves
-    # that start at zero (biases, adaLN-zero) are only a few such steps
-    # large after 3 steps, so each leaf is measured against its largest
-    # entry or, if that is smaller, the initialiser scale of the weights:
-    # a 1e-5 error at that scale is what a downstream activation feels.
+    # Tolerances and why: see tree_tolerance.
     for key in ("params", "ema"):
-      _assert_trees_close((mesh, key), sharded[key], single[key],
-                          transformer.INIT_STD)
-    # Adam's moments are gradient sums: relative to each leaf's own scale.
-    _assert_trees_close((mesh, "opt_state"), sharded["opt_state"],
-                        single["opt_state"], np.finfo(np.float32).tiny)
+      tree_tolerance.assert_leaves_close(
+          (mesh, key), sharded[key], single[key], tree_tolerance.PARAM_FLOOR)
+    tree_tolerance.assert_leaves_close(
+        (mesh, "opt_state"), sharded["opt_state"], single["opt_state"],
+        tree_tolerance.MOMENT_FLOOR)
     # FSDP splits the model width, tensor parallelism the MLP and the heads:
     # embedding [V+1, W], MLP kernel [W, M], query kernel [W, N, H].
     _, fsdp, tensor = mesh
@@ -156,6 +135,7 @@ def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
 
 
 def test_leaf_error_is_relative_to_the_larger_of_the_leaf_and_the_floor():
+  leaf_error = tree_tolerance.leaf_error
   b = np.array([0.0, 2e-4, -1e-4])
   assert leaf_error(b + [0, 2e-9, 0], b, floor=0.0) == pytest.approx(1e-5)
   assert leaf_error(b + [0, 2e-9, 0], b, floor=0.02) == pytest.approx(1e-7)
