@@ -7,8 +7,8 @@ Memory: the OpenWebText `small` and `medium` configs' train state
 (parameters, AdamW moments + step counters, EMA) is built abstractly with
 `jax.eval_shape`; each leaf's logical axes go through the default rule table
 to a PartitionSpec, and its per-device shape is the global shape divided by
-the mesh axes it is split on (rounded up, as XLA pads). No devices are
-needed, so 64- and 256-device meshes are planned on this machine. The 8-device
+the mesh axes it is split on (which must divide it, as jit requires). No
+devices are needed, so 64- and 256-device meshes are planned on this machine. The 8-device
 meshes are checked against real NamedShardings in the step-time part.
 
 Step time: the CPU-sized text8 step of `benchmarks/train_step.py` (4 layers x

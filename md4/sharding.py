@@ -171,7 +171,6 @@ def planned_shard_shape(shape, spec, mesh_shape) -> tuple[int, ...]:
   """Shape one device holds of an array with PartitionSpec `spec`.
 
   Needs no devices, so meshes larger than this machine can be planned.
-  A dimension that the mesh does not divide is padded up, as XLA pads it.
 
   Args:
     shape: the global shape.
@@ -180,11 +179,22 @@ def planned_shard_shape(shape, spec, mesh_shape) -> tuple[int, ...]:
 
   Returns:
     The per-device shape.
+
+  Raises:
+    ValueError: when a mesh axis does not divide the dimension it splits
+      (jit rejects such a sharding too).
   """
   spec = tuple(spec or ())
   spec = spec + (None,) * (len(shape) - len(spec))
-  return tuple(-(-dim // _mesh_axes_size(mesh_shape, axes))
-               for dim, axes in zip(shape, spec))
+  sizes = [_mesh_axes_size(mesh_shape, axes) for axes in spec]
+  for dim, axes, size in zip(shape, spec, sizes):
+    if dim % size:
+      raise ValueError(
+          f"mesh {dict(mesh_shape)} splits a dimension of {dim} (array "
+          f"shape {tuple(shape)}) {size} ways along {axes}; choose sizes "
+          "that divide it or map its logical axis to None in "
+          "config.sharding.rules.")
+  return tuple(dim // size for dim, size in zip(shape, sizes))
 
 
 def planned_bytes_per_device(boxed_tree, rules, mesh_shape) -> int:

@@ -158,11 +158,14 @@ def test_planned_bytes_match_real_shardings_and_split_by_the_rules():
   assert sharding.planned_bytes_per_device(
       boxed, sharding.DEFAULT_RULES, one) == sharding.bytes_per_device(
           real) == (8 * 12 + 12 + 1) * 4
-  # fsdp 4 splits the width (8 -> 2), tensor 8 the MLP (12 -> 2, padded
-  # up from 1.5); data replicates; the scalar step stays whole.
+  # fsdp 4 splits the width (8 -> 2), tensor 3 the MLP (12 -> 4); data
+  # replicates; the scalar step stays whole.
   planned = sharding.planned_bytes_per_device(
-      boxed, sharding.DEFAULT_RULES, {"data": 16, "fsdp": 4, "tensor": 8})
-  assert planned == (2 * 2 + 2 + 1) * 4
+      boxed, sharding.DEFAULT_RULES, {"data": 16, "fsdp": 4, "tensor": 3})
+  assert planned == (2 * 4 + 4 + 1) * 4
+  with pytest.raises(ValueError, match=r"splits a dimension of 12 .* 8 ways"):
+    sharding.planned_bytes_per_device(
+        boxed, sharding.DEFAULT_RULES, {"data": 1, "fsdp": 1, "tensor": 8})
 
 
 def _boxed(shape, names):
