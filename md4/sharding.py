@@ -52,7 +52,10 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (MLP, TENSOR),
     (HEADS, TENSOR),
     (HEAD_DIM, None),
-    (VOCAB, None),  # V and V+1 rarely divide evenly; see issue #7.
+    # Replicated: jit needs even splits, and vocabularies rarely have them
+    # (GPT-2: V = 50257 = 29 x 1733; text8: 27); sharding VOCAB on TENSOR
+    # needs the logits layer padded to a multiple of the tensor size.
+    (VOCAB, None),
     (COND, None),
     (COND_IN, None),
     (CONV_IN, None),
