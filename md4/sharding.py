@@ -52,7 +52,10 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (MLP, TENSOR),
     (HEADS, TENSOR),
     (HEAD_DIM, None),
-    (VOCAB, None),  # V and V+1 rarely divide evenly; see issue #7.
+    # Replicated: jit needs even splits, and vocabularies rarely have them
+    # (GPT-2: V = 50257 = 29 x 1733; text8: 27); sharding VOCAB on TENSOR
+    # needs the logits layer padded to a multiple of the tensor size.
+    (VOCAB, None),
     (COND, None),
     (COND_IN, None),
     (CONV_IN, None),
@@ -156,3 +159,109 @@ def bytes_per_device(abstract_tree) -> int:
         leaf.shape)
     total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
   return total
+
+
+def _mesh_axes_size(mesh_shape, axes) -> int:
+  """Devices along `axes` (None, one mesh axis name or a tuple of them)."""
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  return math.prod(mesh_shape[a] for a in axes)
+
+
+def planned_shard_shape(shape, spec, mesh_shape) -> tuple[int, ...]:
+  """Shape one device holds of an array with PartitionSpec `spec`.
+
+  Needs no devices, so meshes larger than this machine can be planned.
+
+  Args:
+    shape: the global shape.
+    spec: a `jax.sharding.PartitionSpec` (or None: replicated).
+    mesh_shape: mesh axis name -> size, e.g. `{"data": 8, "fsdp": 4, ...}`.
+
+  Returns:
+    The per-device shape.
+
+  Raises:
+    ValueError: when a mesh axis does not divide the dimension it splits
+      (jit rejects such a sharding too).
+  """
+  spec = tuple(spec or ())
+  spec = spec + (None,) * (len(shape) - len(spec))
+  sizes = [_mesh_axes_size(mesh_shape, axes) for axes in spec]
+  for dim, axes, size in zip(shape, spec, sizes):
+    if dim % size:
+      raise ValueError(
+          f"mesh {dict(mesh_shape)} splits a dimension of {dim} (array "
+          f"shape {tuple(shape)}) {size} ways along {axes}; choose sizes "
+          "that divide it or map its logical axis to None in "
+          "config.sharding.rules.")
+  return tuple(dim // size for dim, size in zip(shape, sizes))
+
+
+def planned_bytes_per_device(boxed_tree, rules, mesh_shape) -> int:
+  """Bytes one device would hold of a boxed abstract tree on a planned mesh.
+
+  Args:
+    boxed_tree: output of `jax.eval_shape` on a function returning
+      `nn.LogicallyPartitioned` leaves (unboxed leaves count as replicated).
+    rules: the logical-axis rule table.
+    mesh_shape: mesh axis name -> size; need not match the local devices.
+
+  Returns:
+    Total bytes per device.
+  """
+  logical_specs = nn.get_partition_spec(boxed_tree)
+  mesh_specs = jax.tree.map(
+      lambda s: nn.logical_to_mesh_axes(s, rules), logical_specs,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  leaves = jax.tree.leaves(nn.meta.unbox(boxed_tree))
+  specs = jax.tree.leaves(
+      mesh_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  if len(leaves) != len(specs):
+    raise ValueError(f"{len(leaves)} arrays but {len(specs)} partition specs.")
+  return sum(
+      math.prod(planned_shard_shape(leaf.shape, spec, mesh_shape))
+      * np.dtype(leaf.dtype).itemsize for leaf, spec in zip(leaves, specs))
+
+
+MIB = 2**20
+
+
+def memory_report(compiled_step, abstract_state) -> str:
+  """One line: per-device MiB of the train state and of XLA's temporaries.
+
+  Parameters, optimizer state and EMA come from the state's shardings;
+  "activations and temporaries" is the compiled step's `temp_size_in_bytes`
+  (the buffers XLA allocates besides inputs and outputs: activations kept
+  for the backward pass, gradients, workspace). With donation the state's
+  outputs alias its inputs, so a device's peak is about
+  arguments + temporaries + the outputs that do not alias.
+
+  Args:
+    compiled_step: `jax.jit(step).lower(...).compile()`; jit reuses this
+      executable, so producing it costs no second compilation.
+    abstract_state: a `TrainState` of ShapeDtypeStructs with shardings
+      (fields params, opt_state, ema_params).
+
+  Returns:
+    The report.
+  """
+  parts = [
+      ("parameters", bytes_per_device(abstract_state.params)),
+      ("optimizer state", bytes_per_device(abstract_state.opt_state)),
+      ("EMA", bytes_per_device(abstract_state.ema_params)),
+  ]
+  stats = compiled_step.memory_analysis()
+  if stats is None:
+    parts_text = ", ".join(f"{n} {b / MIB:.1f} MiB" for n, b in parts)
+    return (f"Per device: {parts_text}; activations and temporaries: not "
+            "reported by this backend.")
+  peak = (stats.argument_size_in_bytes + stats.temp_size_in_bytes
+          + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+  parts += [("activations and temporaries", stats.temp_size_in_bytes),
+            ("step arguments (state + batch)", stats.argument_size_in_bytes),
+            ("estimated peak", peak)]
+  return "Per device: " + ", ".join(f"{n} {b / MIB:.1f} MiB"
+                                    for n, b in parts) + "."
