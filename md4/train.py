@@ -446,14 +446,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info("Initialised parameters from %s.", config.restore_from)
   if jax.process_index() == 0:
     parameter_overview.log_parameter_overview(state.params)
-    abstract = setup.abstract_state
-    logging.info(
-        "Per device: parameters %.1f MiB, optimizer state %.1f MiB, EMA "
-        "%.1f MiB (mesh %s).",
-        sharding.bytes_per_device(abstract.params) / 2**20,
-        sharding.bytes_per_device(abstract.opt_state) / 2**20,
-        sharding.bytes_per_device(abstract.ema_params) / 2**20,
-        dict(setup.mesh.shape))
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
 
   # ---------------------------------------------------- compiled steps --
@@ -469,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   outputs: dict[str, Any] = {"tensorboard": workdir,
                              "checkpoints": checkpointing.checkpoint_dir(
                                  workdir)}
-  step = int(state.step)
+  step = first_step = int(state.step)
   eval_metrics: dict[str, float] = {}
   preempted = False
   bad_steps = 0
@@ -479,8 +471,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # ------------------------------------------------------ one step --
       local = next(train_iter)
       md4.check_tokens(local["x"], info.vocab_size, info.data_shape)
-      state, metrics = train_step(state, _global_batch(setup, local),
-                                  train_rng)
+      batch = _global_batch(setup, local)
+      if step == first_step:  # jit reuses this executable: no 2nd compile.
+        memory = sharding.memory_report(
+            train_step.lower(state, batch, train_rng).compile(),
+            setup.abstract_state)
+        if jax.process_index() == 0:
+          logging.info("%s Mesh %s.", memory, dict(setup.mesh.shape))
+      state, metrics = train_step(state, batch, train_rng)
       step += 1
       if config.train.check_nans:
         bad_steps = _check_finite(metrics, step, bad_steps,
