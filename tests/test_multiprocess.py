@@ -93,3 +93,18 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(
   tree_tolerance.assert_leaves_close(
       "opt_state", multi_state["opt_state"], single_state["opt_state"],
       tree_tolerance.MOMENT_FLOOR)
+
+
+def test_cluster_detection_needs_a_multi_process_launch():
+  from md4 import distributed  # pylint: disable=g-import-not-at-top
+  detect = distributed.detected_cluster
+  assert detect({}) is None
+  # A plain python inside an sbatch script: one process.
+  assert detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None
+  assert detect({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0",
+                 "SLURM_STEP_NUM_TASKS": "1"}) is None
+  assert detect({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0",
+                 "SLURM_STEP_NUM_TASKS": "4"}) == "slurm"
+  assert detect({"OMPI_COMM_WORLD_SIZE": "1"}) is None
+  assert detect({"OMPI_COMM_WORLD_SIZE": "8"}) == "openmpi"
+  assert detect({"TPU_WORKER_ID": "0"}) == "tpu"
