@@ -54,6 +54,25 @@ def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
+def assert_restore_continues(make_loader, skip=3, keys=("x",)):
+  """A fresh loader restored from an iterator's state yields its next batches.
+
+  Args:
+    make_loader: () -> a new train loader, built as on resume.
+    skip: batches drawn before the state is saved.
+    keys: batch entries compared.
+  """
+  iterator = iter(make_loader())
+  take(iterator, skip)
+  state = iterator.get_state()
+  expected = take(iterator, 2)
+  restored = iter(make_loader())
+  restored.set_state(state)
+  for want, got in zip(expected, take(restored, 2)):
+    for key in keys:
+      np.testing.assert_array_equal(want[key], got[key])
+
+
 def image_keys(batches):
   """One hashable key per example (digits images are all distinct)."""
   return [x.tobytes() for b in batches for x in b["x"]]

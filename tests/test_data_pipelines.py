@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from data_setup import build, build_for_process, image_keys, make_config
-from data_setup import mnist_config, real_examples, take
+from data_setup import assert_restore_continues, mnist_config
+from data_setup import real_examples, take
 from md4.data import digits
 from md4.data import pipelines
 
@@ -63,16 +64,8 @@ def test_each_epoch_is_a_different_permutation_of_the_training_split():
 
 
 def test_restored_iterator_reproduces_the_following_batches():
-  loader = build(make_config()).train
-  iterator = iter(loader)
-  take(iterator, 3)
-  state = iterator.get_state()
-  expected = take(iterator, 2)
-  restored = iter(build(make_config()).train)  # a fresh loader, as on resume
-  restored.set_state(state)
-  for want, got in zip(expected, take(restored, 2)):
-    np.testing.assert_array_equal(want["x"], got["x"])
-    np.testing.assert_array_equal(want["label"], got["label"])
+  assert_restore_continues(lambda: build(make_config()).train,
+                           keys=("x", "label"))
 
 
 def test_eval_iterators_are_fresh_finite_and_deterministic():
@@ -224,11 +217,4 @@ def test_random_flips_repeat_with_the_seed_and_after_a_restore():
   again = take(iter(build(config, seed=5).train), 2)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a["x"], b["x"])
-  iterator = iter(build(config, seed=5).train)
-  take(iterator, 3)
-  state = iterator.get_state()
-  expected = take(iterator, 2)
-  restored = iter(build(config, seed=5).train)
-  restored.set_state(state)
-  for want, got in zip(expected, take(restored, 2)):
-    np.testing.assert_array_equal(want["x"], got["x"])
+  assert_restore_continues(lambda: build(config, seed=5).train)

@@ -5,7 +5,8 @@ import gzip
 import numpy as np
 import pytest
 
-from data_setup import SHARED_DATA, SHARED_PROTEIN, build, make_config, take
+from data_setup import SHARED_DATA, SHARED_PROTEIN, assert_restore_continues
+from data_setup import build, make_config
 from md4.data import protein
 
 
@@ -121,14 +122,7 @@ def test_ecoli_proteome_loads_with_a_seeded_split_of_its_4363_proteins():
 @needs_proteome
 def test_ecoli_proteome_restored_iterator_redraws_the_same_crops():
   config = protein_config(SHARED_DATA, data_shape=(64,))
-  iterator = iter(build(config, batch=8).train)
-  take(iterator, 2)
-  state = iterator.get_state()
-  expected = take(iterator, 2)
-  restored = iter(build(config, batch=8).train)
-  restored.set_state(state)
-  for want, got in zip(expected, take(restored, 2)):
-    np.testing.assert_array_equal(want["x"], got["x"])
+  assert_restore_continues(lambda: build(config, batch=8).train, skip=2)
 
 
 def test_protein_info_encode_inverts_decode(tmp_path):
