@@ -11,9 +11,6 @@ frames); `draw` runs it batch after batch for `python -m md4.sample`, like
 `md4.sampling.drawing.draw` does for the MD4 samplers.
 """
 
-import math
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,29 +81,11 @@ def draw(model, params, *, num_samples: int, batch_size: int, seed: int,
   Batch b uses the key fold_in(key(seed), b); the last batch is trimmed;
   the history is the first batch's.
   """
-  for name, value in (("--num_samples", num_samples),
-                      ("--batch_size", batch_size)):
-    if value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {value}.")
-  batch_size = min(batch_size, num_samples)
+  batch_size = drawing.batch_size_for(num_samples, batch_size)
 
   def one_batch(params, rng):
     return reverse_chain(model, {"params": params}, rng, batch_size, label,
                          num_frames)
 
-  key = jax.random.key(seed)
-  start = time.perf_counter()
-  compiled = jax.jit(one_batch).lower(params, key).compile()
-  compile_seconds = time.perf_counter() - start
-
-  samples, calls, history = [], [], None
-  start = time.perf_counter()
-  for b in range(math.ceil(num_samples / batch_size)):
-    result = compiled(params, jax.random.fold_in(key, b))
-    samples.append(np.asarray(result.samples))
-    calls.append(int(result.network_calls))
-    if b == 0 and result.history is not None:
-      history = np.asarray(result.history)
-  seconds = time.perf_counter() - start
-  return drawing.Drawn(np.concatenate(samples)[:num_samples], history,
-                       float(np.mean(calls)), seconds, compile_seconds)
+  return drawing.run_batches(one_batch, params, num_samples=num_samples,
+                             batch_size=batch_size, seed=seed)

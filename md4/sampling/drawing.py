@@ -46,6 +46,50 @@ def _batch_of(known: core.Known, start: int, size: int) -> core.Known:
                     np.asarray(known.tokens)[rows].astype(np.int32))
 
 
+def batch_size_for(num_samples: int, batch_size: int) -> int:
+  """The batch size actually compiled; both flags must be positive."""
+  for name, value in (("--num_samples", num_samples),
+                      ("--batch_size", batch_size)):
+    if value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value}.")
+  return min(batch_size, num_samples)
+
+
+def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
+                seed: int, per_batch=lambda start: ()) -> Drawn:
+  """Compiles `one_batch` once and runs it until num_samples are drawn.
+
+  Args:
+    one_batch: (params, rng, *per_batch(start)) -> `core.Result` of
+      batch_size samples.
+    params: the (EMA) parameters.
+    num_samples: N; the last batch is trimmed.
+    batch_size: samples per call (from `batch_size_for`).
+    seed: batch b uses the key fold_in(key(seed), b).
+    per_batch: start row -> the extra arguments of that batch.
+
+  Returns:
+    The `Drawn` samples, the first batch's history and the statistics.
+  """
+  key = jax.random.key(seed)
+  start = time.perf_counter()
+  compiled = jax.jit(one_batch).lower(params, key, *per_batch(0)).compile()
+  compile_seconds = time.perf_counter() - start
+
+  samples, calls, history = [], [], None
+  start = time.perf_counter()
+  for b in range(math.ceil(num_samples / batch_size)):
+    result = compiled(params, jax.random.fold_in(key, b),
+                      *per_batch(b * batch_size))
+    samples.append(np.asarray(result.samples))
+    calls.append(int(result.network_calls))
+    if b == 0 and result.history is not None:
+      history = np.asarray(result.history)
+  seconds = time.perf_counter() - start
+  return Drawn(np.concatenate(samples)[:num_samples], history,
+               float(np.mean(calls)), seconds, compile_seconds)
+
+
 def draw(model, params, sampler: str, settings: core.Settings, *,
          num_samples: int, batch_size: int, seed: int,
          known: core.Known | None = None, label: int | None = None,
@@ -69,11 +113,7 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
   """
   settings.validate()
   sample_fn = sampling.get(sampler)
-  for name, value in (("--num_samples", num_samples),
-                      ("--batch_size", batch_size)):
-    if value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {value}.")
-  batch_size = min(batch_size, num_samples)
+  batch_size = batch_size_for(num_samples, batch_size)
   if known is None:
     known = core.no_known(1, model.data_shape)
 
@@ -82,21 +122,7 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
                               guidance=guidance)
     return sample_fn(reverse, rng, batch_size, settings, known)
 
-  key = jax.random.key(seed)
-  start = time.perf_counter()
-  compiled = jax.jit(one_batch).lower(
-      params, key, _batch_of(known, 0, batch_size)).compile()
-  compile_seconds = time.perf_counter() - start
-
-  samples, calls, history = [], [], None
-  start = time.perf_counter()
-  for b in range(math.ceil(num_samples / batch_size)):
-    result = compiled(params, jax.random.fold_in(key, b),
-                      _batch_of(known, b * batch_size, batch_size))
-    samples.append(np.asarray(result.samples))
-    calls.append(int(result.network_calls))
-    if b == 0 and result.history is not None:
-      history = np.asarray(result.history)
-  seconds = time.perf_counter() - start
-  return Drawn(np.concatenate(samples)[:num_samples], history,
-               float(np.mean(calls)), seconds, compile_seconds)
+  return run_batches(
+      one_batch, params, num_samples=num_samples, batch_size=batch_size,
+      seed=seed, per_batch=lambda start: (_batch_of(known, start,
+                                                    batch_size),))
