@@ -13,6 +13,9 @@ import os
 
 import ml_collections
 
+from md4 import networks
+from md4.diffusion import d3pm
+
 # Sections whose keys are fixed here. `network` is open: its keys are the
 # fields of the network named by `network.name`.
 _CLOSED_SECTIONS = ("data", "model", "optimizer", "train", "sharding")
@@ -176,9 +179,9 @@ _EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
 _EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
 _CHOICES = {
     "model.process": ("md4", "genmd4", "d3pm"),
-    "model.transition": ("uniform", "absorbing", "gaussian"),  # d3pm.TRANSITIONS
+    "model.transition": d3pm.TRANSITIONS,
     "optimizer.lr_schedule": ("cosine", "constant"),
-    "network.dtype": ("float32", "bfloat16", "float16"),
+    "network.dtype": tuple(networks.COMPUTE_DTYPES),
 }
 
 
