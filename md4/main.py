@@ -56,6 +56,8 @@ def run(config, workdir: str) -> str:
     from md4 import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
+    # The traceback, for a bug rather than a bad input: --verbosity=1.
+    logging.debug("md4 error", exc_info=True)
     raise SystemExit(f"md4 error: {e}") from e
   logging.info("Done: %s", result)
   if result["preempted"]:
