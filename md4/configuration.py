@@ -82,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999  # AdamW second-moment decay.
   c.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
   c.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+  # Scales the updates of every embedding table (token and label
+  # embeddings) after AdamW; 1 leaves them as the other parameters.
+  c.optimizer.embedding_lr_multiplier = 1.0
   c.optimizer.ema_decay = 0.9999  # EMA of parameters; 0 keeps no EMA.
 
   c.train = ml_collections.ConfigDict()
@@ -155,6 +158,7 @@ _RANGES = {
     "optimizer.b2": ("float", 0.0, 1.0),
     "optimizer.weight_decay": ("float", 0.0, None),
     "optimizer.grad_clip_norm": ("float", 0.0, None),
+    "optimizer.embedding_lr_multiplier": ("float", 0.0, None),
     "optimizer.ema_decay": ("float", 0.0, 1.0),
     "train.batch_size": ("int", 1, None),
     "train.num_steps": ("int", 1, None),
@@ -268,8 +272,19 @@ TRANSFORMER_SIZES = {
 }
 
 
-def transformer(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
-  """config.network for the DiT transformer of a named size."""
+def transformer(size: str, dropout_rate: float,
+                embed_dim: int = 0) -> ml_collections.ConfigDict:
+  """config.network for the reference MD4 text transformer of a named size.
+
+  As the reference builds it: the conditioning vector is width / num_heads
+  wide (its `feature_dim`), sigmoid-gated MLP, adaLN-zero.
+
+  Args:
+    size: a key of TRANSFORMER_SIZES.
+    dropout_rate: network.dropout_rate.
+    embed_dim: 0 embeds tokens at the width (OpenWebText); E > 0 embeds them
+      E wide and projects to the width (the reference's text8 model, E = 64).
+  """
   if size not in TRANSFORMER_SIZES:
     raise ValueError(f"transformer size {size!r}; valid: "
                      f"{', '.join(TRANSFORMER_SIZES)}.")
@@ -280,9 +295,14 @@ def transformer(size: str, dropout_rate: float) -> ml_collections.ConfigDict:
       num_layers=layers,  # Transformer blocks.
       width=width,  # Residual stream width.
       num_heads=heads,  # Attention heads (head dim = width / heads).
-      mlp_type="glu",  # glu (GELU-gated), swiglu or gelu.
+      # glu (sigmoid-gated), geglu (GELU-gated), swiglu (SiLU-gated), all
+      # without biases, or gelu (plain, with biases).
+      mlp_type="glu",
       mlp_ratio=4.0,  # MLP hidden = 2/3 * ratio * width for gated MLPs.
-      cond_width=128,  # Time/label conditioning vector width.
+      cond_width=width // heads,  # Time/label conditioning vector width.
+      cond_type="adaln_zero",  # adaln_zero (zero-init modulation) or adaln.
+      # 0: tokens embedded at the width; E > 0: E wide, then a Dense.
+      embed_dim=embed_dim,
       depth_scaled_init=True,  # Output projections scaled by 1/sqrt(2 L).
       use_rope=True,  # Rotary position embeddings.
       dropout_rate=dropout_rate,
@@ -304,9 +324,9 @@ def variant(arg: str | None, valid: tuple[str, ...]) -> str:
 
 
 def unet(ch: int, num_res_blocks: int, dropout_rate: float,
-         ch_mult=(1,), attn_resolutions=(), embed_dim: int = 32,
-         cond_width: int = 512) -> ml_collections.ConfigDict:
-  """config.network for the image U-Net."""
+         ch_mult=(1,), attn_resolutions=(), embed_dim: int = 128,
+         cond_width: int = 128) -> ml_collections.ConfigDict:
+  """config.network for the image U-Net (defaults: the reference's widths)."""
   return ml_collections.ConfigDict(dict(
       name="unet",
       dtype="float32",
@@ -346,7 +366,7 @@ def use_digits(c: ml_collections.ConfigDict) -> None:
   c.data.vocab_size = 17
   c.data.pad_to = 0
   c.network = unet(ch=32, num_res_blocks=2, dropout_rate=0.1,
-                   attn_resolutions=(8,), embed_dim=16, cond_width=128)
+                   attn_resolutions=(8,), embed_dim=16, cond_width=32)
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.ema_decay = 0.995
@@ -363,7 +383,7 @@ def use_digits(c: ml_collections.ConfigDict) -> None:
 def use_cpu_unet(c: ml_collections.ConfigDict, num_steps: int = 500) -> None:
   """Shrinks an image config to a laptop-sized U-Net run."""
   c.network = unet(ch=32, num_res_blocks=1, dropout_rate=0.0, ch_mult=(1, 2),
-                   cond_width=128)
+                   embed_dim=32, cond_width=32)
   c.train.batch_size = 16
   c.train.eval_batch_size = 100
   c.train.eval_max_batches = 2

@@ -25,20 +25,43 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict,
   return optax.join_schedules([warm, after], [warmup])
 
 
+# Name of the table parameter of every flax nn.Embed.
+EMBEDDING_PARAM = "embedding"
+
+
+def embedding_mask(params):
+  """True at every embedding table (a leaf named EMBEDDING_PARAM)."""
+  def is_table(path, _):
+    last = path[-1]
+    return getattr(last, "key", None) == EMBEDDING_PARAM
+  return jax.tree_util.tree_map_with_path(is_table, params)
+
+
 def build_optimizer(opt: ml_collections.ConfigDict,
                     num_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with the learning-rate schedule.
+  """Global-norm clipping, AdamW with the learning-rate schedule, then the
+  embedding tables' updates scaled by `embedding_lr_multiplier`.
 
   Weight decay skips one-dimensional parameters (biases, norm scales,
-  GenMD4's schedule exponents), the usual practice for transformers.
+  GenMD4's schedule exponents), the usual practice for transformers; the
+  reference MD4 code decays every parameter.
+
+  The reference has the same multiplier, but its mask looks for
+  "embedding_matrix" in parameter paths, which flax's nn.Embed (parameter
+  "embedding") never has, so there it scales nothing; here it scales every
+  token and label embedding table.
   """
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  adamw = optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1,
-                      b2=opt.b2, weight_decay=opt.weight_decay,
-                      mask=decay_mask)
+  chain = []
   if opt.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
-  return adamw
+    chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1,
+                           b2=opt.b2, weight_decay=opt.weight_decay,
+                           mask=decay_mask))
+  if opt.embedding_lr_multiplier != 1.0:
+    chain.append(optax.masked(optax.scale(opt.embedding_lr_multiplier),
+                              embedding_mask))
+  return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 
 def ema_update(ema_params, params, decay: float):

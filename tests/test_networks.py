@@ -160,7 +160,7 @@ def test_unet_logits_have_shape_batch_height_width_channels_vocab(
 
 
 @pytest.mark.parametrize("data_shape, ch_mult", [
-    ((64, 64, 3), (1, 1, 2)),  # 64 -> 16: 256 transformer tokens
+    ((64, 64, 3), (1, 1, 2)),  # 64 -> 16: 8 x 8 = 64 patches of 2 x 2
 ])
 def test_uvit_logits_have_shape_batch_height_width_channels_vocab(
     data_shape, ch_mult):
@@ -171,7 +171,7 @@ def test_uvit_logits_have_shape_batch_height_width_channels_vocab(
   assert logits.shape == (BATCH, *data_shape, VOCAB)
   assert logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
-  tokens = (data_shape[0] // 2 ** (len(ch_mult) - 1)) ** 2
+  tokens = (data_shape[0] // 2 ** (len(ch_mult) - 1) // 2) ** 2
   assert variables["params"]["position_embedding"].value.shape == (tokens, 32)
 
 
@@ -213,15 +213,42 @@ def test_learned_position_embeddings_replace_rope_when_asked():
     apply(net, variables, z, t, train=False)
 
 
-def test_mlp_hidden_width_is_two_thirds_rounded_up_to_64_when_gated():
+def test_mlp_hidden_width_is_two_thirds_rounded_up_to_32_when_gated():
   assert mlp_hidden_width(768, 4.0, "glu") == 2048
   assert mlp_hidden_width(1024, 4.0, "swiglu") == 2752  # 2730 -> 2752
+  assert mlp_hidden_width(200, 4.0, "geglu") == 544  # 533 -> 544 (not 576)
   assert mlp_hidden_width(768, 4.0, "gelu") == 3072
 
 
-def test_group_norm_groups_divide_small_channel_counts():
-  assert [num_groups(c) for c in (1, 3, 8, 12, 48, 128, 96)] == [
-      1, 3, 8, 12, 24, 32, 32]
+def test_glu_is_sigmoid_gated_geglu_gelu_gated_swiglu_silu_gated():
+  from md4.networks.transformer import Mlp  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 2, 4)), jnp.float32)
+  for mlp_type, act in (("glu", jax.nn.sigmoid), ("geglu", jax.nn.gelu),
+                        ("swiglu", jax.nn.silu)):
+    net = Mlp(hidden=8, mlp_type=mlp_type)
+    params = random_variables_of(net, x)
+    p = params["params"]
+    assert set(p) == {"wi_gate", "wi_up", "wo"}
+    assert all(set(p[k]) == {"kernel"} for k in p)  # no biases
+    kernel = lambda k: np.asarray(nn.unbox(p[k]["kernel"]))
+    expected = (act(x @ kernel("wi_gate")) * (x @ kernel("wi_up"))
+                ) @ kernel("wo")
+    np.testing.assert_allclose(net.apply(params, x), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def random_variables_of(module, *args):
+  """N(0, 1) values for every variable of `module` called on args."""
+  rng = np.random.default_rng(3)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
+  return jax.tree.map(
+      lambda leaf: jnp.asarray(rng.standard_normal(leaf.shape), jnp.float32),
+      nn.unbox(shapes))
+
+
+def test_group_norm_keeps_four_channels_per_group_below_128_channels():
+  assert [num_groups(c) for c in (1, 3, 8, 12, 48, 64, 96, 128, 256)] == [
+      1, 1, 2, 3, 12, 16, 24, 32, 32]
 
 
 # ------------------------------------------------------- parameter counts
@@ -235,80 +262,112 @@ def abstract_params(net, data_shape):
   return variables["params"]
 
 
-def transformer_param_count(vocab, width, layers, hidden, cond=128,
+def transformer_param_count(vocab, width, layers, hidden, cond, embed=0,
                             num_classes=0):
-  """Hand-derived parameter count of `Transformer` (RoPE, gated MLP)."""
-  embedding = (vocab + 1) * width  # + MASK row
-  conditioning = 2 * (cond * cond + cond)  # 2-layer time MLP, input cond wide
-  if num_classes:
-    conditioning += (num_classes + 1) * cond
-  attention = 4 * (width * width + width)  # q, k, v, out with biases
-  mlp = 2 * (width * hidden + hidden) + hidden * width + width
+  """Hand-derived parameter count of the reference MD4 text transformer."""
+  if embed:  # embedded `embed` wide, then a Dense (with bias) to the width
+    embedding = (vocab + 1) * embed + embed * width + width
+  else:
+    embedding = (vocab + 1) * width  # + MASK row
+  conditioning = cond * 4 * cond + 4 * cond + 4 * cond * cond + cond
+  if num_classes:  # label table; its vector is concatenated to the time's
+    conditioning += (num_classes + 1) * cond + cond * 4 * cond
+  attention = 4 * width * width  # q, k, v, out without biases
+  mlp = 3 * width * hidden  # gated, without biases
   adaln = cond * 6 * width + 6 * width
-  final = (cond * 2 * width + 2 * width) + (width * vocab + vocab)
+  final = (cond * 2 * width + 2 * width) + width * vocab  # head: no bias
   return embedding + conditioning + layers * (attention + mlp + adaln) + final
 
 
-def test_transformer_small_parameter_count_matches_formula():
-  # GPT-2 small shape with untied input/output embeddings: 38.6M in each
-  # embedding, 7.68M per block (2.36M attention, 4.72M gated MLP, 0.59M
-  # adaLN), 169.6M in all; GPT-2 itself (tied, plain MLP) has 124M.
-  net = build_network("transformer", vocab_size=50257, data_shape=(1024,))
+def test_transformer_owt_small_parameter_count_matches_formula():
+  # The reference's 165,857,344: 38.6M in each (untied) embedding, 7.38M per
+  # block (2.36M attention, 4.72M gated MLP, 0.30M adaLN from a 64-wide c).
+  net = build_network("transformer", vocab_size=50257, data_shape=(1024,),
+                      cond_width=64)
   n = count_params(abstract_params(net, (8,)))  # RoPE: independent of L
-  assert n == transformer_param_count(50257, 768, 12, 2048)
-  assert n == 169_640_017
+  assert n == transformer_param_count(50257, 768, 12, 2048, cond=64)
+  assert n == 165_857_344
+
+
+def test_transformer_text8_parameter_count_matches_formula():
+  net = build_network("transformer", vocab_size=27, data_shape=(256,),
+                      cond_width=64, embed_dim=64)
+  n = count_params(abstract_params(net, (8,)))
+  assert n == transformer_param_count(27, 768, 12, 2048, cond=64, embed=64)
+  assert n == 88_734_272
 
 
 def test_transformer_medium_parameter_count_matches_formula():
   net = build_network("transformer", vocab_size=50257, data_shape=(1024,),
-                      num_layers=24, width=1024, num_heads=16)
+                      num_layers=24, width=1024, num_heads=16, cond_width=64)
   n = count_params(abstract_params(net, (8,)))
-  assert n == transformer_param_count(50257, 1024, 24, 2752)
-  assert n == 426_114_385
+  assert n == transformer_param_count(50257, 1024, 24, 2752, cond=64)
+
+
+def test_class_conditional_transformer_concatenates_the_label_embedding():
+  net = build_network("transformer", vocab_size=11, data_shape=(8,),
+                      num_layers=1, width=32, num_heads=4, cond_width=8,
+                      num_classes=3)
+  n = count_params(abstract_params(net, (8,)))
+  assert n == transformer_param_count(11, 32, 1, mlp_hidden_width(32, 4.0,
+                                                                 "glu"),
+                                      cond=8, num_classes=3)
 
 
 def unet_res_block_count(cin, cout, cond):
   norms = 2 * cin + 2 * cout
   convs = 9 * cin * cout + cout + 9 * cout * cout + cout
   skip = cin * cout + cout if cin != cout else 0
-  return norms + convs + (cond * 2 * cout + 2 * cout) + skip  # scale, shift
+  return norms + convs + cond * cout + skip  # bias-free cond projection
 
 
 def test_unet_cifar10_parameter_count_matches_formula():
-  # VDM's CIFAR-10 U-Net: 128 channels, 32 ResBlocks down, 33 up (each reading
-  # a 128-channel skip), no downsampling, attention in the middle only.
+  # VDM's CIFAR-10 U-Net as the reference builds it: 128 channels, 32
+  # ResBlocks down, 33 up (each reading a 128-channel skip), no downsampling,
+  # attention in the middle only; 28,427,520 parameters.
   net = build_network("unet", vocab_size=256, data_shape=(32, 32, 3))
   n = count_params(abstract_params(net, (32, 32, 3)))
-  ch, cond, vocab, embed = 128, 512, 256, 32
+  ch, cond, vocab, embed = 128, 128, 256, 128
   expected = (
-      2 * (cond * cond + cond)  # time MLP
+      cond * 4 * cond + 4 * cond + 4 * cond * cond + cond  # time MLP
       + (vocab + 1) * embed  # shared channel embedding
       + 9 * 3 * embed * ch + ch  # conv in
       + 32 * unet_res_block_count(ch, ch, cond)  # down
       + 2 * unet_res_block_count(ch, ch, cond)  # middle
-      + 2 * ch + 4 * (ch * ch + ch)  # middle attention
+      + 2 * ch + 4 * (ch * ch + ch)  # middle attention (with biases)
       + 33 * unet_res_block_count(2 * ch, ch, cond)  # up
       + 2 * ch + 9 * ch * 3 * vocab + 3 * vocab)  # output head
   assert n == expected
-  assert n == 36_165_920
+  assert n == 28_427_520
 
 
-def test_uvit_imagenet64_parameter_count_is_in_range():
-  net = build_network("uvit", vocab_size=256, data_shape=(64, 64, 3),
-                      num_classes=1000)
+def test_uvit_imagenet64_parameter_count_matches_formula():
+  net = build_network("uvit", vocab_size=256, data_shape=(64, 64, 3))
   params = abstract_params(net, (64, 64, 3))
   n = count_params(params)
-  # Each transformer block (width 768, cond 256, gated MLP 2048 wide):
-  # 2.36M attention + 4.72M MLP + 1.18M adaLN.
-  block = (4 * (768 * 768 + 768) + 2 * (768 * 2048 + 2048) + 2048 * 768 + 768
-           + 256 * 6 * 768 + 6 * 768)
-  assert count_params(params["transformer_block_0"]) == block == 8_270_080
-  # 20 blocks are 165.4M. The convolutional encoder (8 ResBlocks per level
-  # at 256, 256, 512 channels: two 3x3 convs of 0.59M / 0.59M / 2.4M each,
-  # 1.3M / 1.3M / 4.7M per block incl. the 256 -> 512 one) is ~61M; the
-  # decoder (9 per level, inputs widened by the skips: ~2M / 2M / 7M) ~110M.
-  assert 300e6 < n < 370e6
-  assert n == 339_532_576
+  width, cond, ch, embed, vocab = 768, 256, 256, 256, 256
+  # DiT block: q, k, v with biases, out without; plain GELU MLP with biases;
+  # adaLN-zero from the 256-wide c.
+  block = (3 * (width * width + width) + width * width
+           + 2 * width * 4 * width + 4 * width + width
+           + cond * 6 * width + 6 * width)
+  assert count_params(params["transformer_block_0"]) == block
+  # ResBlock with modulated GroupNorms: each norm's scale and shift come
+  # from a Dense of c (with bias) instead of its own affine.
+  def res_block(cin, cout):
+    norms = (cond * 2 * cin + 2 * cin) + (cond * 2 * cout + 2 * cout)
+    skip = cin * cout + cout if cin != cout else 0
+    return norms + 9 * cin * cout + cout + 9 * cout * cout + cout + skip
+  patches = (64 // 2) ** 2
+  dit = (4 * ch * width + width + patches * width + 20 * block
+         + cond * 2 * width + 2 * width + width * 4 * ch + 4 * ch)
+  expected = (
+      cond * 4 * cond + 4 * cond + 4 * cond * cond + cond
+      + (vocab + 1) * embed + 9 * 3 * embed * ch + ch
+      + 8 * res_block(ch, ch) + dit + 9 * res_block(2 * ch, ch)
+      + cond * 2 * ch + 2 * ch + 9 * ch * 3 * vocab + 3 * vocab)
+  assert n == expected
+  assert n == 204_595_712
 
 
 # ------------------------------------------------------------ conditioning

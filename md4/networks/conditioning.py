@@ -1,9 +1,13 @@
 """Conditioning vector shared by every denoiser: diffusion time and class label.
 
 `Conditioning` turns `t: [B]` and an optional `label: [B]` into one vector per
-example, `c: [B, cond_width]`:
+example, `c: [B, cond_width]`, as the reference MD4 code does:
 
-    c = MLP(sinusoidal(1000 * t)) + label_embedding(label)
+    c = Dense(cond_width)(silu(Dense(4 * cond_width)(
+            concat[sinusoidal(1000 * t), label_embedding(label)])))
+
+(the label part only for class-conditional networks; without time features
+the label embedding is `c` itself).
 
 The label table has `num_classes + 1` rows; row `num_classes` is the reserved
 "no label" id that classifier-free guidance trains and samples with. A missing
@@ -28,6 +32,8 @@ TIME_FEATURES = ("t", "none")
 # Diffusion time lives in [0, 1]; sinusoidal features were designed for integer
 # timesteps in [0, 1000], so t is stretched to that range first.
 TIME_SCALE = 1000.0
+# Hidden width of the conditioning MLP, in multiples of cond_width.
+HIDDEN_MULT = 4
 
 
 def sinusoidal_features(t: jnp.ndarray, dim: int,
@@ -40,15 +46,17 @@ def sinusoidal_features(t: jnp.ndarray, dim: int,
     max_period: the longest wavelength.
 
   Returns:
-    [B, dim] float32 features `[cos(t * f_i), sin(t * f_i)]` with frequencies
-    `f_i` spaced geometrically from 1 to 1 / max_period.
+    [B, dim] float32 features `[sin(t * f_i), cos(t * f_i)]` with frequencies
+    `f_i` spaced geometrically from 1 down to exactly 1 / max_period (the
+    DDPM / reference MD4 convention: `f_i = max_period ** (-i / (dim/2 - 1))`).
   """
-  if dim % 2:
-    raise ValueError(f"sinusoidal feature dim must be even, got {dim}.")
+  if dim % 2 or dim < 4:
+    raise ValueError(f"sinusoidal feature dim must be even and >= 4, got "
+                     f"{dim}.")
   half = dim // 2
-  freqs = np.exp(-np.log(max_period) * np.arange(half) / half)  # [dim/2]
+  freqs = np.exp(-np.log(max_period) * np.arange(half) / (half - 1))  # [D/2]
   args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, dim/2]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # [B, dim]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)  # [B, dim]
 
 
 def check_time_features(time_features: str) -> None:
@@ -92,18 +100,7 @@ class Conditioning(nn.Module):
           "a label was passed but num_classes == 0; set num_classes > 0 for a "
           "class-conditional network or pass label=None.")
 
-    c = None
-    if self.time_features == "t":
-      if t is None:
-        raise ValueError('t is None but time_features == "t"; pass t: [B].')
-      t = jnp.asarray(t, jnp.float32)
-      if t.ndim > 1:
-        raise ValueError(f"t must have shape [B], got {t.shape}.")
-      t = jnp.broadcast_to(t, (batch_size,))  # t: [B]
-      feats = sinusoidal_features(TIME_SCALE * t, self.cond_width)  # [B, Dc]
-      c = self._dense("time_mlp_0")(feats)
-      c = self._dense("time_mlp_1")(nn.silu(c))  # c: [B, Dc]
-
+    label_emb = None
     if self.num_classes > 0:
       no_label = self.num_classes  # the reserved "no label" id
       if label is None:
@@ -118,12 +115,25 @@ class Conditioning(nn.Module):
           embedding_init=nn.with_logical_partitioning(
               nn.initializers.normal(stddev=1.0), (None, COND)),
           name="label_embedding")(label)  # [B, Dc]
-      c = label_emb if c is None else c + label_emb
-    return c
 
-  def _dense(self, name: str) -> nn.Dense:
+    if self.time_features == "none":
+      return label_emb  # [B, Dc] or None
+    if t is None:
+      raise ValueError('t is None but time_features == "t"; pass t: [B].')
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim > 1:
+      raise ValueError(f"t must have shape [B], got {t.shape}.")
+    t = jnp.broadcast_to(t, (batch_size,))  # t: [B]
+    feats = sinusoidal_features(TIME_SCALE * t, self.cond_width)  # [B, Dc]
+    if label_emb is not None:
+      feats = jnp.concatenate([feats, label_emb.astype(feats.dtype)],
+                              axis=-1)  # [B, 2 Dc]
+    c = self._dense(HIDDEN_MULT * self.cond_width, "time_mlp_0")(feats)
+    return self._dense(self.cond_width, "time_mlp_1")(nn.silu(c))  # [B, Dc]
+
+  def _dense(self, features: int, name: str) -> nn.Dense:
     return nn.Dense(
-        self.cond_width, dtype=self.dtype, param_dtype=jnp.float32,
+        features, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (COND_IN, COND)),
         bias_init=nn.with_logical_partitioning(

@@ -1,8 +1,15 @@
 """DiT-style bidirectional transformer denoiser for text.
 
-    z [B, L] -> token embedding (vocab_size + 1 rows, the last is MASK)
+    z [B, L] -> token embedding (vocab_size + 1 rows, the last is MASK;
+                at the model width, or `embed_dim` wide and projected)
              -> num_layers x TransformerBlock (pre-LN, adaLN-zero)
              -> LayerNorm + adaLN shift/scale -> Dense -> logits [B, L, V]
+
+This is the reference MD4 text network (a LLaMA-style block with adaLN
+conditioning): q/k/v/out projections, gated MLP and output head without
+biases, RoPE, gated MLP hidden width 2/3 * 4 * width rounded up to a multiple
+of 32, a conditioning vector width / num_heads wide. The paper configs build
+it with the reference's parameter counts (tests/test_configs.py).
 
 Each block reads a conditioning vector `c` (time and label, see
 `conditioning.py`). From `c` a zero-initialised Dense produces a shift, scale
@@ -32,7 +39,16 @@ import numpy as np
 from md4.networks.conditioning import Conditioning
 from md4.sharding import BATCH, COND, EMBED, HEAD_DIM, HEADS, LENGTH, MLP, VOCAB
 
-MLP_TYPES = ("glu", "swiglu", "gelu")
+# The reference's names: "glu" is sigmoid-gated (Dauphin et al.), "geglu"
+# GELU-gated, "swiglu" SiLU-gated (no biases); "gelu" is the plain two-layer
+# MLP with biases (DiT's).
+MLP_TYPES = ("glu", "geglu", "swiglu", "gelu")
+GATE_ACTIVATIONS = {"glu": nn.sigmoid, "geglu": nn.gelu, "swiglu": nn.silu}
+# adaLN-zero: the modulation Dense starts at zero, so every block starts as
+# the identity; adaLN: the Dense has the default (LeCun normal) init.
+COND_TYPES = ("adaln_zero", "adaln")
+# Gated MLP hidden widths are rounded up to a multiple of this (reference).
+MLP_MULTIPLE_OF = 32
 ATTENTION_IMPLS = ("xla", "cudnn", None)
 
 # Standard deviation of the normal initialiser of every weight matrix (GPT-2).
@@ -52,10 +68,10 @@ def mlp_hidden_width(width: int, mlp_ratio: float, mlp_type: str) -> int:
   """Hidden width of the MLP.
 
   A plain "gelu" MLP uses `int(mlp_ratio * width)`. The gated MLPs ("glu",
-  "swiglu") have three weight matrices instead of two, so to keep the
-  parameter count of a plain MLP they use `2/3 * mlp_ratio * width`, rounded
-  up to a multiple of 64 for efficient matrix tiles. For width 768 and ratio 4
-  that is 2048; for width 1024 it is 2752.
+  "geglu", "swiglu") have three weight matrices instead of two, so to keep the
+  parameter count of a plain MLP they use `int(2/3 * mlp_ratio * width)`,
+  rounded up to a multiple of MLP_MULTIPLE_OF (32, as the reference). For
+  width 768 and ratio 4 that is 2048; for width 1024 it is 2752.
 
   Args:
     width: model width.
@@ -69,7 +85,7 @@ def mlp_hidden_width(width: int, mlp_ratio: float, mlp_type: str) -> int:
   if mlp_type == "gelu":
     return int(mlp_ratio * width)
   hidden = int(2 * mlp_ratio * width / 3)
-  return -(-hidden // 64) * 64
+  return -(-hidden // MLP_MULTIPLE_OF) * MLP_MULTIPLE_OF
 
 
 def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -127,6 +143,7 @@ class ShapedDense(nn.Module):
   bias_axes: tuple[str | None, ...]
   kernel_init: Any = nn.initializers.zeros_init()
   num_in_axes: int = 1
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -136,12 +153,14 @@ class ShapedDense(nn.Module):
         "kernel", nn.with_logical_partitioning(self.kernel_init,
                                                self.kernel_axes),
         tuple(in_dims) + tuple(self.features), jnp.float32)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
+                      axes=self.num_in_axes)
+    if not self.use_bias:
+      return y
     bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                              self.bias_axes),
         tuple(self.features), jnp.float32)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
-                      axes=self.num_in_axes)
     return y + bias.astype(self.dtype)
 
 
@@ -176,14 +195,17 @@ def logits_chunk_positions(logits_chunk: int, batch: int, length: int,
 class OutputHead(nn.Module):
   """Dense projection to the vocabulary, or its factors for a chunked loss.
 
-  Its parameters are those of `nn.Dense(vocab_size)` (kernel [W, V], bias
-  [V]), so checkpoints do not depend on which form is used.
+  Its parameters are those of `nn.Dense(vocab_size, use_bias=use_bias)`
+  (kernel [W, V], zero-initialised as in the reference, and bias [V]), so
+  checkpoints do not depend on which form is used.
 
   Attributes:
     vocab_size: V.
+    use_bias: learn a bias; without one the factors' bias is a zero constant.
     dtype: compute dtype.
   """
   vocab_size: int
+  use_bias: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -195,12 +217,15 @@ class OutputHead(nn.Module):
     """
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(INIT_STD), (EMBED, VOCAB)),
+            nn.initializers.zeros_init(), (EMBED, VOCAB)),
         (x.shape[-1], self.vocab_size), jnp.float32).astype(self.dtype)
-    bias = self.param(
-        "bias", nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (VOCAB,)),
-        (self.vocab_size,), jnp.float32).astype(self.dtype)
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(
+              nn.initializers.zeros_init(), (VOCAB,)),
+          (self.vocab_size,), jnp.float32).astype(self.dtype)
+    else:
+      bias = jnp.zeros((self.vocab_size,), self.dtype)
     x = x.astype(self.dtype)
     if factors:
       return x, kernel, bias
@@ -210,19 +235,23 @@ class OutputHead(nn.Module):
 
 
 class AdaLNModulation(nn.Module):
-  """Zero-initialised `c -> num_chunks` vectors of the model width.
+  """`c -> num_chunks` vectors of the model width: Dense(silu(c)).
 
   Attributes:
     num_chunks: how many shift/scale/gate vectors to produce.
+    cond_type: "adaln_zero" (the Dense starts at zero) or "adaln" (LeCun
+      normal kernel, zero bias).
     dtype: compute dtype.
   """
   num_chunks: int
+  cond_type: str = "adaln_zero"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, c: jnp.ndarray | None,
                width: int) -> list[jnp.ndarray]:
     """Returns num_chunks arrays [B, 1, width] ([1, 1, width] if c is None)."""
+    check_choice("cond_type", self.cond_type, COND_TYPES)
     zeros = nn.initializers.zeros_init()
     if c is None:
       # No conditioning: learned constants, zero so that blocks start as the
@@ -233,9 +262,11 @@ class AdaLNModulation(nn.Module):
           (self.num_chunks, width), jnp.float32)
       mod = mod.astype(self.dtype)[None]  # [1, n, W]
     else:
+      kernel_init = (zeros if self.cond_type == "adaln_zero"
+                     else nn.initializers.lecun_normal())
       mod = ShapedDense(
           (self.num_chunks, width), (COND, None, EMBED), (None, EMBED),
-          kernel_init=zeros, dtype=self.dtype,
+          kernel_init=kernel_init, dtype=self.dtype,
           name="dense")(nn.silu(c))  # mod: [B, n, W]
     return [mod[:, None, i, :] for i in range(self.num_chunks)]
 
@@ -303,12 +334,16 @@ class Attention(nn.Module):
       saves only the probabilities); "cudnn" or None: that `implementation`
       of `jax.nn.dot_product_attention` (None: JAX chooses).
     out_std: init std of the output projection (0 gives a zero init).
+    qkv_bias: biases on the query, key and value projections.
+    out_bias: a bias on the output projection.
     dtype: compute dtype.
   """
   num_heads: int
   use_rope: bool = True
   attention_impl: str | None = "xla"
   out_std: float = INIT_STD
+  qkv_bias: bool = False
+  out_bias: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -328,7 +363,8 @@ class Attention(nn.Module):
       return ShapedDense(
           (self.num_heads, head_dim), (EMBED, HEADS, HEAD_DIM),
           (HEADS, HEAD_DIM), kernel_init=nn.initializers.normal(INIT_STD),
-          dtype=self.dtype, name=name)(x)  # [B, L, N, H]
+          use_bias=self.qkv_bias, dtype=self.dtype,
+          name=name)(x)  # [B, L, N, H]
 
     axes = (BATCH, LENGTH, HEADS, HEAD_DIM)
     q = nn.with_logical_constraint(project("query"), axes)
@@ -347,15 +383,19 @@ class Attention(nn.Module):
     return ShapedDense(
         (width,), (HEADS, HEAD_DIM, EMBED), (EMBED,),
         kernel_init=nn.initializers.normal(self.out_std), num_in_axes=2,
-        dtype=self.dtype, name="out")(out)  # [B, L, W]
+        use_bias=self.out_bias, dtype=self.dtype, name="out")(out)  # [B, L, W]
 
 
 class Mlp(nn.Module):
   """Position-wise MLP: [B, L, W] -> [B, L, W].
 
+  The gated MLPs are `wo(act(wi_gate x) * wi_up x)` without biases; the plain
+  "gelu" one is `wo(gelu(wi x))` with biases.
+
   Attributes:
     hidden: hidden width (see `mlp_hidden_width`).
-    mlp_type: "glu" (GELU-gated), "swiglu" (SiLU-gated) or "gelu" (plain).
+    mlp_type: one of MLP_TYPES: "glu" (sigmoid-gated), "geglu" (GELU-gated),
+      "swiglu" (SiLU-gated) or "gelu" (plain).
     out_std: init std of the output projection.
     dtype: compute dtype.
   """
@@ -368,9 +408,12 @@ class Mlp(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     check_choice("mlp_type", self.mlp_type, MLP_TYPES)
 
+    use_bias = self.mlp_type == "gelu"
+
     def dense(features, axes, std, name):
       return nn.Dense(
-          features, dtype=self.dtype, param_dtype=jnp.float32,
+          features, use_bias=use_bias, dtype=self.dtype,
+          param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(
               nn.initializers.normal(std), axes),
           bias_init=nn.with_logical_partitioning(
@@ -380,7 +423,7 @@ class Mlp(nn.Module):
     if self.mlp_type == "gelu":
       h = nn.gelu(dense(self.hidden, (EMBED, MLP), INIT_STD, "wi")(x))
     else:
-      act = nn.gelu if self.mlp_type == "glu" else nn.silu
+      act = GATE_ACTIVATIONS[self.mlp_type]
       gate = dense(self.hidden, (EMBED, MLP), INIT_STD, "wi_gate")(x)
       up = dense(self.hidden, (EMBED, MLP), INIT_STD, "wi_up")(x)
       h = act(gate) * up
@@ -400,8 +443,12 @@ class TransformerBlock(nn.Module):
     mlp_ratio: see `mlp_hidden_width`.
     use_rope: rotary position embeddings in attention.
     attention_impl: see `Attention`.
-    dropout_rate: dropout on the attention and MLP branches before gating.
+    dropout_rate: dropout on the attention and MLP branches before gating,
+      one mask per example and channel shared by all positions (the
+      reference's `Dropout1d`).
     out_std: init std of the attention and MLP output projections.
+    cond_type: see `AdaLNModulation`.
+    qkv_bias: see `Attention`.
     dtype: compute dtype.
   """
   num_heads: int
@@ -411,6 +458,8 @@ class TransformerBlock(nn.Module):
   attention_impl: str | None = "xla"
   dropout_rate: float = 0.0
   out_std: float = INIT_STD
+  cond_type: str = "adaln_zero"
+  qkv_bias: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -420,21 +469,26 @@ class TransformerBlock(nn.Module):
     x = nn.with_logical_constraint(x, axes)  # [B, L, W]
     width = x.shape[-1]
     (shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp,
-     gate_mlp) = AdaLNModulation(6, dtype=self.dtype, name="adaln")(c, width)
+     gate_mlp) = AdaLNModulation(6, self.cond_type, dtype=self.dtype,
+                                 name="adaln")(c, width)
+    # One mask per (example, channel), shared by every position.
+    dropout = nn.Dropout(self.dropout_rate, broadcast_dims=(1,),
+                         deterministic=not train)
 
     h = modulate(layer_norm(self.dtype, "norm_attn")(x), shift_attn,
                  scale_attn)
     h = Attention(self.num_heads, use_rope=self.use_rope,
                   attention_impl=self.attention_impl, out_std=self.out_std,
-                  dtype=self.dtype, name="attention")(h)
-    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+                  qkv_bias=self.qkv_bias, dtype=self.dtype,
+                  name="attention")(h)
+    h = dropout(h)
     x = nn.with_logical_constraint(x + gate_attn * h, axes)
 
     h = modulate(layer_norm(self.dtype, "norm_mlp")(x), shift_mlp, scale_mlp)
     h = Mlp(mlp_hidden_width(width, self.mlp_ratio, self.mlp_type),
             mlp_type=self.mlp_type, out_std=self.out_std, dtype=self.dtype,
             name="mlp")(h)
-    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    h = dropout(h)
     return nn.with_logical_constraint(x + gate_mlp * h, axes)  # [B, L, W]
 
 
@@ -465,15 +519,22 @@ class Transformer(nn.Module):
     num_classes: labels for class conditioning (0: none); id num_classes is
       "no label".
     time_features: "t" (condition on time) or "none".
-    dropout_rate: dropout on attention and MLP branches.
+    dropout_rate: dropout on attention and MLP branches (see
+      `TransformerBlock`) and, when `embed_dim` is 0, on the token
+      embeddings (as the reference).
     dtype: compute dtype; parameters and logits are float32.
     remat: rematerialise each block in the backward pass.
     num_layers: number of blocks.
     width: model width W.
     num_heads: attention heads; must divide width.
-    mlp_type: "glu" (GELU-gated), "swiglu" (SiLU-gated) or "gelu" (plain).
+    mlp_type: one of MLP_TYPES (see `Mlp`).
     mlp_ratio: MLP hidden size relative to width (see `mlp_hidden_width`).
-    cond_width: width of the time/label conditioning vector.
+    cond_width: width of the time/label conditioning vector (the reference
+      uses width / num_heads).
+    cond_type: "adaln_zero" or "adaln" (see `AdaLNModulation`).
+    embed_dim: 0 embeds tokens at the model width; E > 0 embeds them E wide
+      and projects to the width with a Dense layer (the reference's
+      `outside_embed`, used for text8).
     depth_scaled_init: init branch output projections with
       INIT_STD / sqrt(2 * num_layers).
     use_rope: rotary position embeddings; if False, learned absolute position
@@ -499,7 +560,9 @@ class Transformer(nn.Module):
   num_heads: int = 12
   mlp_type: str = "glu"
   mlp_ratio: float = 4.0
-  cond_width: int = 128
+  cond_width: int = 64
+  cond_type: str = "adaln_zero"
+  embed_dim: int = 0
   depth_scaled_init: bool = True
   use_rope: bool = True
   max_length: int | None = None
@@ -534,18 +597,33 @@ class Transformer(nn.Module):
                        f"{z.shape}; use 'unet' or 'uvit' for images.")
     check_choice("mlp_type", self.mlp_type, MLP_TYPES)
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    check_choice("cond_type", self.cond_type, COND_TYPES)
     batch, length = z.shape
     self.logits_chunk_positions(batch, length)  # rejects a bad logits_chunk
 
     c = Conditioning(self.cond_width, self.num_classes, self.time_features,
                      dtype=self.dtype, name="conditioning")(t, label, batch)
 
+    if self.embed_dim < 0:
+      raise ValueError(f"embed_dim must be 0 (embed at the width) or > 0, got "
+                       f"{self.embed_dim}.")
     x = nn.Embed(
-        self.vocab_size + 1, self.width,  # +1: the MASK token
+        self.vocab_size + 1, self.embed_dim or self.width,  # +1: MASK
         dtype=self.dtype, param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(INIT_STD), (VOCAB, EMBED)),
-        name="token_embedding")(z)  # x: [B, L, W]
+            nn.initializers.normal(INIT_STD),
+            (VOCAB, None if self.embed_dim else EMBED)),
+        name="token_embedding")(z)  # x: [B, L, E or W]
+    if self.embed_dim:
+      x = nn.Dense(
+          self.width, dtype=self.dtype, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.lecun_normal(), (None, EMBED)),
+          bias_init=nn.with_logical_partitioning(
+              nn.initializers.zeros_init(), (EMBED,)),
+          name="embedding_projection")(x)  # x: [B, L, W]
+    else:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     if not self.use_rope:
       if self.max_length is None or length > self.max_length:
         raise ValueError(
@@ -566,9 +644,10 @@ class Transformer(nn.Module):
                 mlp_ratio=self.mlp_ratio, use_rope=self.use_rope,
                 attention_impl=self.attention_impl,
                 dropout_rate=self.dropout_rate, out_std=out_std,
-                dtype=self.dtype, name=f"block_{i}")(x, c, train)
+                cond_type=self.cond_type, dtype=self.dtype,
+                name=f"block_{i}")(x, c, train)
 
-    shift, scale = AdaLNModulation(2, dtype=self.dtype,
+    shift, scale = AdaLNModulation(2, self.cond_type, dtype=self.dtype,
                                    name="final_adaln")(c, self.width)
     x = modulate(layer_norm(self.dtype, "final_norm")(x), shift, scale)
     return OutputHead(self.vocab_size, dtype=self.dtype, name="logits")(

@@ -13,10 +13,14 @@
       -> PixelLogits: GroupNorm, SiLU, conv to C * vocab_size
          -> logits [B, H, W, C, vocab_size]
 
-With the defaults (`ch=128`, `ch_mult=(1,)`, `num_res_blocks=32`, no
-attention except in the middle) this is the no-downsampling CIFAR-10 U-Net of
-VDM that MD4 uses. The time/label vector `c` enters every ResBlock as a
-per-channel scale and shift of its second GroupNorm.
+With the defaults (`ch=128`, `ch_mult=(1,)`, `num_res_blocks=32`,
+`embed_dim=128`, `cond_width=128`, no attention except in the middle) this is
+the no-downsampling CIFAR-10 U-Net of VDM that MD4 uses, with the reference's
+28,427,520 parameters. The time/label vector `c` enters every ResBlock as
+in the reference (`cond_type`): "add", a bias-free zero-initialised
+projection added to the first convolution's output, before the second
+GroupNorm (the U-Net); or "norm", a per-channel scale and shift of every
+GroupNorm in place of its learned affine (the U-ViT's convolutional part).
 
 The encoder, decoder, embedding and output head are reused by `uvit.py`.
 """
@@ -40,10 +44,21 @@ GROUP_NORM_EPS = 1e-6
 FEATURE_AXES = (BATCH, HEIGHT, WIDTH, EMBED)
 
 
+# Fewest channels per GroupNorm group below 128 channels.
+MIN_GROUP_SIZE = 4
+
+
 def num_groups(channels: int) -> int:
-  """Largest divisor of `channels` that is at most MAX_GROUPS."""
-  return max(g for g in range(1, min(MAX_GROUPS, channels) + 1)
-             if channels % g == 0)
+  """Largest divisor of `channels` that is at most
+  min(MAX_GROUPS, channels // MIN_GROUP_SIZE) (at least 1).
+
+  From 128 channels on this is flax's default of 32 groups, as the
+  reference. Narrower maps keep at least 4 channels per group: with one
+  channel per group a GroupNorm removes any per-channel constant, and with
+  it the conditioning that the U-Net adds before its second GroupNorm.
+  """
+  most = max(1, min(MAX_GROUPS, channels // MIN_GROUP_SIZE))
+  return max(g for g in range(1, most + 1) if channels % g == 0)
 
 
 def group_norm(channels: int, dtype: Any, name: str | None = None):
@@ -56,6 +71,39 @@ def group_norm(channels: int, dtype: Any, name: str | None = None):
       bias_init=nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (NORM,)),
       name=name)
+
+
+# How c enters a ResBlock (see the module docstring).
+RES_COND_TYPES = ("add", "norm")
+
+
+class CondGroupNorm(nn.Module):
+  """GroupNorm; with `modulated` and c given, c sets its scale and shift.
+
+  `modulated`: GroupNorm without affine, then `* (1 + scale) + shift` with
+  (scale, shift) a zero-initialised Dense of c (the reference U-ViT's
+  CondGroupNorm). Otherwise (or with c None) a GroupNorm with learned affine.
+  """
+  modulated: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None) -> jnp.ndarray:
+    channels = x.shape[-1]
+    if not self.modulated or c is None:
+      return group_norm(channels, self.dtype, "norm")(x)
+    h = nn.GroupNorm(num_groups=num_groups(channels), epsilon=GROUP_NORM_EPS,
+                     use_bias=False, use_scale=False, dtype=self.dtype,
+                     param_dtype=jnp.float32, name="norm")(x)
+    scale_shift = nn.Dense(
+        2 * channels, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (COND, EMBED)),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (EMBED,)),
+        name="cond")(c)  # [B, 2 C]
+    scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
+    return h * (1 + scale) + shift
 
 
 def conv(features: int, dtype: Any, *, kernel_size: int = 3, strides: int = 1,
@@ -77,37 +125,39 @@ def conv(features: int, dtype: Any, *, kernel_size: int = 3, strides: int = 1,
 class ResBlock(nn.Module):
   """Residual block `(x [B, H, W, Cin], c [B, Dc] | None, train)` -> Cout.
 
-  GroupNorm, SiLU, conv, GroupNorm modulated by c (`* (1 + scale) + shift`),
-  SiLU, dropout, conv (zero-initialised, so the block starts as its skip
-  path). The conditioning enters after the normalisation, as a scale and
-  shift: a bias added before a GroupNorm would be partly (for one channel per
-  group, entirely) removed by it.
+  GroupNorm, SiLU, conv, [+ Dense(c)], GroupNorm, SiLU, dropout, conv
+  (zero-initialised, so the block starts as its skip path); a 1x1 conv on
+  the skip path when the channel count changes. With `cond_type="add"` c
+  enters as a bias-free, zero-initialised projection added before the second
+  GroupNorm (the reference U-Net); with "norm" it sets the scale and shift of
+  both GroupNorms (`CondGroupNorm`, the reference U-ViT).
 
   Attributes:
     out_ch: output channels.
     dropout_rate: dropout before the second convolution.
+    cond_type: one of RES_COND_TYPES.
     dtype: compute dtype.
   """
   out_ch: int
   dropout_rate: float = 0.0
+  cond_type: str = "add"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None,
                train: bool) -> jnp.ndarray:
-    h = nn.silu(group_norm(x.shape[-1], self.dtype, "norm_0")(x))
+    check_choice("cond_type", self.cond_type, RES_COND_TYPES)
+    modulated = self.cond_type == "norm"
+    h = nn.silu(CondGroupNorm(modulated, self.dtype, name="norm_0")(x, c))
     h = conv(self.out_ch, self.dtype, name="conv_0")(h)  # [B, H, W, Cout]
-    h = group_norm(self.out_ch, self.dtype, "norm_1")(h)
-    if c is not None:
-      scale_shift = nn.Dense(
-          2 * self.out_ch, dtype=self.dtype, param_dtype=jnp.float32,
+    if c is not None and not modulated:
+      h = h + nn.Dense(
+          self.out_ch, use_bias=False, dtype=self.dtype,
+          param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.lecun_normal(), (COND, EMBED)),
-          bias_init=nn.with_logical_partitioning(
-              nn.initializers.zeros_init(), (EMBED,)),
-          name="cond")(nn.silu(c))  # [B, 2 Cout]
-      scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
-      h = h * (1 + scale) + shift
+              nn.initializers.zeros_init(), (COND, EMBED)),
+          name="cond")(c)[:, None, None, :]  # [B, 1, 1, Cout]
+    h = CondGroupNorm(modulated, self.dtype, name="norm_1")(h, c)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.silu(h))
     h = conv(self.out_ch, self.dtype, zero_init=True, name="conv_1")(h)
     if x.shape[-1] != self.out_ch:
@@ -118,25 +168,29 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
   """Residual self-attention over all pixels: [B, H, W, C] -> [B, H, W, C].
 
-  The output projection is zero-initialised, so the block starts as the
-  identity.
+  Projections with biases (flax's MultiHeadDotProductAttention, as the
+  reference); the output projection is zero-initialised, so the block starts
+  as the identity.
 
   Attributes:
     num_heads: attention heads; must divide the channels.
     attention_impl: see `transformer.Attention`.
+    modulated_norm: c sets the GroupNorm's scale and shift (`CondGroupNorm`).
     dtype: compute dtype.
   """
   num_heads: int = 1
   attention_impl: str | None = "xla"
+  modulated_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None) -> jnp.ndarray:
     batch, height, width, channels = x.shape
-    h = group_norm(channels, self.dtype, "norm")(x)
+    h = CondGroupNorm(self.modulated_norm, self.dtype, name="norm")(x, c)
     h = h.reshape(batch, height * width, channels)  # [B, H*W, C]
     h = Attention(self.num_heads, use_rope=False,
                   attention_impl=self.attention_impl, out_std=0.0,
+                  qkv_bias=True, out_bias=True,
                   dtype=self.dtype, name="attention")(h)
     h = h.reshape(batch, height, width, channels)  # [B, H, W, C]
     return nn.with_logical_constraint(x + h, FEATURE_AXES)
@@ -197,16 +251,23 @@ class PixelEmbedding(nn.Module):
 
 
 class PixelLogits(nn.Module):
-  """[B, H, W, F] features -> [B, H, W, C, vocab_size] float32 logits."""
+  """[B, H, W, F] features -> [B, H, W, C, vocab_size] float32 logits.
+
+  GroupNorm (modulated by c when `modulated_norm`), SiLU and a
+  zero-initialised 3x3 conv, as the reference.
+  """
   vocab_size: int
   num_channels: int
+  modulated_norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
-    h = nn.silu(group_norm(h.shape[-1], self.dtype, "norm")(h))
+  def __call__(self, h: jnp.ndarray, c: jnp.ndarray | None) -> jnp.ndarray:
+    h = nn.silu(CondGroupNorm(self.modulated_norm, self.dtype,
+                              name="norm")(h, c))
     logits = conv(self.num_channels * self.vocab_size, self.dtype,
-                  out_axis=VOCAB, name="conv")(h)  # [B, H, W, C*V]
+                  zero_init=True, out_axis=VOCAB,
+                  name="conv")(h)  # [B, H, W, C*V]
     logits = logits.reshape(*h.shape[:3], self.num_channels, self.vocab_size)
     return logits.astype(jnp.float32)  # [B, H, W, C, V]
 
@@ -226,6 +287,7 @@ class UNetEncoder(nn.Module):
   num_heads: int = 1
   attention_impl: str | None = "xla"
   dropout_rate: float = 0.0
+  cond_type: str = "add"
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -238,11 +300,12 @@ class UNetEncoder(nn.Module):
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = res_block(self.ch * mult, self.dropout_rate, self.dtype,
-                      name=f"down_{level}_res_{i}")(h, c, train)
+        h = res_block(self.ch * mult, self.dropout_rate, self.cond_type,
+                      self.dtype, name=f"down_{level}_res_{i}")(h, c, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention_block(self.num_heads, self.attention_impl, self.dtype,
-                              name=f"down_{level}_attn_{i}")(h)
+          h = attention_block(self.num_heads, self.attention_impl,
+                              self.cond_type == "norm", self.dtype,
+                              name=f"down_{level}_attn_{i}")(h, c)
         skips.append(h)
       if level != len(self.ch_mult) - 1:
         h = conv(h.shape[-1], self.dtype, strides=2,
@@ -265,6 +328,7 @@ class UNetDecoder(nn.Module):
   num_heads: int = 1
   attention_impl: str | None = "xla"
   dropout_rate: float = 0.0
+  cond_type: str = "add"
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -278,10 +342,12 @@ class UNetDecoder(nn.Module):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)  # [B, H, W, C + Cskip]
         h = res_block(self.ch * self.ch_mult[level], self.dropout_rate,
-                      self.dtype, name=f"up_{level}_res_{i}")(h, c, train)
+                      self.cond_type, self.dtype,
+                      name=f"up_{level}_res_{i}")(h, c, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention_block(self.num_heads, self.attention_impl, self.dtype,
-                              name=f"up_{level}_attn_{i}")(h)
+          h = attention_block(self.num_heads, self.attention_impl,
+                              self.cond_type == "norm", self.dtype,
+                              name=f"up_{level}_attn_{i}")(h, c)
       if level != 0:
         h = h.repeat(2, axis=1).repeat(2, axis=2)  # [B, 2H, 2W, C]
         h = conv(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
@@ -320,13 +386,13 @@ class UNet(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
-  embed_dim: int = 32
+  embed_dim: int = 128
   ch: int = 128
   ch_mult: tuple[int, ...] = (1,)
   num_res_blocks: int = 32
   attn_resolutions: tuple[int, ...] = ()
   num_heads: int = 1
-  cond_width: int = 512
+  cond_width: int = 128
   attention_impl: str | None = "xla"
 
   @nn.compact
@@ -362,13 +428,14 @@ class UNet(nn.Module):
 
     res_block = _res_block_class(self.remat)
     mid_ch = h.shape[-1]
-    h = res_block(mid_ch, self.dropout_rate, self.dtype,
+    h = res_block(mid_ch, self.dropout_rate, "add", self.dtype,
                   name="mid_res_0")(h, c, train)
     h = _attention_block_class(self.remat)(
-        self.num_heads, self.attention_impl, self.dtype, name="mid_attn")(h)
-    h = res_block(mid_ch, self.dropout_rate, self.dtype,
+        self.num_heads, self.attention_impl, False, self.dtype,
+        name="mid_attn")(h, c)
+    h = res_block(mid_ch, self.dropout_rate, "add", self.dtype,
                   name="mid_res_1")(h, c, train)
 
     h = UNetDecoder(**path, name="decoder")(h, skips, c, train)
-    return PixelLogits(self.vocab_size, z.shape[-1], self.dtype,
-                       name="output")(h)  # [B, H, W, C, V]
+    return PixelLogits(self.vocab_size, z.shape[-1], False, self.dtype,
+                       name="output")(h, c)  # [B, H, W, C, V]
