@@ -65,6 +65,36 @@ CASES = [("uniform", "linear"), ("uniform", "cosine"),
          ("gaussian", "linear"), ("gaussian", "cosine")]
 
 
+def reference_cosine_abar(t, num_steps, s=0.008):
+  """abar_t of Hoogeboom et al.'s and Austin et al.'s cosine schedule, not
+  squared: cos(pi/2 (t/T + s)/(1 + s)) / cos(pi/2 s/(1 + s))."""
+  f = lambda u: math.cos((u / num_steps + s) / (1 + s) * math.pi / 2)
+  return f(t) / f(0)
+
+
+def test_cosine_abar_is_the_unsquared_curve_of_the_reference_code():
+  process = d3pm.D3PM("uniform", K, 1000, "cosine")
+  abar = np.exp(np.asarray(process.log_tables()[2], np.float64))  # [T + 1]
+  # The values the issue quotes from the closed form (ours were 0.847,
+  # 0.494, 0.024, 0.0002 with cos^2).
+  quoted = {250: 0.920, 500: 0.703, 900: 0.155, 990: 0.0156}
+  for t, value in quoted.items():
+    closed = reference_cosine_abar(t, 1000)
+    assert abs(closed - value) < 1e-3, (t, closed)
+    assert abs(abar[t] - closed) < 1e-3, (t, abar[t], closed)
+  # Every step in between too, and the last step reaches the prior.
+  closed = np.array([reference_cosine_abar(t, 1000) for t in range(1000)])
+  np.testing.assert_allclose(abar[:1000], closed, rtol=1e-4, atol=1e-7)
+  assert abar[1000] == 0.0
+
+
+def test_linear_betas_are_the_reference_range_at_every_num_steps():
+  np.testing.assert_allclose(d3pm.betas("linear", 200),
+                             np.linspace(1e-4, 0.02, 200), rtol=0, atol=0)
+  np.testing.assert_allclose(d3pm.betas("linear", 1000),
+                             np.linspace(1e-4, 0.02, 1000), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k", [2, 5, 17])
 def test_gaussian_steps_are_symmetric_doubly_stochastic_paper_matrices(k):
   for beta in (1e-3, 0.02, 0.3, 1.0):
@@ -157,17 +187,27 @@ def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
         np.testing.assert_allclose(got, theta, atol=1e-5)
 
 
-@pytest.mark.parametrize("transition,schedule", CASES)
-def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
-                                                                schedule):
+# The schedules the reference code pairs with each transition, at its T:
+# linear (Gaussian) at T = 1000; cosine and 1/(T-t+1) end in a beta of 1.
+# Linear at T = 200 (abar_T ~ 0.13) and Gaussian with cosine (~0.005 nats per
+# dimension left at T = 200) stop short of the prior; the bound's prior
+# term reports it.
+PRIOR_CASES = [("uniform", "linear", 1000), ("uniform", "cosine", 200),
+               ("absorbing", "jsd", 200), ("absorbing", "cosine", 200),
+               ("gaussian", "linear", 1000)]
+
+
+@pytest.mark.parametrize("transition,schedule,steps", PRIOR_CASES)
+def test_forward_process_reaches_the_prior_sampling_starts_from(
+    transition, schedule, steps):
   # Gaussian noise is for ordinal values: digits' 17 grey levels.
   vocab = 17 if transition == "gaussian" else 2
-  process = d3pm.D3PM(transition, vocab, 200, schedule)
+  process = d3pm.D3PM(transition, vocab, steps, schedule)
   x = jnp.ones((4096, 16), jnp.int32)
   prior = d3pm.prior_loss(process, x)
   assert float(prior.max()) / 16 < 1e-3  # nats per dimension
   x_T = process.sample_marginal(jax.random.key(0), x,
-                                jnp.full((4096,), 200))
+                                jnp.full((4096,), steps))
   if transition == "absorbing":
     assert bool((x_T == process.mask_id).all())
   else:

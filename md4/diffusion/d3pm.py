@@ -58,23 +58,27 @@ _NEG_INF = -jnp.inf
 
 
 def betas(schedule: str, num_steps: int) -> np.ndarray:
-  """beta_1..beta_T in float64.
+  """beta_1..beta_T in float64, as Austin et al.'s D3PM code defines them.
 
-  linear: DDPM's 1e-4..0.02 over 1000 steps, rescaled by 1000/T so the total
-    noise (and abar_T ~ 4e-5) does not depend on T.
-  cosine: from abar(t) = cos^2(pi/2 (t/T + s)/(1 + s)), s = 0.008
-    (Nichol & Dhariwal; Hoogeboom et al.), betas clipped at 0.999 except
-    the last, which is 1 so the chain reaches its prior exactly.
+  linear: linspace(1e-4, 0.02, T), DDPM's range as given at every T (Austin
+    et al. pair it with Gaussian transitions). At T = 1000 abar_T ~ 4e-5;
+    at T = 200 abar_T ~ 0.13, so the chain stops short of its prior and the
+    bound's prior term says how far.
+  cosine: abar(t) = cos(pi/2 (t/T + s)/(1 + s)) / cos(pi/2 s/(1 + s)),
+    s = 0.008, not squared: the schedule Hoogeboom et al.'s multinomial code
+    uses (the square root of Nichol & Dhariwal's Gaussian cos^2 curve) and
+    Austin et al.'s `cosine`. Betas are clipped at 0.999 as in Austin et
+    al.'s code, except the last, which is 1 (theirs: 0.999) so the chain
+    reaches its prior exactly.
   jsd: 1 / (T - t + 1), which makes abar_t = 1 - t/T (Austin et al.'s
     absorbing schedule).
   """
   t = np.arange(1, num_steps + 1, dtype=np.float64)
   if schedule == "linear":
-    scale = 1000.0 / num_steps
-    return np.linspace(1e-4 * scale, min(0.02 * scale, 1.0), num_steps)
+    return np.linspace(1e-4, 0.02, num_steps)
   if schedule == "cosine":
     s = 0.008
-    f = lambda u: np.cos((u / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    f = lambda u: np.cos((u / num_steps + s) / (1 + s) * np.pi / 2)
     abar = f(np.concatenate([[0.0], t])) / f(0.0)
     b = np.clip(1.0 - abar[1:] / abar[:-1], 0.0, 0.999)
     b[-1] = 1.0
