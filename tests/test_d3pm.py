@@ -212,21 +212,27 @@ def test_reverse_step_is_the_papers_form_by_default_on_the_issue_example():
   steps = np.repeat(np.arange(1, T + 1), K)  # [T K]
   states = np.tile(np.arange(K), T)
   batch_logits = jnp.asarray(np.tile(logits, (T * K, 1)), jnp.float32)
-  got = {}
-  for name in (None, "soft_x0", "posterior_mixture"):
-    process = (d3pm.D3PM("uniform", K, T, "cosine") if name is None else
-               d3pm.D3PM("uniform", K, T, "cosine", name))
-    got[name] = np.exp(np.asarray(process.log_posterior(
+  def reverse_step(*parameterization):
+    process = d3pm.D3PM("uniform", K, T, "cosine", *parameterization)
+    return np.exp(np.asarray(process.log_posterior(
         batch_logits, jnp.asarray(states), jnp.asarray(steps))))  # [T K, K]
-  np.testing.assert_array_equal(got[None], got["soft_x0"])
-  for i, (t, x_t) in enumerate(zip(steps, states)):
-    abar_t = 0.0 if t == T else reference_cosine_abar(t, T)
-    before, step = uniform_matrices(reference_cosine_abar(t - 1, T), abar_t,
-                                    K)
-    for name in ("soft_x0", "posterior_mixture"):
-      np.testing.assert_allclose(
-          got[name][i], reference_reverse_step(name, step, before, p0, x_t),
-          atol=2e-5, err_msg=f"{name} t={t} x_t={x_t}")
+
+  def expected(name):
+    rows = []
+    for t, x_t in zip(steps, states):
+      abar_t = 0.0 if t == T else reference_cosine_abar(t, T)
+      before, step = uniform_matrices(reference_cosine_abar(t - 1, T),
+                                      abar_t, K)
+      rows.append(reference_reverse_step(name, step, before, p0, x_t))
+    return np.array(rows)
+
+  # The default is the papers' form.
+  np.testing.assert_allclose(reverse_step(), expected("soft_x0"), atol=2e-5)
+  got = {name: reverse_step(name)
+         for name in ("soft_x0", "posterior_mixture")}
+  for name, value in got.items():
+    np.testing.assert_allclose(value, expected(name), atol=2e-5,
+                               err_msg=name)
   # The two forms are different models of the same logits.
   assert np.abs(got["soft_x0"] - got["posterior_mixture"]).max() > 0.05
 
