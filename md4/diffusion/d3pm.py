@@ -402,7 +402,9 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
     x: int tokens [B, *data_shape] in [0, K).
     denoise: `logits = denoise(x_t, t / T, label)` over K values.
     process: the forward process.
-    hybrid_coeff: lambda of the auxiliary -log p~(x0 | x_t) term.
+    hybrid_coeff: lambda of the auxiliary -log p~(x0 | x_t) term (its
+      optimum is the bound's only under "posterior_mixture"; see the module
+      docstring).
     label: optional int [B].
     antithetic: stratify the B step draws.
     t: optional continuous times [B] in [0, 1), mapped to steps 1..T.
