@@ -63,6 +63,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.num_steps = 0  # 0: continuous-time ELBO; T > 0: T-step ELBO.
   c.model.transition = "uniform"  # D3PM noise: uniform, absorbing, gaussian.
   c.model.hybrid_coeff = 0.0  # D3PM: lambda of the auxiliary CE loss.
+  # D3PM reverse step from the denoiser's p~(x_0 | x_t). "soft_x0": the
+  # papers' (Austin et al. Eq. 4, Hoogeboom et al.), q(x_t | x_{t-1})
+  # sum_k p~(k) q(x_{t-1} | x_0 = k). "posterior_mixture": sum_k p~(k)
+  # q(x_{t-1} | x_t, x_0 = k), the form whose bound optimum p~ = q(x_0 | x_t)
+  # is also the hybrid CE term's; checkpoints do not transfer between them.
+  c.model.d3pm_parameterization = "soft_x0"
   c.model.antithetic = True  # Stratified time samples within a batch.
   c.model.class_conditional = False  # Feed labels to the denoiser.
   c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
@@ -184,6 +190,7 @@ _EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
 _CHOICES = {
     "model.process": ("md4", "genmd4", "d3pm"),
     "model.transition": d3pm.TRANSITIONS,
+    "model.d3pm_parameterization": d3pm.PARAMETERIZATIONS,
     "optimizer.lr_schedule": ("cosine", "constant"),
     "network.dtype": tuple(networks.COMPUTE_DTYPES),
 }
@@ -256,6 +263,12 @@ def _check_values(config) -> None:
   if config.model.process == "d3pm" and config.model.num_steps < 1:
     raise ValueError("config.model.num_steps must be the number of steps T "
                      f"(>= 1) for D3PM, got {config.model.num_steps}.")
+  if config.model.process == "d3pm":
+    # The process checks its combinations (absorbing noise needs abar_T = 0,
+    # Gaussian noise >= 3 values); its errors name the fields and the fix.
+    d3pm.D3PM(config.model.transition, config.data.vocab_size,
+              config.model.num_steps, config.model.schedule,
+              config.model.d3pm_parameterization)
   if config.model.process == "genmd4" and config.model.num_steps != 0:
     raise ValueError(
         "config.model.num_steps must be 0 for GenMD4 (its ELBO is "

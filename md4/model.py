@@ -43,6 +43,9 @@ class DiffusionModel(nn.Module):
     t1: GenMD4 start of the diffusion integral.
     transition: D3PM noise, "uniform", "absorbing" or "gaussian".
     hybrid_coeff: D3PM auxiliary cross-entropy weight (lambda).
+    d3pm_parameterization: D3PM reverse step, "soft_x0" or
+      "posterior_mixture" (`md4.diffusion.d3pm`); the loss and the sampler
+      both go through `d3pm_process.log_posterior`, so they always agree.
   """
   network: nn.Module
   vocab_size: int
@@ -58,6 +61,7 @@ class DiffusionModel(nn.Module):
   t1: float = 1e-4
   transition: str = "uniform"
   hybrid_coeff: float = 0.0
+  d3pm_parameterization: str = "soft_x0"
 
   @property
   def mask_id(self) -> int:
@@ -75,8 +79,9 @@ class DiffusionModel(nn.Module):
               genmd4.power_param_init(self.power_init), (sharding.VOCAB,)),
           (self.vocab_size,))
     elif self.process == "d3pm":
-      self.d3pm_process = d3pm.D3PM(self.transition, self.vocab_size, self.num_steps,
-                            self.schedule)
+      self.d3pm_process = d3pm.D3PM(self.transition, self.vocab_size,
+                                    self.num_steps, self.schedule,
+                                    self.d3pm_parameterization)
     else:
       self.masking = schedules.MaskingSchedule(self.schedule, self.eps)
 
@@ -187,7 +192,8 @@ def build_model(config: ml_collections.ConfigDict,
     schedules.MaskingSchedule(config.model.schedule, config.model.eps)
   if config.model.process == "d3pm":
     d3pm.D3PM(config.model.transition, config.data.vocab_size,
-              config.model.num_steps, config.model.schedule)
+              config.model.num_steps, config.model.schedule,
+              config.model.d3pm_parameterization)
   return DiffusionModel(
       network=network, vocab_size=config.data.vocab_size,
       data_shape=tuple(config.data.data_shape), process=config.model.process,
@@ -196,7 +202,8 @@ def build_model(config: ml_collections.ConfigDict,
       num_classes=classes, cond_drop_prob=config.model.cond_drop_prob,
       power_init=config.model.power_init, t1=config.model.t1,
       transition=config.model.transition,
-      hybrid_coeff=config.model.hybrid_coeff)
+      hybrid_coeff=config.model.hybrid_coeff,
+      d3pm_parameterization=config.model.d3pm_parameterization)
 
 
 def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,

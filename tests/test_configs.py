@@ -174,6 +174,7 @@ def test_every_d3pm_transition_passes_validation():
     config = configuration.default_config()
     config.model.process = "d3pm"
     config.model.num_steps = 10
+    config.model.schedule = "cosine"  # Masks every token at T (absorbing).
     config.model.transition = transition
     configuration.validate(config)
   config.model.transition = "gauss"

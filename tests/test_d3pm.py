@@ -60,9 +60,75 @@ def explicit_step_matrices(process):
   return mats
 
 
+def reference_reverse_step(parameterization, step, before, p0, x_t):
+  """p(x_{t-1} = j | x_t) by explicit sums over x_0 = k, float64 [S].
+
+  Args:
+    parameterization: "soft_x0" (Austin et al. Eq. 4): q(x_t | j) sum_k
+      p0[k] Qbar_{t-1}[k, j], renormalised; "posterior_mixture": sum_k
+      p0[k] q(j | x_t, x_0 = k) over the k that reach x_t.
+    step: Q_t [S, S], rows x_{t-1}.
+    before: Qbar_{t-1} [S, S], rows x_0.
+    p0: the prediction over the K data values [K].
+    x_t: the state.
+  """
+  num_states, num_values = step.shape[0], len(p0)
+  out = np.zeros(num_states)
+  if parameterization == "soft_x0":
+    for j in range(num_states):
+      out[j] = step[j, x_t] * sum(p0[k] * before[k, j]
+                                  for k in range(num_values))
+    return out / out.sum()
+  after = before @ step  # Qbar_t
+  reach = np.array([after[k, x_t] > 0 for k in range(num_values)])
+  w = p0 * reach / (p0 * reach).sum()
+  for k in range(num_values):
+    if reach[k]:
+      # Bayes: q(x_{t-1} = j | x_t, x_0 = k) for every j.
+      out += w[k] * step[:, x_t] * before[k] / after[k, x_t]
+  return out
+
+
+def uniform_matrices(abar_prev, abar_t, k):
+  """Qbar_{t-1} and Q_t of uniform noise from two abar values [K, K]."""
+  alpha = abar_t / abar_prev
+  return (abar_prev * np.eye(k) + (1 - abar_prev) / k,
+          alpha * np.eye(k) + (1 - alpha) / k)
+
+
 CASES = [("uniform", "linear"), ("uniform", "cosine"),
          ("absorbing", "jsd"), ("absorbing", "cosine"),
          ("gaussian", "linear"), ("gaussian", "cosine")]
+
+
+def reference_cosine_abar(t, num_steps, s=0.008):
+  """abar_t of Hoogeboom et al.'s and Austin et al.'s cosine schedule, not
+  squared: cos(pi/2 (t/T + s)/(1 + s)) / cos(pi/2 s/(1 + s))."""
+  f = lambda u: math.cos((u / num_steps + s) / (1 + s) * math.pi / 2)
+  return f(t) / f(0)
+
+
+def test_cosine_abar_is_the_unsquared_curve_of_the_reference_code():
+  process = d3pm.D3PM("uniform", K, 1000, "cosine")
+  abar = np.exp(np.asarray(process.log_tables()[2], np.float64))  # [T + 1]
+  # The values the issue quotes from the closed form (ours were 0.847,
+  # 0.494, 0.024, 0.0002 with cos^2).
+  quoted = {250: 0.920, 500: 0.703, 900: 0.155, 990: 0.0156}
+  for t, value in quoted.items():
+    closed = reference_cosine_abar(t, 1000)
+    assert abs(closed - value) < 1e-3, (t, closed)
+    assert abs(abar[t] - closed) < 1e-3, (t, abar[t], closed)
+  # Every step in between too, and the last step reaches the prior.
+  closed = np.array([reference_cosine_abar(t, 1000) for t in range(1000)])
+  np.testing.assert_allclose(abar[:1000], closed, rtol=1e-4, atol=1e-7)
+  assert abar[1000] == 0.0
+
+
+def test_linear_betas_are_the_reference_range_at_every_num_steps():
+  np.testing.assert_allclose(d3pm.betas("linear", 200),
+                             np.linspace(1e-4, 0.02, 200), rtol=0, atol=0)
+  np.testing.assert_allclose(d3pm.betas("linear", 1000),
+                             np.linspace(1e-4, 0.02, 1000), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("k", [2, 5, 17])
@@ -93,32 +159,82 @@ def test_cumulative_marginals_equal_repeated_matrix_products(transition,
     np.testing.assert_allclose(got, cumulative[:K], atol=1e-6)
 
 
+@pytest.mark.parametrize("parameterization", d3pm.PARAMETERIZATIONS)
 @pytest.mark.parametrize("transition,schedule", CASES)
-def test_posterior_equals_bayes_rule_by_brute_force(transition, schedule):
-  process = d3pm.D3PM(transition, K, T, schedule)
+def test_reverse_step_equals_explicit_sums_over_x0(transition, schedule,
+                                                   parameterization):
+  process = d3pm.D3PM(transition, K, T, schedule, parameterization)
   mats = explicit_step_matrices(process)
   rng = np.random.default_rng(0)
   for t in (1, 2, 5, T):
     before = np.eye(process.num_states)
     for q in mats[:t - 1]:
       before = before @ q
-    after = before @ mats[t - 1]
     logits = rng.normal(size=K) * 2
+    p0 = np.exp(logits) / np.exp(logits).sum()
     for x_t in range(process.num_states):
-      # The predicted posterior: sum over consistent x0 of q(.|x_t, x0) p(x0).
-      p0 = np.exp(logits) * (after[:K, x_t] > 0)
-      if p0.sum() == 0:
+      if not (before @ mats[t - 1])[:K, x_t].any():
         continue
-      p0 /= p0.sum()
-      expected = np.zeros(process.num_states)
-      for x0 in range(K):
-        if after[x0, x_t] > 0:
-          bayes = mats[t - 1][:, x_t] * before[x0] / after[x0, x_t]
-          expected += p0[x0] * bayes
+      expected = reference_reverse_step(parameterization, mats[t - 1],
+                                        before, p0, x_t)
       got = np.exp(np.asarray(process.log_posterior(
           jnp.asarray(logits, jnp.float32)[None], jnp.array([x_t]),
           jnp.array([t]))))[0]
       np.testing.assert_allclose(got, expected, atol=1e-5)
+      # A one-hot x_0 gives the true posterior under both forms.
+      for x0 in range(K):
+        after = before @ mats[t - 1]
+        if after[x0, x_t] == 0:
+          continue
+        bayes = mats[t - 1][:, x_t] * before[x0] / after[x0, x_t]
+        one_hot = jnp.where(jnp.arange(K) == x0, 0.0, -jnp.inf)[None]
+        got = np.exp(np.asarray(process.log_posterior(
+            one_hot, jnp.array([x_t]), jnp.array([t]))))[0]
+        np.testing.assert_allclose(got, bayes, atol=1e-5)
+
+
+def test_reverse_step_is_the_papers_form_by_default_on_the_issue_example():
+  """Uniform, K = 3, T = 12, t = 5, x_t = 0 (issue 13, section 3)."""
+  t, x_t = 5, 0
+  logits = np.array([0.2515, -0.2642, 1.2808])  # default_rng(0).normal(3)*2
+  p0 = np.exp(logits) / np.exp(logits).sum()
+  # The issue's numbers were computed with the old cos^2 schedule.
+  f = lambda u: math.cos((u / T + 0.008) / 1.008 * math.pi / 2) ** 2
+  before, step = uniform_matrices(f(t - 1) / f(0), f(t) / f(0), K)
+  np.testing.assert_allclose(
+      reference_reverse_step("soft_x0", step, before, p0, x_t),
+      [0.849, 0.038, 0.113], atol=1e-3)
+  np.testing.assert_allclose(
+      reference_reverse_step("posterior_mixture", step, before, p0, x_t),
+      [0.694, 0.073, 0.233], atol=1e-3)
+  # The process, every t and x_t, against the same sums on its schedule
+  # (the unsquared cosine, written out).
+  steps = np.repeat(np.arange(1, T + 1), K)  # [T K]
+  states = np.tile(np.arange(K), T)
+  batch_logits = jnp.asarray(np.tile(logits, (T * K, 1)), jnp.float32)
+  def reverse_step(*parameterization):
+    process = d3pm.D3PM("uniform", K, T, "cosine", *parameterization)
+    return np.exp(np.asarray(process.log_posterior(
+        batch_logits, jnp.asarray(states), jnp.asarray(steps))))  # [T K, K]
+
+  def expected(name):
+    rows = []
+    for t, x_t in zip(steps, states):
+      abar_t = 0.0 if t == T else reference_cosine_abar(t, T)
+      before, step = uniform_matrices(reference_cosine_abar(t - 1, T),
+                                      abar_t, K)
+      rows.append(reference_reverse_step(name, step, before, p0, x_t))
+    return np.array(rows)
+
+  # The default is the papers' form.
+  np.testing.assert_allclose(reverse_step(), expected("soft_x0"), atol=2e-5)
+  got = {name: reverse_step(name)
+         for name in ("soft_x0", "posterior_mixture")}
+  for name, value in got.items():
+    np.testing.assert_allclose(value, expected(name), atol=2e-5,
+                               err_msg=name)
+  # The two forms are different models of the same logits.
+  assert np.abs(got["soft_x0"] - got["posterior_mixture"]).max() > 0.05
 
 
 def test_absorbing_d3pm_loss_equals_md4_discrete_time_loss():
@@ -139,35 +255,53 @@ def test_absorbing_d3pm_loss_equals_md4_discrete_time_loss():
 
 
 def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
-  """Hoogeboom et al.'s closed-form posterior equals our Bayes posterior."""
-  process = d3pm.D3PM("uniform", K, T, "cosine")
-  b = d3pm.betas("cosine", T)
-  abar = np.cumprod(1 - b)
-  for t in range(2, T + 1):
-    a_t, abar_prev = 1 - b[t - 1], abar[t - 2]
-    for x0 in range(K):
-      for x_t in range(K):
-        # theta_post = [a_t x_t + (1 - a_t)/K] * [abar x0 + (1 - abar)/K].
-        theta = ((a_t * (np.arange(K) == x_t) + (1 - a_t) / K)
-                 * (abar_prev * (np.arange(K) == x0) + (1 - abar_prev) / K))
-        theta /= theta.sum()
-        one_hot = jnp.where(jnp.arange(K) == x0, 0.0, -jnp.inf)[None]
-        got = np.exp(np.asarray(process.log_posterior(
-            one_hot, jnp.array([x_t]), jnp.array([t]))))[0]
-        np.testing.assert_allclose(got, theta, atol=1e-5)
+  """Hoogeboom et al.'s reverse step, written out from their closed form.
+
+  theta_post(x_t, x0_hat) propto [alpha_t x_t + (1 - alpha_t)/K] *
+  [abar_{t-1} x0_hat + (1 - abar_{t-1})/K], with x0_hat the network's
+  softmax and abar_t = cos(pi/2 (t/T + s)/(1 + s)) / cos(pi/2 s/(1 + s)).
+  Their last step keeps alpha_T = sqrt(0.001); ours is 0, so the chain
+  ends on the uniform prior (that step is checked with alpha_T = 0).
+  """
+  process = d3pm.D3PM("uniform", K, T, "cosine")  # The multinomial config.
+  rng = np.random.default_rng(1)
+  for t in range(1, T + 1):
+    abar_prev = reference_cosine_abar(t - 1, T)
+    a_t = 0.0 if t == T else reference_cosine_abar(t, T) / abar_prev
+    for x_t in range(K):
+      logits = rng.normal(size=K) * 2
+      x0_hat = np.exp(logits) / np.exp(logits).sum()
+      theta = ((a_t * (np.arange(K) == x_t) + (1 - a_t) / K)
+               * (abar_prev * x0_hat + (1 - abar_prev) / K))
+      theta /= theta.sum()
+      got = np.exp(np.asarray(process.log_posterior(
+          jnp.asarray(logits, jnp.float32)[None], jnp.array([x_t]),
+          jnp.array([t]))))[0]
+      np.testing.assert_allclose(got, theta, atol=1e-5,
+                                 err_msg=f"t={t} x_t={x_t}")
 
 
-@pytest.mark.parametrize("transition,schedule", CASES)
-def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
-                                                                schedule):
+# The schedules the reference code pairs with each transition, at its T:
+# linear (Gaussian) at T = 1000; cosine and 1/(T-t+1) end in a beta of 1.
+# Linear at T = 200 (abar_T ~ 0.13) and Gaussian with cosine (~0.005 nats per
+# dimension left at T = 200) stop short of the prior; the bound's prior
+# term reports it.
+PRIOR_CASES = [("uniform", "linear", 1000), ("uniform", "cosine", 200),
+               ("absorbing", "jsd", 200), ("absorbing", "cosine", 200),
+               ("gaussian", "linear", 1000)]
+
+
+@pytest.mark.parametrize("transition,schedule,steps", PRIOR_CASES)
+def test_forward_process_reaches_the_prior_sampling_starts_from(
+    transition, schedule, steps):
   # Gaussian noise is for ordinal values: digits' 17 grey levels.
   vocab = 17 if transition == "gaussian" else 2
-  process = d3pm.D3PM(transition, vocab, 200, schedule)
+  process = d3pm.D3PM(transition, vocab, steps, schedule)
   x = jnp.ones((4096, 16), jnp.int32)
   prior = d3pm.prior_loss(process, x)
   assert float(prior.max()) / 16 < 1e-3  # nats per dimension
   x_T = process.sample_marginal(jax.random.key(0), x,
-                                jnp.full((4096,), 200))
+                                jnp.full((4096,), steps))
   if transition == "absorbing":
     assert bool((x_T == process.mask_id).all())
   else:
@@ -175,9 +309,53 @@ def test_forward_process_reaches_the_prior_sampling_starts_from(transition,
     np.testing.assert_allclose(counts / x_T.size, 1.0 / vocab, atol=0.01)
 
 
+STATES_BY_POSITION = jnp.asarray(kd.all_states()).T  # [L, S]
+
+
+def _oracle_logits(log_obs, parameterization):
+  """The best logits for the known distribution from per-token likelihoods.
+
+  Args:
+    log_obs: log q(z_l | x_0,l = s_l) for every state s [B, L, S].
+    parameterization: "posterior_mixture" wants p~(k) = q(x_0,l = k | z);
+      "soft_x0" wants q(x_0,l = k | z) / q(z_l | k), renormalised: the same
+      posterior with position l's own likelihood left out.
+
+  Returns:
+    [B, L, K] logits, in log space throughout.
+  """
+  log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)  # [S]
+  # The sum over positions, with -inf (unreachable) terms counted apart so
+  # that leaving one out never computes -inf - -inf.
+  ruled_out = log_obs == -jnp.inf
+  finite = jnp.where(ruled_out, 0.0, log_obs)
+  total = finite.sum(1, keepdims=True)  # [B, 1, S]
+  ruled_out_total = ruled_out.sum(1, keepdims=True)
+  if parameterization == "soft_x0":
+    others = total - finite  # [B, L, S]
+    others_ruled_out = ruled_out_total - ruled_out > 0
+  else:
+    others, others_ruled_out = total, ruled_out_total > 0  # [B, 1, S]
+  log_joint = jnp.where(others_ruled_out, -jnp.inf, log_p + others)
+  top = log_joint.max(-1, keepdims=True)  # [B, L or 1, 1]
+  weights = jnp.exp(log_joint - top)
+  marginal = jnp.stack(
+      [jnp.where(STATES_BY_POSITION == v, weights, 0.0).sum(-1)
+       for v in range(kd.VOCAB)], -1)  # [B, L, K]
+  # The top state gives its value weight 1; the floor keeps the CE finite
+  # for values the oracle rules out.
+  return jnp.log(jnp.maximum(marginal, 1e-30)) + top
+
+
 def _uniform_oracle(process):
-  """Exact p(x0_i | x_t) for uniform noise on the known distribution."""
-  states = jnp.asarray(kd.all_states())
+  """The best denoiser for uniform noise on the known distribution.
+
+  Uniform noise keeps every q(z_l | k) >= (1 - abar_t) / K > 0 and every
+  posterior value far above float32's floor, so "soft_x0"'s target is
+  formed by subtracting log q(z_l | k) from the posterior's logarithm
+  (cheaper than `_oracle_logits`, which the sampler would call T times).
+  """
+  states = jnp.asarray(kd.all_states())  # [S, L]
   log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)
   _, _, log_abar, log_1m_abar = process.log_tables()
 
@@ -187,19 +365,21 @@ def _uniform_oracle(process):
     la, lm = log_abar[step][:, None, None], log_1m_abar[step][:, None, None]
     noise = lm - math.log(kd.VOCAB)
     same = z[:, None, :] == states[None]
-    log_obs = jnp.where(same, jnp.logaddexp(la, noise), noise)
+    log_obs = jnp.where(same, jnp.logaddexp(la, noise), noise)  # [B, S, L]
     post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
     marginal = jnp.einsum("bs,slv->blv", post,
-                          jax.nn.one_hot(states, kd.VOCAB))
-    return jnp.log(jnp.maximum(marginal, 1e-30))
+                          jax.nn.one_hot(states, kd.VOCAB))  # [B, L, K]
+    logits = jnp.log(jnp.maximum(marginal, 1e-30))
+    if process.parameterization == "posterior_mixture":
+      return logits
+    same = z[..., None] == jnp.arange(kd.VOCAB)  # [B, L, K]
+    return logits - jnp.where(same, jnp.logaddexp(la, noise), noise)
 
   return denoise
 
 
 def _matrix_oracle(process):
-  """Exact p(x0_i | x_t) from explicit products of the step matrices."""
-  states = jnp.asarray(kd.all_states())  # [S, L]
-  log_p = jnp.asarray(kd.log_probs(kd.all_states()), jnp.float32)
+  """The best denoiser from explicit products of the step matrices."""
   cumulative = [np.eye(process.num_states)]
   for q in explicit_step_matrices(process):
     cumulative.append(cumulative[-1] @ q)
@@ -213,19 +393,20 @@ def _matrix_oracle(process):
     step = jnp.round(t * process.num_steps).astype(jnp.int32)
     lq = log_cum[step[:, None], z]  # [B, L, K]: log q(z_l | x_0 = k)
     log_obs = jnp.take_along_axis(
-        lq[:, None], states[None, :, :, None], axis=-1)[..., 0]  # [B, S, L]
-    post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
-    marginal = jnp.einsum("bs,slv->blv", post,
-                          jax.nn.one_hot(states, kd.VOCAB))
-    return jnp.log(jnp.maximum(marginal, 1e-30))
+        lq, jnp.broadcast_to(STATES_BY_POSITION, (z.shape[0],) +
+                             STATES_BY_POSITION.shape), axis=-1)  # [B, L, S]
+    return _oracle_logits(log_obs, process.parameterization)
 
   return denoise
 
 
-@pytest.mark.parametrize("transition", ["uniform", "absorbing", "gaussian"])
-def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(transition):
+@pytest.mark.parametrize("transition,parameterization", [
+    ("uniform", "soft_x0"), ("uniform", "posterior_mixture"),
+    ("absorbing", "soft_x0"), ("gaussian", "soft_x0")])
+def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(
+    transition, parameterization):
   schedule = "jsd" if transition == "absorbing" else "cosine"
-  process = d3pm.D3PM(transition, kd.VOCAB, 200, schedule)
+  process = d3pm.D3PM(transition, kd.VOCAB, 200, schedule, parameterization)
   if transition == "absorbing":
     _, _, log_abar, _ = process.log_tables()
     denoise = kd.oracle(lambda v, t: jnp.exp(
@@ -248,8 +429,9 @@ def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(transition):
   # A bound: not below the entropy; with true posteriors and T = 200 close.
   # The gap is KL(q(x_T) || prior) <= the mean prior term, plus the cost of
   # per-token reverse steps. Three values are too few for the Gaussian
-  # kernel to reach its uniform prior (its prior term is reported, ~0.56
-  # nats), so it gets that term as slack.
+  # kernel to reach its uniform prior (its prior term is reported, ~1.3
+  # nats over the 5 positions), so it gets that term as slack. Both
+  # parameterizations reach the same bound with their own best denoiser.
   slack = float(terms["loss_prior"].mean()) if transition == "gaussian" else 0
   assert mean > entropy - 4 * se
   assert mean < 1.05 * entropy + slack, (mean, entropy, slack)
@@ -295,10 +477,61 @@ def test_predicting_the_mask_is_impossible_in_the_reverse_process():
 def test_unknown_transition_or_schedule_is_rejected_with_the_field():
   with pytest.raises(ValueError, match="transition"):
     d3pm.D3PM("gauss", 4, 10, "linear")
-  with pytest.raises(ValueError, match="vocab_size >= 2"):
+  with pytest.raises(ValueError, match="vocab_size >= 3"):
     d3pm.D3PM("gaussian", 1, 10, "linear")
+  with pytest.raises(ValueError, match="d3pm_parameterization='x0'"):
+    d3pm.D3PM("uniform", 4, 10, "linear", "x0")
   with pytest.raises(ValueError, match="linear, cosine, jsd"):
     d3pm.D3PM("uniform", 4, 10, "quadratic")
+
+
+def _d3pm_config(**model):
+  config = configuration.default_config()
+  config.model.process = "d3pm"
+  config.model.num_steps = 200
+  for name, value in model.items():
+    config.model[name] = value
+  return config
+
+
+def test_absorbing_noise_with_a_schedule_that_leaves_tokens_is_rejected():
+  # Linear betas keep prod(1 - beta) ~ 0.13 of the tokens at T = 200 (4e-5
+  # at T = 1000); the all-mask prior gives them probability 0.
+  abar_T = np.prod(1 - np.linspace(1e-4, 0.02, 200))
+  assert abar_T > 0.1
+  config = _d3pm_config(transition="absorbing", schedule="linear")
+  with pytest.raises(ValueError, match=(
+      r"config.model.schedule='linear' with config.model.transition="
+      r"'absorbing'.*prior KL is infinite.*set config.model.schedule='jsd'")):
+    configuration.validate(config)
+  for schedule in ("jsd", "cosine"):  # Both end with beta_T = 1.
+    config.model.schedule = schedule
+    configuration.validate(config)
+
+
+def test_gaussian_noise_on_binary_data_is_rejected():
+  config = _d3pm_config(transition="gaussian", schedule="linear")
+  config.data.vocab_size = 2
+  with pytest.raises(ValueError, match=(
+      r"config.model.transition='gaussian' needs config.data.vocab_size >= 3"
+      r".*set config.model.transition='uniform'")):
+    configuration.validate(config)
+  config.data.vocab_size = 3
+  configuration.validate(config)
+  # Why: at K = 2 the only move has probability exp(-4/beta) / (1 +
+  # 2 exp(-4/beta)) <= 0.018 per step (beta <= 1).
+  move = math.exp(-4.0) / (1 + 2 * math.exp(-4.0))
+  assert move < 0.018
+  np.testing.assert_allclose(np.exp(d3pm.gaussian_log_step(1.0, 2))[0, 1],
+                             move, rtol=1e-12)
+
+
+def test_unknown_d3pm_parameterization_is_rejected_by_validate():
+  config = _d3pm_config(d3pm_parameterization="x0_posterior")
+  with pytest.raises(ValueError, match=(
+      "config.model.d3pm_parameterization='x0_posterior' is not valid; "
+      "valid: soft_x0, posterior_mixture")):
+    configuration.validate(config)
 
 
 class _OracleNetwork(nn.Module):
@@ -338,6 +571,28 @@ def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
   truth = np.exp(kd.log_probs(states))
   tv = 0.5 * np.abs(counts / counts.sum() - truth).sum()
   assert tv < 0.05, tv
+
+
+@pytest.mark.parametrize("parameterization", d3pm.PARAMETERIZATIONS)
+def test_sampler_reverse_step_uses_the_loss_parameterization(
+    parameterization):
+  logits = jax.random.normal(jax.random.key(0), (4, 6, K)) * 2
+  model = model_lib.DiffusionModel(
+      network=_OracleNetwork(lambda z, t, c: logits), vocab_size=K,
+      data_shape=(6,), process="d3pm", transition="uniform", num_steps=T,
+      schedule="cosine", d3pm_parameterization=parameterization)
+  z = jax.random.randint(jax.random.key(1), (4, 6), 0, K)
+  step = jnp.array([1, 4, 7, T])
+  got = model.apply({}, z, step, method=model.reverse_log_probs)
+  process = d3pm.D3PM("uniform", K, T, "cosine", parameterization)
+  np.testing.assert_array_equal(got, process.log_posterior(logits, z, step))
+  # build_model reads the field from the config.
+  config = configuration.load_file(
+      os.path.join(ROOT, "configs", "multinomial", "binarized_mnist.py"),
+      "digits")
+  config.model.d3pm_parameterization = parameterization
+  assert (model_lib.build_model(config).d3pm_parameterization
+          == parameterization)
 
 
 # ------------------------------------------------- python -m md4.sample ----

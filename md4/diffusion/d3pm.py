@@ -22,23 +22,46 @@ summing to one, so it is doubly stochastic and its stationary distribution,
 the prior p(x_T), is uniform. Its steps and cumulative products
 Qbar_t = Q_1 ... Q_t are dense [K, K] tables, multiplied in float64 and
 stored as float32 logarithms; the reverse step then materialises
-[..., K, K] log-weights, which suits small K (binary to 17 grey levels;
-256 levels on large images would need a chunked version).
+[..., K, K] log-weights, which suits small K (a few to 17 grey levels;
+256 levels on large images would need a chunked version). Binary data
+(K = 2) is rejected: its one move spans the whole range, with probability
+about exp(-4 / beta_t) <= 0.018 per step, so the chain never nears its
+uniform prior (prior KL about log 2 per dimension); use uniform noise.
 Multinomial diffusion (Hoogeboom et al., 2021) is exactly the uniform case
-with the cosine schedule and no auxiliary loss; absorbing D3PM with
-abar_t = alpha(t/T) is MD4's discrete-time ELBO (tests show both).
+with the cosine schedule, the "soft_x0" reverse step and no auxiliary loss;
+absorbing D3PM with abar_t = alpha(t/T) is MD4's discrete-time ELBO (tests
+show both).
 
 The denoiser predicts p~(x_0 | x_t) over the K values (the mask gets no
-probability); the reverse step marginalises the true posterior over it:
+probability). `parameterization` chooses how the reverse step uses it:
 
-  p(x_{t-1} | x_t) = sum_{x_0} q(x_{t-1} | x_t, x_0) p~(x_0 | x_t),
+  "soft_x0" (default; Austin et al. Eq. 4, Hoogeboom et al.'s posterior):
+    p(x_{t-1} | x_t) propto q(x_t | x_{t-1}) sum_k p~(k | x_t)
+    q(x_{t-1} | x_0 = k), the true posterior's formula with p~ as a soft x_0.
+  "posterior_mixture": p(x_{t-1} | x_t) = sum_k q(x_{t-1} | x_t, x_0 = k)
+    p~(k | x_t) over the k that could have produced x_t, which weighs each k
+    by 1 / q(x_t | k) relative to "soft_x0".
 
-restricted to the x_0 that could have produced x_t. The negative ELBO is
+Both reach the same best reverse step (the model class is the same), but
+p~ means something else: under "posterior_mixture" the bound's optimum is
+p~ = q(x_0 | x_t), the optimum of the hybrid CE term too; under "soft_x0" it
+is q(x_0 | x_t) / q(x_t | x_0) renormalised, so the CE term pulls p~ away
+from the bound's optimum (Austin et al. train this way). Checkpoints and
+hybrid_coeff values do not transfer between the two. Absorbing transitions
+give the same step under both (q(x_t | k) is the same for every consistent k).
+At t = 1 each is its general form with Qbar_0 = I: "soft_x0" gives
+p~(x_0) q(x_1 | x_0) renormalised, as Hoogeboom et al.'s code does (Austin
+et al.'s code uses p~ itself at t = 1); "posterior_mixture" gives p~ over
+the consistent x_0.
+
+The negative ELBO is
 
   prior KL(q(x_T | x_0) || p(x_T)) + sum_{t=2}^T KL(q(x_{t-1}|x_t,x_0) ||
   p(x_{t-1}|x_t)) - log p(x_0 | x_1),
 
-estimated with one uniformly drawn t per example (times T). All computation
+estimated with one uniformly drawn t per example (times T). The prior KL is
+finite only where p(x_T) covers q(x_T | x_0): absorbing noise needs a
+schedule that ends with abar_T = 0 (jsd, cosine). All computation
 is in log space.
 """
 
@@ -53,28 +76,34 @@ import numpy as np
 from md4.diffusion import md4
 
 TRANSITIONS = ("uniform", "absorbing", "gaussian")
+# How the reverse step uses p~(x_0 | x_t); the module docstring says why two.
+PARAMETERIZATIONS = ("soft_x0", "posterior_mixture")
 SCHEDULES = ("linear", "cosine", "jsd")
 _NEG_INF = -jnp.inf
 
 
 def betas(schedule: str, num_steps: int) -> np.ndarray:
-  """beta_1..beta_T in float64.
+  """beta_1..beta_T in float64, as Austin et al.'s D3PM code defines them.
 
-  linear: DDPM's 1e-4..0.02 over 1000 steps, rescaled by 1000/T so the total
-    noise (and abar_T ~ 4e-5) does not depend on T.
-  cosine: from abar(t) = cos^2(pi/2 (t/T + s)/(1 + s)), s = 0.008
-    (Nichol & Dhariwal; Hoogeboom et al.), betas clipped at 0.999 except
-    the last, which is 1 so the chain reaches its prior exactly.
+  linear: linspace(1e-4, 0.02, T), DDPM's range as given at every T (Austin
+    et al. pair it with Gaussian transitions). At T = 1000 abar_T ~ 4e-5;
+    at T = 200 abar_T ~ 0.13, so the chain stops short of its prior and the
+    bound's prior term says how far.
+  cosine: abar(t) = cos(pi/2 (t/T + s)/(1 + s)) / cos(pi/2 s/(1 + s)),
+    s = 0.008, not squared: the schedule Hoogeboom et al.'s multinomial code
+    uses (the square root of Nichol & Dhariwal's Gaussian cos^2 curve) and
+    Austin et al.'s `cosine`. Betas are clipped at 0.999 as in Austin et
+    al.'s code, except the last, which is 1 (theirs: 0.999) so the chain
+    reaches its prior exactly.
   jsd: 1 / (T - t + 1), which makes abar_t = 1 - t/T (Austin et al.'s
     absorbing schedule).
   """
   t = np.arange(1, num_steps + 1, dtype=np.float64)
   if schedule == "linear":
-    scale = 1000.0 / num_steps
-    return np.linspace(1e-4 * scale, min(0.02 * scale, 1.0), num_steps)
+    return np.linspace(1e-4, 0.02, num_steps)
   if schedule == "cosine":
     s = 0.008
-    f = lambda u: np.cos((u / num_steps + s) / (1 + s) * np.pi / 2) ** 2
+    f = lambda u: np.cos((u / num_steps + s) / (1 + s) * np.pi / 2)
     abar = f(np.concatenate([[0.0], t])) / f(0.0)
     b = np.clip(1.0 - abar[1:] / abar[:-1], 0.0, 0.999)
     b[-1] = 1.0
@@ -133,11 +162,14 @@ class D3PM:
     vocab_size: K data values; the mask id is K (absorbing only).
     num_steps: T.
     schedule: "linear", "cosine" or "jsd".
+    parameterization: how the reverse step uses the denoiser's p~(x_0 | x_t),
+      "soft_x0" (the papers') or "posterior_mixture" (module docstring).
   """
   transition: str
   vocab_size: int
   num_steps: int
   schedule: str
+  parameterization: str = "soft_x0"
 
   def __post_init__(self):
     if self.transition not in TRANSITIONS:
@@ -147,11 +179,27 @@ class D3PM:
     if self.num_steps < 1:
       raise ValueError(f"config.model.num_steps must be >= 1 for D3PM, got "
                        f"{self.num_steps}.")
-    betas(self.schedule, self.num_steps)  # Validates the name.
-    if self.transition == "gaussian" and self.vocab_size < 2:
+    if self.parameterization not in PARAMETERIZATIONS:
+      raise ValueError(
+          f"config.model.d3pm_parameterization={self.parameterization!r}; "
+          f"valid: {', '.join(PARAMETERIZATIONS)}.")
+    abar_last = np.prod(1.0 - betas(self.schedule, self.num_steps))
+    if self.transition == "absorbing" and abar_last > 0:
+      raise ValueError(
+          f"config.model.schedule={self.schedule!r} with "
+          f"config.model.transition='absorbing' keeps abar_T = "
+          f"{abar_last:.1e} of the tokens unmasked at T = {self.num_steps}, "
+          "but the prior p(x_T) is all masks, so the prior KL is infinite; "
+          "set config.model.schedule='jsd' (1/(T-t+1), Austin et al.'s "
+          "absorbing schedule) or 'cosine', which mask every token at T.")
+    if self.transition == "gaussian" and self.vocab_size < 3:
       raise ValueError(
           "config.model.transition='gaussian' needs config.data.vocab_size "
-          f">= 2 ordinal values, got {self.vocab_size}.")
+          f">= 3 ordinal values, got {self.vocab_size}: with two values its "
+          "one move spans the whole range (probability <= 0.018 per step), "
+          "so the chain never reaches its uniform prior (prior KL about "
+          "log 2 nats per dimension). For binary data set "
+          "config.model.transition='uniform'.")
 
   # ------------------------------------------------------ the schedule --
 
@@ -260,7 +308,10 @@ class D3PM:
   # ---------------------------------------------------------- posterior --
 
   def log_posterior(self, log_x0, x_t, t):
-    """log sum_{x0} q(x_{t-1} | x_t, x0) p(x0): [B, ..., S].
+    """log p(x_{t-1} | x_t) from a prediction of x_0: [B, ..., S].
+
+    `self.parameterization` picks the form (module docstring); a one-hot
+    x_0 gives the true posterior q(x_{t-1} | x_t, x_0) under both.
 
     Args:
       log_x0: log-probabilities (or logits) over the K values [B, ..., K];
@@ -268,11 +319,18 @@ class D3PM:
       x_t: states [B, ...].
       t: steps [B] in 1..T.
     """
-    lq = self.log_q_given_each_x0(x_t, t)  # [B, ..., K]
-    consistent = lq > _NEG_INF
-    log_p0 = jax.nn.log_softmax(
-        jnp.where(consistent, log_x0.astype(jnp.float32), _NEG_INF), axis=-1)
-    log_w = jnp.where(consistent, log_p0 - lq, _NEG_INF)  # [B, ..., K]
+    log_x0 = log_x0.astype(jnp.float32)
+    if self.parameterization == "soft_x0":
+      # q(x_t | x_{t-1}) sum_k p~(k) q(x_{t-1} | k), renormalised.
+      log_w = jax.nn.log_softmax(log_x0, axis=-1)  # [B, ..., K]
+    else:
+      # sum_k p~(k) q(x_{t-1} | x_t, k): the same with p~(k) / q(x_t | k),
+      # over the k that reach x_t.
+      lq = self.log_q_given_each_x0(x_t, t)  # [B, ..., K]
+      consistent = lq > _NEG_INF
+      log_p0 = jax.nn.log_softmax(
+          jnp.where(consistent, log_x0, _NEG_INF), axis=-1)
+      log_w = jnp.where(consistent, log_p0 - lq, _NEG_INF)  # [B, ..., K]
     mixed = self._log_mix_marginals(log_w, t - 1)
     return jax.nn.log_softmax(self.log_q_step(x_t, t) + mixed, axis=-1)
 
@@ -344,7 +402,9 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
     x: int tokens [B, *data_shape] in [0, K).
     denoise: `logits = denoise(x_t, t / T, label)` over K values.
     process: the forward process.
-    hybrid_coeff: lambda of the auxiliary -log p~(x0 | x_t) term.
+    hybrid_coeff: lambda of the auxiliary -log p~(x0 | x_t) term (its
+      optimum is the bound's only under "posterior_mixture"; see the module
+      docstring).
     label: optional int [B].
     antithetic: stratify the B step draws.
     t: optional continuous times [B] in [0, 1), mapped to steps 1..T.

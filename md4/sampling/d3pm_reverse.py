@@ -1,10 +1,13 @@
 """Ancestral sampling for D3PM: x_T from the prior, then T reverse steps.
 
-Each step draws x_{t-1} ~ p(x_{t-1} | x_t) = sum_{x0} q(x_{t-1} | x_t, x0)
-p~(x0 | x_t): the network's x0 prediction marginalised through the true
-posterior (never an argmax). One network call per step, T calls in all; the
-last step (t = 1) gives the mask state zero probability, so every token is
-a data value at the end.
+Each step draws x_{t-1} ~ p(x_{t-1} | x_t), the reverse step the loss
+trains: `DiffusionModel.reverse_log_probs` goes through the same
+`D3PM.log_posterior` as the bound, so the model's `d3pm_parameterization`
+("soft_x0": q(x_t | x_{t-1}) sum_k p~(k | x_t) q(x_{t-1} | x_0 = k);
+"posterior_mixture": sum_k q(x_{t-1} | x_t, k) p~(k | x_t)) holds for both,
+and the network's x0 prediction is never argmaxed. One network call per
+step, T calls in all; the last step (t = 1) gives the mask state zero
+probability, so every token is a data value at the end.
 
 `reverse_chain` returns a `core.Result` (samples, network calls, history
 frames); `draw` runs it batch after batch for `python -m md4.sample`, like
