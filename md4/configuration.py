@@ -67,7 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.class_conditional = False  # Feed labels to the denoiser.
   c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
   c.model.power_init = 1.0  # GenMD4: initial exponent of every value.
-  c.model.t1 = 1e-4  # GenMD4: the diffusion integral starts at t1.
+  # GenMD4: the diffusion integral runs over [t1, 1] (reconstruction at t1);
+  # must be > 0, its integrand is w / t.
+  c.model.t1 = 1e-4
 
   c.network = ml_collections.ConfigDict()
   c.network.name = "unet"  # transformer, unet or uvit.
@@ -176,7 +178,8 @@ _RANGES = {
 _EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
                    "optimizer.ema_decay", "model.cond_drop_prob",
                    "data.eval_fraction")
-_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
+_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "model.t1",
+                  "data.eval_fraction")
 _CHOICES = {
     "model.process": ("md4", "genmd4", "d3pm"),
     "model.transition": d3pm.TRANSITIONS,
