@@ -85,6 +85,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
   c.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
   c.optimizer.ema_decay = 0.9999  # EMA of parameters; 0 keeps no EMA.
+  # EMA warm-up: the decay at step k is min(ema_decay, (1 + k) / (10 + k)),
+  # so early evaluations measure the trained parameters, not the initial
+  # ones. A deviation from the reference (no warm-up); the difference is
+  # gone after a few multiples of 1 / (1 - ema_decay) steps. False: the
+  # reference's EMA.
+  c.optimizer.ema_warmup = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64  # Global batch over all devices and processes.
@@ -158,6 +164,7 @@ _RANGES = {
     "optimizer.weight_decay": ("float", 0.0, None),
     "optimizer.grad_clip_norm": ("float", 0.0, None),
     "optimizer.ema_decay": ("float", 0.0, 1.0),
+    "optimizer.ema_warmup": ("bool", None, None),
     "train.batch_size": ("int", 1, None),
     "train.num_steps": ("int", 1, None),
     "train.micro_batches": ("int", 1, None),

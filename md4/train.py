@@ -158,6 +158,7 @@ def make_train_step(model, optimizer, config):
   num_elements = model.num_elements
   k = config.train.micro_batches
   ema_decay = config.optimizer.ema_decay
+  ema_warmup = config.optimizer.ema_warmup
   check_nans = config.train.check_nans
   lr_fn = optimizers.learning_rate_schedule(config.optimizer,
                                             config.train.num_steps)
@@ -194,10 +195,14 @@ def make_train_step(model, optimizer, config):
       scalars = jax.tree.map(lambda a: a[-1], scalars)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = (optimizers.ema_update(state.ema_params, params, ema_decay)
-           if ema_decay > 0 else params)
     metrics = md4.summarize(terms, num_elements)
     metrics.update(scalars)
+    if ema_decay > 0:
+      decay = optimizers.ema_decay_at(state.step, ema_decay, ema_warmup)
+      ema = optimizers.ema_update(state.ema_params, params, decay)
+      metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
+    else:
+      ema = params
     metrics["grad_norm"] = optimizers.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
