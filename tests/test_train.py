@@ -48,6 +48,9 @@ def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path, caplog):
   assert result["step"] == config.train.num_steps
   assert np.isfinite(result["eval"]["test/bits_per_dim"])
   assert 0 < result["eval"]["test/bits_per_dim"] < 10
+  # The raw parameters' bound beside the EMA's; no labels, no _uncond.
+  assert np.isfinite(result["eval"]["test/bits_per_dim_raw"])
+  assert not any(k.endswith("_uncond") for k in result["eval"])
   assert result["samples"].endswith(".png") and os.path.exists(
       result["samples"])
   steps = ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(tmp_path))
@@ -164,6 +167,48 @@ def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
     assert lag < 0.25 * moved, (lag, moved)
   else:  # 0.9999^12: the EMA is still almost the initial params.
     assert lag > 0.99 * moved, (lag, moved)
+
+
+def _perturbed(params, scale, seed):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [
+      p + scale * jax.random.normal(k, p.shape, p.dtype)
+      for p, k in zip(leaves, keys)])
+
+
+def test_class_conditional_eval_reports_bounds_with_and_without_labels(
+    tmp_path):
+  config = load("md4/digits.py", "tiny")
+  config.model.class_conditional = True
+  setup = train.build(config, str(tmp_path))
+  num_classes = setup.model.num_classes
+  assert num_classes == 10
+  # Random weights everywhere, so that the label changes the logits.
+  params = _perturbed(train.create_state(setup, jax.random.key(0)).params,
+                      0.05, 1)
+  raw = _perturbed(params, 0.05, 2)
+  eval_step = jax.jit(train.make_eval_step(setup.model))
+  with jax.set_mesh(setup.mesh):
+    result = train.evaluate(setup, eval_step, params, 0, raw_params=raw)
+    same = train.evaluate(setup, eval_step, params, 0, raw_params=params)
+    # The same bound with the "no label" id written into the batch.
+    totals = {"loss": 0.0, "weight": 0.0}
+    for i, local in enumerate(setup.datasets.eval["test"]()):
+      if i >= config.train.eval_max_batches:
+        break
+      local = dict(local, label=np.full_like(local["label"], num_classes))
+      rng = jax.random.fold_in(jax.random.key(config.seed + 1), i)
+      sums = eval_step(params, train._global_batch(setup, local), rng)
+      for k in totals:
+        totals[k] += float(sums[k])
+  uncond = totals["loss"] / totals["weight"] / (64 * math.log(2))
+  assert result["test/bits_per_dim_uncond"] == pytest.approx(uncond, rel=1e-6)
+  assert result["test/bits_per_dim"] != pytest.approx(uncond, rel=1e-4)
+  assert result["test/bits_per_dim_raw"] != pytest.approx(
+      result["test/bits_per_dim"], rel=1e-4)
+  assert same["test/bits_per_dim_raw"] == same["test/bits_per_dim"]
+  assert same["test/bits_per_dim"] == result["test/bits_per_dim"]
 
 
 def test_micro_batches_give_the_same_update_as_one_full_batch(tmp_path):
