@@ -174,7 +174,7 @@ _EP_VOCAB, _EP_LENGTH = 7, 256
 
 
 def _table_denoiser(table):
-  """logits [B, L, V] = table[z]: a denoiser with parameters to differentiate."""
+  """logits [B, L, V] = table[z]: a denoiser with parameters (the table)."""
   return lambda z, t, label: table[z]
 
 
