@@ -73,7 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.class_conditional = False  # Feed labels to the denoiser.
   c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
   c.model.power_init = 1.0  # GenMD4: initial exponent of every value.
-  c.model.t1 = 1e-4  # GenMD4: the diffusion integral starts at t1.
+  # GenMD4: the diffusion integral runs over [t1, 1] (reconstruction at t1);
+  # must be > 0, its integrand is w / t.
+  c.model.t1 = 1e-4
 
   c.network = ml_collections.ConfigDict()
   c.network.name = "unet"  # transformer, unet or uvit.
@@ -92,6 +94,12 @@ def default_config() -> ml_collections.ConfigDict:
   # embeddings) after AdamW; 1 leaves them as the other parameters.
   c.optimizer.embedding_lr_multiplier = 1.0
   c.optimizer.ema_decay = 0.9999  # EMA of parameters; 0 keeps no EMA.
+  # EMA warm-up: the decay at step k is min(ema_decay, (1 + k) / (10 + k)),
+  # so early evaluations measure the trained parameters, not the initial
+  # ones. A deviation from the reference (no warm-up); the difference is
+  # gone after a few multiples of 1 / (1 - ema_decay) steps. False: the
+  # reference's EMA.
+  c.optimizer.ema_warmup = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64  # Global batch over all devices and processes.
@@ -166,6 +174,7 @@ _RANGES = {
     "optimizer.grad_clip_norm": ("float", 0.0, None),
     "optimizer.embedding_lr_multiplier": ("float", 0.0, None),
     "optimizer.ema_decay": ("float", 0.0, 1.0),
+    "optimizer.ema_warmup": ("bool", None, None),
     "train.batch_size": ("int", 1, None),
     "train.num_steps": ("int", 1, None),
     "train.micro_batches": ("int", 1, None),
@@ -186,7 +195,8 @@ _RANGES = {
 _EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
                    "optimizer.ema_decay", "model.cond_drop_prob",
                    "data.eval_fraction")
-_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "data.eval_fraction")
+_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "model.t1",
+                  "data.eval_fraction")
 _CHOICES = {
     "model.process": ("md4", "genmd4", "d3pm"),
     "model.transition": d3pm.TRANSITIONS,

@@ -6,8 +6,9 @@ r"""Negative ELBO of a trained run on an evaluation split, with standard errors.
       --num_examples=2000 --batch_size=64
 
 Each example's bound is the mean of K Monte-Carlo estimates (K =
---num_time_samples) at stratified times t_k = (u + k / K) mod 1 with one
-random offset u per example, and fresh masks; the result is the mean over
+--num_time_samples) at stratified draws u_k = (u + k / K) mod 1 with one
+random offset u per example (each process maps them to its times, MD4's
+t = 1 - u_k), and fresh masks; the result is the mean over
 examples with its standard error (sample standard deviation of the
 per-example estimates / sqrt(n)), which covers both the data and the
 Monte-Carlo noise. Reported in nats per example and as
@@ -17,6 +18,12 @@ Monte-Carlo noise. Reported in nats per example and as
   protein);
 * perplexity = exp(nats / D) for token data, its standard error by the delta
   method (perplexity * se(nats) / D).
+
+For a class-conditional model the plain names (`nelbo_nats`,
+`bits_per_dim`, ...) are the bound given each example's label, on
+-log p(x | y); the same names with `_uncond` are the bound with the "no
+label" id, on -log p(x), the figure to set beside unconditional models.
+Both use the same times and masks.
 
 EMA parameters; a JSON result file (default
 <workdir>/eval_<split>_step<N>.json); a tqdm bar.
@@ -100,7 +107,9 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
     progress: show a tqdm bar.
 
   Returns:
-    A JSON-ready dict: the bound in each unit (mean, se), counts, settings.
+    A JSON-ready dict: the bound in each unit (mean, se), counts, settings;
+    `class_conditional`, and for class-conditional models the bound with
+    the "no label" id under the same names with `_uncond`.
   """
   setup = run.setup
   info = setup.datasets.info
@@ -112,7 +121,8 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
     raise ValueError(
         f"--num_time_samples must be >= 1 and --num_examples >= 0, got "
         f"{num_time_samples} and {num_examples}.")
-  per_example = []
+  conditional = bool(setup.model.num_classes)
+  per_example, per_example_uncond = [], []
   start = time.perf_counter()
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     bound = jax.jit(make_bound_fn(setup.model, num_time_samples))
@@ -121,10 +131,13 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
     for i, local in enumerate(setup.datasets.eval[split]()):
       batch = {k: jax.make_array_from_process_local_data(
           setup.batch_sharding, v) for k, v in local.items()}
-      values = bound(run.params, batch["x"], batch.get("label"),
-                     jax.random.fold_in(jax.random.key(seed), i))
+      rng = jax.random.fold_in(jax.random.key(seed), i)
+      values = bound(run.params, batch["x"], batch.get("label"), rng)
       real = np.asarray(local["weight"]) > 0
       per_example.extend(np.asarray(values)[real].tolist())
+      if conditional:  # label=None: the "no label" id; same times, masks.
+        values = bound(run.params, batch["x"], None, rng)
+        per_example_uncond.extend(np.asarray(values)[real].tolist())
       bar.update(int(real.sum()))
       if num_examples and len(per_example) >= num_examples:
         break
@@ -136,10 +149,15 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
       "workdir": run.workdir, "checkpoint_step": run.step, "split": split,
       "num_examples": len(per_example), "num_time_samples": num_time_samples,
       "seed": seed, "headline": headline(info.kind, dataset),
+      "class_conditional": conditional,
       "seconds": time.perf_counter() - start,
   }
-  result.update(summarize(per_example, math.prod(info.data_shape), info.kind,
-                          dataset))
+  num_elements = math.prod(info.data_shape)
+  result.update(summarize(per_example, num_elements, info.kind, dataset))
+  if conditional:
+    uncond = np.asarray(per_example_uncond[:len(per_example)], np.float64)
+    result.update({f"{k}_uncond": v for k, v in summarize(
+        uncond, num_elements, info.kind, dataset).items()})
   return result
 
 
@@ -182,8 +200,11 @@ def main(argv):
   with open(path, "w") as out:
     json.dump(result, out, indent=2)
   key = result["headline"]
-  print(f"{split}: {key} = {result[key]['mean']:.4f} "
-        f"+- {result[key]['se']:.4f} (se; {result['num_examples']} examples, "
+  keys = [key, f"{key}_uncond"] if result["class_conditional"] else [key]
+  values = ", ".join(f"{k} = {result[k]['mean']:.4f} +- {result[k]['se']:.4f}"
+                     for k in keys)
+  given = " (given the label; _uncond: no label)" if len(keys) > 1 else ""
+  print(f"{split}: {values}{given} (se; {result['num_examples']} examples, "
         f"K={result['num_time_samples']}); written to {path}")
 
 

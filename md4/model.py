@@ -121,7 +121,8 @@ class DiffusionModel(nn.Module):
       x: int tokens [B, *data_shape].
       label: optional int [B].
       train: dropout and label dropout on.
-      t: optional times [B]; drawn from the `sample` stream when None.
+      t: optional time draws u [B] in [0, 1), which the process maps to its
+        times (MD4: 1 - u); drawn from the `sample` stream when None.
       example_keys: optional per-example keys [B] for the mask draws (makes
         every example's noise independent of how the batch is split).
     """

@@ -158,6 +158,7 @@ def make_train_step(model, optimizer, config):
   num_elements = model.num_elements
   k = config.train.micro_batches
   ema_decay = config.optimizer.ema_decay
+  ema_warmup = config.optimizer.ema_warmup
   check_nans = config.train.check_nans
   lr_fn = optimizers.learning_rate_schedule(config.optimizer,
                                             config.train.num_steps)
@@ -194,10 +195,14 @@ def make_train_step(model, optimizer, config):
       scalars = jax.tree.map(lambda a: a[-1], scalars)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = (optimizers.ema_update(state.ema_params, params, ema_decay)
-           if ema_decay > 0 else params)
     metrics = md4.summarize(terms, num_elements)
     metrics.update(scalars)
+    if ema_decay > 0:
+      decay = optimizers.ema_decay_at(state.step, ema_decay, ema_warmup)
+      ema = optimizers.ema_update(state.ema_params, params, decay)
+      metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
+    else:
+      ema = params
     metrics["grad_norm"] = optimizers.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
@@ -249,27 +254,68 @@ def _global_batch(setup: Setup, local: dict) -> dict:
           for k, v in local.items()}
 
 
-def evaluate(setup: Setup, eval_step, params, step: int) -> dict[str, float]:
-  """Negative ELBO on every eval split with the given (EMA) parameters."""
+def _bound_units(means: dict[str, float], info, suffix: str = ""
+                 ) -> dict[str, float]:
+  """bits_per_dim (and perplexity for text) of the bound in `means`."""
+  bound = means.get("loss_nelbo", means["loss"])
+  num_elements = math.prod(info.data_shape)
+  out = {f"bits_per_dim{suffix}": bound / (num_elements * math.log(2))}
+  if info.kind == "text":
+    out[f"perplexity{suffix}"] = math.exp(bound / num_elements)
+  return out
+
+
+def evaluate(setup: Setup, eval_step, params, step: int,
+             raw_params=None) -> dict[str, float]:
+  """Negative ELBO on every eval split, in one pass over each split's data.
+
+  Every variant below sees the same batches, times and masks, so their
+  differences carry no Monte-Carlo noise of their own.
+
+  Args:
+    setup: the run.
+    eval_step: `make_eval_step(model)`, jitted.
+    params: the parameters evaluated under the plain names (the EMA's).
+    step: for the log line.
+    raw_params: when given (the raw, non-EMA parameters), their bound too.
+
+  Returns:
+    For each split S: `S/<term>` (every loss term, mean nats per example),
+    `S/bits_per_dim` and, for text, `S/perplexity`, all of `params` with the
+    batch's labels: for a class-conditional model a bound on -log p(x | y).
+    Class-conditional models also get `S/bits_per_dim_uncond` (and
+    `S/perplexity_uncond`): `params` with the "no label" id, a bound on
+    -log p(x). With `raw_params`: `S/bits_per_dim_raw` (and
+    `S/perplexity_raw`), labels as for `S/bits_per_dim`.
+  """
   results = {}
   info = setup.datasets.info
   max_batches = setup.config.train.eval_max_batches
   for split, make_iter in setup.datasets.eval.items():
-    totals = {}
+    totals = {}  # suffix -> term -> weighted sum
     for i, local in enumerate(make_iter()):
       if max_batches and i >= max_batches:
         break
       rng = jax.random.fold_in(jax.random.key(setup.config.seed + 1), i)
-      sums = eval_step(params, _global_batch(setup, local), rng)
-      for k, v in sums.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count = max(totals.pop("weight", 0.0), 1.0)
-    means = {k: v / count for k, v in totals.items()}
-    bound = means.get("loss_nelbo", means["loss"])
-    means["bits_per_dim"] = bound / (math.prod(info.data_shape) * math.log(2))
-    if info.kind == "text":
-      means["perplexity"] = math.exp(bound / math.prod(info.data_shape))
-    results.update({f"{split}/{k}": v for k, v in means.items()})
+      batch = _global_batch(setup, local)
+      variants = {"": (params, batch)}
+      if setup.model.num_classes and "label" in batch:
+        no_label = {k: v for k, v in batch.items() if k != "label"}
+        variants["_uncond"] = (params, no_label)
+      if raw_params is not None:
+        variants["_raw"] = (raw_params, batch)
+      for suffix, (p, b) in variants.items():
+        sums = eval_step(p, b, rng)
+        sink = totals.setdefault(suffix, {})
+        for k, v in sums.items():
+          sink[k] = sink.get(k, 0.0) + float(v)
+    for suffix, sums in totals.items():
+      count = max(sums.pop("weight", 0.0), 1.0)
+      means = {k: v / count for k, v in sums.items()}
+      if not suffix:
+        results.update({f"{split}/{k}": v for k, v in means.items()})
+      results.update({f"{split}/{k}": v for k, v in
+                      _bound_units(means, info, suffix).items()})
   logging.info("step %d eval: %s", step, results)
   return results
 
@@ -491,7 +537,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writer.write_scalars(step, {f"train/{k}": float(v)
                                     for k, v in metrics.items()})
       if step % config.train.eval_every == 0 or last:
-        eval_metrics = evaluate(setup, eval_step, state.ema_params, step)
+        eval_metrics = evaluate(
+            setup, eval_step, state.ema_params, step,
+            raw_params=state.params if config.optimizer.ema_decay else None)
         writer.write_scalars(step, eval_metrics)
       if step % config.train.sample_every == 0 or last:
         samples = np.asarray(jax.device_get(sample_fn(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import known_distribution as kd
+from md4 import configuration
 from md4.diffusion import genmd4
 from md4.diffusion import md4
 from md4.diffusion import schedules
@@ -68,7 +69,7 @@ def exact_md4_nelbo(x, schedule, num_steps=0, nodes=400):
     # t = exp(s): the integrand varies on the scale of eps near t = 0.
     s, gw = kd.gauss_legendre(math.log(1e-9), 0.0, nodes)
     t = jnp.asarray(np.exp(s), jnp.float32)
-    weight, _ = md4.diffusion_weight(schedule, t, 0)
+    weight = -schedule.loss_weight(t)  # at the times themselves, not draws
     integrand = weight * _expected_md4_ce(x, schedule, t) * t
     diff = float((jnp.asarray(gw, jnp.float32) * integrand).sum())
   return diff + recon + prior
@@ -158,6 +159,122 @@ def test_antithetic_times_are_stratified_over_the_unit_interval():
   t = np.sort(np.asarray(md4.sample_times(jax.random.key(3), 8, True)))
   assert np.all((t >= 0) & (t < 1))
   np.testing.assert_allclose(np.diff(t), 1 / 8, atol=1e-6)
+
+
+# ------------------------------------------------------ time end points --
+
+_F32 = np.finfo(np.float32)
+# What a float32 U[0, 1) draw can be at its ends: 0, the smallest positive
+# (subnormal) and normal floats, and the largest float below 1.
+EXTREME_DRAWS = np.array(
+    [0.0, _F32.smallest_subnormal, _F32.tiny,
+     np.nextafter(np.float32(1.0), np.float32(0.0))], np.float32)
+ENDPOINT_SCHEDULES = ["linear", "cosine", "poly0.5", "poly2"]
+_EP_VOCAB, _EP_LENGTH = 7, 256
+
+
+def _table_denoiser(table):
+  """logits [B, L, V] = table[z]: a denoiser with parameters (the table)."""
+  return lambda z, t, label: table[z]
+
+
+def _endpoint_batch(num_draws):
+  x = jax.random.randint(jax.random.key(11), (num_draws, _EP_LENGTH), 0,
+                         _EP_VOCAB)
+  keys = jax.random.split(jax.random.key(12), num_draws)
+  table = jax.random.normal(jax.random.key(13), (_EP_VOCAB + 1, _EP_VOCAB))
+  return x, keys, table
+
+
+def _assert_finite(tree, what):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    assert np.all(np.isfinite(np.asarray(leaf))), (
+        what, jax.tree_util.keystr(path), leaf)
+
+
+@pytest.mark.parametrize("eps", [1e-4, 0.05])
+@pytest.mark.parametrize("num_steps", [0, 16])
+@pytest.mark.parametrize("name", ENDPOINT_SCHEDULES)
+def test_md4_loss_and_gradient_are_finite_at_the_extreme_float32_draws(
+    name, num_steps, eps):
+  # eps = 0.05 masks about 13 of the 256 tokens even at the smallest time,
+  # so the weight there multiplies a non-zero cross-entropy.
+  schedule = schedules.MaskingSchedule(name, eps=eps)
+  u = jnp.asarray(EXTREME_DRAWS)
+  x, keys, table = _endpoint_batch(len(u))
+  weight, t_query = md4.diffusion_weight(schedule, u, num_steps)
+  _assert_finite({"weight": weight, "t": t_query}, name)
+  assert np.all(np.asarray(t_query) > 0) and np.all(np.asarray(weight) >= 0)
+
+  def loss(p):
+    terms = md4.nelbo(keys, x, _table_denoiser(p), schedule,
+                      vocab_size=_EP_VOCAB, num_steps=num_steps, t=u)
+    return terms["loss"].sum(), terms
+
+  (_, terms), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(table)
+  _assert_finite({"terms": terms, "grad": grad}, name)
+
+
+@pytest.mark.parametrize("t1", [1e-4, 1e-8])
+def test_genmd4_loss_and_gradients_are_finite_at_the_extreme_float32_draws(t1):
+  u = jnp.asarray(EXTREME_DRAWS)
+  x, keys, table = _endpoint_batch(len(u))
+  param = _power_param(np.array([0.5, 1.0, 2.5, 0.2, 3.0, 1.0, 1.0],
+                                np.float32))
+
+  def loss(p, pp):
+    terms, _ = genmd4.nelbo(keys, x, _table_denoiser(p), pp,
+                            vocab_size=_EP_VOCAB, eps=0.05, t1=t1, t=u)
+    return terms["loss"].sum(), terms
+
+  (_, terms), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1),
+                                                 has_aux=True))(table, param)
+  _assert_finite({"terms": terms, "grads": grads}, t1)
+
+
+def test_antithetic_draws_never_leave_the_interval_whose_loss_is_finite():
+  # The offsets where (u + b / B) mod 1 comes near 0 or 1: every 1 - b / B
+  # and the float32 values a few ulps either side, plus the extreme draws.
+  batch = 256
+  near = [np.float32(1.0) - np.float32(b / batch) for b in range(batch)]
+  offsets = set(EXTREME_DRAWS.tolist())
+  for v in near:
+    for direction in (0.0, 1.0):
+      w = v
+      for _ in range(4):
+        if 0.0 <= w < 1.0:
+          offsets.add(float(w))
+        w = np.nextafter(w, np.float32(direction))
+  offsets = jnp.asarray(sorted(offsets), jnp.float32)  # [n]
+  draws = jax.vmap(lambda o: md4.antithetic_draws(o, batch))(offsets)
+  draws = np.asarray(draws).ravel()
+  # The hazard of the old draw: the offset 1 - b / B makes a time exactly 0.
+  assert np.any(draws == 0.0)
+  assert np.all((draws >= 0.0) & (draws < 1.0))
+  times = np.asarray(md4.time_of_draw(jnp.asarray(draws)))
+  assert times.min() >= 2.0**-24 and times.max() <= 1.0
+  for name in ENDPOINT_SCHEDULES:
+    weight, _ = md4.diffusion_weight(
+        schedules.MaskingSchedule(name), jnp.asarray(draws), 0)
+    assert np.all(np.isfinite(np.asarray(weight))), name
+  t1 = 1e-4  # GenMD4's time never falls below t1.
+  genmd4_times = np.float32(t1) + np.float32(1.0 - t1) * draws
+  assert genmd4_times.min() >= np.float32(t1)
+
+
+def test_genmd4_and_the_config_reject_t1_zero_naming_the_field():
+  x, keys, table = _endpoint_batch(2)
+  with pytest.raises(ValueError, match=r"config\.model\.t1 must be in \(0, 1"):
+    genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
+                 vocab_size=_EP_VOCAB, t1=0.0, t=jnp.zeros(2))
+  with pytest.raises(ValueError, match="config.model.t1"):
+    genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
+                 vocab_size=_EP_VOCAB, t1=1e-50, t=jnp.zeros(2))  # 0 in f32
+  config = configuration.default_config()
+  config.model.process = "genmd4"
+  config.model.t1 = 0.0
+  with pytest.raises(ValueError, match=r"config\.model\.t1=0\.0 .*\(0\.0, 1"):
+    configuration.validate(config)
 
 
 def test_forward_process_keeps_tokens_with_probability_alpha():

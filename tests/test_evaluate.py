@@ -11,6 +11,7 @@ import pytest
 import trained_digits
 
 from md4 import evaluate
+from md4 import train
 from md4.sampling import restored_run
 
 
@@ -76,3 +77,30 @@ def test_unknown_split_is_rejected_with_the_valid_ones():
   run = restored_run.restore(workdir)
   with pytest.raises(ValueError, match="valid: test"):
     evaluate.negative_elbo(run, "valid", progress=False)
+
+
+def test_class_conditional_run_reports_the_bound_given_and_without_labels(
+    tmp_path):
+  config = trained_digits.digits_config()
+  config.model.class_conditional = True
+  config.train.num_steps = 2
+  config.train.eval_every = config.train.checkpoint_every = 2
+  config.train.sample_every = 2
+  workdir = str(tmp_path / "cond")
+  trained = train.train_and_evaluate(config, workdir)["eval"]
+  assert {"test/bits_per_dim", "test/bits_per_dim_uncond",
+          "test/bits_per_dim_raw"} <= set(trained)
+  run = restored_run.restore(workdir)
+  result = evaluate.negative_elbo(run, "test", num_examples=20,
+                                  num_time_samples=2, progress=False)
+  assert result["class_conditional"] and result["num_examples"] == 20
+  for key in ("nelbo_nats", "bits_per_dim"):
+    assert set(result[f"{key}_uncond"]) == {"mean", "se"}
+    assert np.isfinite(result[f"{key}_uncond"]["mean"])
+  assert (result["bits_per_dim_uncond"]["mean"]
+          != result["bits_per_dim"]["mean"])
+  plain = evaluate.negative_elbo(
+      restored_run.restore(trained_digits.trained_run()[0]), "test",
+      num_examples=20, progress=False)
+  assert not plain["class_conditional"]
+  assert not any(k.endswith("_uncond") for k in plain)

@@ -64,7 +64,7 @@ def reference_nelbo(logits_fn, x, t, keys, num_steps):
   Args:
     logits_fn: (z [B, L], t [B]) -> full logits [B, L, V].
     x: tokens [B, L].
-    t: times [B].
+    t: time draws u [B] in [0, 1), as the model takes them.
     keys: one key per example [B] (the mask draws).
     num_steps: 0 (continuous time) or T.
   """
@@ -74,8 +74,9 @@ def reference_nelbo(logits_fn, x, t, keys, num_steps):
     s, t_query = (i - 1.0) / num_steps, i / num_steps
     weight = num_steps * (alpha(s) - alpha(t_query)) / (1.0 - alpha(t_query))
   else:
-    t_query = t
-    weight = -jax.vmap(jax.grad(alpha))(t) / (1.0 - alpha(t))
+    # U[0, 1) -> U(0, 1]: the continuous time of the draw u is 1 - u.
+    t_query = 1.0 - t
+    weight = -jax.vmap(jax.grad(alpha))(t_query) / (1.0 - alpha(t_query))
   # One uniform per token from each example's key, as the model draws them.
   u = jax.vmap(lambda k: jax.random.uniform(k, (LENGTH,)))(keys)  # [B, L]
   z = jnp.where(u < alpha(t_query)[:, None], x, VOCAB)  # VOCAB = MASK

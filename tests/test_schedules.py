@@ -39,9 +39,30 @@ def test_schedule_derivative_equals_autodiff_of_alpha(name):
 def test_loss_weight_is_dalpha_over_one_minus_alpha(name):
   s = schedules.MaskingSchedule(name)
   t = jnp.linspace(0.01, 0.99, 57)
-  expected = s.dalpha(t) / (1 - s.alpha(t))
+  # 1 - alpha agrees up to the float32 rounding of alpha itself.
+  np.testing.assert_allclose(s.mask_prob(t), 1 - s.alpha(t), rtol=0,
+                             atol=2e-7)
+  expected = s.dalpha(t) / s.mask_prob(t)
   np.testing.assert_allclose(s.loss_weight(t), expected, rtol=1e-6)
   assert np.all(np.asarray(s.loss_weight(t)) < 0)
+
+
+def test_mask_probability_keeps_its_digits_near_t_zero():
+  t = np.array([1e-7, 1e-5, 1e-3], np.float32)
+  t64 = t.astype(np.float64)
+  for name, exact in [("linear", t64), ("cosine", np.sin(np.pi / 2 * t64)),
+                      ("poly3", t64**3), ("poly0.5", t64**0.5)]:
+    got = schedules.MaskingSchedule(name, eps=0.0).mask_prob(jnp.asarray(t))
+    np.testing.assert_allclose(got, exact, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_weight_is_finite_from_the_smallest_time_md4_draws_to_one(name):
+  # md4.time_of_draw gives times in [2**-24, 1] (float32 U[0, 1) draws).
+  t = jnp.asarray(2.0 ** -np.arange(24, -1, -1), jnp.float32)  # [25]
+  for eps in (0.0, 1e-4):
+    weight = np.asarray(schedules.MaskingSchedule(name, eps).loss_weight(t))
+    assert np.all(np.isfinite(weight)) and np.all(weight <= 0), (eps, weight)
 
 
 def test_log_snr_is_log_odds_of_alpha():

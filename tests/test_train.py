@@ -1,6 +1,7 @@
 """End to end: shrunk real configs train, evaluate, sample, checkpoint, resume."""
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path, caplog):
   assert result["step"] == config.train.num_steps
   assert np.isfinite(result["eval"]["test/bits_per_dim"])
   assert 0 < result["eval"]["test/bits_per_dim"] < 10
+  # The raw parameters' bound beside the EMA's; no labels, no _uncond.
+  assert np.isfinite(result["eval"]["test/bits_per_dim_raw"])
+  assert not any(k.endswith("_uncond") for k in result["eval"])
   assert result["samples"].endswith(".png") and os.path.exists(
       result["samples"])
   steps = ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(tmp_path))
@@ -106,6 +110,105 @@ def test_ema_is_decay_times_ema_plus_rest_times_params():
   params = {"w": jnp.array([3.0, -2.0])}
   out = optimizers.ema_update(ema, params, 0.9)
   np.testing.assert_allclose(out["w"], [1.2, 1.6], rtol=1e-6)
+
+
+@pytest.mark.parametrize("decay", [0.995, 0.999, 0.9999])
+def test_ema_decay_at_step_k_is_min_of_decay_and_1_plus_k_over_10_plus_k(
+    decay):
+  steps = np.array([0, 1, 2, 9, 100, 1799, 1800, 1801, 8990, 89_990, 10**6])
+  expected = np.minimum(decay, (1.0 + steps) / (10.0 + steps))
+  got = jax.vmap(lambda k: optimizers.ema_decay_at(k, decay, True))(
+      jnp.asarray(steps, jnp.int32))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert float(got[0]) == pytest.approx(0.1)
+  assert float(got[-1]) == pytest.approx(decay)
+  assert optimizers.ema_decay_at(jnp.int32(5), decay, False) == decay
+
+
+def test_warmed_up_ema_keeps_a_vanishing_share_of_the_initial_params():
+  # ema_0 = 1, params 0 from then on: ema_n is the initial values' share,
+  # prod_k decay_k = prod (1 + k) / (10 + k) = 1 / C(n + 9, 9) with warm-up.
+  n, decay = 20, 0.9999
+  ema = {"w": jnp.ones(())}
+  plain = {"w": jnp.ones(())}
+  zero = {"w": jnp.zeros(())}
+  for k in range(n):
+    ema = optimizers.ema_update(
+        ema, zero, optimizers.ema_decay_at(jnp.int32(k), decay, True))
+    plain = optimizers.ema_update(
+        plain, zero, optimizers.ema_decay_at(jnp.int32(k), decay, False))
+  assert float(ema["w"]) == pytest.approx(1 / math.comb(n + 9, 9), rel=1e-4)
+  assert float(plain["w"]) == pytest.approx(decay**n, rel=1e-5)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
+    tmp_path, warmup):
+  config = load("md4/digits.py", "tiny")
+  config.optimizer.ema_decay = 0.9999
+  config.optimizer.ema_warmup = warmup
+  setup = train.build(config, str(tmp_path))
+  state = train.create_state(setup, jax.random.key(0))
+  initial = state.params
+  step = jax.jit(train.make_train_step(setup.model, setup.optimizer, config))
+  batches = iter(setup.datasets.train)
+  for k in range(12):
+    batch = {key: jnp.asarray(v) for key, v in next(batches).items()}
+    state, metrics = step(state, batch, jax.random.key(1))
+    expected_decay = min(0.9999, (1 + k) / (10 + k)) if warmup else 0.9999
+    assert float(metrics["ema_decay"]) == pytest.approx(expected_decay,
+                                                        rel=1e-6)
+  def distance(a, b):
+    return float(optimizers.global_norm(jax.tree.map(jnp.subtract, a, b)))
+  moved = distance(state.params, initial)
+  lag = distance(state.ema_params, state.params)
+  assert moved > 0
+  if warmup:  # decay_k: 0.1, 0.18, ..., 0.57: the EMA is near the params.
+    assert lag < 0.25 * moved, (lag, moved)
+  else:  # 0.9999^12: the EMA is still almost the initial params.
+    assert lag > 0.99 * moved, (lag, moved)
+
+
+def _perturbed(params, scale, seed):
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [
+      p + scale * jax.random.normal(k, p.shape, p.dtype)
+      for p, k in zip(leaves, keys)])
+
+
+def test_class_conditional_eval_reports_bounds_with_and_without_labels(
+    tmp_path):
+  config = load("md4/digits.py", "tiny")
+  config.model.class_conditional = True
+  setup = train.build(config, str(tmp_path))
+  num_classes = setup.model.num_classes
+  assert num_classes == 10
+  # Random weights everywhere, so that the label changes the logits.
+  params = _perturbed(train.create_state(setup, jax.random.key(0)).params,
+                      0.05, 1)
+  raw = _perturbed(params, 0.05, 2)
+  eval_step = jax.jit(train.make_eval_step(setup.model))
+  with jax.set_mesh(setup.mesh):
+    result = train.evaluate(setup, eval_step, params, 0, raw_params=raw)
+    same = train.evaluate(setup, eval_step, params, 0, raw_params=params)
+    # The same bound with the "no label" id written into the batch.
+    totals = {"loss": 0.0, "weight": 0.0}
+    for i, local in enumerate(setup.datasets.eval["test"]()):
+      if i >= config.train.eval_max_batches:
+        break
+      local = dict(local, label=np.full_like(local["label"], num_classes))
+      rng = jax.random.fold_in(jax.random.key(config.seed + 1), i)
+      sums = eval_step(params, train._global_batch(setup, local), rng)
+      for k in totals:
+        totals[k] += float(sums[k])
+  uncond = totals["loss"] / totals["weight"] / (64 * math.log(2))
+  assert result["test/bits_per_dim_uncond"] == pytest.approx(uncond, rel=1e-6)
+  assert result["test/bits_per_dim"] != pytest.approx(uncond, rel=1e-4)
+  assert result["test/bits_per_dim_raw"] != pytest.approx(
+      result["test/bits_per_dim"], rel=1e-4)
+  assert same["test/bits_per_dim_raw"] == same["test/bits_per_dim"]
+  assert same["test/bits_per_dim"] == result["test/bits_per_dim"]
 
 
 def test_micro_batches_give_the_same_update_as_one_full_batch(tmp_path):

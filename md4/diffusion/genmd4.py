@@ -34,6 +34,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from md4.diffusion import md4
 
@@ -120,9 +121,13 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
     vocab_size: V; the mask token is V.
     eps: alpha_v(1) = eps.
     t1: the diffusion integral runs over [t1, 1]; reconstruction is at t1.
+      Must be > 0 (in float32): the integrand is w / t.
     label: optional int [B].
     antithetic: stratify the B time samples.
-    t: optional times [B] in [0, 1), mapped to [t1, 1), instead of drawing.
+    t: optional draws u [B] in [0, 1), instead of drawing them; the time is
+      t1 + (1 - t1) u in [t1, 1], and the diffusion term is scaled by the
+      interval's length 1 - t1, so the estimate of the integral over
+      [t1, 1] is unbiased.
 
   Returns:
     (terms, scalars): per-example nats [B] (`loss` the surrogate,
@@ -135,10 +140,15 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
   w = powers(power_param)  # [V]
   if eps <= 0:
     raise ValueError(f"config.model.eps must be > 0 for GenMD4, got {eps}.")
+  if not 0.0 < float(np.float32(t1)) < 1.0:
+    raise ValueError(
+        f"config.model.t1 must be in (0, 1) for GenMD4 (in float32), got {t1}:"
+        " the diffusion integral starts at t1 and its integrand is w / t, "
+        "infinite at t = 0; set e.g. config.model.t1=1e-4.")
   t_rng, z_rng = md4.time_and_mask_rngs(rng, t)
   if t is None:
     t = md4.sample_times(t_rng, batch_size, antithetic)
-  t = t1 + (1.0 - t1) * t  # [B]
+  t = t1 + (1.0 - t1) * t  # [B] in [t1, 1]
   x2 = jnp.concatenate([x] * NUM_DRAWS)  # [2B, ...]
   t2 = jnp.concatenate([t] * NUM_DRAWS)  # [2B]
   label2 = None if label is None else jnp.concatenate([label] * NUM_DRAWS)

@@ -13,7 +13,9 @@ The negative ELBO of one example x with N = prod(data_shape) tokens is
       uniform over the V values (alpha(1) = eps).
   loss_diff  = int_0^1 alpha'(t) / (1 - alpha(t))
                  E_q(z_t|x) [ sum_{i: z_t^i = MASK} log mu_theta(z_t, t)_i[x_i] ] dt
-      (continuous time), or its T-step discrete counterpart
+      (continuous time), estimated at t = 1 - u, u ~ U[0, 1): a time in
+      (0, 1], never 0, where polyK with K < 1 has alpha'(0) = -inf (the
+      integrand itself stays integrable); or its T-step discrete counterpart
       T E_{i ~ U{1..T}} E_q(z_t(i)|x) [ (alpha(s(i)) - alpha(t(i))) / (1 - alpha(t(i)))
                  sum_{masked} -log mu_theta(z_t(i), t(i))[x] ],  t(i) = i/T, s(i) = (i-1)/T.
   loss_recon = -E_q(z_0|x) log p(x | z_0) with p keeping unmasked tokens and
@@ -65,17 +67,48 @@ def check_tokens(x, vocab_size: int, data_shape) -> None:
         f"{vocab_size} is the mask token). Raise vocab_size or fix the data.")
 
 
+def antithetic_draws(u: jax.Array, batch_size: int) -> jax.Array:
+  """(u + b / B) mod 1 for b = 0..B-1: B draws in [0, 1) from one offset.
+
+  For a float32 offset u in [0, 1) every draw is in [0, 1): a sum that
+  rounds up to 1 wraps to exactly 0, never to 1.
+
+  Args:
+    u: a scalar offset in [0, 1).
+    batch_size: B.
+
+  Returns:
+    float32 draws [B], stratified: one in each interval [b / B, (b + 1) / B)
+    up to rounding.
+  """
+  return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+
+
 def sample_times(rng: jax.Array, batch_size: int, antithetic: bool = True,
                  ) -> jax.Array:
-  """t ~ U[0, 1) per example; antithetic = stratified with one shared offset.
+  """Draws u ~ U[0, 1) per example; antithetic = stratified, one offset.
 
-  Antithetic sampling t_b = (u + b / B) mod 1 covers [0, 1) evenly within a
-  batch, which lowers the variance of the Monte-Carlo time integral.
+  These are draws, not yet times: each process maps them onto the interval
+  its time integral covers (MD4 `time_of_draw`, GenMD4 [t1, 1], D3PM the
+  steps 1..T). Antithetic sampling u_b = (u + b / B) mod 1 covers [0, 1)
+  evenly within a batch, which lowers the variance of the Monte-Carlo time
+  integral.
   """
   if antithetic:
-    u = jax.random.uniform(rng, ())
-    return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
+    return antithetic_draws(jax.random.uniform(rng, ()), batch_size)
   return jax.random.uniform(rng, (batch_size,))
+
+
+def time_of_draw(u: jax.Array) -> jax.Array:
+  """The continuous time t = 1 - u in (0, 1] of a draw u in [0, 1).
+
+  U[0, 1) maps onto U(0, 1], so the Monte-Carlo estimate of the integral
+  over (0, 1] stays unbiased, and t is never 0, where the weight
+  -alpha'(t) / (1 - alpha(t)) of polyK with K < 1 is infinite. In float32
+  the smallest time is 1 - (1 - 2**-24) = 2**-24 (the largest float32 below
+  1 is 1 - 2**-24), where every schedule's weight is finite.
+  """
+  return 1.0 - u
 
 
 def discretize_times(t: jax.Array, num_steps: int):
@@ -283,20 +316,27 @@ def recon_loss(schedule: schedules.MaskingSchedule, num_elements: int,
           * math.log(vocab_size))
 
 
-def diffusion_weight(schedule: schedules.MaskingSchedule, t: jax.Array,
+def diffusion_weight(schedule: schedules.MaskingSchedule, u: jax.Array,
                      num_steps: int):
   """Per-example weight on the masked cross-entropy, and the time to query.
 
-  Continuous time (num_steps == 0): -alpha'(t) / (1 - alpha(t)), queried at t.
+  Continuous time (num_steps == 0): -alpha'(t) / (1 - alpha(t)) at the time
+  t = 1 - u in (0, 1] (`time_of_draw`), queried at t.
   Discrete time: T (alpha(s) - alpha(t)) / (1 - alpha(t)) on the grid point
-  t(i) = i / T containing t, queried at t(i).
+  t(i) = i / T, i = floor(u T) + 1, queried at t(i).
+
+  Args:
+    schedule: the masking schedule.
+    u: draws [B] in [0, 1).
+    num_steps: 0 for continuous time, else T.
 
   Returns:
-    (weight [B] >= 0, query time [B]).
+    (weight [B] >= 0, finite, query time [B]).
   """
   if num_steps == 0:
+    t = time_of_draw(u)
     return -schedule.loss_weight(t), t
-  s, t_i = discretize_times(t, num_steps)
+  s, t_i = discretize_times(u, num_steps)
   alpha_s, alpha_t = schedule.alpha(s), schedule.alpha(t_i)
   return num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t), t_i
 
@@ -319,7 +359,9 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
     label: optional int [B] passed through to the denoiser.
     num_steps: 0 for continuous time, T > 0 for the T-step discrete ELBO.
     antithetic: stratify the B time samples.
-    t: optional times [B] in [0, 1) to use instead of drawing them.
+    t: optional draws [B] in [0, 1) to use instead of drawing them; the
+      continuous time is 1 - t (`time_of_draw`), the discrete step
+      floor(t T) + 1.
 
   Returns:
     Per-example nats [B]: `loss` = `loss_diff` + `loss_recon` + `loss_prior`.
@@ -329,7 +371,7 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: Denoiser,
   num_elements = math.prod(x.shape[1:])
   t_rng, z_rng = time_and_mask_rngs(rng, t)
   if t is None:
-    t = sample_times(t_rng, batch_size, antithetic)  # [B]
+    t = sample_times(t_rng, batch_size, antithetic)  # [B] draws in [0, 1)
   weight, t_query = diffusion_weight(schedule, t, num_steps)  # [B], [B]
   alpha_t = broadcast_to_data(schedule.alpha(t_query), x)  # [B, 1, ...]
   z_t = forward_sample(z_rng, x, alpha_t, mask_id)  # [B, ...]
