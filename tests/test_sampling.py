@@ -90,7 +90,7 @@ def known_probs() -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def step_distribution(num_steps: int, remask_strength: float = 0.0,
-                      genmd4: bool = False):
+                      genmd4: bool = False, grid: str = "uniform"):
   """Exact distribution over all_states() of T reverse steps and the fill.
 
   From each of the 4**L partially masked sequences, a masked token is
@@ -107,7 +107,7 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0,
   else:
     denoise = jax.jit(kd.oracle(lambda values, t: SCHEDULE.alpha(t)))
     alpha = lambda t: float(SCHEDULE.alpha(np.float32(t)))
-  times = core.grid_times(num_steps).astype(np.float64)
+  times = core.grid_times(num_steps, grid).astype(np.float64)
   masked = partial == MASK  # [S', L]
 
   def transition(t, reveal, sigma):
@@ -177,6 +177,14 @@ def draw(name: str, settings: core.Settings, known=None, seed: int = 0,
 def test_sampler_matches_the_exact_distribution_of_its_steps(name):
   result = draw(name, core.Settings(num_steps=20))
   assert_matches(np.asarray(result.samples), step_distribution(20))
+
+
+@pytest.mark.parametrize("name", ["ancestral", "cached"])
+def test_sampler_on_the_cosine_grid_matches_the_exact_distribution(name):
+  result = draw(name, core.Settings(num_steps=8, grid="cosine"), seed=9)
+  target = step_distribution(8, grid="cosine")
+  assert 0.5 * np.abs(target - step_distribution(8)).sum() > 0.01
+  assert_matches(np.asarray(result.samples), target)
 
 
 @pytest.mark.parametrize("name", ["ancestral", "mean"])
@@ -351,6 +359,20 @@ def test_image_masks_name_the_known_region_and_read_pngs(tmp_path):
 
 
 # ----------------------------------------------------- sampler details ----
+
+
+def test_cosine_grid_is_the_references_fine_near_t_equal_one():
+  # The reference's t = sin(pi u / 2) on u = 1, 7/8, ..., 0 (MaskGIT's order):
+  # [1, .981, .924, .832, .707, .556, .383, .195, 0].
+  expected = np.sin(0.5 * np.pi * np.arange(8, -1, -1) / 8)
+  np.testing.assert_allclose(core.grid_times(8, "cosine"), expected,
+                             atol=1e-6)
+  np.testing.assert_allclose(core.grid_times(8, "cosine")[[1, 4, 7]],
+                             [0.981, 0.707, 0.195], atol=5e-4)
+  steps = -np.diff(core.grid_times(8, "cosine"))
+  assert (np.diff(steps) > 0).all()  # finest steps first, near t = 1
+  np.testing.assert_allclose(core.grid_times(8), np.linspace(1, 0, 9))
+
 
 
 def test_nucleus_keeps_the_smallest_set_of_values_reaching_topp():
