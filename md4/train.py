@@ -33,8 +33,9 @@ from md4 import sample_writing
 from md4 import sharding
 from md4.data import pipelines
 from md4.diffusion import md4
-from md4.sampling import ancestral
+from md4.sampling import core as sampling_core
 from md4.sampling import d3pm_reverse
+from md4.sampling import drawing
 
 
 @flax.struct.dataclass
@@ -515,12 +516,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _draw_samples(model, params, rng, config):
-  """The periodic samples: D3PM's reverse chain, else the MD4 ancestral."""
+  """The periodic samples: config.train.sampler on config.train.sampling_grid.
+
+  D3PM samples with its T-step reverse chain instead. Class-conditional
+  models label sample i with class i mod num_classes.
+  """
+  num_samples = config.train.num_samples
+  labels = drawing.cycled_labels(num_samples, model.num_classes)
   if model.process == "d3pm":
-    return d3pm_reverse.sample(model, {"params": params}, rng,
-                               config.train.num_samples)
-  return ancestral.sample(model, {"params": params}, rng,
-                          config.train.num_samples, config.train.sample_steps)
+    return d3pm_reverse.sample(model, {"params": params}, rng, num_samples,
+                               labels)
+  settings = sampling_core.Settings(num_steps=config.train.sample_steps,
+                                    grid=config.train.sampling_grid)
+  return drawing.sample_batch(model, {"params": params}, rng,
+                              config.train.sampler, settings, num_samples,
+                              labels)
 
 
 def _flatten(config, prefix=""):

@@ -36,6 +36,7 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4 import sample_writing
 from md4 import sampling
+from md4 import train
 from md4.data import sources
 from md4.data import text8
 from md4.diffusion import schedules
@@ -288,6 +289,47 @@ def test_cached_and_first_hitting_samplers_report_far_fewer_network_calls():
   assert calls["first_hitting"] == length
   assert calls["cached"] <= length + 1
   assert calls["ancestral"] >= 5 * calls["cached"]
+
+
+# --------------------------------------------- training-time samples ----
+
+
+def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
+  model, params = time_agnostic_model()
+  config = configuration.default_config()
+  config.train.sampler, config.train.sampling_grid = "confidence", "cosine"
+  config.train.sample_steps, config.train.num_samples = 6, 4
+  configuration.validate(config)
+  rng = jax.random.key(3)
+  got = jax.jit(lambda p, r: train._draw_samples(model, p, r, config))(
+      params, rng)
+
+  def direct(name, grid):
+    reverse = core.from_model(model, {"params": params})
+    settings = core.Settings(num_steps=6, grid=grid)
+    return jax.jit(lambda r: sampling.get(name)(reverse, r, 4, settings))(
+        rng).samples
+
+  np.testing.assert_array_equal(got, direct("confidence", "cosine"))
+  # The same key gives other samples with another sampler or grid.
+  assert (np.asarray(got) != direct("ancestral", "cosine")).any()
+  assert (np.asarray(got) != direct("confidence", "uniform")).any()
+
+
+def test_training_samples_of_a_class_conditional_model_cycle_the_labels():
+  num_classes, vocab_size = 3, 5
+  model = model_lib.DiffusionModel(LabelTable(vocab_size, num_classes),
+                                   vocab_size=vocab_size, data_shape=(6,),
+                                   num_classes=num_classes)
+  # Class c always predicts value c; "no label" (row 3) predicts value 4.
+  table = 50.0 * jax.nn.one_hot([0, 1, 2, 4], vocab_size)
+  params = {"network": {"table": table}}
+  config = configuration.default_config()
+  config.train.sample_steps, config.train.num_samples = 4, 7
+  samples = np.asarray(jax.jit(lambda p, r: train._draw_samples(
+      model, p, r, config))(params, jax.random.key(0)))
+  expected = np.arange(7)[:, None] % num_classes
+  np.testing.assert_array_equal(samples, np.broadcast_to(expected, (7, 6)))
 
 
 # -------------------------------------------------------- conditioning ----

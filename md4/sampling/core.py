@@ -167,14 +167,15 @@ class Reverse:
     return self.alpha
 
 
-def from_model(model, variables, *, label: int | None = None,
+def from_model(model, variables, *, label=None,
                guidance: float = 0.0) -> Reverse:
   """The `Reverse` of a trained `md4.model.DiffusionModel`.
 
   Args:
     model: the DiffusionModel (its `denoise` and `unmask_probability`).
     variables: its variables, e.g. {"params": ema_params}.
-    label: class id for class-conditional models; None = no label.
+    label: for class-conditional models, a class id for every sample, or
+      one per sample (int [B]); None = no label.
     guidance: classifier-free guidance scale w >= 0: log mu = (1 + w)
       log mu(. | label) - w log mu(. | no label), renormalised. Needs a label;
       doubles the batch of every network call.
@@ -191,7 +192,7 @@ def from_model(model, variables, *, label: int | None = None,
     raise ValueError(
         f"--label={label} but the model is not class-conditional "
         "(config.model.class_conditional=False); drop --label.")
-  if label is not None and not 0 <= label < num_classes:
+  if isinstance(label, (int, np.integer)) and not 0 <= label < num_classes:
     raise ValueError(f"--label must be in [0, {num_classes}), got {label}.")
   if guidance < 0.0:
     raise ValueError(f"--guidance must be >= 0, got {guidance}.")
@@ -199,8 +200,10 @@ def from_model(model, variables, *, label: int | None = None,
     raise ValueError(f"--guidance={guidance} needs --label: guidance pushes "
                      "samples towards a class.")
 
-  def labels(batch: int, value: int | None):
-    return None if value is None else jnp.full((batch,), value, jnp.int32)
+  def labels(batch: int, value):
+    if value is None:
+      return None
+    return jnp.broadcast_to(jnp.asarray(value, jnp.int32), (batch,))
 
   def denoise(z, t):
     batch = z.shape[0]

@@ -11,6 +11,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from md4 import sampling
@@ -88,6 +89,39 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
   seconds = time.perf_counter() - start
   return Drawn(np.concatenate(samples)[:num_samples], history,
                float(np.mean(calls)), seconds, compile_seconds)
+
+
+def cycled_labels(num_samples: int, num_classes: int) -> jax.Array | None:
+  """Class i mod num_classes for sample i, int32 [N]; None if unconditional.
+
+  The training-time samples of a class-conditional model: every class in
+  turn, so the cells of a sample grid read class by class.
+  """
+  if not num_classes:
+    return None
+  return jnp.arange(num_samples, dtype=jnp.int32) % num_classes
+
+
+def sample_batch(model, variables, rng: jax.Array, sampler: str,
+                 settings: core.Settings, num_samples: int,
+                 label=None) -> jax.Array:
+  """One batch [N, *data_shape] of the named sampler (e.g. under jit).
+
+  Args:
+    model: the `DiffusionModel` (MD4 or GenMD4).
+    variables: its variables, e.g. {"params": ema_params}.
+    rng: PRNG key.
+    sampler: a name in `md4.sampling.SAMPLERS`.
+    settings: the sampler settings (validated here).
+    num_samples: N.
+    label: a class id, one per sample (int [N]), or None.
+
+  Returns:
+    The samples, as `sampling.get(sampler)` draws them with this key.
+  """
+  settings.validate()
+  reverse = core.from_model(model, variables, label=label)
+  return sampling.get(sampler)(reverse, rng, num_samples, settings).samples
 
 
 def draw(model, params, sampler: str, settings: core.Settings, *,
