@@ -105,6 +105,10 @@ def default_config() -> ml_collections.ConfigDict:
   # its own T-step reverse chain and reads neither.
   c.train.sampler = "ancestral"
   c.train.sampling_grid = "cosine"  # "uniform" or "cosine" (sin(pi u / 2)).
+  # Profiler trace of profile_steps steps after every profile_every-th step,
+  # written to <workdir>/profile/ for TensorBoard (process 0); 0 is off.
+  c.train.profile_every = 0
+  c.train.profile_steps = 5
   # Check every step's metrics and gradients for NaN/Inf (one scalar read
   # per step); a non-finite step's update is discarded and the run stops.
   c.train.check_nans = True
@@ -176,6 +180,8 @@ _RANGES = {
     "train.sample_every": ("int", 1, None),
     "train.num_samples": ("int", 1, None),
     "train.sample_steps": ("int", 1, None),
+    "train.profile_every": ("int", 0, None),
+    "train.profile_steps": ("int", 1, None),
     "train.check_nans": ("bool", None, None),
     "train.max_bad_steps": ("int", 0, None),
 }

@@ -29,6 +29,7 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4 import optimizers
 from md4 import preemption
+from md4 import profiling
 from md4 import sample_writing
 from md4 import sharding
 from md4.data import pipelines
@@ -467,7 +468,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   preempted = False
   bad_steps = 0
   with (jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules),
-        preemption.PreemptionGuard() as guard):
+        preemption.PreemptionGuard() as guard,
+        profiling.PeriodicTrace(
+            workdir, config.train.profile_every, config.train.profile_steps,
+            num_steps, enabled=jax.process_index() == 0) as trace):
     while step < num_steps:
       # ------------------------------------------------------ one step --
       local = next(train_iter)
@@ -479,7 +483,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             setup.abstract_state)
         if jax.process_index() == 0:
           logging.info("%s Mesh %s.", memory, dict(setup.mesh.shape))
-      state, metrics = train_step(state, batch, train_rng)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, metrics = train_step(state, batch, train_rng)
       step += 1
       if config.train.check_nans:
         bad_steps = _check_finite(metrics, step, bad_steps,
@@ -502,6 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               workdir, step, samples, info, writer)
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
+      trace.after_step(step, state)
       if guard.requested:
         checkpointing.save(manager, step, state, train_iter)
         logging.warning("Stop requested by a signal: saved step %d to %s; "
