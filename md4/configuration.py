@@ -14,7 +14,9 @@ import os
 import ml_collections
 
 from md4 import networks
+from md4 import sampling
 from md4.diffusion import d3pm
+from md4.sampling import core as sampling_core
 
 # Sections whose keys are fixed here. `network` is open: its keys are the
 # fields of the network named by `network.name`.
@@ -114,7 +116,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.keep_period = 0  # Also keep every k-th step's checkpoint; 0 off.
   c.train.sample_every = 1000  # Steps between sample writes (and at end).
   c.train.num_samples = 16  # Samples per write.
-  c.train.sample_steps = 100  # Ancestral sampler steps.
+  c.train.sample_steps = 100  # Time steps T of the periodic samples.
+  # The periodic samples' sampler (md4.sampling.SAMPLERS, with its default
+  # settings) and time grid, the reference's by default. D3PM samples with
+  # its own T-step reverse chain and reads neither.
+  c.train.sampler = "ancestral"
+  c.train.sampling_grid = "cosine"  # "uniform" or "cosine" (sin(pi u / 2)).
+  # Profiler trace of profile_steps steps after every profile_every-th step,
+  # written to <workdir>/profile/ for TensorBoard (process 0); 0 is off.
+  c.train.profile_every = 0
+  c.train.profile_steps = 5
   # Check every step's metrics and gradients for NaN/Inf (one scalar read
   # per step); a non-finite step's update is discarded and the run stops.
   c.train.check_nans = True
@@ -188,6 +199,8 @@ _RANGES = {
     "train.sample_every": ("int", 1, None),
     "train.num_samples": ("int", 1, None),
     "train.sample_steps": ("int", 1, None),
+    "train.profile_every": ("int", 0, None),
+    "train.profile_steps": ("int", 1, None),
     "train.check_nans": ("bool", None, None),
     "train.max_bad_steps": ("int", 0, None),
 }
@@ -203,6 +216,8 @@ _CHOICES = {
     "model.d3pm_parameterization": d3pm.PARAMETERIZATIONS,
     "optimizer.lr_schedule": ("cosine", "constant"),
     "network.dtype": tuple(networks.COMPUTE_DTYPES),
+    "train.sampler": sampling.NAMES,
+    "train.sampling_grid": sampling_core.GRIDS,
 }
 
 
@@ -279,11 +294,28 @@ def _check_values(config) -> None:
     d3pm.D3PM(config.model.transition, config.data.vocab_size,
               config.model.num_steps, config.model.schedule,
               config.model.d3pm_parameterization)
+  _check_sampler(config)
   if config.model.process == "genmd4" and config.model.num_steps != 0:
     raise ValueError(
         "config.model.num_steps must be 0 for GenMD4 (its ELBO is "
         f"continuous-time only), got {config.model.num_steps}; set "
         "config.model.num_steps=0 or use model.process='md4'.")
+
+
+def _check_sampler(config) -> None:
+  """The periodic samples' sampler must apply to the model's process."""
+  sampler, process = config.train.sampler, config.model.process
+  if process == "d3pm" and sampler != "ancestral":
+    raise ValueError(
+        f"config.train.sampler={sampler!r} does not apply to D3PM: its "
+        "periodic samples use its T-step reverse chain. Set "
+        "config.train.sampler='ancestral'.")
+  if process == "genmd4" and sampler in sampling.MD4_ONLY:
+    raise ValueError(
+        f"config.train.sampler={sampler!r} needs an MD4 model: with GenMD4 "
+        "the reveal probability of a token depends on its value. Use one of "
+        f"{', '.join(n for n in sampling.NAMES if n not in sampling.MD4_ONLY)}"
+        ".")
 
 
 # The paper's DiT sizes (Shi et al., 2024): layers, width, heads.

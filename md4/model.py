@@ -167,6 +167,20 @@ class DiffusionModel(nn.Module):
     a_t = self.masking.alpha(t).reshape(t.shape + expand + (1,))
     return (a_s - a_t) / (1.0 - a_t)  # [B, 1.., 1]
 
+  def keep_probability(self, x, t):
+    """q(z_t = x | x): the chance that token x is still unmasked at t.
+
+    alpha(t) for MD4, alpha_x(t) for GenMD4; [B, ...] for tokens x [B, ...]
+    and times t [B].
+    """
+    if self.process == "d3pm":
+      raise ValueError("D3PM does not mask tokens: its forward process "
+                       "changes values; use an MD4 or GenMD4 model.")
+    t_b = t.reshape(t.shape + (1,) * (x.ndim - 1))  # [B, 1, ...]
+    if self.process == "genmd4":
+      return genmd4.alpha(genmd4.powers(self.power_param)[x], t_b, self.eps)
+    return jnp.broadcast_to(self.masking.alpha(t_b), x.shape)
+
   def reverse_log_probs(self, z, step, label=None):
     """D3PM: log p(x_{t-1} | x_t = z) over states [B, ..., S] at steps [B]."""
     logits = self.denoise(z, step.astype(jnp.float32) / self.num_steps, label)

@@ -5,11 +5,16 @@ r"""Draws samples from a trained run's checkpoint (EMA parameters).
       --steps=1000 --prompt="the history of"
   python -m md4.sample --workdir=./expt/digits --inpaint=left --history
   python -m md4.sample --workdir=./expt/d3pm_digits --history  # D3PM
+  python -m md4.sample --workdir=./expt/digits --reconstruct_from=test \
+      --reconstruct_t=0.5
 
 Writes into --output_dir (default <workdir>/samples/<sampler>_step<N>_seed<S>)
 the samples (PNG grid, or .txt and .jsonl; and .npy), `summary.json`
 (settings, network calls per sample, samples/s) and, with --history, a GIF
-and a strip image of the denoising. The logic is
+and a strip image of the denoising. --reconstruct_from=SPLIT masks that
+split's first examples forward to --reconstruct_t with the model's schedule
+and denoises them from there, writing originals, noised inputs and
+reconstructions and the share of tokens recovered. The logic is
 `md4.sampling.command.sample_to_files`; README.md, "Sampling and
 evaluation", lists the samplers. A D3PM run (config.model.process="d3pm")
 samples with its T-step reverse chain (`--sampler=ancestral`, one network
@@ -36,9 +41,10 @@ _STEPS = flags.DEFINE_integer(
     "steps", None, "Time steps T; default config.train.sample_steps "
     "(D3PM: always its config.model.num_steps).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_SAMPLER = flags.DEFINE_enum("sampler", "ancestral", list(sampling.NAMES),
-                             "Sampler.")
-_GRID = flags.DEFINE_enum("grid", "uniform", list(core.GRIDS), "Time grid.")
+_SAMPLER = flags.DEFINE_enum("sampler", None, list(sampling.NAMES),
+                             "Sampler; default config.train.sampler.")
+_GRID = flags.DEFINE_enum("grid", None, list(core.GRIDS),
+                          "Time grid; default config.train.sampling_grid.")
 _TOPP = flags.DEFINE_float("topp", 0.9, "Nucleus mass (--sampler=topp).")
 _REMASK = flags.DEFINE_float(
     "remask_strength", 0.05, "ReMDM eta in [0, 1] (--sampler=remask).")
@@ -59,6 +65,13 @@ _INPAINT_SPLIT = flags.DEFINE_string(
     "pixels; default the first evaluation split.")
 _HISTORY = flags.DEFINE_bool("history", False, "Write a GIF and a strip.")
 _HISTORY_FRAMES = flags.DEFINE_integer("history_frames", 32, "GIF frames.")
+_RECONSTRUCT_FROM = flags.DEFINE_string(
+    "reconstruct_from", None, "A split (an evaluation split or train): mask "
+    "its first --num_samples examples forward to --reconstruct_t and "
+    "reconstruct them.")
+_RECONSTRUCT_T = flags.DEFINE_float(
+    "reconstruct_t", 0.5, "Time in (0, 1] the examples are masked to "
+    "(each token kept with probability alpha(t)).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -74,10 +87,25 @@ def main(argv):
       choice_temperature=_CHOICE.value, label=_LABEL.value,
       guidance=_GUIDANCE.value, prompt=_PROMPT.value, infill=_INFILL.value,
       inpaint=_INPAINT.value, inpaint_split=_INPAINT_SPLIT.value,
-      history=_HISTORY.value, history_frames=_HISTORY_FRAMES.value))
-  print(f"{summary['request']['num_samples']} samples ({_SAMPLER.value}, "
-        f"{summary['network_calls_per_sample']:.1f} network calls per sample,"
-        f" {summary['samples_per_second']:.2f} samples/s) written to:")
+      history=_HISTORY.value, history_frames=_HISTORY_FRAMES.value,
+      reconstruct_from=_RECONSTRUCT_FROM.value,
+      reconstruct_t=_RECONSTRUCT_T.value))
+  sampler = summary["request"]["sampler"]
+  if "reconstruction" in summary:
+    r = summary["reconstruction"]
+    masked_equal = ("n/a" if r["masked_equal_fraction"] is None
+                    else f"{r['masked_equal_fraction']:.1%}")
+    print(f"{r['num_examples']} examples of {r['split']} masked to t = "
+          f"{r['t']:g} ({r['masked_fraction']:.1%} of tokens masked, "
+          f"{r['expected_masked_fraction']:.1%} expected) and reconstructed "
+          f"with {sampler}: {r['equal_fraction']:.1%} of all tokens and "
+          f"{masked_equal} of the masked ones equal the original. Written "
+          "to:")
+  else:
+    print(f"{summary['request']['num_samples']} samples ({sampler}, "
+          f"{summary['network_calls_per_sample']:.1f} network calls per "
+          f"sample, {summary['samples_per_second']:.2f} samples/s) written "
+          "to:")
   print("\n".join(f"  {p}" for p in summary.get("files", [])))
 
 

@@ -9,6 +9,9 @@ becomes `samples/step_<N>.txt`, one decoded sample per paragraph.
   unknown ones in the mask colour), `samples.npy`;
 * text: `samples.txt` (paragraphs), `samples.jsonl` (one object per sample:
   index, text, tokens, and the prompt when there is one), `samples.npy`;
+* `--reconstruct_from`: the same three kinds of file for `originals`,
+  `noised` (masked tokens in `MASK_COLOR` or as the unknown character) and
+  `reconstructions` instead of `samples`;
 * `--history`: `history.gif` (the denoising process, one frame per recorded
   time) and `history_strip.png` (a few frames side by side, labelled with
   their time). Masked tokens are drawn in `MASK_COLOR` (images) or as the
@@ -127,14 +130,22 @@ def write_samples(workdir: str, step: int, samples: np.ndarray, info,
 
 
 def write_sample_files(directory: str, samples: np.ndarray, info, *,
-                       known=None, prompt: str = "") -> list[str]:
-  """Writes md4.sample's outputs (see the module docstring); their paths."""
+                       known=None, prompt: str = "",
+                       name: str = "samples") -> list[str]:
+  """Writes md4.sample's outputs (see the module docstring); their paths.
+
+  Files are called `<name>.npy`, `<name>.png` or `<name>.txt` and
+  `<name>.jsonl`; tokens equal to the mask id (V) are drawn masked.
+  """
   os.makedirs(directory, exist_ok=True)
-  paths = [os.path.join(directory, "samples.npy")]
+  paths = [os.path.join(directory, f"{name}.npy")]
   np.save(paths[0], samples)
   if info.kind == "image":
-    paths.append(os.path.join(directory, "samples.png"))
-    to_pil(enlarge(image_grid(samples, info.vocab_size))).save(paths[-1])
+    paths.append(os.path.join(directory, f"{name}.png"))
+    masked = (np.asarray(samples) >= info.vocab_size).any()
+    grid = (masked_image_grid if masked else image_grid)(samples,
+                                                         info.vocab_size)
+    to_pil(enlarge(grid)).save(paths[-1])
     if known is not None and np.asarray(known.mask).any():
       given = np.where(known.mask, known.tokens, info.vocab_size)
       paths.append(os.path.join(directory, "known.png"))
@@ -142,10 +153,10 @@ def write_sample_files(directory: str, samples: np.ndarray, info, *,
                                        info.vocab_size))).save(paths[-1])
     return paths
   texts = decode_all(samples, info)
-  paths.append(os.path.join(directory, "samples.txt"))
+  paths.append(os.path.join(directory, f"{name}.txt"))
   with open(paths[-1], "w") as f:
     f.write("\n\n".join(texts) + "\n")
-  paths.append(os.path.join(directory, "samples.jsonl"))
+  paths.append(os.path.join(directory, f"{name}.jsonl"))
   with open(paths[-1], "w") as f:
     for i, (text, tokens) in enumerate(zip(texts, samples)):
       record = {"index": i, "text": text,

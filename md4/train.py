@@ -29,12 +29,14 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4 import optimizers
 from md4 import preemption
+from md4 import profiling
 from md4 import sample_writing
 from md4 import sharding
 from md4.data import pipelines
 from md4.diffusion import md4
-from md4.sampling import ancestral
+from md4.sampling import core as sampling_core
 from md4.sampling import d3pm_reverse
+from md4.sampling import drawing
 
 
 @flax.struct.dataclass
@@ -512,7 +514,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   preempted = False
   bad_steps = 0
   with (jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules),
-        preemption.PreemptionGuard() as guard):
+        preemption.PreemptionGuard() as guard,
+        profiling.PeriodicTrace(
+            workdir, config.train.profile_every, config.train.profile_steps,
+            num_steps, enabled=jax.process_index() == 0) as trace):
     while step < num_steps:
       # ------------------------------------------------------ one step --
       local = next(train_iter)
@@ -524,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             setup.abstract_state)
         if jax.process_index() == 0:
           logging.info("%s Mesh %s.", memory, dict(setup.mesh.shape))
-      state, metrics = train_step(state, batch, train_rng)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, metrics = train_step(state, batch, train_rng)
       step += 1
       if config.train.check_nans:
         bad_steps = _check_finite(metrics, step, bad_steps,
@@ -549,6 +555,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               workdir, step, samples, info, writer)
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
+      trace.after_step(step, state)
       if guard.requested:
         checkpointing.save(manager, step, state, train_iter)
         logging.warning("Stop requested by a signal: saved step %d to %s; "
@@ -563,12 +570,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _draw_samples(model, params, rng, config):
-  """The periodic samples: D3PM's reverse chain, else the MD4 ancestral."""
+  """The periodic samples: config.train.sampler on config.train.sampling_grid.
+
+  D3PM samples with its T-step reverse chain instead. Class-conditional
+  models label sample i with class i mod num_classes.
+  """
+  num_samples = config.train.num_samples
+  labels = drawing.cycled_labels(num_samples, model.num_classes)
   if model.process == "d3pm":
-    return d3pm_reverse.sample(model, {"params": params}, rng,
-                               config.train.num_samples)
-  return ancestral.sample(model, {"params": params}, rng,
-                          config.train.num_samples, config.train.sample_steps)
+    return d3pm_reverse.sample(model, {"params": params}, rng, num_samples,
+                               labels)
+  settings = sampling_core.Settings(num_steps=config.train.sample_steps,
+                                    grid=config.train.sampling_grid)
+  return drawing.sample_batch(model, {"params": params}, rng,
+                              config.train.sampler, settings, num_samples,
+                              labels)
 
 
 def _flatten(config, prefix=""):

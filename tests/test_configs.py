@@ -180,3 +180,21 @@ def test_every_d3pm_transition_passes_validation():
   config.model.transition = "gauss"
   with pytest.raises(ValueError, match="model.transition='gauss'"):
     configuration.validate(config)
+
+
+def test_periodic_sampler_is_checked_against_the_process():
+  config = configuration.default_config()
+  assert (config.train.sampler, config.train.sampling_grid) == (
+      "ancestral", "cosine")
+  config.train.sampler = "beam"
+  with pytest.raises(ValueError, match="train.sampler='beam'.*ancestral"):
+    configuration.validate(config)
+  config.train.sampler, config.model.process = "cached", "genmd4"
+  with pytest.raises(ValueError, match="needs an MD4 model"):
+    configuration.validate(config)
+  config.model.process, config.model.num_steps = "d3pm", 10
+  with pytest.raises(ValueError, match="does not apply to D3PM"):
+    configuration.validate(config)
+  config.train.sampler, config.train.sampling_grid = "ancestral", "log"
+  with pytest.raises(ValueError, match="sampling_grid='log'.*uniform"):
+    configuration.validate(config)

@@ -661,7 +661,7 @@ def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
 
 @pytest.mark.parametrize("flag,value", [
     ("sampler", "cached"), ("sampler", "topp"), ("steps", 3),
-    ("inpaint", "left")])
+    ("inpaint", "left"), ("reconstruct_from", "test")])
 def test_sample_command_names_the_flag_that_does_not_apply_to_d3pm(
     d3pm_workdir, tmp_path, flag, value):
   request = command.Request(workdir=d3pm_workdir,

@@ -36,6 +36,7 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4 import sample_writing
 from md4 import sampling
+from md4 import train
 from md4.data import sources
 from md4.data import text8
 from md4.diffusion import schedules
@@ -45,6 +46,7 @@ from md4.sampling import command
 from md4.sampling import conditioning
 from md4.sampling import confidence
 from md4.sampling import core
+from md4.sampling import drawing
 from md4.sampling import restored_run
 
 NUM_SAMPLES = 20_000
@@ -90,7 +92,7 @@ def known_probs() -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def step_distribution(num_steps: int, remask_strength: float = 0.0,
-                      genmd4: bool = False):
+                      genmd4: bool = False, grid: str = "uniform"):
   """Exact distribution over all_states() of T reverse steps and the fill.
 
   From each of the 4**L partially masked sequences, a masked token is
@@ -107,7 +109,7 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0,
   else:
     denoise = jax.jit(kd.oracle(lambda values, t: SCHEDULE.alpha(t)))
     alpha = lambda t: float(SCHEDULE.alpha(np.float32(t)))
-  times = core.grid_times(num_steps).astype(np.float64)
+  times = core.grid_times(num_steps, grid).astype(np.float64)
   masked = partial == MASK  # [S', L]
 
   def transition(t, reveal, sigma):
@@ -179,6 +181,14 @@ def test_sampler_matches_the_exact_distribution_of_its_steps(name):
   assert_matches(np.asarray(result.samples), step_distribution(20))
 
 
+@pytest.mark.parametrize("name", ["ancestral", "cached"])
+def test_sampler_on_the_cosine_grid_matches_the_exact_distribution(name):
+  result = draw(name, core.Settings(num_steps=8, grid="cosine"), seed=9)
+  target = step_distribution(8, grid="cosine")
+  assert 0.5 * np.abs(target - step_distribution(8)).sum() > 0.01
+  assert_matches(np.asarray(result.samples), target)
+
+
 @pytest.mark.parametrize("name", ["ancestral", "mean"])
 def test_genmd4_sampler_matches_the_exact_distribution_of_its_steps(name):
   result = draw(name, core.Settings(num_steps=20), seed=8,
@@ -222,6 +232,60 @@ def test_first_hitting_infilling_matches_the_known_conditional_distribution():
   conditional = known_probs() * ((states[:, 0] == 1) & (states[:, 3] == 2))
   assert int(result.network_calls) == kd.LENGTH - 2
   assert_matches(samples, conditional / conditional.sum())
+
+
+# ------------------------------------------- starting below t = 1 -----
+
+
+@pytest.mark.parametrize("name", sampling.NAMES)
+def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(
+    name):
+  rng = np.random.default_rng(1)
+  given = rng.random((2000, kd.LENGTH)) < 0.4
+  tokens = rng.integers(0, kd.VOCAB, given.shape).astype(np.int32)
+  known = core.Known(jnp.asarray(given), jnp.asarray(tokens))
+  # Frames at tau = 1, .75, .5, .25, 0; the process starts at t = 0.6.
+  settings = core.Settings(num_steps=7, num_frames=5, start_time=0.6)
+  history = np.asarray(draw(name, settings, known=known, num_samples=2000,
+                            seed=4).history)
+  start = np.where(given, tokens, MASK)
+  np.testing.assert_array_equal(history[1], start)
+  if name != "remask":  # ReMDM started below 1 masks a little more.
+    # Frame tau = 0.25 is the state after the last step ending at s >= 0.25;
+    # (1 - alpha(s)) / (1 - alpha(0.6)) of the unknown tokens are masked.
+    ends = core.sampler_times(settings)[1:]
+    s = ends[ends >= 0.25].min()
+    expected = ((1.0 - SCHEDULE.alpha(s)) / (1.0 - SCHEDULE.alpha(0.6)))
+    still = (history[3][~given] == MASK).mean()
+    assert abs(still - expected) < 0.05, (still, expected)
+  assert not (history[-1] == MASK).any()
+
+
+def test_sampler_times_scale_the_grid_to_the_start_time():
+  settings = core.Settings(num_steps=4, grid="cosine", start_time=0.5)
+  np.testing.assert_allclose(core.sampler_times(settings),
+                             0.5 * core.grid_times(4, "cosine"), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"--reconstruct_t must be in \(0, 1\]"):
+    core.Settings(start_time=0.0).validate()
+
+
+def test_genmd4_keep_probability_is_alpha_of_each_tokens_value():
+  config = configuration.default_config()
+  config.data.dataset, config.data.data_shape = "text8", (8,)
+  config.data.vocab_size = 5
+  config.network = configuration.transformer("tiny", dropout_rate=0.0)
+  config.model.process, config.model.power_init = "genmd4", 2.0
+  model = model_lib.build_model(config)
+  variables = model_lib.init_variables(model, jax.random.key(0))
+  params = jax.tree.map(lambda w: w, variables["params"])
+  params["power_param"] = jnp.arange(5.0) - 2.0
+  reverse = core.from_model(model, {"params": params})
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 5, (3, 8)), jnp.int32)
+  t = jnp.array([0.2, 0.5, 0.9])
+  w = jax.nn.softplus(params["power_param"])[x]  # [3, 8]
+  expected = 1.0 - (1.0 - config.model.eps) * t[:, None] ** w
+  np.testing.assert_allclose(reverse.keep_probability(x, t), expected,
+                             rtol=1e-5)
 
 
 # ------------------------------------------------------- fewer calls ------
@@ -280,6 +344,47 @@ def test_cached_and_first_hitting_samplers_report_far_fewer_network_calls():
   assert calls["first_hitting"] == length
   assert calls["cached"] <= length + 1
   assert calls["ancestral"] >= 5 * calls["cached"]
+
+
+# --------------------------------------------- training-time samples ----
+
+
+def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
+  model, params = time_agnostic_model()
+  config = configuration.default_config()
+  config.train.sampler, config.train.sampling_grid = "confidence", "cosine"
+  config.train.sample_steps, config.train.num_samples = 6, 4
+  configuration.validate(config)
+  rng = jax.random.key(3)
+  got = jax.jit(lambda p, r: train._draw_samples(model, p, r, config))(
+      params, rng)
+
+  def direct(name, grid):
+    reverse = core.from_model(model, {"params": params})
+    settings = core.Settings(num_steps=6, grid=grid)
+    return jax.jit(lambda r: sampling.get(name)(reverse, r, 4, settings))(
+        rng).samples
+
+  np.testing.assert_array_equal(got, direct("confidence", "cosine"))
+  # The same key gives other samples with another sampler or grid.
+  assert (np.asarray(got) != direct("ancestral", "cosine")).any()
+  assert (np.asarray(got) != direct("confidence", "uniform")).any()
+
+
+def test_training_samples_of_a_class_conditional_model_cycle_the_labels():
+  num_classes, vocab_size = 3, 5
+  model = model_lib.DiffusionModel(LabelTable(vocab_size, num_classes),
+                                   vocab_size=vocab_size, data_shape=(6,),
+                                   num_classes=num_classes)
+  # Class c always predicts value c; "no label" (row 3) predicts value 4.
+  table = 50.0 * jax.nn.one_hot([0, 1, 2, 4], vocab_size)
+  params = {"network": {"table": table}}
+  config = configuration.default_config()
+  config.train.sample_steps, config.train.num_samples = 4, 7
+  samples = np.asarray(jax.jit(lambda p, r: train._draw_samples(
+      model, p, r, config))(params, jax.random.key(0)))
+  expected = np.arange(7)[:, None] % num_classes
+  np.testing.assert_array_equal(samples, np.broadcast_to(expected, (7, 6)))
 
 
 # -------------------------------------------------------- conditioning ----
@@ -351,6 +456,20 @@ def test_image_masks_name_the_known_region_and_read_pngs(tmp_path):
 
 
 # ----------------------------------------------------- sampler details ----
+
+
+def test_cosine_grid_is_the_references_fine_near_t_equal_one():
+  # The reference's t = sin(pi u / 2) on u = 1, 7/8, ..., 0 (MaskGIT's order):
+  # [1, .981, .924, .832, .707, .556, .383, .195, 0].
+  expected = np.sin(0.5 * np.pi * np.arange(8, -1, -1) / 8)
+  np.testing.assert_allclose(core.grid_times(8, "cosine"), expected,
+                             atol=1e-6)
+  np.testing.assert_allclose(core.grid_times(8, "cosine")[[1, 4, 7]],
+                             [0.981, 0.707, 0.195], atol=5e-4)
+  steps = -np.diff(core.grid_times(8, "cosine"))
+  assert (np.diff(steps) > 0).all()  # finest steps first, near t = 1
+  np.testing.assert_allclose(core.grid_times(8), np.linspace(1, 0, 9))
+
 
 
 def test_nucleus_keeps_the_smallest_set_of_values_reaching_topp():
@@ -500,6 +619,73 @@ def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
   assert saved["network_calls_per_sample"] == summary[
       "network_calls_per_sample"] <= 13
   assert saved["checkpoint_step"] == 6
+
+
+@pytest.mark.parametrize("t", [0.5, 1e-3])
+def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
+  workdir, _ = trained_digits.trained_run()
+  out = str(tmp_path / "out")
+  summary = command.sample_to_files(command.Request(
+      workdir=workdir, output_dir=out, num_samples=32, batch_size=16,
+      steps=6, reconstruct_from="test", reconstruct_t=t))
+  assert sorted(os.listdir(out)) == [
+      f"{name}.{ext}" for name in ("noised", "originals", "reconstructions")
+      for ext in ("npy", "png")] + ["summary.json"]
+  load = lambda name: np.load(os.path.join(out, f"{name}.npy"))
+  originals, noised, rebuilt = (load("originals"), load("noised"),
+                                load("reconstructions"))
+  run = restored_run.restore(workdir)
+  np.testing.assert_array_equal(
+      originals, conditioning.split_examples(run.setup.datasets, "test", 32))
+  masked = noised == run.setup.model.mask_id  # [32, 8, 8, 1]
+  np.testing.assert_array_equal(noised[~masked], originals[~masked])
+  np.testing.assert_array_equal(rebuilt[~masked], originals[~masked])
+  assert rebuilt.min() >= 0 and rebuilt.max() < 17
+  schedule = schedules.MaskingSchedule(run.config.model.schedule,
+                                       run.config.model.eps)
+  p = 1.0 - float(schedule.alpha(jnp.float32(t)))
+  se = math.sqrt(p * (1 - p) / masked.size)
+  assert abs(masked.mean() - p) < 5 * se + 1e-3
+  scores = summary["reconstruction"]
+  assert scores["num_examples"] == 32 and scores["split"] == "test"
+  assert scores["expected_masked_fraction"] == pytest.approx(p, rel=1e-3)
+  assert scores["masked_fraction"] == pytest.approx(masked.mean())
+  assert scores["equal_fraction"] == pytest.approx(
+      (rebuilt == originals).mean())
+  assert summary["settings"]["start_time"] == t
+  assert summary["request"]["sampler"] == run.config.train.sampler
+  assert summary["settings"]["grid"] == run.config.train.sampling_grid
+  if t < 0.01:  # Nearly nothing is masked: the input comes back.
+    assert masked.mean() < 0.01 and scores["equal_fraction"] > 0.99
+  else:
+    assert 0.3 < masked.mean() < 0.7
+
+
+def test_reconstruct_rejects_an_unknown_split_and_flags_that_clash(tmp_path):
+  workdir, _ = trained_digits.trained_run()
+  request = functools.partial(command.Request, workdir=workdir,
+                              output_dir=str(tmp_path / "out"),
+                              reconstruct_from="test")
+  with pytest.raises(ValueError, match="--inpaint does not apply with "
+                     "--reconstruct_from"):
+    command.sample_to_files(request(inpaint="left"))
+  with pytest.raises(ValueError, match="--reconstruct_t must be in"):
+    command.sample_to_files(request(reconstruct_t=1.5))
+  with pytest.raises(ValueError, match="--reconstruct_from='valid' is not a "
+                     "split; valid: train, test"):
+    command.sample_to_files(request(reconstruct_from="valid"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_draw_gives_each_sample_its_own_label_across_batches():
+  model = model_lib.DiffusionModel(LabelTable(5, 3), vocab_size=5,
+                                   data_shape=(4,), num_classes=3)
+  params = {"network": {"table": 50.0 * jax.nn.one_hot([0, 1, 2, 4], 5)}}
+  labels = np.array([2, 0, 1, 1, 2])
+  drawn = drawing.draw(model, params, "ancestral", core.Settings(num_steps=3),
+                       num_samples=5, batch_size=2, seed=0, label=labels)
+  np.testing.assert_array_equal(drawn.samples,
+                                np.broadcast_to(labels[:, None], (5, 4)))
 
 
 def test_text_samples_are_written_as_txt_and_jsonl_that_decode(tmp_path):

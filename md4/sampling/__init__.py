@@ -35,6 +35,8 @@ SAMPLERS = {
     "first_hitting": first_hitting.sample_first_hitting,
 }
 NAMES = tuple(SAMPLERS)
+# Samplers that need a value-independent schedule alpha(t) (MD4, not GenMD4).
+MD4_ONLY = ("remask", "cached", "first_hitting")
 
 
 def get(name: str):

@@ -22,7 +22,6 @@
 import jax
 import jax.numpy as jnp
 
-from md4 import model as model_lib
 from md4.sampling import core
 
 # `time_grid` and `categorical` have always been importable from here.
@@ -75,17 +74,3 @@ def sample_topp(reverse, rng, num_samples, settings, known=None):
 
 def sample_mean(reverse, rng, num_samples, settings, known=None):
   return core.run(reverse, rng, num_samples, settings, mean_step, known)
-
-
-def sample(model: model_lib.DiffusionModel, variables, rng: jax.Array,
-           num_samples: int, num_steps: int, label=None,
-           grid: str = "uniform") -> jax.Array:
-  """Draws num_samples examples [N, *data_shape] with the ancestral sampler.
-
-  The entry point of the training loop's periodic samples; `label` is an
-  optional class id for class-conditional models.
-  """
-  reverse = core.from_model(model, variables,
-                            label=None if label is None else int(label))
-  settings = core.Settings(num_steps=num_steps, grid=grid)
-  return sample_ancestral(reverse, rng, num_samples, settings).samples

@@ -59,7 +59,7 @@ def sample_cached(reverse, rng, num_samples, settings, known=None,
     reverse: an MD4 model.
     rng: PRNG key.
     num_samples: B.
-    settings: num_steps, grid and num_frames are read.
+    settings: num_steps, grid, start_time and num_frames are read.
     known: given tokens, or None.
     skip: False calls the network at every step (same draws, for checking).
 
@@ -67,7 +67,7 @@ def sample_cached(reverse, rng, num_samples, settings, known=None,
     The `Result`; network_calls is the number of rounds.
   """
   num_steps = settings.num_steps
-  times = core.time_grid(num_steps, settings.grid)  # [T + 1]
+  times = jnp.asarray(core.sampler_times(settings))  # [T + 1]
   known = known if known is not None else core.no_known(num_samples,
                                                         reverse.data_shape)
   mask_id = reverse.mask_id

@@ -3,6 +3,10 @@
 `sample_to_files(Request(...))` restores a run (EMA parameters), builds the
 known tokens of a prompt, infilling template or inpainting mask, draws the
 samples, and writes them (see `md4.sample_writing`) with `summary.json`.
+With `reconstruct_from` it instead masks examples of that split forward to
+`reconstruct_t` and denoises them (`md4.sampling.reconstruction`), writing
+the originals, the noised inputs and the reconstructions. The sampler and
+grid default to the run's config.train.sampler and train.sampling_grid.
 A D3PM run (config.model.process="d3pm") samples with its own T-step
 reverse chain (`md4.sampling.d3pm_reverse`) instead of the unmasking
 samplers; `check_d3pm_request` names the flags that do not apply to it.
@@ -20,6 +24,7 @@ from md4.sampling import conditioning
 from md4.sampling import core
 from md4.sampling import d3pm_reverse
 from md4.sampling import drawing
+from md4.sampling import reconstruction
 from md4.sampling import restored_run
 
 
@@ -34,8 +39,8 @@ class Request:
   batch_size: int = 16
   steps: int | None = None  # None: config.train.sample_steps.
   seed: int = 0
-  sampler: str = "ancestral"
-  grid: str = "uniform"
+  sampler: str | None = None  # None: config.train.sampler.
+  grid: str | None = None  # None: config.train.sampling_grid.
   topp: float = 0.9
   remask_strength: float = 0.05
   choice_temperature: float = 1.0
@@ -47,6 +52,8 @@ class Request:
   inpaint_split: str | None = None
   history: bool = False
   history_frames: int = 32
+  reconstruct_from: str | None = None  # A split: reconstruct its examples.
+  reconstruct_t: float = 0.5  # The time they are masked to.
 
 
 def known_tokens(request: Request, run: restored_run.RestoredRun):
@@ -88,7 +95,7 @@ def check_d3pm_request(request: Request, num_steps: int) -> None:
     num_steps: the run's config.model.num_steps (T).
   """
   process = f"config.model.process='d3pm' (run {request.workdir!r})"
-  if request.sampler != D3PM_SAMPLER:
+  if request.sampler not in (None, D3PM_SAMPLER):
     raise ValueError(
         f"--sampler={request.sampler} does not apply to D3PM, {process}: "
         "its reverse chain changes every token at every step instead of "
@@ -99,7 +106,7 @@ def check_d3pm_request(request: Request, num_steps: int) -> None:
         f"--steps={request.steps} does not apply to D3PM, {process}: it "
         f"samples with its T = config.model.num_steps = {num_steps} steps. "
         "Drop --steps.")
-  if request.grid != "uniform":
+  if request.grid not in (None, "uniform"):
     raise ValueError(f"--grid={request.grid} does not apply to D3PM, "
                      f"{process}: its steps are t = T..1. Drop --grid.")
   for flag in ("prompt", "infill", "inpaint"):
@@ -107,9 +114,63 @@ def check_d3pm_request(request: Request, num_steps: int) -> None:
       raise ValueError(f"--{flag} does not apply to D3PM, {process}: its "
                        "reverse chain has no conditioning on known tokens. "
                        f"Drop --{flag}, or sample an MD4 run.")
+  if request.reconstruct_from is not None:
+    raise ValueError(f"--reconstruct_from does not apply to D3PM, {process}:"
+                     " its noise changes token values instead of masking "
+                     "them. Drop --reconstruct_from, or use an MD4 run.")
   if request.guidance != 0.0:
     raise ValueError(f"--guidance={request.guidance} does not apply to D3PM,"
                      f" {process}. Drop --guidance.")
+
+
+def check_reconstruct_request(request: Request) -> None:
+  """Rejects, naming the flag, what does not combine with reconstruction."""
+  if request.reconstruct_from is None:
+    return
+  for flag in ("prompt", "infill", "inpaint", "label"):
+    if getattr(request, flag) is not None:
+      raise ValueError(
+          f"--{flag} does not apply with --reconstruct_from: the given "
+          "tokens are the unmasked ones of each example, and a "
+          "class-conditional model takes each example's own label. Drop "
+          f"--{flag}.")
+  core.Settings(start_time=request.reconstruct_t).validate()
+
+
+def with_config_defaults(request: Request, config) -> Request:
+  """The request with the sampler and grid left unset taken from config."""
+  if config.model.process == "d3pm":
+    return dataclasses.replace(request,
+                               sampler=request.sampler or D3PM_SAMPLER)
+  return dataclasses.replace(
+      request, sampler=request.sampler or config.train.sampler,
+      grid=request.grid or config.train.sampling_grid)
+
+
+def _settings(request: Request, run: restored_run.RestoredRun,
+              start_time: float = 1.0) -> core.Settings:
+  """The unmasking samplers' settings from the flags."""
+  return core.Settings(
+      num_steps=request.steps or run.config.train.sample_steps,
+      grid=request.grid, topp=request.topp,
+      remask_strength=request.remask_strength,
+      choice_temperature=request.choice_temperature,
+      num_frames=request.history_frames if request.history else 0,
+      start_time=start_time)
+
+
+def _reconstruct(request: Request, run: restored_run.RestoredRun):
+  """(settings, `Reconstruction`) of the examples of --reconstruct_from."""
+  rows = conditioning.split_rows(run.setup.datasets, request.reconstruct_from,
+                                 request.num_samples,
+                                 flag="--reconstruct_from")
+  model = run.setup.model
+  labels = rows.get("label") if model.num_classes else None
+  settings = _settings(request, run, start_time=request.reconstruct_t)
+  return settings, reconstruction.reconstruct(
+      model, run.params, rows["x"], request.sampler, settings,
+      batch_size=request.batch_size, seed=request.seed, labels=labels,
+      guidance=request.guidance)
 
 
 def _draw(request: Request, run: restored_run.RestoredRun,
@@ -130,11 +191,7 @@ def _draw(request: Request, run: restored_run.RestoredRun,
         model, run.params, num_samples=request.num_samples,
         batch_size=request.batch_size, seed=request.seed,
         label=request.label, num_frames=num_frames)
-  settings = core.Settings(
-      num_steps=request.steps or run.config.train.sample_steps,
-      grid=request.grid, topp=request.topp,
-      remask_strength=request.remask_strength,
-      choice_temperature=request.choice_temperature, num_frames=num_frames)
+  settings = _settings(request, run)
   return settings, drawing.draw(
       model, run.params, request.sampler, settings,
       num_samples=request.num_samples, batch_size=request.batch_size,
@@ -142,17 +199,34 @@ def _draw(request: Request, run: restored_run.RestoredRun,
       guidance=request.guidance)
 
 
+def _output_dir(request: Request, run: restored_run.RestoredRun) -> str:
+  if request.output_dir:
+    return request.output_dir
+  name = f"{request.sampler}_step{run.step}_seed{request.seed}"
+  if request.reconstruct_from is not None:
+    name = (f"reconstruct_{request.reconstruct_from}_t"
+            f"{request.reconstruct_t:g}_{name}")
+  return os.path.join(run.workdir, sample_writing.SAMPLE_DIR, name)
+
+
 def sample_to_files(request: Request) -> dict:
   """Draws and writes the samples; returns the summary (also saved)."""
   config = restored_run.load_config(request.workdir, request.overrides)
   if config.model.process == "d3pm":  # Checked before the slow restore.
     check_d3pm_request(request, config.model.num_steps)
+  check_reconstruct_request(request)
+  request = with_config_defaults(request, config)
   run = restored_run.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
-  known = None if config.model.process == "d3pm" else known_tokens(request,
-                                                                   run)
+  rebuilt = known = None
+  if request.reconstruct_from is None and config.model.process != "d3pm":
+    known = known_tokens(request, run)
   with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
-    settings, drawn = _draw(request, run, known)
+    if request.reconstruct_from is not None:
+      settings, rebuilt = _reconstruct(request, run)
+      drawn = rebuilt.drawn
+    else:
+      settings, drawn = _draw(request, run, known)
   summary = {
       "request": dataclasses.asdict(request), "checkpoint_step": run.step,
       "settings": dataclasses.asdict(settings),
@@ -160,15 +234,25 @@ def sample_to_files(request: Request) -> dict:
       "samples_per_second": drawn.samples_per_second,
       "seconds": drawn.seconds, "compile_seconds": drawn.compile_seconds,
   }
+  if rebuilt is not None:
+    summary["reconstruction"] = {
+        "split": request.reconstruct_from, "t": request.reconstruct_t,
+        "num_examples": len(rebuilt.originals),
+        **rebuilt.scores(run.setup.model.mask_id)}
   if jax.process_index() > 0:
     return summary
   # ------------------------------------------------------- outputs --
-  out = request.output_dir or os.path.join(
-      run.workdir, sample_writing.SAMPLE_DIR,
-      f"{request.sampler}_step{run.step}_seed{request.seed}")
-  paths = sample_writing.write_sample_files(
-      out, drawn.samples, info, known=known,
-      prompt=request.prompt or request.infill or "")
+  out = _output_dir(request, run)
+  if rebuilt is not None:
+    paths = []
+    for name, tokens in (("originals", rebuilt.originals),
+                         ("noised", rebuilt.noised),
+                         ("reconstructions", drawn.samples)):
+      paths += sample_writing.write_sample_files(out, tokens, info, name=name)
+  else:
+    paths = sample_writing.write_sample_files(
+        out, drawn.samples, info, known=known,
+        prompt=request.prompt or request.infill or "")
   if drawn.history is not None:
     paths += sample_writing.write_history(out, drawn.history, info)
   paths.append(os.path.join(out, "summary.json"))

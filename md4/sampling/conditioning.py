@@ -136,14 +136,34 @@ def image_known(spec: str, images: np.ndarray) -> core.Known:
   return core.Known(mask, images.astype(np.int32))
 
 
-def split_examples(datasets, split: str, count: int) -> np.ndarray:
-  """The first `count` examples' tokens of an evaluation split, [n, ...]."""
-  if split not in datasets.eval:
-    raise ValueError(f"--inpaint_split={split!r} is not an evaluation split;"
-                     f" valid: {', '.join(datasets.eval)}.")
-  rows = []
-  for batch in datasets.eval[split]():
-    rows.extend(batch["x"][batch["weight"] > 0])
-    if len(rows) >= count:
+def split_rows(datasets, split: str, count: int,
+               flag: str = "--inpaint_split") -> dict[str, np.ndarray]:
+  """The first `count` examples of a split: {"x": [n, ...], "label": [n]}.
+
+  `split` is an evaluation split or "train" (the first batches of the
+  shuffled training loader); "label" is there when the data has labels.
+  `flag` names the command-line flag in the error for an unknown split.
+  """
+  if split == "train":
+    batches = iter(datasets.train)
+  elif split in datasets.eval:
+    batches = datasets.eval[split]()
+  else:
+    raise ValueError(f"{flag}={split!r} is not a split; valid: train, "
+                     f"{', '.join(datasets.eval)}.")
+  rows, found = {}, 0
+  for batch in batches:
+    real = (np.asarray(batch["weight"]) > 0 if "weight" in batch
+            else np.ones(len(batch["x"]), bool))  # [b], padding dropped
+    for key in ("x", "label"):
+      if key in batch:
+        rows.setdefault(key, []).append(np.asarray(batch[key])[real])
+    found += int(real.sum())
+    if found >= count:
       break
-  return np.stack(rows[:count])
+  return {key: np.concatenate(parts)[:count] for key, parts in rows.items()}
+
+
+def split_examples(datasets, split: str, count: int) -> np.ndarray:
+  """The first `count` examples' tokens of a split, [n, ...]."""
+  return split_rows(datasets, split, count)["x"]

@@ -5,7 +5,8 @@ by its log-probability plus Gumbel noise scaled by `choice_temperature` and
 annealed to zero over the steps, and reveals the k best-scoring tokens; the
 rest stay masked. k keeps the number still masked on the schedule: after the
 step t -> s, round(U * masked_fraction(s)) of the U unknown tokens stay
-masked, as many as the ancestral sampler leaves on average.
+masked, as many as the ancestral sampler leaves on average (from the start
+time t_0: masked_fraction(s) relative to t_0).
 
 Not an exact sampler of the model: it trades diversity for fidelity, which
 often helps with few steps.
@@ -18,7 +19,8 @@ from md4.sampling import core
 
 
 def confidence_step(reverse: core.Reverse, step: core.Step,
-                    choice_temperature: float) -> jax.Array:
+                    choice_temperature: float,
+                    start_time: float = 1.0) -> jax.Array:
   data_rank = len(reverse.data_shape)
   value_rng, noise_rng = jax.random.split(step.rng)
   values = core.categorical(value_rng, step.log_mu)  # [B, ...]
@@ -34,7 +36,8 @@ def confidence_step(reverse: core.Reverse, step: core.Step,
   flat_score = core.flat_positions(score, data_rank)  # [B, N]
   num_masked = core.flat_positions(masked, data_rank).sum(-1)  # [B]
   num_unknown = (~core.flat_positions(step.known.mask, data_rank)).sum(-1)
-  stay = jnp.round(num_unknown * reverse.masked_fraction(step.s))  # [B]
+  stay = jnp.round(num_unknown *
+                   reverse.masked_fraction(step.s, start_time))  # [B]
   count = jnp.maximum(num_masked - stay.astype(jnp.int32), 0)  # [B]
 
   # ------------------------------------------ the most confident k ----
@@ -45,5 +48,6 @@ def confidence_step(reverse: core.Reverse, step: core.Step,
 
 def sample_confidence(reverse, rng, num_samples, settings, known=None):
   def step_fn(reverse, step):
-    return confidence_step(reverse, step, settings.choice_temperature)
+    return confidence_step(reverse, step, settings.choice_temperature,
+                           settings.start_time)
   return core.run(reverse, rng, num_samples, settings, step_fn, known)

@@ -6,7 +6,9 @@ token is revealed with value v with probability unmask(s, t)[v] * mu(z_t, t)[v]
 (mu = softmax of the denoiser's logits) and otherwise stays masked; revealed
 tokens never change (except under remasking, `remask.py`). After the last step
 a final "fill" call at t = 0 draws every token still masked from mu, since
-alpha(0) = 1 - eps leaves a few masked by construction.
+alpha(0) = 1 - eps leaves a few masked by construction. Reconstruction
+starts instead from z_t at a time t < 1 (data masked forward to t,
+`Settings.start_time`) and walks the same grid scaled to [0, t].
 
 This module holds what samplers have in common:
 
@@ -53,12 +55,15 @@ class Settings:
 
   Attributes:
     num_steps: T, steps of the time grid (step-based and cached samplers).
-    grid: "uniform" or "cosine" time grid.
+    grid: "uniform" or "cosine" time grid (`grid_times`).
     topp: nucleus mass kept by the `topp` sampler, in (0, 1].
     remask_strength: eta in [0, 1] of the `remask` sampler (0 = ancestral).
     choice_temperature: scale of the annealed Gumbel noise added to the
       `confidence` sampler's scores (0 = strictly most confident first).
     num_frames: history frames to record (0 = none, else >= 2).
+    start_time: the time in (0, 1] the reverse process starts from: 1 from
+      z_1 (every unknown token masked); t < 1 from data masked forward to t,
+      the unknown tokens being those masked (reconstruction).
   """
   num_steps: int = 100
   grid: str = "uniform"
@@ -66,6 +71,7 @@ class Settings:
   remask_strength: float = 0.05
   choice_temperature: float = 1.0
   num_frames: int = 0
+  start_time: float = 1.0
 
   def validate(self) -> None:
     """Raises ValueError naming the flag, its value and the fix."""
@@ -87,6 +93,10 @@ class Settings:
     if self.num_frames == 1 or self.num_frames < 0:
       raise ValueError(f"--history_frames must be at least 2 (the first "
                        f"and the last state), got {self.num_frames}.")
+    if not 0.0 < self.start_time <= 1.0:
+      raise ValueError(f"--reconstruct_t must be in (0, 1], got "
+                       f"{self.start_time}: the time the inputs are masked "
+                       "to and the reverse process starts from.")
 
 
 class Known(NamedTuple):
@@ -135,12 +145,16 @@ class Reverse:
     alpha: MD4's `alpha(t)` (same shape as t), or None for GenMD4, whose
       schedule depends on the token value. The cached, first-hitting and
       remasking samplers need it.
+    keep_probability: `p = keep_probability(x, t)`, the probability that
+      token x [B, ...] is still unmasked at t [B] under the forward process
+      (alpha(t), or alpha_x(t) for GenMD4), [B, ...]; None if unknown.
   """
   denoise: Callable[[jax.Array, jax.Array], jax.Array]
   unmask_probability: Callable[[jax.Array, jax.Array], jax.Array]
   vocab_size: int
   data_shape: tuple[int, ...]
   alpha: Callable[[jax.Array], jax.Array] | None = None
+  keep_probability: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
   @property
   def mask_id(self) -> int:
@@ -150,12 +164,14 @@ class Reverse:
     """log mu(z, t) in float32, [B, *data_shape, V]."""
     return jax.nn.log_softmax(self.denoise(z, t).astype(jnp.float32), -1)
 
-  def masked_fraction(self, t: jax.Array) -> jax.Array:
-    """Expected share of tokens masked at t among those masked at 1, [B].
+  def masked_fraction(self, t: jax.Array,
+                      start: float = 1.0) -> jax.Array:
+    """Expected share of tokens masked at t among those masked at start, [B].
 
-    (1 - alpha(t)) / (1 - alpha(1)) for MD4; GenMD4 averages it over values.
+    (1 - alpha(t)) / (1 - alpha(start)) for MD4; GenMD4 averages it over
+    values.
     """
-    p = self.unmask_probability(t, jnp.ones_like(t))  # [B, 1.., 1 | V]
+    p = self.unmask_probability(t, jnp.full_like(t, start))  # [B, 1.., 1|V]
     return 1.0 - p.reshape(p.shape[0], -1).mean(-1)
 
   def require_alpha(self, sampler: str) -> Callable[[jax.Array], jax.Array]:
@@ -167,14 +183,15 @@ class Reverse:
     return self.alpha
 
 
-def from_model(model, variables, *, label: int | None = None,
+def from_model(model, variables, *, label=None,
                guidance: float = 0.0) -> Reverse:
   """The `Reverse` of a trained `md4.model.DiffusionModel`.
 
   Args:
     model: the DiffusionModel (its `denoise` and `unmask_probability`).
     variables: its variables, e.g. {"params": ema_params}.
-    label: class id for class-conditional models; None = no label.
+    label: for class-conditional models, a class id for every sample, or
+      one per sample (int [B]); None = no label.
     guidance: classifier-free guidance scale w >= 0: log mu = (1 + w)
       log mu(. | label) - w log mu(. | no label), renormalised. Needs a label;
       doubles the batch of every network call.
@@ -191,7 +208,7 @@ def from_model(model, variables, *, label: int | None = None,
     raise ValueError(
         f"--label={label} but the model is not class-conditional "
         "(config.model.class_conditional=False); drop --label.")
-  if label is not None and not 0 <= label < num_classes:
+  if isinstance(label, (int, np.integer)) and not 0 <= label < num_classes:
     raise ValueError(f"--label must be in [0, {num_classes}), got {label}.")
   if guidance < 0.0:
     raise ValueError(f"--guidance must be >= 0, got {guidance}.")
@@ -199,8 +216,10 @@ def from_model(model, variables, *, label: int | None = None,
     raise ValueError(f"--guidance={guidance} needs --label: guidance pushes "
                      "samples towards a class.")
 
-  def labels(batch: int, value: int | None):
-    return None if value is None else jnp.full((batch,), value, jnp.int32)
+  def labels(batch: int, value):
+    if value is None:
+      return None
+    return jnp.broadcast_to(jnp.asarray(value, jnp.int32), (batch,))
 
   def denoise(z, t):
     batch = z.shape[0]
@@ -218,11 +237,14 @@ def from_model(model, variables, *, label: int | None = None,
   def unmask_probability(s, t):
     return model.apply(variables, s, t, method=model.unmask_probability)
 
+  def keep_probability(x, t):
+    return model.apply(variables, x, t, method=model.keep_probability)
+
   alpha = None
   if model.process == "md4":
     alpha = schedules.MaskingSchedule(model.schedule, model.eps).alpha
   return Reverse(denoise, unmask_probability, model.vocab_size,
-                 tuple(model.data_shape), alpha)
+                 tuple(model.data_shape), alpha, keep_probability)
 
 
 def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
@@ -235,8 +257,12 @@ def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
     a_s, a_t = schedule.alpha(s), schedule.alpha(t)
     return ((a_s - a_t) / (1.0 - a_t)).reshape(s.shape + expand)
 
+  def keep_probability(x, t):
+    a_t = schedule.alpha(t).reshape(t.shape + (1,) * (x.ndim - 1))
+    return jnp.broadcast_to(a_t, x.shape)
+
   return Reverse(denoise, unmask_probability, vocab_size, tuple(data_shape),
-                 schedule.alpha)
+                 schedule.alpha, keep_probability)
 
 
 # ------------------------------------------------------- random draws -----
@@ -245,13 +271,16 @@ def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
 def grid_times(num_steps: int, grid: str = "uniform") -> np.ndarray:
   """Times 1 = t_0 > ... > t_T = 0, numpy float32 [num_steps + 1].
 
-  "cosine" puts t = 1 - cos(pi u / 2) on a uniform u, finer near t = 0.
+  "cosine" is the reference's grid, t = sin(pi u / 2) on a uniform u: its
+  steps are finest near t = 1, where the first tokens are revealed
+  (MaskGIT's cosine order); T = 8 gives [1, .981, .924, .832, .707, .556,
+  .383, .195, 0].
   """
   u = np.linspace(1.0, 0.0, num_steps + 1)
   if grid == "uniform":
     return u.astype(np.float32)
   if grid == "cosine":
-    return (1.0 - np.cos(0.5 * np.pi * u)).astype(np.float32)
+    return np.sin(0.5 * np.pi * u).astype(np.float32)
   raise ValueError(f"--grid={grid!r} is not a time grid; valid: "
                    f"{', '.join(GRIDS)}.")
 
@@ -259,6 +288,12 @@ def grid_times(num_steps: int, grid: str = "uniform") -> np.ndarray:
 def time_grid(num_steps: int, grid: str = "uniform") -> jax.Array:
   """`grid_times` as a jax array, [num_steps + 1]."""
   return jnp.asarray(grid_times(num_steps, grid))
+
+
+def sampler_times(settings: Settings) -> np.ndarray:
+  """The settings' grid from start_time down to 0, float32 [T + 1]."""
+  times = grid_times(settings.num_steps, settings.grid)
+  return (np.float32(settings.start_time) * times).astype(np.float32)
 
 
 def uniform_from_bits(high: jax.Array, low: jax.Array) -> jax.Array:
@@ -427,7 +462,7 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
     reverse: the model.
     rng: PRNG key.
     num_samples: B.
-    settings: num_steps, grid and num_frames are read here.
+    settings: num_steps, grid, start_time and num_frames are read here.
     step_fn: `z_s = step_fn(reverse, step)`, the sampler's variation.
     known: given tokens, kept fixed throughout; None = nothing given.
     transform: optional map of log mu before each step and the fill (e.g.
@@ -437,7 +472,7 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
     The `Result`, with T + 1 network calls.
   """
   num_steps = settings.num_steps
-  times = time_grid(num_steps, settings.grid)  # [T + 1]
+  times = jnp.asarray(sampler_times(settings))  # [T + 1]
   mask_id = reverse.mask_id
   known = known if known is not None else no_known(num_samples,
                                                    reverse.data_shape)
@@ -447,7 +482,7 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
   num_frames = settings.num_frames
   writes = history = None
   if num_frames:
-    writes = jnp.asarray(_frame_writes(grid_times(num_steps, settings.grid),
+    writes = jnp.asarray(_frame_writes(sampler_times(settings),
                                        num_frames))  # [T, F]
     history = jnp.broadcast_to(z, (num_frames,) + z.shape)  # [F, B, ...]
 

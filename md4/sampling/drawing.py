@@ -11,6 +11,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from md4 import sampling
@@ -39,11 +40,16 @@ class Drawn:
     return len(self.samples) / max(self.seconds, 1e-9)
 
 
+def _rows(array, start: int, size: int) -> np.ndarray:
+  """Rows [start, start + size) of an array, wrapping around."""
+  array = np.asarray(array)
+  return array[np.arange(start, start + size) % array.shape[0]]
+
+
 def _batch_of(known: core.Known, start: int, size: int) -> core.Known:
   """Rows [start, start + size) of known tokens, wrapping around."""
-  rows = np.arange(start, start + size) % known.mask.shape[0]
-  return core.Known(np.asarray(known.mask)[rows],
-                    np.asarray(known.tokens)[rows].astype(np.int32))
+  return core.Known(_rows(known.mask, start, size),
+                    _rows(known.tokens, start, size).astype(np.int32))
 
 
 def batch_size_for(num_samples: int, batch_size: int) -> int:
@@ -90,9 +96,42 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
                float(np.mean(calls)), seconds, compile_seconds)
 
 
+def cycled_labels(num_samples: int, num_classes: int) -> jax.Array | None:
+  """Class i mod num_classes for sample i, int32 [N]; None if unconditional.
+
+  The training-time samples of a class-conditional model: every class in
+  turn, so the cells of a sample grid read class by class.
+  """
+  if not num_classes:
+    return None
+  return jnp.arange(num_samples, dtype=jnp.int32) % num_classes
+
+
+def sample_batch(model, variables, rng: jax.Array, sampler: str,
+                 settings: core.Settings, num_samples: int,
+                 label=None) -> jax.Array:
+  """One batch [N, *data_shape] of the named sampler (e.g. under jit).
+
+  Args:
+    model: the `DiffusionModel` (MD4 or GenMD4).
+    variables: its variables, e.g. {"params": ema_params}.
+    rng: PRNG key.
+    sampler: a name in `md4.sampling.SAMPLERS`.
+    settings: the sampler settings (validated here).
+    num_samples: N.
+    label: a class id, one per sample (int [N]), or None.
+
+  Returns:
+    The samples, as `sampling.get(sampler)` draws them with this key.
+  """
+  settings.validate()
+  reverse = core.from_model(model, variables, label=label)
+  return sampling.get(sampler)(reverse, rng, num_samples, settings).samples
+
+
 def draw(model, params, sampler: str, settings: core.Settings, *,
          num_samples: int, batch_size: int, seed: int,
-         known: core.Known | None = None, label: int | None = None,
+         known: core.Known | None = None, label=None,
          guidance: float = 0.0) -> Drawn:
   """Draws num_samples samples with the named sampler.
 
@@ -105,7 +144,8 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
     batch_size: samples per compiled call.
     seed: the sampling seed.
     known: given tokens for all N samples (or fewer, reused cyclically).
-    label: class id for class-conditional models.
+    label: class id for class-conditional models, or one per sample (int
+      [N], reused cyclically like `known`).
     guidance: classifier-free guidance scale.
 
   Returns:
@@ -117,12 +157,18 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
   if known is None:
     known = core.no_known(1, model.data_shape)
 
-  def one_batch(params, rng, known):
-    reverse = core.from_model(model, {"params": params}, label=label,
+  per_sample = label is not None and np.ndim(label) > 0
+
+  def one_batch(params, rng, known, labels):
+    reverse = core.from_model(model, {"params": params},
+                              label=labels if per_sample else label,
                               guidance=guidance)
     return sample_fn(reverse, rng, batch_size, settings, known)
 
-  return run_batches(
-      one_batch, params, num_samples=num_samples, batch_size=batch_size,
-      seed=seed, per_batch=lambda start: (_batch_of(known, start,
-                                                    batch_size),))
+  def per_batch(start):
+    labels = (_rows(label, start, batch_size).astype(np.int32)
+              if per_sample else None)
+    return _batch_of(known, start, batch_size), labels
+
+  return run_batches(one_batch, params, num_samples=num_samples,
+                     batch_size=batch_size, seed=seed, per_batch=per_batch)

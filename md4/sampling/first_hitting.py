@@ -12,7 +12,8 @@ mu(z, s), and repeats: one network call per token, no time grid, and no
 discretisation error. When the next time would fall below t = 0 (alpha(s) >
 alpha(0) = 1 - eps) every token still masked is drawn from mu(z, 0), the
 final fill of the grid samplers. MD4 only; `alpha` is inverted by bisection,
-so any MD4 schedule works.
+so any MD4 schedule works. It starts from settings.start_time (1, or the
+time a reconstruction's inputs were masked to).
 """
 
 import jax
@@ -45,7 +46,7 @@ def sample_first_hitting(reverse, rng, num_samples, settings,
   data_rank = len(reverse.data_shape)
   z = core.initial_tokens(known, mask_id)
   alpha_end = alpha(jnp.float32(0.0))
-  tau = jnp.ones((num_samples,), jnp.float32)
+  tau = jnp.full((num_samples,), settings.start_time, jnp.float32)
   reveal_time = jnp.where(known.mask, 2.0, 0.0)
 
   def pending(carry):
