@@ -51,8 +51,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
 
 
-def run(config, workdir: str) -> str:
+def run(config, workdir: str, name: str = "") -> str:
   """Trains; returns the summary, or exits non-zero with one clear message.
+
+  Args:
+    config: the run's config.
+    workdir: where it writes.
+    name: the config file and overrides, logged once the config is valid.
 
   Raises:
     SystemExit: whose message names the problem, for a bad config, bad
@@ -62,6 +67,8 @@ def run(config, workdir: str) -> str:
     # The cheap field checks run before the heavy imports (TensorFlow via
     # clu), so a bad config fails within seconds.
     configuration.validate(config)
+    if name:
+      logging.info("Config:   %s", name)
     from md4 import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
@@ -88,8 +95,7 @@ def main(argv):
   console.setup(flags.FLAGS.verbosity)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
-  logging.info("Config:   %s", config_name())
-  print(run(_CONFIG.value, _WORKDIR.value))
+  print(run(_CONFIG.value, _WORKDIR.value, config_name()))
 
 
 def config_name() -> str:
