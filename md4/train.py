@@ -353,7 +353,7 @@ def log_startup_summary(setup: Setup, workdir: str) -> None:
       sizes=setup.datasets.sizes, process=config.model.process,
       network=config.network.name,
       num_params=networks.count_params(setup.abstract_state.params),
-      table_path=os.path.join(workdir, PARAMETER_TABLE_FILE),
+      table_path=os.path.join(os.path.abspath(workdir), PARAMETER_TABLE_FILE),
       devices=[d.platform for d in jax.devices()],
       num_processes=jax.process_count(), workdir=workdir, train=config.train)
   for line in lines:

@@ -59,7 +59,8 @@ def test_eval_line_names_each_split_in_the_data_sets_unit():
       1000, {"valid/bits_per_dim": 1.5, "valid/loss": 300.0,
              "test/bits_per_dim": 1.25, "test/bits_per_dim_raw": 9.0},
       "bits_per_char")
-  assert line == "step 1000 eval (EMA): valid bits/char 1.5000, test bits/char 1.2500"
+  assert line == ("step 1000 eval (EMA): valid bits/char 1.5000, "
+                  "test bits/char 1.2500")
 
 
 def test_digits_tiny_console_is_short_with_summary_progress_and_results(
