@@ -34,6 +34,11 @@ import math
 import os
 import time
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+
+console.hide_native_logs()  # Before clu (via the restore) imports TensorFlow.
+
 from absl import app
 from absl import flags
 import flax.linen as nn
@@ -42,9 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from md4 import metrics
 from md4.sampling import restored_run
 
-CHARACTER_DATASETS = ("text8", "text_chars", "protein")
+CHARACTER_DATASETS = metrics.CHARACTER_DATASETS
+headline = metrics.headline
 
 
 # -------------------------------------------------------------- logic -----
@@ -85,12 +92,6 @@ def summarize(per_example: np.ndarray, num_elements: int, kind: str,
     out["perplexity"] = {"mean": perplexity,
                          "se": perplexity * se / num_elements}
   return out
-
-
-def headline(kind: str, dataset: str) -> str:
-  if kind == "image":
-    return "bits_per_dim"
-  return "bits_per_char" if dataset in CHARACTER_DATASETS else "perplexity"
 
 
 def negative_elbo(run: restored_run.RestoredRun, split: str, *,
@@ -186,6 +187,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  console.setup(f.verbosity)
   overrides = list(f.override)
   if f.batch_size:
     overrides.append(f"train.eval_batch_size={f.batch_size}")
@@ -208,6 +210,11 @@ def main(argv):
         f"K={result['num_time_samples']}); written to {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `md4-evaluate` command (and `python -m md4.evaluate`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -3,6 +3,10 @@ r"""Trains an md4 model.
   python md4/main.py --config=configs/md4/digits.py --workdir=./expt
   python md4/main.py --config=configs/md4/openwebtext.py:medium \
       --workdir=./owt --config.train.batch_size=256
+  md4-train --config=configs/md4/digits.py --workdir=./expt  # pip install
+
+The console shows md4's start-up summary, progress and results;
+`--verbosity=1` adds every library's log (see md4/console.py).
 """
 
 import os
@@ -14,11 +18,16 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+
+console.hide_native_logs()  # Before anything imports TensorFlow.
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from md4 import config_files
 from md4 import configuration
 from md4 import distributed
 
@@ -42,8 +51,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
 
 
-def run(config, workdir: str) -> str:
+def run(config, workdir: str, name: str = "") -> str:
   """Trains; returns the summary, or exits non-zero with one clear message.
+
+  Args:
+    config: the run's config.
+    workdir: where it writes.
+    name: the config file and overrides, logged once the config is valid.
 
   Raises:
     SystemExit: whose message names the problem, for a bad config, bad
@@ -53,13 +67,15 @@ def run(config, workdir: str) -> str:
     # The cheap field checks run before the heavy imports (TensorFlow via
     # clu), so a bad config fails within seconds.
     configuration.validate(config)
+    if name:
+      logging.info("Config:   %s", name)
     from md4 import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
     # The traceback, for a bug rather than a bad input: --verbosity=1.
     logging.debug("md4 error", exc_info=True)
     raise SystemExit(f"md4 error: {e}") from e
-  logging.info("Done: %s", result)
+  logging.debug("Done: %s", result)
   if result["preempted"]:
     return (f"Stopped by a signal at step {result['step']}; checkpoint saved "
             f"in {result['checkpoints']}. Rerun the same command to resume.")
@@ -76,11 +92,24 @@ def run(config, workdir: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  console.setup(flags.FLAGS.verbosity)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
-  print(run(_CONFIG.value, _WORKDIR.value))
+  print(run(_CONFIG.value, _WORKDIR.value, config_name()))
+
+
+def config_name() -> str:
+  """The config file, variant and command-line overrides of this run."""
+  name = config_flags.get_config_filename(flags.FLAGS["config"])
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  return " ".join([name] + [f"--config.{k}={v}"
+                            for k, v in sorted(overrides.items())])
+
+
+def cli() -> None:
+  """The `md4-train` command (and `python md4/main.py`)."""
+  app.run(main, argv=config_files.resolve_argv(sys.argv))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()

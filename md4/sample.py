@@ -21,6 +21,11 @@ samples with its T-step reverse chain (`--sampler=ancestral`, one network
 call per step); flags of the unmasking samplers are rejected for it.
 """
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+
+console.hide_native_logs()  # Before clu (via the restore) imports TensorFlow.
+
 from absl import app
 from absl import flags
 
@@ -78,6 +83,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup(flags.FLAGS.verbosity)
   summary = command.sample_to_files(command.Request(
       workdir=_WORKDIR.value, step=_STEP.value,
       overrides=tuple(_OVERRIDE.value), output_dir=_OUTPUT_DIR.value,
@@ -109,5 +115,10 @@ def main(argv):
   print("\n".join(f"  {p}" for p in summary.get("files", [])))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `md4-sample` command (and `python -m md4.sample`)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

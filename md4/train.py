@@ -26,7 +26,10 @@ import optax
 
 from md4 import checkpointing
 from md4 import configuration
+from md4 import console
+from md4 import metrics as metrics_lib
 from md4 import model as model_lib
+from md4 import networks
 from md4 import optimizers
 from md4 import preemption
 from md4 import profiling
@@ -318,13 +321,14 @@ def evaluate(setup: Setup, eval_step, params, step: int,
         results.update({f"{split}/{k}": v for k, v in means.items()})
       results.update({f"{split}/{k}": v for k, v in
                       _bound_units(means, info, suffix).items()})
-  logging.info("step %d eval: %s", step, results)
+  logging.debug("step %d eval: %s", step, results)
   return results
 
 
 # ------------------------------------------------------- saved config -----
 
 CONFIG_FILE = "config.json"
+PARAMETER_TABLE_FILE = "parameters.txt"
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -374,6 +378,34 @@ def _differences(saved, given, prefix: str) -> list[str]:
     return out
   return [] if saved == given else [
       f"{prefix}: saved {saved!r}, given {given!r}"]
+
+
+def write_parameter_table(params, workdir: str) -> str:
+  """Writes the parameter table (name, shape, size, mean, std) to the workdir.
+
+  Also logged at --verbosity=1. Returns the path.
+  """
+  table = parameter_overview.get_parameter_overview(params)
+  path = os.path.join(workdir, PARAMETER_TABLE_FILE)
+  with open(path, "w") as f:
+    f.write(table + "\n")
+  logging.debug("Parameters:\n%s", table)
+  return path
+
+
+def log_startup_summary(setup: Setup, workdir: str) -> None:
+  """The start-up summary: data and sizes, model, run, devices, workdir."""
+  config = setup.config
+  lines = console.startup_summary(
+      dataset=config.data.dataset, info=setup.datasets.info,
+      sizes=setup.datasets.sizes, process=config.model.process,
+      network=config.network.name,
+      num_params=networks.count_params(setup.abstract_state.params),
+      table_path=os.path.join(os.path.abspath(workdir), PARAMETER_TABLE_FILE),
+      devices=[d.platform for d in jax.devices()],
+      num_processes=jax.process_count(), workdir=workdir, train=config.train)
+  for line in lines:
+    logging.info("%s", line)
 
 
 def check_saved_config(config: ml_collections.ConfigDict,
@@ -471,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if jax.process_index() == 0:
     checkpointing.remove_partial_saves(workdir)
     save_config(config, workdir)
+    log_startup_summary(setup, workdir)
   info = setup.datasets.info
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -493,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
       logging.info("Initialised parameters from %s.", config.restore_from)
   if jax.process_index() == 0:
-    parameter_overview.log_parameter_overview(state.params)
+    write_parameter_table(state.params, workdir)
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
 
   # ---------------------------------------------------- compiled steps --
@@ -510,6 +543,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                              "checkpoints": checkpointing.checkpoint_dir(
                                  workdir)}
   step = first_step = int(state.step)
+  unit = metrics_lib.headline(info.kind, config.data.dataset)
+  progress = console.Progress(num_steps, unit)
+  talk = jax.process_index() == 0  # Only process 0 writes console lines.
   eval_metrics: dict[str, float] = {}
   preempted = False
   bad_steps = 0
@@ -532,6 +568,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         state, metrics = train_step(state, batch, train_rng)
       step += 1
+      if step == first_step + 1:  # Rates are measured from after compiling.
+        progress.start(step)
       if config.train.check_nans:
         bad_steps = _check_finite(metrics, step, bad_steps,
                                   config.train.max_bad_steps, manager)
@@ -540,21 +578,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       last = step == num_steps
       # ------------------------------------------------ periodic work --
       if step % config.train.log_every == 0 or last:
-        writer.write_scalars(step, {f"train/{k}": float(v)
-                                    for k, v in metrics.items()})
+        scalars = {k: float(v) for k, v in metrics.items()}
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in scalars.items()})
+        if talk:
+          logging.info("%s", progress.line(step, scalars))
       if step % config.train.eval_every == 0 or last:
         eval_metrics = evaluate(
             setup, eval_step, state.ema_params, step,
             raw_params=state.params if config.optimizer.ema_decay else None)
         writer.write_scalars(step, eval_metrics)
+        if talk:
+          logging.info("%s", console.eval_line(step, eval_metrics, unit))
       if step % config.train.sample_every == 0 or last:
         samples = np.asarray(jax.device_get(sample_fn(
             state.ema_params, jax.random.fold_in(sample_rng, step))))
         if jax.process_index() == 0:
           outputs["samples"] = sample_writing.write_samples(
               workdir, step, samples, info, writer)
+          logging.info("step %d samples: %s", step, outputs["samples"])
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
+        if talk:
+          logging.info("step %d checkpoint: %s", step,
+                       os.path.join(outputs["checkpoints"], str(step)))
       trace.after_step(step, state)
       if guard.requested:
         checkpointing.save(manager, step, state, train_iter)

@@ -76,11 +76,14 @@ class Datasets:
     eval: evaluation split name -> callable returning a fresh finite iterator
       of padded batches with a "weight" entry.
     info: shape, vocabulary, classes, kind and decoder of the data.
+    sizes: split name ("train" and the evaluation splits) -> records in it
+      (for the start-up summary).
   """
 
   train: grain.DataLoader
   eval: dict[str, Callable[[], Iterator[Batch]]]
   info: DataInfo
+  sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def build_datasets(
@@ -168,7 +171,9 @@ def build_datasets(
       )
       for split, source in loaded.eval.items()
   }
-  return Datasets(train=train, eval=evals, info=loaded.info)
+  sizes = {"train": len(loaded.train),
+           **{split: len(source) for split, source in loaded.eval.items()}}
+  return Datasets(train=train, eval=evals, info=loaded.info, sizes=sizes)
 
 
 class RandomFlip(grain.transforms.RandomMap):

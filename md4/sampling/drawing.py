@@ -13,6 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from md4 import sampling
 from md4.sampling import core
@@ -84,6 +85,9 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
 
   samples, calls, history = [], [], None
   start = time.perf_counter()
+  # A bar on interactive terminals only (disable=None), on process 0.
+  bar = tqdm.tqdm(total=num_samples, unit="sample", desc="sampling",
+                  disable=None if jax.process_index() == 0 else True)
   for b in range(math.ceil(num_samples / batch_size)):
     result = compiled(params, jax.random.fold_in(key, b),
                       *per_batch(b * batch_size))
@@ -91,6 +95,8 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
     calls.append(int(result.network_calls))
     if b == 0 and result.history is not None:
       history = np.asarray(result.history)
+    bar.update(min(batch_size, num_samples - b * batch_size))
+  bar.close()
   seconds = time.perf_counter() - start
   return Drawn(np.concatenate(samples)[:num_samples], history,
                float(np.mean(calls)), seconds, compile_seconds)
