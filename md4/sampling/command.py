@@ -68,13 +68,19 @@ def known_tokens(request: Request, run: restored_run.RestoredRun):
     split = request.inpaint_split or next(iter(run.setup.datasets.eval))
     images = conditioning.split_examples(run.setup.datasets, split,
                                          request.num_samples)
-    return conditioning.image_known(request.inpaint, images)
+    known = conditioning.image_known(request.inpaint, images)
+    conditioning.check_known_tokens(
+        known, info.vocab_size, f"--inpaint_split={split!r}")
+    return known
   if info.kind != "text":
     raise ValueError(f"--prompt/--infill need a text data set, not "
                      f"{dataset}; use --inpaint.")
-  template = next(iter(given.values()))
-  return conditioning.text_known(template, conditioning.encoder(info, dataset),
-                                 info.data_shape[0], request.num_samples)
+  (flag, template), = given.items()
+  known = conditioning.text_known(template, conditioning.encoder(info, dataset),
+                                  info.data_shape[0], request.num_samples)
+  conditioning.check_known_tokens(known, info.vocab_size,
+                                  f"--{flag}={template!r}")
+  return known
 
 
 D3PM_SAMPLER = "ancestral"  # The D3PM reverse chain.
