@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from md4 import error_boundary
+from md4 import sample_writing
 from md4.sampling import restored_run
 
 CHARACTER_DATASETS = ("text8", "text_chars", "protein")
@@ -171,6 +173,10 @@ def main(argv):
   overrides = list(f.override)
   if f.batch_size:
     overrides.append(f"train.eval_batch_size={f.batch_size}")
+  if jax.process_index() == 0:  # Before the slow restore.
+    sample_writing.check_output_dir(
+        os.path.dirname(os.path.abspath(f.output)) if f.output else
+        f.workdir, "--output")
   run = restored_run.restore(f.workdir, f.step, overrides)
   split = f.split or next(iter(run.setup.datasets.eval))
   result = negative_elbo(run, split, num_examples=f.num_examples,
@@ -189,4 +195,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  error_boundary.run_app(main)

@@ -19,6 +19,7 @@ call per step); flags of the unmasking samplers are rejected for it.
 from absl import app
 from absl import flags
 
+from md4 import error_boundary
 from md4 import sampling
 from md4.sampling import command
 from md4.sampling import conditioning
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

@@ -150,9 +150,17 @@ def _draw(request: Request, run: restored_run.RestoredRun,
 
 def sample_to_files(request: Request) -> dict:
   """Draws and writes the samples; returns the summary (also saved)."""
+  if request.steps is not None and request.steps < 1:
+    raise ValueError(f"--steps={request.steps}: give at least 1 time step, "
+                     "or drop --steps for config.train.sample_steps.")
   config = restored_run.load_config(request.workdir, request.overrides)
   if config.model.process == "d3pm":  # Checked before the slow restore.
     check_d3pm_request(request, config.model.num_steps)
+  if jax.process_index() == 0:
+    sample_writing.check_output_dir(
+        request.output_dir or os.path.join(request.workdir,
+                                           sample_writing.SAMPLE_DIR),
+        "--output_dir")
   run = restored_run.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
   known = None if config.model.process == "d3pm" else known_tokens(request,

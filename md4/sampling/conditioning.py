@@ -127,8 +127,9 @@ def pixel_mask(spec: str, height: int, width: int) -> np.ndarray:
   try:
     image = Image.open(spec).convert("L")
   except OSError as e:
-    raise ValueError(f"--inpaint={spec!r} cannot be read as an image: "
-                     f"{e}.") from e
+    raise ValueError(f"--inpaint={spec!r} cannot be read as an image "
+                     f"({e}); give a PNG whose white pixels are known, or a "
+                     f"region ({', '.join(REGIONS)}).") from e
   if image.width * height != image.height * width:
     raise ValueError(
         f"--inpaint={spec!r} is {image.width}x{image.height} pixels but the "
