@@ -177,12 +177,32 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
         f"saved (the last checkpoint, {kept}). Set "
         "config.train.check_nans=True (discards non-finite steps), lower "
         "config.optimizer.learning_rate or check the data, then rerun.")
+  _check_room(manager, step, state)
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.PyGrainCheckpointSave(data_iterator)))
   manager.wait_until_finished()
   if jax.process_index() == 0:
     checkpoint_integrity.write(step_dir(manager, step), summary)
+
+
+def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Refuses a save the disk cannot hold, before orbax starts writing.
+
+  A save that runs out of space fails deep inside orbax's writer threads
+  (pages of tracebacks); checked here, it is one message, and the kept
+  checkpoints are untouched.
+  """
+  needed = estimated_size(state)
+  free = shutil.disk_usage(str(manager.directory)).free
+  if free < needed:
+    latest = manager.latest_step()
+    kept = ("no checkpoint was saved yet" if latest is None else
+            f"the last checkpoint, {step_dir(manager, latest)}, is kept")
+    raise ValueError(
+        f"no room on disk for checkpoint {step} in {manager.directory}: "
+        f"{free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB needed "
+        f"({kept}); free disk space, then rerun the same command to resume.")
 
 
 def _restore_step(manager, step, abstract_state, data_iterator):

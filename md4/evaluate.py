@@ -112,8 +112,9 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
                      f"{dataset}; valid: {', '.join(setup.datasets.eval)}.")
   if num_time_samples < 1 or num_examples < 0:
     raise ValueError(
-        f"--num_time_samples must be >= 1 and --num_examples >= 0, got "
-        f"{num_time_samples} and {num_examples}.")
+        f"got --num_time_samples={num_time_samples} and --num_examples="
+        f"{num_examples}; give --num_time_samples >= 1 and --num_examples "
+        ">= 0.")
   per_example = []
   start = time.perf_counter()
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
