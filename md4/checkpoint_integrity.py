@@ -179,10 +179,12 @@ def verify(step_dir: str, state: Any) -> bool:
   Raises:
     IntegrityError: naming the arrays whose checksums differ.
   """
+  # Computed first, on every process, whatever the file says: the pass is
+  # collective, so no process may skip it.
+  current = summarize(state).digests
   saved = read(step_dir)
   if saved is None:
     return False
-  current = summarize(state).digests
   differ = sorted(n for n in current if n in saved and saved[n] != current[n])
   missing = sorted(set(saved) - set(current))
   if differ or missing:

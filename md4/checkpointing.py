@@ -27,6 +27,8 @@ from absl import logging
 from etils import epath
 import grain.python as grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from md4 import checkpoint_integrity
@@ -195,6 +197,10 @@ def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
   """
   needed = estimated_size(state)
   free = shutil.disk_usage(str(manager.directory)).free
+  if jax.process_count() > 1:  # One decision: saving is collective.
+    # In MiB as float32: jax holds no 64-bit integers by default.
+    mib = multihost_utils.process_allgather(np.float32(free / 2**20))
+    free = int(np.min(mib) * 2**20)
   if free < needed:
     latest = manager.latest_step()
     kept = ("no checkpoint was saved yet" if latest is None else
