@@ -25,6 +25,7 @@ import sys
 import textwrap
 from typing import Any, Callable
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -536,3 +537,40 @@ def test_an_internal_error_keeps_its_traceback():
     error_boundary.check_call(lambda: 1 / 0, argv=["cmd"])
   with pytest.raises(KeyError):
     error_boundary.check_call(lambda: {}["x"], argv=["cmd"])
+
+
+def test_a_read_only_run_samples_into_an_output_dir_elsewhere(
+    env, tmp_path, monkeypatch):
+  archived = str(tmp_path / "archived")
+  shutil.copytree(env.workdir, archived)
+  before = tree_hashes(archived)
+
+  def read_only(workdir):
+    raise ValueError(f"--workdir={workdir!r} is not writable (Read-only "
+                     "file system)")
+
+  monkeypatch.setattr(train, "check_workdir", read_only)
+  out = str(tmp_path / "out")
+  summary = command.sample_to_files(command.Request(
+      archived, output_dir=out, num_samples=2, batch_size=2, steps=2))
+  assert os.path.exists(os.path.join(out, "samples.png"))
+  assert summary["checkpoint_step"] == 6
+  assert tree_hashes(archived) == before  # Nothing added or changed.
+
+
+def test_free_space_is_wanted_for_keep_checkpoints_plus_one(env, tmp_path):
+  state = {"w": jax.ShapeDtypeStruct((1024,), np.float32)}  # 4 KiB.
+  assert train.disk_space_needed(str(tmp_path), state, 3) == (4, 4 * 4096)
+  # The shared run holds 2 checkpoints already: 2 more at most at once.
+  assert train.disk_space_needed(env.workdir, state, 3) == (2, 2 * 4096)
+
+
+def test_the_summary_says_how_many_steps_were_discarded():
+  config = tiny()
+  config.train.max_bad_steps = 100
+  summary = main.summarize(
+      {"preempted": False, "step": 6, "trained_steps": 6, "bad_steps": 4,
+       "eval": {}, "set_aside": [], "tensorboard": "w",
+       "checkpoints": "w/checkpoints"}, config)
+  assert ("  non-finite:  4 of 6 steps had NaN/Inf and were discarded "
+          "(config.train.max_bad_steps=100)") in summary
