@@ -68,7 +68,10 @@ import numpy as np
 # Run from anywhere: md4's tokenizer module sits next to this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from md4.data import tokenizers  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import error_boundary
+from md4.data import tokenizers
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -87,9 +90,17 @@ SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
 PREPARE_COMMAND = "python prepare_openwebtext_data.py"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors go through md4's error boundary (exit status 1)."""
+
+  def error(self, message):
+    raise error_boundary.UserError(
+        f"{message.rstrip('.')}; run with --help to list the flags.")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command-line flags."""
-  p = argparse.ArgumentParser(
+  p = _ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -130,6 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="tokenizer worker processes; 1 tokenizes in-process.")
   p.add_argument("--batch_documents", type=int, default=256,
                  help="documents per worker task.")
+  p.add_argument("--verbosity", "-v", type=int, default=0,
+                 help="1: print the traceback of a reported error too.")
   args = p.parse_args(argv)
   _check_args(p, args)
   return args
@@ -248,11 +261,22 @@ def file_documents(path: pathlib.Path, text_field: str) -> Iterator[str]:
       yield from batch.column(0).to_pylist()
 
 
+def check_input(args: argparse.Namespace) -> None:
+  """Fails, before anything is written, for an --input with no corpus."""
+  if not args.input:
+    return
+  path = pathlib.Path(args.input)
+  if not path.exists():
+    raise SystemExit(f"--input={path} does not exist; give the directory or"
+                     " file of the corpus.")
+  if not is_saved_dataset(path):
+    local_files(path)
+
+
 def local_documents(args: argparse.Namespace) -> Iterator[str]:
   """The documents of `--input`, in a fixed order."""
   path = pathlib.Path(args.input)
-  if not path.exists():
-    raise SystemExit(f"--input={path} does not exist.")
+  check_input(args)
   if is_saved_dataset(path):
     datasets = _import_datasets(f"reading the saved dataset {path}")
     saved = datasets.load_from_disk(str(path))
@@ -546,6 +570,10 @@ def resume_point(
   old = read_metadata(out_dir)
   if old is None:
     return []
+  if not old["shards"] and not old["complete"]:
+    # An earlier attempt stopped before its first shard was complete (e.g.
+    # a bad --text_field): nothing of it is kept, so any settings may start.
+    return []
   changed = sorted(k for k in settings if old.get(k) != settings[k])
   if changed:
     raise SystemExit(
@@ -607,6 +635,7 @@ def settings_of(
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
   """Runs (or resumes) the preparation; returns the final metadata."""
   out_dir = pathlib.Path(args.data_dir) / args.dataset
+  check_input(args)  # Nothing is written for a mistyped --input.
   out_dir.mkdir(parents=True, exist_ok=True)
   spec = tokenizer_spec(args)
   settings = settings_of(args, spec)
@@ -692,8 +721,10 @@ def _run(args, spec, settings, out_dir, shards, work) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+  """Runs the command; a user error exits with one `md4 error:` message."""
   start = time.perf_counter()
-  metadata = prepare(parse_args(argv))
+  with error_boundary.reported(sys.argv if argv is None else ["", *argv]):
+    metadata = prepare(parse_args(argv))
   seconds = time.perf_counter() - start
   print(f"done in {seconds:.1f} s ({metadata['totals']['tokens']} tokens in"
         " total)", file=sys.stderr)

@@ -7,9 +7,16 @@ and renames it when complete, so an interrupted save never replaces the
 previous checkpoint: `<step>.orbax-checkpoint-tmp-<n>` directories are
 ignored by `latest_step` and restore, and removed at start-up.
 
-A checkpoint that cannot be read (a truncated or garbled file) is moved to
-`unreadable_checkpoints/` in the workdir, never deleted, and the next older
-one is restored instead.
+Each step directory also holds `md4_digests.json`, a checksum of every
+saved array (`md4.checkpoint_integrity`), checked on restore. A checkpoint
+that cannot be read (a truncated or garbled file) or whose arrays no longer
+match their checksums is moved to `unreadable_checkpoints/` in the workdir,
+never deleted, and the next older one is restored instead. A state with NaN
+or Inf in any array is never saved.
+
+Before any restore, the shapes in the checkpoint's metadata are compared
+with the ones the config builds: a checkpoint of another model shape is
+reported as such (never as damaged) and nothing is moved.
 """
 
 import os
@@ -20,7 +27,11 @@ from absl import logging
 from etils import epath
 import grain.python as grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from md4 import checkpoint_integrity
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -30,6 +41,14 @@ PARTIAL_SAVE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps in a workdir, ascending."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
 
 
 def remove_partial_saves(workdir: str) -> list[str]:
@@ -73,55 +92,186 @@ def make_manager(workdir: str, keep: int, keep_period: int,
       item_names=("state", "data"))
 
 
+class ModelShapeError(ValueError):
+  """A checkpoint holds arrays of other names or shapes than the config's."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """The state to save holds NaN or Inf; the previous checkpoints are kept."""
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def shape_differences(state_dir: str, abstract_state) -> list[str] | None:
+  """'name: saved S, config T' for every array that differs, or None.
+
+  None means that the checkpoint's metadata cannot be read (a damaged
+  checkpoint, which its restore then reports).
+  """
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(state_dir)).tree
+  except Exception:  # pylint: disable=broad-except
+    return None
+  saved = dict(zip(checkpoint_integrity.leaf_names(saved),
+                   jax.tree.leaves(saved)))
+  given = dict(zip(checkpoint_integrity.leaf_names(abstract_state),
+                   jax.tree.leaves(abstract_state)))
+  out = []
+  # The parameters first: the EMA and optimizer state repeat their shapes.
+  names = sorted(set(saved) | set(given),
+                 key=lambda n: (not n.startswith("params/"), n))
+  for name in names:
+    if name not in given:
+      out.append(f"{name}: saved, not built by this config")
+    elif name not in saved:
+      out.append(f"{name}: built by this config, not saved")
+    elif tuple(getattr(saved[name], "shape", ())) != tuple(given[name].shape):
+      out.append(f"{name}: saved {tuple(saved[name].shape)}, config "
+                 f"{tuple(given[name].shape)}")
+  return out
+
+
+def check_shapes(state_dir: str, abstract_state, what: str, fix: str) -> None:
+  """Raises ModelShapeError when a checkpoint's arrays differ from the config.
+
+  Args:
+    state_dir: a checkpoint's `<step>/state` directory.
+    abstract_state: the shapes the config builds.
+    what: names the checkpoint in the message, e.g. "the checkpoint ...".
+    fix: the advice that ends the message.
+  """
+  differences = shape_differences(state_dir, abstract_state)
+  if not differences:
+    return
+  listed = "\n  ".join(differences[:6])
+  more = len(differences) - 6
+  raise ModelShapeError(
+      f"{what} holds a model of another shape than this config builds "
+      f"({len(differences)} arrays differ):\n  {listed}"
+      f"{f'{chr(10)}  ... and {more} more' if more > 0 else ''}\n{fix}")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
          ) -> None:
-  """Saves state and iterator position at `step` (a no-op if it exists)."""
+  """Saves state and iterator position at `step` (a no-op if it exists).
+
+  The checksums of the state's arrays are written beside it.
+
+  Raises:
+    NonFiniteStateError: if an array holds NaN or Inf (nothing is saved, so
+      no finite checkpoint is rotated out for it).
+  """
   if step in manager.all_steps():
     return
+  summary = checkpoint_integrity.summarize(state)
+  if summary.nonfinite:
+    latest = manager.latest_step()
+    kept = ("none was saved yet" if latest is None else
+            f"{step_dir(manager, latest)} is kept")
+    listed = ", ".join(summary.nonfinite[:3])
+    more = len(summary.nonfinite) - 3
+    raise NonFiniteStateError(
+        f"step {step}: the train state holds NaN or Inf in {listed}"
+        f"{f' and {more} more arrays' if more > 0 else ''}, so it was not "
+        f"saved (the last checkpoint, {kept}). Set "
+        "config.train.check_nans=True (discards non-finite steps), lower "
+        "config.optimizer.learning_rate or check the data, then rerun.")
+  _check_room(manager, step, state)
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.PyGrainCheckpointSave(data_iterator)))
   manager.wait_until_finished()
+  if jax.process_index() == 0:
+    checkpoint_integrity.write(step_dir(manager, step), summary)
+
+
+def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Refuses a save the disk cannot hold, before orbax starts writing.
+
+  A save that runs out of space fails deep inside orbax's writer threads
+  (pages of tracebacks); checked here, it is one message, and the kept
+  checkpoints are untouched.
+  """
+  needed = estimated_size(state)
+  free = shutil.disk_usage(str(manager.directory)).free
+  if jax.process_count() > 1:  # One decision: saving is collective.
+    # In MiB as float32: jax holds no 64-bit integers by default.
+    mib = multihost_utils.process_allgather(np.float32(free / 2**20))
+    free = int(np.min(mib) * 2**20)
+  if free < needed:
+    latest = manager.latest_step()
+    kept = ("no checkpoint was saved yet" if latest is None else
+            f"the last checkpoint, {step_dir(manager, latest)}, is kept")
+    raise ValueError(
+        f"no room on disk for checkpoint {step} in {manager.directory}: "
+        f"{free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB needed "
+        f"({kept}); free disk space, then rerun the same command to resume.")
 
 
 def _restore_step(manager, step, abstract_state, data_iterator):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
       data=grain.PyGrainCheckpointRestore(data_iterator)))
+  checkpoint_integrity.verify(step_dir(manager, step), restored.state)
   return restored.state
 
 
+RESHAPE_FIX = (
+    "A run resumes only into the shapes it was saved with, even with "
+    "config.allow_config_change=True. Undo the change of model shape, or "
+    "train the new shape in a new --workdir. The checkpoints are intact; "
+    "nothing was changed.")
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator,
-            step: int | None = None):
+            step: int | None = None, moved: list[str] | None = None):
   """Restores state (sharded like abstract_state) and the iterator in place.
 
   With `step` None, tries the newest checkpoint first; one that cannot be
-  read is moved aside (see `set_aside`) with a warning naming it, and the
-  next older one is tried.
+  read, or fails its integrity check, is moved aside (see `set_aside`) with
+  a warning naming it, and the next older one is tried.
+
+  Args:
+    manager: the run's checkpoint manager.
+    abstract_state: shapes and shardings to restore into.
+    data_iterator: the grain iterator, set to the saved position.
+    step: the step to restore; None = the newest readable one.
+    moved: if given, gets one line per checkpoint moved aside (for the
+      run's end summary).
 
   Raises:
+    ModelShapeError: if the newest checkpoint holds another model shape
+      (nothing is moved).
     ValueError: naming every checkpoint tried when none can be read.
   """
   if step is not None:
     return _restore_step(manager, step, abstract_state, data_iterator)
   failures = []
   for candidate in sorted(manager.all_steps(), reverse=True):
+    path = step_dir(manager, candidate)
+    check_shapes(os.path.join(path, "state"), abstract_state,
+                 f"the checkpoint {path}", RESHAPE_FIX)
     try:
       state = _restore_step(manager, candidate, abstract_state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax, tensorstore and grain raise many types for a damaged file.
-      path = os.path.join(str(manager.directory), str(candidate))
-      failures.append(f"{path}: {type(e).__name__}: {e}")
+      failures.append((candidate, f"{path}: {type(e).__name__}: {e}"))
       logging.warning("Checkpoint %s cannot be read (%s: %s); trying the "
                       "previous one.", path, type(e).__name__, e)
       continue
     if failures and jax.process_index() == 0:
-      for candidate_failed in sorted(manager.all_steps()):
-        if candidate_failed > candidate:
-          set_aside(manager, candidate_failed)
+      for candidate_failed, reason in failures:
+        target = set_aside(manager, candidate_failed)
+        if moved is not None:
+          moved.append(f"{step_dir(manager, candidate_failed)} -> {target} "
+                       f"({reason.split(': ', 1)[1][:200]})")
     if failures:
       manager.reload()
     return state
+  failures = [reason for _, reason in failures]
   raise ValueError(
       "no checkpoint in " + str(manager.directory) + " can be read:\n  " +
       "\n  ".join(failures) + "\nMove the damaged step directories away or "
@@ -174,12 +324,47 @@ def find_checkpoint(path: str) -> tuple[str, int]:
       "an earlier run or one of its checkpoints/<step> directories.")
 
 
+def read_state(directory: str, step: int, abstract_state, what: str,
+               fix: str):
+  """The `state` item of a checkpoint, read-only, shape-checked and verified.
+
+  Args:
+    directory: a checkpoint manager's directory (`<workdir>/checkpoints`).
+    step: the step to read.
+    abstract_state: shapes and shardings to restore into.
+    what: names the checkpoint's owner in messages, e.g. "--workdir=...".
+    fix: advice for a checkpoint of another model shape.
+
+  Raises:
+    ModelShapeError: for a checkpoint of another model shape.
+    ValueError: for a checkpoint that fails its integrity check.
+  """
+  path = os.path.join(directory, str(step))
+  check_shapes(os.path.join(path, "state"), abstract_state,
+               f"the checkpoint {path} ({what})", fix)
+  manager = ocp.CheckpointManager(
+      epath.Path(directory).absolute(), item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+  finally:
+    manager.close()
+  try:
+    checkpoint_integrity.verify(path, restored.state)
+  except checkpoint_integrity.IntegrityError as e:
+    raise ValueError(
+        f"{e}; it is damaged. Use another checkpoint (saved steps: "
+        f"{', '.join(map(str, sorted(ocp.utils.checkpoint_steps(directory))))})"
+        ", or restore the files from a copy.") from e
+  return restored.state
+
+
 def restore_params(path: str, abstract_state):
   """The `state` item (parameters and EMA) of another run's checkpoint."""
   directory, step = find_checkpoint(path)
-  manager = ocp.CheckpointManager(
-      epath.Path(directory), item_names=("state", "data"),
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored.state
+  return read_state(
+      directory, step, abstract_state, f"config.restore_from={path!r}",
+      "config.restore_from needs a run of the same model shape; point it at "
+      "such a run, or change the network fields to match that run's "
+      "config.json.")

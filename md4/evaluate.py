@@ -48,6 +48,8 @@ import numpy as np
 import tqdm
 
 from md4 import metrics
+from md4 import error_boundary
+from md4 import sample_writing
 from md4.sampling import restored_run
 
 CHARACTER_DATASETS = metrics.CHARACTER_DATASETS
@@ -120,8 +122,9 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
                      f"{dataset}; valid: {', '.join(setup.datasets.eval)}.")
   if num_time_samples < 1 or num_examples < 0:
     raise ValueError(
-        f"--num_time_samples must be >= 1 and --num_examples >= 0, got "
-        f"{num_time_samples} and {num_examples}.")
+        f"got --num_time_samples={num_time_samples} and --num_examples="
+        f"{num_examples}; give --num_time_samples >= 1 and --num_examples "
+        ">= 0.")
   conditional = bool(setup.model.num_classes)
   per_example, per_example_uncond = [], []
   start = time.perf_counter()
@@ -191,6 +194,10 @@ def main(argv):
   overrides = list(f.override)
   if f.batch_size:
     overrides.append(f"train.eval_batch_size={f.batch_size}")
+  if jax.process_index() == 0:  # Before the slow restore.
+    sample_writing.check_output_dir(
+        os.path.dirname(os.path.abspath(f.output)) if f.output else
+        f.workdir, "--output")
   run = restored_run.restore(f.workdir, f.step, overrides)
   split = f.split or next(iter(run.setup.datasets.eval))
   result = negative_elbo(run, split, num_examples=f.num_examples,
@@ -213,7 +220,7 @@ def main(argv):
 def cli() -> None:
   """The `md4-evaluate` command (and `python -m md4.evaluate`)."""
   define_flags()
-  app.run(main)
+  error_boundary.run_app(main)
 
 
 if __name__ == "__main__":

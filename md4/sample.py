@@ -29,6 +29,7 @@ console.hide_native_logs()  # Before clu (via the restore) imports TensorFlow.
 from absl import app
 from absl import flags
 
+from md4 import error_boundary
 from md4 import sampling
 from md4.sampling import command
 from md4.sampling import conditioning
@@ -117,7 +118,7 @@ def main(argv):
 
 def cli() -> None:
   """The `md4-sample` command (and `python -m md4.sample`)."""
-  app.run(main)
+  error_boundary.run_app(main)
 
 
 if __name__ == "__main__":

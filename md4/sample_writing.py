@@ -32,6 +32,25 @@ TEXT_WIDTH = 64  # Characters per rendered text line.
 _MIN_GRID_SIZE = 256  # Small grids are enlarged to about this many pixels.
 
 
+def check_output_dir(directory: str, flag: str) -> None:
+  """Fails early, naming `flag`, when `directory` cannot be written.
+
+  Creates the directory (it is about to be written) and writes and removes
+  a probe file. Run before the slow restore and sampling.
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".md4_write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"{directory} cannot be written ({e.strerror}); give {flag}=<a "
+        "directory you can write to> (a run's workdir may be read-only).",
+    ) from e
+
+
 # -------------------------------------------------------------- images ----
 
 

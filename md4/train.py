@@ -35,6 +35,7 @@ from md4 import preemption
 from md4 import profiling
 from md4 import sample_writing
 from md4 import sharding
+from md4 import workdir_lock
 from md4.data import pipelines
 from md4.diffusion import md4
 from md4.sampling import core as sampling_core
@@ -90,10 +91,19 @@ def check_workdir(workdir: str) -> None:
         "directory you can write to.") from e
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-  """Validates the config and builds model, data, mesh and shardings."""
+def build(config: ml_collections.ConfigDict, workdir: str,
+          writable: bool = True) -> Setup:
+  """Validates the config and builds model, data, mesh and shardings.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory.
+    writable: check that the workdir can be written (training); False for
+      commands that only read a run.
+  """
   configuration.validate(config)
-  check_workdir(workdir)
+  if writable:
+    check_workdir(workdir)
   mesh = sharding.make_mesh(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   dp = sharding.data_parallel_size(mesh, rules)
@@ -335,7 +345,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes the run's config to `<workdir>/config.json`; returns the path.
 
   `md4.sample` and `md4.evaluate` rebuild the model from it. Rewritten at
-  every start, so a resumed run records the config it continues with.
+  every start once the state is restored (or initialised), so a resumed run
+  records the config it continues with, and a config that cannot resume
+  leaves the saved one as it was.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path + ".tmp", "w") as f:
@@ -351,8 +363,6 @@ MODEL_SHAPE_FIELDS = ("network", "data.data_shape", "data.vocab_size",
 # resumed run may change them freely.
 RUNTIME_NETWORK_FIELDS = ("dropout_rate", "dtype", "remat", "attention_impl",
                           "logits_chunk")
-# Free disk space wanted up front, in checkpoints of the estimated size.
-FREE_SPACE_CHECKPOINTS = 2
 
 
 def _field(tree: dict, name: str):
@@ -408,24 +418,15 @@ def log_startup_summary(setup: Setup, workdir: str) -> None:
     logging.info("%s", line)
 
 
-def check_saved_config(config: ml_collections.ConfigDict,
-                       workdir: str) -> None:
-  """Refuses to resume a workdir saved with another model shape.
+def model_shape_changes(config: ml_collections.ConfigDict,
+                        path: str) -> list[str]:
+  """The model-shape fields in which config differs from a saved config.json.
 
   Raises:
-    ValueError: naming each differing field, unless
-      config.allow_config_change is True.
+    OSError, ValueError: if the file cannot be read.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if config.allow_config_change or not os.path.exists(path):
-    return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(
-        f"{path} cannot be read ({e}); restore it, or pass "
-        "--config.allow_config_change=True to overwrite it.") from e
+  with open(path) as f:
+    saved = json.load(f)
   given = json.loads(config.to_json_best_effort())
   for tree in (saved, given):
     for key in RUNTIME_NETWORK_FIELDS:
@@ -434,30 +435,104 @@ def check_saved_config(config: ml_collections.ConfigDict,
   for name in MODEL_SHAPE_FIELDS:
     changes += _differences(_field(saved, name), _field(given, name),
                             f"config.{name}")
-  if changes:
+  return changes
+
+
+def check_saved_config(config: ml_collections.ConfigDict,
+                       workdir: str) -> None:
+  """Refuses to resume a workdir saved with another model shape.
+
+  With config.allow_config_change the changes are only logged; the restore
+  then checks that the checkpoint's arrays fit the new config.
+
+  Raises:
+    ValueError: naming each differing field, unless
+      config.allow_config_change is True.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    changes = model_shape_changes(config, path)
+  except (OSError, ValueError) as e:
+    if config.allow_config_change:
+      logging.warning("%s cannot be read (%s); continuing with the given "
+                      "config (config.allow_config_change).", path, e)
+      return
+    raise ValueError(
+        f"{path} cannot be read ({e}); restore it, or pass "
+        "--config.allow_config_change=True to overwrite it.") from e
+  if changes and config.allow_config_change:
+    logging.warning("Continuing %s with a changed config "
+                    "(config.allow_config_change): %s", workdir,
+                    "; ".join(changes))
+  elif changes:
     raise ValueError(
         f"--workdir={workdir} holds a run with another model shape ({path}):"
         "\n  " + "\n  ".join(changes) + "\nUse a new --workdir, or pass "
-        "--config.allow_config_change=True to continue with the new config.")
+        "--config.allow_config_change=True to continue with the new config "
+        "(possible only where the parameter shapes stay the same).")
 
 
-def check_disk_space(workdir: str, abstract_state) -> None:
-  """Fails up front when the workdir's disk cannot hold a few checkpoints."""
-  needed = FREE_SPACE_CHECKPOINTS * checkpointing.estimated_size(
-      abstract_state)
+def check_restore_from(config: ml_collections.ConfigDict) -> None:
+  """Compares config.restore_from's saved config.json with this config.
+
+  Raises:
+    ValueError: naming the differing model-shape fields (before any of the
+      checkpoint is read).
+  """
+  if not config.restore_from:
+    return
+  directory, _ = checkpointing.find_checkpoint(config.restore_from)
+  path = os.path.join(os.path.dirname(directory), CONFIG_FILE)
+  if not os.path.exists(path):
+    return  # A bare checkpoint directory: the restore compares shapes.
+  try:
+    changes = model_shape_changes(config, path)
+  except (OSError, ValueError):
+    return
+  if changes:
+    raise ValueError(
+        f"config.restore_from={config.restore_from!r} is a run of another "
+        f"model shape ({path}):\n  " + "\n  ".join(changes) + "\nSet these "
+        "fields as that run had them, or restore from a run of this shape.")
+
+
+def disk_space_needed(workdir: str, abstract_state,
+                      keep_checkpoints: int) -> tuple[int, int]:
+  """(checkpoints still to fit, bytes): keep_checkpoints + 1 in all.
+
+  Orbax writes a new checkpoint before it deletes the oldest kept one, so
+  `keep_checkpoints + 1` exist at once; those already saved in the workdir
+  use disk space already.
+  """
+  existing = len(checkpointing.saved_steps(workdir))
+  count = max(1, keep_checkpoints + 1 - existing)
+  return count, count * checkpointing.estimated_size(abstract_state)
+
+
+def check_disk_space(workdir: str, abstract_state,
+                     keep_checkpoints: int = 1) -> None:
+  """Fails up front when the workdir's disk cannot hold the checkpoints."""
+  count, needed = disk_space_needed(workdir, abstract_state,
+                                    keep_checkpoints)
   free = shutil.disk_usage(workdir).free
   if free < needed:
     raise ValueError(
         f"--workdir={workdir} has {free / 2**20:.1f} MiB free, but "
-        f"{FREE_SPACE_CHECKPOINTS} checkpoints of this model need about "
-        f"{needed / 2**20:.1f} MiB; free disk space or choose a --workdir on "
-        "a larger disk.")
+        f"{count} more checkpoints of this model (config.train."
+        f"keep_checkpoints={keep_checkpoints}, plus the one being written) "
+        f"need about {needed / 2**20:.1f} MiB; free disk space, lower "
+        "config.train.keep_checkpoints, or choose a --workdir on a larger "
+        "disk.")
 
 
 def preflight(setup: Setup, workdir: str) -> None:
   """Checks that need the built setup; run before anything is written."""
   check_saved_config(setup.config, workdir)
-  check_disk_space(workdir, setup.abstract_state)
+  check_restore_from(setup.config)
+  check_disk_space(workdir, setup.abstract_state,
+                   setup.config.train.keep_checkpoints)
 
 
 def _check_finite(metrics, step: int, bad_steps: int, max_bad_steps: int,
@@ -495,18 +570,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains, evaluates, samples and checkpoints; resumes from the workdir.
 
   Returns:
-    The last evaluation's metrics and the paths of the outputs.
+    The last evaluation's metrics and the paths of the outputs, with
+    `trained_steps` (0 when the checkpoint was already at num_steps),
+    `bad_steps` (non-finite steps discarded) and `set_aside` (checkpoints
+    moved to unreadable_checkpoints/ at start-up, one line each).
   """
-  setup = build(config, workdir)
-  preflight(setup, workdir)
-  # Nothing was written to the workdir before this point.
+  created = not os.path.exists(workdir)
+  try:
+    setup = build(config, workdir)
+    preflight(setup, workdir)
+  except BaseException:
+    # A refused start leaves no empty workdir behind.
+    if created and os.path.isdir(workdir) and not os.listdir(workdir):
+      os.rmdir(workdir)
+    raise
+  # Nothing was written to the workdir before this point; from here on the
+  # run holds the workdir's lock (md4.workdir_lock) until it ends.
+  with workdir_lock.held(workdir, jax.process_index()):
+    return _train_holding_lock(setup, workdir)
+
+
+def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
+  """`train_and_evaluate` once the workdir is locked."""
+  config = setup.config
   if jax.process_index() == 0:
     checkpointing.remove_partial_saves(workdir)
-    save_config(config, workdir)
     log_startup_summary(setup, workdir)
   info = setup.datasets.info
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
                                        config.train.keep_period)
   train_iter = iter(setup.datasets.train)
@@ -514,8 +604,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   init_rng, train_rng, sample_rng = jax.random.split(rng, 3)
 
   # ------------------------------------------------ state: resume/init --
+  set_aside = []
   if manager.latest_step() is not None:
-    state = checkpointing.restore(manager, setup.abstract_state, train_iter)
+    state = checkpointing.restore(manager, setup.abstract_state, train_iter,
+                                  moved=set_aside)
     logging.info("Resumed from %s at step %d.", manager.directory,
                  int(state.step))
   else:
@@ -525,8 +617,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                             setup.abstract_state)
       state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
       logging.info("Initialised parameters from %s.", config.restore_from)
+  outputs: dict[str, Any] = {"tensorboard": workdir,
+                             "checkpoints": checkpointing.checkpoint_dir(
+                                 workdir),
+                             "set_aside": set_aside, "bad_steps": 0}
+  num_steps = config.train.num_steps
+  if int(state.step) >= num_steps:
+    logging.warning("Nothing to train: the checkpoint is at step %d and "
+                    "config.train.num_steps=%d.", int(state.step), num_steps)
+    manager.close()
+    return {"eval": {}, "step": int(state.step), "preempted": False,
+            "trained_steps": 0, **outputs}
   if jax.process_index() == 0:
+    # Only now: a config that cannot resume leaves the saved one intact.
+    save_config(config, workdir)
     write_parameter_table(state.params, workdir)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
 
   # ---------------------------------------------------- compiled steps --
@@ -536,12 +643,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     sample_fn = jax.jit(
         lambda params, r: _draw_samples(setup.model, params, r, config))
 
-  num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer)
-  outputs: dict[str, Any] = {"tensorboard": workdir,
-                             "checkpoints": checkpointing.checkpoint_dir(
-                                 workdir)}
   step = first_step = int(state.step)
   unit = metrics_lib.headline(info.kind, config.data.dataset)
   progress = console.Progress(num_steps, unit)
@@ -612,8 +715,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         break
   writer.flush()
   manager.close()
+  outputs["bad_steps"] = bad_steps
   return {"eval": eval_metrics, "step": step, "preempted": preempted,
-          **outputs}
+          "trained_steps": step - first_step, **outputs}
 
 
 def _draw_samples(model, params, rng, config):

@@ -61,8 +61,23 @@ def test_text_file_character_outside_a_stored_vocabulary_raises(tmp_path):
   path.write_text("abab" * 100)
   build(text_config(path, vocab_size=2), batch=2, eval_batch=2)
   path.write_text("abab" * 100 + "z")
-  with pytest.raises(ValueError, match="outside the vocabulary"):
+  for vocab_size in (2, 3):  # Either size: the message names both fixes.
+    with pytest.raises(ValueError, match=r"1 characters 'z' that are not in "
+                       r"its frozen vocabulary .*corpus.txt.vocab.json"):
+      build(text_config(path, vocab_size=vocab_size), batch=2, eval_batch=2)
+  # The fix it names works, keeping the frozen ids.
+  datasets = build(text_config(path, characters="abz", vocab_size=3),
+                   batch=2, eval_batch=2)
+  assert datasets.info.decode(np.array([0, 1, 2])) == "abz"
+
+
+def test_an_empty_text_file_is_refused_and_no_vocabulary_is_written(
+    tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text("")
+  with pytest.raises(ValueError, match="corpus.txt is empty; put the text"):
     build(text_config(path, vocab_size=2), batch=2, eval_batch=2)
+  assert not (tmp_path / "corpus.txt.vocab.json").exists()
 
 
 def test_text_file_info_encode_inverts_decode(tmp_path):

@@ -179,3 +179,19 @@ def test_prepared_corpus_info_encodes_with_gpt2_ids(tmp_path):
   info = build(config, batch=4, eval_batch=4).info
   assert info.encode("Hello world").tolist() == [15496, 995]
   assert info.decode(info.encode(" the lazy dog.")) == " the lazy dog."
+
+
+def test_every_eval_batch_is_checked_naming_the_split_file_and_row(tmp_path):
+  directory = tmp_path / "mine"
+  directory.mkdir()
+  np.save(directory / "train.npy", np.zeros((8, 16), np.int32))
+  valid = np.zeros((40, 16), np.int32)
+  valid[13, 5] = 250  # Between the records the start-up sample reads.
+  np.save(directory / "valid.npy", valid)
+  datasets = build(tokens_config(directory), batch=4, eval_batch=8)
+  with pytest.raises(ValueError) as error:
+    list(datasets.eval["valid"]())
+  message = str(error.value)
+  assert "evaluation split 'valid'" in message
+  assert "valid.npy (row 13," in message and "token value 250" in message
+  assert message.endswith("if the ids are right.")

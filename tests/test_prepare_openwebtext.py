@@ -555,3 +555,20 @@ def test_unfinished_preparation_says_to_rerun_the_command(
   (tmp_path / "openwebtext/metadata.json").write_text(json.dumps(metadata))
   with pytest.raises(ValueError, match="again .* to resume"):
     build(packed_config(tmp_path))
+
+
+def test_an_attempt_that_failed_before_its_first_shard_never_blocks_the_fix(
+    input_dir, bpe_dir, tmp_path,
+):
+  with pytest.raises(SystemExit, match=r"^md4 error: .*set --text_field\.$"):
+    run_in_process(input_dir, tmp_path, bpe_dir, text_field="body")
+  # The corrected command is not refused as "prepared with other settings".
+  run_in_process(input_dir, tmp_path, bpe_dir, max_documents=10)
+  metadata = json.loads((tmp_path / "openwebtext/metadata.json").read_text())
+  assert metadata["complete"] and metadata["text_field"] == "text"
+
+
+def test_a_mistyped_input_writes_nothing(bpe_dir, tmp_path):
+  with pytest.raises(SystemExit, match="does not exist; give the directory"):
+    run_in_process(tmp_path / "no_such_corpus", tmp_path / "out", bpe_dir)
+  assert not (tmp_path / "out").exists()

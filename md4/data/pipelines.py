@@ -13,7 +13,9 @@ Evaluation: per split, a callable returning a fresh finite iterator over this
 process's contiguous part of the split, in order, with batches of exactly
 `eval_batch_size // process_count`. Every process yields the same number of
 batches (collectives need it); the last ones are padded with zero examples
-whose `"weight"` is 0.0 (1.0 for real examples).
+whose `"weight"` is 0.0 (1.0 for real examples). Every evaluation batch's
+tokens are checked against `[0, vocab_size)`, with an error naming the
+split, file and row, so a bad record never becomes a NaN bound.
 
 Batches are dicts of numpy arrays: `"x"` int32 `[b, *data_shape]`, `"label"`
 int32 `[b]` for labelled data sets, and `"weight"` float32 `[b]` in eval.
@@ -168,6 +170,8 @@ def build_datasets(
           batch_size=eval_batch,
           process_index=process_index,
           process_count=process_count,
+          vocab_size=int(data_config.vocab_size),
+          split=split,
       )
       for split, source in loaded.eval.items()
   }
@@ -222,6 +226,8 @@ def eval_batches(
     batch_size: int,
     process_index: int,
     process_count: int,
+    vocab_size: int | None = None,
+    split: str = "",
 ) -> Iterator[Batch]:
   """Yields this process's part of `source` in padded batches.
 
@@ -234,6 +240,9 @@ def eval_batches(
     batch_size: examples per batch in this process.
     process_index: this process.
     process_count: number of processes.
+    vocab_size: when given, every batch's tokens are checked against
+      `[0, vocab_size)` (the start-up check reads a sample of records only).
+    split: the split's name, for that check's error.
 
   Yields:
     Dicts of `[batch_size, ...]` arrays with an extra "weight" float32
@@ -251,6 +260,9 @@ def eval_batches(
     num_real = len(examples)
     examples += [blank] * (batch_size - num_real)
     batch = {k: np.stack([ex[k] for ex in examples]) for k in blank}
+    if vocab_size is not None:
+      sources.check_tokens_in_vocab(batch["x"][:num_real], vocab_size, source,
+                                    indices, split)
     weight = np.zeros(batch_size, np.float32)  # [b]
     weight[:num_real] = 1.0
     batch["weight"] = weight

@@ -144,6 +144,47 @@ class ArraySource:
     return f"ArraySource(name={self._name!r}, num_records={len(self)})"
 
 
+def record_location(source: grain.sources.RandomAccessDataSource,
+                    index: int) -> str:
+  """Names record `index` of `source`: its file and row where known."""
+  describe = getattr(source, "describe", None)
+  return describe(index) if describe else f"{source!r} record {index}"
+
+
+def check_tokens_in_vocab(
+    x: np.ndarray,
+    vocab_size: int,
+    source: grain.sources.RandomAccessDataSource,
+    indices: Sequence[int],
+    split: str,
+) -> None:
+  """Raises ValueError naming the record of the first out-of-vocab token.
+
+  Args:
+    x: int tokens `[n, ...]` of the records `indices` of `source`.
+    vocab_size: token values must lie in `[0, vocab_size)`.
+    source: where the records come from (named via `record_location`).
+    indices: the source index of each row of `x`.
+    split: the split's name, for the message.
+  """
+  if not x.size:
+    return
+  flat = x.reshape(len(x), -1)  # [n, D]
+  bad_rows = np.flatnonzero(((flat < 0) | (flat >= vocab_size)).any(axis=1))
+  if not len(bad_rows):
+    return
+  row = int(bad_rows[0])
+  values = flat[row]
+  bad = values[(values < 0) | (values >= vocab_size)]
+  raise ValueError(
+      f"evaluation split {split!r}, {record_location(source, indices[row])}:"
+      f" token value {int(bad[0])} is outside [0, data_config.vocab_size ="
+      f" {vocab_size}) ({len(bad_rows)} such examples in this batch); fix"
+      " the data, or set data_config.vocab_size to at least"
+      f" {int(flat.max()) + 1} if the ids are right."
+  )
+
+
 def check_sample(
     source: grain.sources.RandomAccessDataSource,
     data_config: Any,
@@ -175,8 +216,7 @@ def check_sample(
                          .astype(np.int64)):
     record = source[int(index)]
     x = np.asarray(record["x"] if isinstance(record, dict) else record)
-    describe = getattr(source, "describe", None)
-    where = describe(int(index)) if describe else f"{source!r} record {index}"
+    where = record_location(source, int(index))
     if finished and tuple(x.shape) != data_shape:
       raise ValueError(
           f"{where}: a {data_config.dataset} example has shape"

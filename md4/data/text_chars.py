@@ -48,10 +48,15 @@ def _read_text(path: pathlib.Path) -> str:
         " absolute)."
     )
   try:
-    return path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
     raise ValueError(f"{path} is not UTF-8 text ({e}); convert it to UTF-8."
                      ) from e
+  if not text:
+    raise ValueError(
+        f"the text file {path} is empty; put the text to model in it, or"
+        " set data_config.path to another file.")
+  return text
 
 
 def alphabet(data_config: Any, path: pathlib.Path, text: str) -> str:
@@ -61,7 +66,18 @@ def alphabet(data_config: Any, path: pathlib.Path, text: str) -> str:
   stored = vocab_path(path)
   if stored.is_file():
     with open(stored, encoding="utf-8") as f:
-      return "".join(json.load(f)["characters"])
+      frozen = "".join(json.load(f)["characters"])
+    new = "".join(sorted(set(text) - set(frozen)))
+    if new:
+      raise ValueError(
+          f"the text file {path} has {len(new)} characters {new!r} that are"
+          f" not in its frozen vocabulary {stored} ({len(frozen)} characters,"
+          " kept so that ids stay the same across runs); set"
+          f" data_config.characters = {frozen + new!r} and"
+          f" data_config.vocab_size = {len(frozen) + len(new)} (the frozen"
+          f" ids first), or delete {stored} to rebuild it from the text."
+      )
+    return frozen
   characters = "".join(sorted(set(text)))
   _write_vocab(stored, characters)
   return characters

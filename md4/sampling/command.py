@@ -75,13 +75,19 @@ def known_tokens(request: Request, run: restored_run.RestoredRun):
     split = request.inpaint_split or next(iter(run.setup.datasets.eval))
     images = conditioning.split_examples(run.setup.datasets, split,
                                          request.num_samples)
-    return conditioning.image_known(request.inpaint, images)
+    known = conditioning.image_known(request.inpaint, images)
+    conditioning.check_known_tokens(
+        known, info.vocab_size, f"--inpaint_split={split!r}")
+    return known
   if info.kind != "text":
     raise ValueError(f"--prompt/--infill need a text data set, not "
                      f"{dataset}; use --inpaint.")
-  template = next(iter(given.values()))
-  return conditioning.text_known(template, conditioning.encoder(info, dataset),
-                                 info.data_shape[0], request.num_samples)
+  (flag, template), = given.items()
+  known = conditioning.text_known(template, conditioning.encoder(info, dataset),
+                                  info.data_shape[0], request.num_samples)
+  conditioning.check_known_tokens(known, info.vocab_size,
+                                  f"--{flag}={template!r}")
+  return known
 
 
 D3PM_SAMPLER = "ancestral"  # The D3PM reverse chain.
@@ -211,11 +217,19 @@ def _output_dir(request: Request, run: restored_run.RestoredRun) -> str:
 
 def sample_to_files(request: Request) -> dict:
   """Draws and writes the samples; returns the summary (also saved)."""
+  if request.steps is not None and request.steps < 1:
+    raise ValueError(f"--steps={request.steps}: give at least 1 time step, "
+                     "or drop --steps for config.train.sample_steps.")
   config = restored_run.load_config(request.workdir, request.overrides)
   if config.model.process == "d3pm":  # Checked before the slow restore.
     check_d3pm_request(request, config.model.num_steps)
   check_reconstruct_request(request)
   request = with_config_defaults(request, config)
+  if jax.process_index() == 0:
+    sample_writing.check_output_dir(
+        request.output_dir or os.path.join(request.workdir,
+                                           sample_writing.SAMPLE_DIR),
+        "--output_dir")
   run = restored_run.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
   rebuilt = known = None

@@ -116,14 +116,25 @@ def region_mask(region: str, height: int, width: int) -> np.ndarray:
 
 
 def pixel_mask(spec: str, height: int, width: int) -> np.ndarray:
-  """bool [H, W] from a region name or a PNG (white = known, resized)."""
+  """bool [H, W] from a region name or a PNG (white = known).
+
+  A PNG of another size is scaled to [H, W] only when its aspect ratio is
+  the images' (e.g. a 16x16 mask for 8x8 images); any other shape would
+  be stretched, so it is refused.
+  """
   if not spec.lower().endswith(".png"):
     return region_mask(spec, height, width)
   try:
     image = Image.open(spec).convert("L")
   except OSError as e:
-    raise ValueError(f"--inpaint={spec!r} cannot be read as an image: "
-                     f"{e}.") from e
+    raise ValueError(f"--inpaint={spec!r} cannot be read as an image "
+                     f"({e}); give a PNG whose white pixels are known, or a "
+                     f"region ({', '.join(REGIONS)}).") from e
+  if image.width * height != image.height * width:
+    raise ValueError(
+        f"--inpaint={spec!r} is {image.width}x{image.height} pixels but the "
+        f"images are {width}x{height} (width x height); give a mask of that "
+        "size (or a multiple of it).")
   image = image.resize((width, height), Image.NEAREST)
   return np.asarray(image) > 127
 
@@ -134,6 +145,17 @@ def image_known(spec: str, images: np.ndarray) -> core.Known:
   known = pixel_mask(spec, height, width)  # [H, W]
   mask = np.broadcast_to(known[None, :, :, None], images.shape)
   return core.Known(mask, images.astype(np.int32))
+
+
+def check_known_tokens(known: core.Known, vocab_size: int, flag: str) -> None:
+  """Refuses known tokens outside [0, vocab_size), naming the flag."""
+  given = np.asarray(known.tokens)[np.asarray(known.mask)]
+  if given.size and (given.min() < 0 or given.max() >= vocab_size):
+    bad = int(given.min() if given.min() < 0 else given.max())
+    raise ValueError(
+        f"{flag} gives token id {bad}, outside the model's vocabulary [0, "
+        f"{vocab_size}) (config.data.vocab_size); give only ids the run was "
+        "trained on.")
 
 
 def split_rows(datasets, split: str, count: int,

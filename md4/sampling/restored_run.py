@@ -133,13 +133,18 @@ def restore(workdir: str, step: int | None = None,
     The `RestoredRun`.
   """
   config = load_config(workdir, overrides)
-  setup = train.build(config, workdir)
+  # Reading a run writes nothing to its workdir, so an archived (read-only)
+  # run can be sampled and evaluated with the outputs written elsewhere.
+  setup = train.build(config, workdir, writable=False)
   manager = ocp.CheckpointManager(
       epath.Path(checkpointing.checkpoint_dir(workdir)).absolute(),
       item_names=("state", "data"),
       options=ocp.CheckpointManagerOptions(read_only=True))
   step = checkpoint_step(manager, step, workdir)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(setup.abstract_state)))
   manager.close()
-  return RestoredRun(workdir, config, setup, restored.state.ema_params, step)
+  state = checkpointing.read_state(
+      checkpointing.checkpoint_dir(workdir), step, setup.abstract_state,
+      f"--workdir={workdir!r}",
+      f"Its {train.CONFIG_FILE} no longer describes it; restore that file, "
+      "or drop the --override that changed the model shape.")
+  return RestoredRun(workdir, config, setup, state.ema_params, step)
