@@ -377,7 +377,7 @@ CASES = {
         sample(inpaint=mask_png((8, 20))),
         "give a mask of that size (or a multiple of it)."),
     "sample: unknown inpaint split": Case(
-        sample(inpaint="top", inpaint_split="train"), "valid: test."),
+        sample(inpaint="top", inpaint_split="valid"), "valid: train, test."),
     "sample: zero steps": Case(sample(steps=0),
                                "or drop --steps for config.train.sample_steps."),
     "sample: label of an unconditional model": Case(
