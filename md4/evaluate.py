@@ -206,6 +206,7 @@ def main(argv):
     return
   path = f.output or os.path.join(run.workdir,
                                   f"eval_{split}_step{run.step}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as out:
     json.dump(result, out, indent=2)
   key = result["headline"]

@@ -35,20 +35,38 @@ _MIN_GRID_SIZE = 256  # Small grids are enlarged to about this many pixels.
 def check_output_dir(directory: str, flag: str) -> None:
   """Fails early, naming `flag`, when `directory` cannot be written.
 
-  Creates the directory (it is about to be written) and writes and removes
-  a probe file. Run before the slow restore and sampling.
+  Writes and removes a probe file, creating the directory for it and
+  removing again what it created, so a request refused later leaves nothing
+  behind. Run before the slow restore and sampling.
   """
+  created = os.path.abspath(directory)  # the topmost directory made here
+  while not os.path.exists(os.path.dirname(created)):
+    created = os.path.dirname(created)
+  made = not os.path.exists(created)
   try:
     os.makedirs(directory, exist_ok=True)
     probe = os.path.join(directory, f".md4_write_test_{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
+    if made:
+      for parent in _parents(directory, created):
+        os.rmdir(parent)
   except OSError as e:
     raise ValueError(
         f"{directory} cannot be written ({e.strerror}); give {flag}=<a "
         "directory you can write to> (a run's workdir may be read-only).",
     ) from e
+
+
+def _parents(directory: str, top: str) -> list[str]:
+  """`directory` and its ancestors up to and including `top`, deepest first."""
+  path, out = os.path.abspath(directory), []
+  while True:
+    out.append(path)
+    if path == top or os.path.dirname(path) == path:
+      return out
+    path = os.path.dirname(path)
 
 
 # -------------------------------------------------------------- images ----

@@ -49,7 +49,7 @@ TINY = {
 }
 KILL_SEED = 8
 NUM_KILLS = 5
-STEP_LINE = re.compile(r"\] \[(\d+)\] train/")
+STEP_LINE = re.compile(r"\bstep (\d+)/\d+ +loss ")  # the console's progress line
 RESUMED = re.compile(r"Resumed from \S+ at step (\d+)")
 TIMEOUT_S = 300
 
