@@ -1,18 +1,23 @@
 r"""Sampling speed (samples/s, network calls) and categorical exactness.
 
     python benchmarks/sampling.py                       # both parts
-    python benchmarks/sampling.py --parts=speed --batch=8 --steps=1000
+    python benchmarks/sampling.py --parts=speed --lengths=256,1024 \
+        --sizes=cpu,tiny --batches=4,2 --steps=1000
     python benchmarks/sampling.py --parts=exactness --draws=100000000
 
-Speed: one model, the DiT transformer of the CPU configs (4 layers, width
-256, 8 heads) with `time_features="none"`, vocabulary 27, sequence length
-256, random weights (speed does not depend on training). For each sampler
+Speed: for each sequence length in `--lengths`, one model: the DiT
+transformer of the paired size in `--sizes` (`cpu`: 4 layers, width 256,
+8 heads; `tiny`: 2 x 64, 4 heads) with `time_features="none"`, vocabulary
+27, random weights (speed does not depend on training). For each sampler
 (naive `ancestral`, `cached`, `first_hitting`, and `mean` for reference) the
-script compiles one batch of `--batch` samples, then times `--repeats`
-batches: samples/s, network calls per sample, and both as ratios against
-`ancestral`. Issue #5's target: the cached sampler makes at least 5x fewer
-network calls and draws at least 3x the samples/s of the naive one at
-1,000 steps.
+script compiles one batch of the paired `--batches` samples, then times
+`--repeats` batches: samples/s, network calls per sample, and both as
+ratios against `ancestral` at the same length, timed in the same run. The
+default pairs the `cpu` network with L = 256 and the `tiny` one with
+L = 1024: the `cpu` network takes about 0.5 s per call at L = 1024 on 2
+cores, so its naive sampler alone would take about 9 minutes a sample.
+Issue #5's target: the cached sampler makes at least 5x fewer network calls
+and draws at least 3x the samples/s of the naive one at 1,000 steps.
 
 Exactness: the probability that a two-outcome categorical draw
 [log(1 - pi), log(pi)] returns the rare outcome, divided by pi (1 = exact):
@@ -53,12 +58,14 @@ _PARTS = flags.DEFINE_list("parts", ["speed", "exactness"],
 _SAMPLERS = flags.DEFINE_list(
     "samplers", ["ancestral", "cached", "first_hitting", "mean"],
     "Samplers timed in the speed part.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Samples per compiled call.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches per sampler.")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths.")
+_SIZES = flags.DEFINE_list(
+    "sizes", ["cpu", "tiny"], "Transformer size for each length (see "
+    "md4.configuration.TRANSFORMER_SIZES).")
+_BATCHES = flags.DEFINE_list("batches", ["4", "2"],
+                             "Samples per compiled call, for each length.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed batches per sampler.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Time steps T.")
-_LENGTH = flags.DEFINE_integer("length", 256, "Sequence length.")
-_SIZE = flags.DEFINE_string("size", "cpu", "Transformer size (see "
-                            "md4.configuration.TRANSFORMER_SIZES).")
 _DRAWS = flags.DEFINE_integer("draws", 100_000_000,
                               "Sampled draws per pi (exactness part).")
 _PIS = flags.DEFINE_list("pis", ["1e-5", "1e-6", "1e-7", "1e-8"],
@@ -69,13 +76,13 @@ _CHUNK = 10_000_000
 # -------------------------------------------------------------- speed -----
 
 
-def speed_model():
-  """The benchmark's model and random EMA-like parameters."""
+def speed_model(length: int, size: str):
+  """The benchmark's model at one length and random EMA-like parameters."""
   c = configuration.default_config()
   c.data.dataset = "text8"
-  c.data.data_shape = (_LENGTH.value,)
+  c.data.data_shape = (length,)
   c.data.vocab_size = 27
-  c.network = configuration.transformer(_SIZE.value, dropout_rate=0.0)
+  c.network = configuration.transformer(size, dropout_rate=0.0)
   c.network.time_features = "none"
   model = model_lib.build_model(c)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(
@@ -84,33 +91,61 @@ def speed_model():
 
 
 def run_speed() -> None:
-  model, params = speed_model()
+  if not len(_LENGTHS.value) == len(_SIZES.value) == len(_BATCHES.value):
+    raise app.UsageError("--lengths, --sizes and --batches need one entry "
+                         "per length.")
+  rows = []
+  for length, size, batch in zip(_LENGTHS.value, _SIZES.value,
+                                 _BATCHES.value):
+    rows += run_speed_at(int(length), size, int(batch))
+  print("\n| L | network | sampler | network calls / sample | samples/s | "
+        "fewer calls | samples/s vs ancestral | load |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['length']} | `{r['size']}` | `{r['sampler']}` | "
+          f"{r['calls']:.0f} | {r['samples_per_s']:.4g} | "
+          f"{r['fewer_calls']:.2f}x | **{r['speedup']:.2f}x** | "
+          f"{r['load']:.1f} |")
+
+
+def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
+  """Every sampler at one length; ratios against the first (ancestral)."""
+  model, params = speed_model(length, size)
   settings = core.Settings(num_steps=_STEPS.value)
-  print(f"\nSpeed: transformer {_SIZE.value}, time_features=none, V=27, "
-        f"L={_LENGTH.value}, T={_STEPS.value}, batch {_BATCH.value}, "
-        f"{_REPEATS.value} timed batches, {jax.devices()[0].device_kind}")
+  print(f"\nSpeed: transformer {size}, time_features=none, V=27, "
+        f"L={length}, T={_STEPS.value}, batch {batch}, "
+        f"{_REPEATS.value} timed batches, {jax.devices()[0].device_kind}, "
+        f"load average {os.getloadavg()[0]:.1f}")
   print(f"{'sampler':15s} {'calls/sample':>13s} {'samples/s':>10s} "
-        f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s}")
-  base = None
+        f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s} "
+        f"{'load':>5s}")
+  base, rows = None, []
   for name in _SAMPLERS.value:
+    load = os.getloadavg()[0]
     drawn = drawing.draw(model, params, name, settings,
-                         num_samples=_BATCH.value * _REPEATS.value,
-                         batch_size=_BATCH.value, seed=0)
+                         num_samples=batch * _REPEATS.value,
+                         batch_size=batch, seed=0)
     if base is None:
       base = drawn
+    rows.append({
+        "length": length, "size": size, "sampler": name, "load": load,
+        "calls": drawn.network_calls,
+        "samples_per_s": drawn.samples_per_second,
+        "fewer_calls": base.network_calls / drawn.network_calls,
+        "speedup": drawn.samples_per_second / base.samples_per_second})
     print(f"{name:15s} {drawn.network_calls:13.1f} "
-          f"{drawn.samples_per_second:10.3f} "
-          f"{base.network_calls / drawn.network_calls:11.2f}x "
-          f"{drawn.samples_per_second / base.samples_per_second:8.2f}x "
-          f"{drawn.compile_seconds:10.1f}")
-  expected = expected_reveal_steps(model, settings)
+          f"{drawn.samples_per_second:10.4f} "
+          f"{rows[-1]['fewer_calls']:11.2f}x {rows[-1]['speedup']:8.2f}x "
+          f"{drawn.compile_seconds:10.1f} {load:5.1f}", flush=True)
+  expected = expected_reveal_steps(model, settings, length)
   print(f"Floor for any exact sampler of this {_STEPS.value}-step process: "
         f"one call per distinct reveal step, {expected:.1f} expected per "
         f"sample, i.e. at most {(_STEPS.value + 1) / expected:.2f}x fewer "
         "calls than the naive sampler.")
+  return rows
 
 
-def expected_reveal_steps(model, settings) -> float:
+def expected_reveal_steps(model, settings, length: int) -> float:
   """E[number of distinct steps at which a sample reveals a token].
 
   Each of the L tokens is revealed at step i with probability p_i (the
@@ -126,7 +161,7 @@ def expected_reveal_steps(model, settings) -> float:
   alpha = np.asarray(schedule.alpha(times), np.float64)
   masked = (1.0 - alpha) / (1.0 - alpha[0])  # [T + 1], 1 at t_0 = 1
   p = np.append(-np.diff(masked), masked[-1])  # [T + 1]
-  return float(np.sum(1.0 - (1.0 - p) ** _LENGTH.value))
+  return float(np.sum(1.0 - (1.0 - p) ** length))
 
 
 # ---------------------------------------------------------- exactness -----
