@@ -1,18 +1,24 @@
 r"""Sampling speed (samples/s, network calls) and categorical exactness.
 
     python benchmarks/sampling.py                       # both parts
-    python benchmarks/sampling.py --parts=speed --batch=8 --steps=1000
+    python benchmarks/sampling.py --parts=speed --lengths=256,1024 \
+        --sizes=cpu,tiny --batches=4,2 --steps=1000
     python benchmarks/sampling.py --parts=exactness --draws=100000000
 
-Speed: one model, the DiT transformer of the CPU configs (4 layers, width
-256, 8 heads) with `time_features="none"`, vocabulary 27, sequence length
-256, random weights (speed does not depend on training). For each sampler
+Speed: for each sequence length in `--lengths`, one model: the DiT
+transformer of the paired size in `--sizes` (`cpu`: 4 layers, width 256,
+8 heads; `tiny`: 2 x 64, 4 heads) with `time_features="none"`, vocabulary
+27, random weights (speed does not depend on training). For each sampler
 (naive `ancestral`, `cached`, `first_hitting`, and `mean` for reference) the
-script compiles one batch of `--batch` samples, then times `--repeats`
-batches: samples/s, network calls per sample, and both as ratios against
-`ancestral`. Issue #5's target: the cached sampler makes at least 5x fewer
-network calls and draws at least 3x the samples/s of the naive one at
-1,000 steps.
+script compiles one batch of the paired `--batches` samples; then
+`--repeats` rounds each time one batch of every sampler, alternating
+(the order rotated each round): samples/s, network calls per sample, and
+both as ratios against `ancestral` at the same length, in the same run. The
+default pairs the `cpu` network with L = 256 and the `tiny` one with
+L = 1024: the `cpu` network takes about 0.5 s per call at L = 1024 on 2
+cores, so its naive sampler alone would take about 9 minutes a sample.
+Issue #5's target: the cached sampler makes at least 5x fewer network calls
+and draws at least 3x the samples/s of the naive one at 1,000 steps.
 
 Exactness: the probability that a two-outcome categorical draw
 [log(1 - pi), log(pi)] returns the rare outcome, divided by pi (1 = exact):
@@ -43,9 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import configuration
 from md4 import model as model_lib
+from md4 import sampling
 from md4.diffusion import schedules
 from md4.sampling import core
-from md4.sampling import drawing
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _PARTS = flags.DEFINE_list("parts", ["speed", "exactness"],
@@ -53,12 +59,15 @@ _PARTS = flags.DEFINE_list("parts", ["speed", "exactness"],
 _SAMPLERS = flags.DEFINE_list(
     "samplers", ["ancestral", "cached", "first_hitting", "mean"],
     "Samplers timed in the speed part.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Samples per compiled call.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed batches per sampler.")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths.")
+_SIZES = flags.DEFINE_list(
+    "sizes", ["cpu", "tiny"], "Transformer size for each length (see "
+    "md4.configuration.TRANSFORMER_SIZES).")
+_BATCHES = flags.DEFINE_list("batches", ["4", "2"],
+                             "Samples per compiled call, for each length.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 2, "Alternating rounds; each times one batch of every sampler.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Time steps T.")
-_LENGTH = flags.DEFINE_integer("length", 256, "Sequence length.")
-_SIZE = flags.DEFINE_string("size", "cpu", "Transformer size (see "
-                            "md4.configuration.TRANSFORMER_SIZES).")
 _DRAWS = flags.DEFINE_integer("draws", 100_000_000,
                               "Sampled draws per pi (exactness part).")
 _PIS = flags.DEFINE_list("pis", ["1e-5", "1e-6", "1e-7", "1e-8"],
@@ -69,13 +78,13 @@ _CHUNK = 10_000_000
 # -------------------------------------------------------------- speed -----
 
 
-def speed_model():
-  """The benchmark's model and random EMA-like parameters."""
+def speed_model(length: int, size: str):
+  """The benchmark's model at one length and random EMA-like parameters."""
   c = configuration.default_config()
   c.data.dataset = "text8"
-  c.data.data_shape = (_LENGTH.value,)
+  c.data.data_shape = (length,)
   c.data.vocab_size = 27
-  c.network = configuration.transformer(_SIZE.value, dropout_rate=0.0)
+  c.network = configuration.transformer(size, dropout_rate=0.0)
   c.network.time_features = "none"
   model = model_lib.build_model(c)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(
@@ -84,33 +93,95 @@ def speed_model():
 
 
 def run_speed() -> None:
-  model, params = speed_model()
+  if not len(_LENGTHS.value) == len(_SIZES.value) == len(_BATCHES.value):
+    raise app.UsageError("--lengths, --sizes and --batches need one entry "
+                         "per length.")
+  rows = []
+  for length, size, batch in zip(_LENGTHS.value, _SIZES.value,
+                                 _BATCHES.value):
+    rows += run_speed_at(int(length), size, int(batch))
+  print("\n| L | network | sampler | network calls / sample | samples/s | "
+        "fewer calls | samples/s vs ancestral | load |")
+  print("|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['length']} | `{r['size']}` | `{r['sampler']}` | "
+          f"{r['calls']:.0f} | {r['samples_per_s']:.4g} | "
+          f"{r['fewer_calls']:.2f}x | **{r['speedup']:.2f}x** | "
+          f"{r['load']} |")
+
+
+def compiled_sampler(model, params, name: str, settings, batch: int):
+  """One batch of the named sampler, jitted and compiled: rng -> Result."""
+  sample_fn = sampling.get(name)
+  known = core.no_known(batch, model.data_shape)
+
+  def one_batch(params, rng):
+    reverse = core.from_model(model, {"params": params})
+    return sample_fn(reverse, rng, batch, settings, known)
+
+  compiled = jax.jit(one_batch).lower(params, jax.random.key(0)).compile()
+  return lambda rng: jax.block_until_ready(compiled(params, rng))
+
+
+def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
+  """Every sampler at one length; ratios against the first (ancestral).
+
+  All samplers are compiled first; then `--repeats` rounds each draw one
+  batch of every sampler (the order rotated by one each round), so that
+  load changes reach every sampler alike. Samples/s: batch x rounds / the
+  sampler's summed time.
+  """
+  model, params = speed_model(length, size)
   settings = core.Settings(num_steps=_STEPS.value)
-  print(f"\nSpeed: transformer {_SIZE.value}, time_features=none, V=27, "
-        f"L={_LENGTH.value}, T={_STEPS.value}, batch {_BATCH.value}, "
-        f"{_REPEATS.value} timed batches, {jax.devices()[0].device_kind}")
+  settings.validate()
+  names = list(_SAMPLERS.value)
+  print(f"\nSpeed: transformer {size}, time_features=none, V=27, "
+        f"L={length}, T={_STEPS.value}, batch {batch}, {_REPEATS.value} "
+        f"alternating rounds, {jax.devices()[0].device_kind}, load average "
+        f"{os.getloadavg()[0]:.1f}", flush=True)
+  runs, compile_s = {}, {}
+  for name in names:
+    start = time.perf_counter()
+    runs[name] = compiled_sampler(model, params, name, settings, batch)
+    compile_s[name] = time.perf_counter() - start
+  seconds = {n: 0.0 for n in names}
+  calls = {n: [] for n in names}
+  loads = []
+  for r in range(_REPEATS.value):
+    loads.append(os.getloadavg()[0])
+    for j in range(len(names)):
+      name = names[(j + r) % len(names)]
+      start = time.perf_counter()
+      result = runs[name](jax.random.fold_in(jax.random.key(0), r))
+      seconds[name] += time.perf_counter() - start
+      calls[name].append(int(result.network_calls))
   print(f"{'sampler':15s} {'calls/sample':>13s} {'samples/s':>10s} "
         f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s}")
-  base = None
-  for name in _SAMPLERS.value:
-    drawn = drawing.draw(model, params, name, settings,
-                         num_samples=_BATCH.value * _REPEATS.value,
-                         batch_size=_BATCH.value, seed=0)
-    if base is None:
-      base = drawn
-    print(f"{name:15s} {drawn.network_calls:13.1f} "
-          f"{drawn.samples_per_second:10.3f} "
-          f"{base.network_calls / drawn.network_calls:11.2f}x "
-          f"{drawn.samples_per_second / base.samples_per_second:8.2f}x "
-          f"{drawn.compile_seconds:10.1f}")
-  expected = expected_reveal_steps(model, settings)
+  rows = []
+  base = names[0]
+  load = f"{min(loads):.1f}-{max(loads):.1f}"
+  for name in names:
+    rate = batch * _REPEATS.value / seconds[name]
+    mean_calls = float(np.mean(calls[name]))
+    rows.append({
+        "length": length, "size": size, "sampler": name, "load": load,
+        "calls": mean_calls, "samples_per_s": rate,
+        "fewer_calls": float(np.mean(calls[base])) / mean_calls,
+        "speedup": seconds[base] / seconds[name]})
+    print(f"{name:15s} {mean_calls:13.1f} {rate:10.4f} "
+          f"{rows[-1]['fewer_calls']:11.2f}x {rows[-1]['speedup']:8.2f}x "
+          f"{compile_s[name]:10.1f}")
+  print(f"load average at the start of each round: "
+        + ", ".join(f"{x:.1f}" for x in loads))
+  expected = expected_reveal_steps(model, settings, length)
   print(f"Floor for any exact sampler of this {_STEPS.value}-step process: "
         f"one call per distinct reveal step, {expected:.1f} expected per "
         f"sample, i.e. at most {(_STEPS.value + 1) / expected:.2f}x fewer "
-        "calls than the naive sampler.")
+        "calls than the naive sampler.", flush=True)
+  return rows
 
 
-def expected_reveal_steps(model, settings) -> float:
+def expected_reveal_steps(model, settings, length: int) -> float:
   """E[number of distinct steps at which a sample reveals a token].
 
   Each of the L tokens is revealed at step i with probability p_i (the
@@ -126,7 +197,7 @@ def expected_reveal_steps(model, settings) -> float:
   alpha = np.asarray(schedule.alpha(times), np.float64)
   masked = (1.0 - alpha) / (1.0 - alpha[0])  # [T + 1], 1 at t_0 = 1
   p = np.append(-np.diff(masked), masked[-1])  # [T + 1]
-  return float(np.sum(1.0 - (1.0 - p) ** _LENGTH.value))
+  return float(np.sum(1.0 - (1.0 - p) ** length))
 
 
 # ---------------------------------------------------------- exactness -----

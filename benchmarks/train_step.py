@@ -1,39 +1,51 @@
-r"""Times md4's real training step on the CPU-sized shapes of issue #9.
+r"""md4's train step against a reference-equivalent step, side by side.
 
-    python benchmarks/train_step.py --shapes=text8,owt,cifar --steps=5 \
+    python benchmarks/train_step.py --shapes=text8,owt,cifar --rounds=5 \
         --json=/tmp/train_step.json
+    python benchmarks/train_step.py --shapes=text8 --bf16 --loss_steps=50
 
-For each shape the script builds a config from `default_config()`, the model
-with `md4.model.build_model`, the optimizer with `md4.optimizers`, and jits
-`md4.train.make_train_step` exactly as `train.train_and_evaluate` does (one
-device mesh, logical-axis rules, state donated). It then prints:
+For each shape the script builds the shipped CPU config (`text8`:
+configs/md4/text8.py:cpu, `owt`: configs/md4/openwebtext.py:cpu, `cifar`:
+configs/md4/cifar10.py:cpu) in float32 and compiles two train steps from
+the same model, optimizer and `md4.train.make_train_step` (one-device mesh,
+state donated, as `train.jit_train_step`):
 
-* step ms: median of `--steps` timed steps after one warm-up step, each
-  ended by `jax.block_until_ready`;
-* tokens/s (pixels/s for images: B * H * W * C per second);
-* model FLOPs per step, from the compiled executable's cost analysis and,
-  for the transformer, an analytic count (6 * per-token parameters * tokens,
-  + 6 * per-example parameters * B, + 12 * layers * L * W * tokens for the
-  two attention matmuls);
-* the dense-matmul rate measured in the same run (2048^3 float32 `jnp.dot`),
-  interleaved with the timed steps so both see the same machine load;
-* model-FLOPs utilisation = FLOPs per step / step time / matmul rate;
-* for `owt`: the compiled step's memory next to a naive variant whose
-  cross-entropy builds a [B, L, V] one-hot (benchmark-only; the model and
-  step are otherwise the same), and the naive variant's step time;
-* the reference figures of issue #9 and our speed-up over them, normalised
-  by the matmul rate (see `normalised_speedup`).
+* **ours**: the step as md4 trains it;
+* **reference**: the same network and optimizer with the reference MD4
+  implementation's choices, swapped in while tracing (`reference_choices`):
+  full [B, L, V] logits (`logits_chunk=0`), the one-hot cross-entropy
+  `sum(one_hot(x) * log_softmax(logits))`, plain softmax attention
+  (the reference's two einsums around a softmax) differentiated by JAX,
+  no chunking, no custom VJPs.
 
-Timings depend on machine load: compare ratios within one run.
+Both start from the same parameters and see the same batch (random tokens,
+fixed) and step keys. After one warm-up step each, `--rounds` rounds each
+time one step of every variant, alternating which goes first, so that both
+see the same machine load. Printed per shape: the median step time of each,
+their ratio (reference / ours), the median of the per-round ratios, tokens/s
+(pixels x channels for images), the compiled memory of both, and model-FLOP
+utilisation = model FLOPs / step time / peak, where the peak is this run's
+best 2048^3 float32 matmul rate (`--peak_matmuls` of them, timed before the
+first compile and again after each shape; the best is kept, with the load
+average at that moment). Model FLOPs: 6 x parameters applied per token x tokens +
+attention matmuls for the transformer (analytic); XLA's count of the
+reference step for the U-Net.
+
+`--bf16` adds a third variant, our step with `network.dtype="bfloat16"`,
+timed in the same rounds, its utilisation also against a best 2048^3
+bfloat16 matmul; `--loss_steps=N` then trains our step in float32 and in
+bfloat16 for N steps from the same start on the same batches and reports
+the loss difference.
+
+No figure from another run enters a ratio. Timings depend on machine load:
+the load average is printed beside every figure.
 """
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,383 +53,269 @@ from typing import Any
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 # Run as `python benchmarks/train_step.py` from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from md4 import configuration  # pylint: disable=g-import-not-at-top
-from md4 import model as model_lib
-from md4 import optimizers
-from md4 import sharding
-from md4 import train
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import compiled_step
+from compiled_step import loadavg
+from compiled_step import machine
+from md4 import configuration
 from md4.diffusion import md4 as md4_diffusion
 from md4.networks import transformer
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _SHAPES = flags.DEFINE_list("shapes", ["text8", "owt", "cifar"],
                             "Shapes to run: text8, owt, cifar.")
-_STEPS = flags.DEFINE_integer("steps", 5,
-                              "Timed steps per shape (after one warm-up).")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 5, "Timed rounds per shape (one step of each variant a round,"
+    " after one warm-up step each).")
+_PEAK_MATMULS = flags.DEFINE_integer(
+    "peak_matmuls", 8, "2048^3 matmuls timed for the peak (best kept), at the"
+    " start and at the end of the run.")
+_BF16 = flags.DEFINE_bool(
+    "bf16", False, "Also time our step with network.dtype='bfloat16'.")
+_LOSS_STEPS = flags.DEFINE_integer(
+    "loss_steps", 0, "With --bf16: train float32 and bfloat16 this many steps"
+    " and report the loss difference (0: skip).")
 _JSON = flags.DEFINE_string("json", None,
                             "Also write every figure as JSON to this path.")
-_MATMUL_PER_STEP = flags.DEFINE_integer(
-    "matmul_per_step", 3,
-    "2048^3 matmuls timed after each timed step (the rate is their median).")
-_LOGITS_CHUNK = flags.DEFINE_integer(
-    "logits_chunk", None,
-    "Override network.logits_chunk of the transformer shapes (-1 automatic,"
-    " 0 full logits, N positions per chunk); default: the network's own"
-    " default (automatic).")
-_NAIVE = flags.DEFINE_bool(
-    "naive", True,
-    "For owt, also compile (memory) and time the one-hot cross-entropy step,"
-    " alternating its steps with ours.")
 
-MATMUL_N = 2048
-MATMUL_FLOPS = 2 * MATMUL_N ** 3
-
-# Issue #9: the reference implementation's full step (loss, gradients,
-# AdamW) on this machine kind, mean of 5 steps after a warm-up, with a
-# 2048^3 float32 matmul at 300-317 GFLOP/s.
-REFERENCE_MATMUL_GFLOPS = (300.0, 317.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  """One benchmark shape and its reference figures from issue #9."""
-  name: str
-  batch: int
-  reference_s: tuple[float, float]  # (low, high) step seconds
-  reference_mfu: float | None
-  target_speedup: float
-  target_mfu: float | None
-
-
+# Shape name -> (config file, variant).
 SHAPES = {
-    "text8": Shape("text8", 32, (2.5, 2.5), 0.25, 1.5, 0.5),
-    "owt": Shape("owt", 8, (8.4, 8.7), 0.14, 5.0, 0.5),
-    "cifar": Shape("cifar", 8, (1.6, 1.8), None, 1.5, None),
+    "text8": ("configs/md4/text8.py", "cpu"),
+    "owt": ("configs/md4/openwebtext.py", "cpu"),
+    "cifar": ("configs/md4/cifar10.py", "cpu"),
 }
 
 
-def make_config(shape: Shape):
-  """The config of one shape: float32, continuous time, AdamW, dropout 0."""
-  c = configuration.default_config()
-  if shape.name in ("text8", "owt"):
-    c.data.dataset = "text8" if shape.name == "text8" else "openwebtext"
-    c.data.data_shape = (256,)
-    c.data.vocab_size = 27 if shape.name == "text8" else 50_257
-    # 4 layers x width 256 x 8 heads (head dim 32), GLU MLP, adaLN-zero.
-    c.network = configuration.transformer("cpu", dropout_rate=0.0)
-    if _LOGITS_CHUNK.value is not None:
-      c.network.logits_chunk = _LOGITS_CHUNK.value
-  else:
-    c.data.dataset = "cifar10"
-    c.data.data_shape = (32, 32, 3)
-    c.data.vocab_size = 256
-    c.network = configuration.unet(ch=64, num_res_blocks=4, dropout_rate=0.0,
-                                   ch_mult=(1,), attn_resolutions=())
-  c.network.dtype = "float32"
-  c.model.process = "md4"
-  c.model.num_steps = 0  # continuous time
-  c.optimizer.weight_decay = 0.03  # AdamW with decay, as the configs
-  c.train.batch_size = c.train.eval_batch_size = shape.batch
-  c.train.micro_batches = 1
+def make_config(shape: str, dtype: str = "float32"):
+  """The shipped CPU config of a shape, with the compute dtype set."""
+  path, arg = SHAPES[shape]
+  c = configuration.load_file(os.path.join(ROOT, path), arg)
+  c.network.dtype = dtype
   configuration.validate(c)
   return c
 
 
-# ------------------------------------------------------------ the step ----
+# ------------------------------------------- the reference's choices ------
 
 
-@dataclasses.dataclass
-class Compiled:
-  """A compiled train step with what is needed to run it."""
-  fn: Any
-  state: Any
-  batch: dict
-  rng: jax.Array
-  mesh: jax.sharding.Mesh
-  rules: tuple
+def one_hot_target_log_prob(logits, x):
+  """The reference's cross-entropy: one-hot x times log_softmax, summed.
 
+  Args:
+    logits: [..., V] float logits.
+    x: int targets [...].
 
-def compile_step(config, seed: int = 0) -> Compiled:
-  """Builds model, optimizer, sharded state and the jitted step, as train.py.
-
-  This mirrors `train.build` / `train.train_and_evaluate` without a data
-  pipeline: the batch is random tokens of the configured shape.
+  Returns:
+    float32 [...].
   """
-  mesh = sharding.make_mesh(config.sharding.mesh)
-  rules = sharding.rules_from_config(config.sharding.rules)
-  model = model_lib.build_model(config)
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
-  boxed = jax.eval_shape(
-      lambda r: train._init_state(model, optimizer, r),  # pylint: disable=protected-access
-      jax.random.key(0))
-  state_shardings = sharding.tree_shardings(mesh, rules, boxed)
-  batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
-  setup = train.Setup(config, mesh, rules, model, optimizer, datasets=None,
-                      state_shardings=state_shardings, abstract_state=None,
-                      batch_sharding=batch_sharding)
-  rng = jax.random.key(seed)
-  init_rng, data_rng, step_rng = jax.random.split(rng, 3)
-  state = train.create_state(setup, init_rng)
-  x = jax.random.randint(
-      data_rng, (config.train.batch_size,) + tuple(config.data.data_shape), 0,
-      config.data.vocab_size, jnp.int32)
-  batch = {"x": jax.device_put(x, batch_sharding)}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    step = jax.jit(
-        train.make_train_step(model, optimizer, config),
-        in_shardings=(state_shardings, batch_sharding, None),
-        out_shardings=(state_shardings, None), donate_argnums=(0,))
-    compiled = step.lower(state, batch, step_rng).compile()
-  return Compiled(compiled, state, batch, step_rng, mesh, rules)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [..., V]
+  one_hot = jax.nn.one_hot(x, logits.shape[-1])  # [..., V]
+  picked = jnp.where(one_hot > 0, one_hot * log_p, 0.0)  # [..., V]
+  return jnp.sum(picked, axis=-1)  # [...]
 
 
-def naive_config(config):
-  """The same config with full logits (the one-hot swap needs them)."""
-  config = config.copy_and_resolve_references()
-  config.network.logits_chunk = 0
-  return config
+def plain_attention(q, k, v):
+  """softmax(q k^T / sqrt(H)) v, written as the reference writes it.
+
+  Two einsums around a float32 softmax, differentiated by JAX (no custom
+  VJP). On this CPU it is a little faster than
+  `jax.nn.dot_product_attention(implementation="xla")` (fwd + bwd of the
+  text8 shape's attention: 565 vs 618 ms, load ~7), so the reference step
+  gets the faster of the two plain forms.
+
+  Args:
+    q: [B, L, N, H] queries.
+    k: [B, S, N, H] keys.
+    v: [B, S, N, H] values.
+
+  Returns:
+    [B, L, N, H] in the dtype of v.
+  """
+  scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  scores = jnp.einsum("btnh,bsnh->bnts", q, k) * scale  # [B, N, L, S]
+  probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+  return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
 
 
-def _one_hot_target_log_prob(logits, x):
-  """Naive log softmax(logits)[x]: a [..., V] one-hot times log-softmax."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [..., V]
-  one_hot = jax.nn.one_hot(x, logits.shape[-1], dtype=jnp.float32)  # [..., V]
-  return jnp.sum(one_hot * logp, axis=-1)  # [...]
+# Every fast path of md4 and what the reference does instead:
+# (module, attribute, replacement) while tracing the reference step.
+REFERENCE_PATCHES = (
+    (md4_diffusion, "target_log_prob", one_hot_target_log_prob),
+    (transformer, "lean_attention", plain_attention),
+)
 
 
 @contextlib.contextmanager
-def naive_cross_entropy():
-  """Traces md4's loss with the one-hot cross-entropy (benchmark only)."""
-  original = md4_diffusion.target_log_prob
-  md4_diffusion.target_log_prob = _one_hot_target_log_prob
+def reference_choices():
+  """Traces md4's model with the reference's cross-entropy and attention."""
+  saved = [(m, name, getattr(m, name)) for m, name, _ in REFERENCE_PATCHES]
   try:
+    for m, name, replacement in REFERENCE_PATCHES:
+      setattr(m, name, replacement)
     yield
   finally:
-    md4_diffusion.target_log_prob = original
+    for m, name, original in saved:
+      setattr(m, name, original)
+
+
+def reference_config(config):
+  """The config of the reference step: full logits (nothing chunked)."""
+  config = config.copy_and_resolve_references()
+  if config.network.name == "transformer":
+    config.network.logits_chunk = 0
+  return config
+
+
+def compile_reference(config, seed: int = 0) -> compiled_step.Compiled:
+  """The reference-equivalent step of `config` (same seed: same start)."""
+  with reference_choices():
+    return compiled_step.compile_step("reference", reference_config(config),
+                                      seed)
 
 
 # ------------------------------------------------------------- timing -----
 
 
-def make_matmul():
-  """A jitted 2048^3 float32 matmul and its operands, compiled and warm."""
-  ka, kb = jax.random.split(jax.random.key(42))
-  a = jax.random.normal(ka, (MATMUL_N, MATMUL_N), jnp.float32)
-  b = jax.random.normal(kb, (MATMUL_N, MATMUL_N), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(a, b))
-  return lambda: jax.block_until_ready(dot(a, b))
+def time_alternating(variants: list[compiled_step.Compiled], rounds: int):
+  """Per-variant step seconds over `rounds` rounds of one step each.
 
-
-def time_call(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
-def time_steps(variants: list[Compiled], steps: int, matmul,
-               matmul_per_step: int):
-  """Times each variant's step; one warm-up step each first.
-
-  Rounds alternate between the variants (ours, then the naive one for
-  `owt`) and each round ends with `matmul_per_step` timed matmuls, so that
-  every figure compared within a shape saw the same machine load.
+  One warm-up step each first. Round r runs the variants in order, rotated
+  by r, so no variant always runs first.
 
   Returns:
-    (step seconds per variant, matmul seconds, last metrics of variant 0).
+    (seconds per variant [rounds], load average per round, last loss per
+    variant).
   """
   states = [c.state for c in variants]
-  step_s = [[] for _ in variants]
-  matmul_s, metrics = [], {}
-  with jax.set_mesh(variants[0].mesh), nn.logical_axis_rules(
-      variants[0].rules):
-    for i, c in enumerate(variants):  # warm-up
-      states[i], metrics = c.fn(states[i], c.batch, c.rng)
-      jax.block_until_ready((states[i], metrics))
-    for _ in range(steps):
-      for i, c in enumerate(variants):
-        start = time.perf_counter()
-        states[i], out = c.fn(states[i], c.batch, c.rng)
-        jax.block_until_ready((states[i], out))
-        step_s[i].append(time.perf_counter() - start)
-        if i == 0:
-          metrics = out
-      matmul_s.extend(time_call(matmul) for _ in range(matmul_per_step))
+  losses = [None] * len(variants)
+  for i, c in enumerate(variants):
+    states[i], _ = c.step(states[i])
+  seconds = [[] for _ in variants]
+  loads = []
+  n = len(variants)
+  for r in range(rounds):
+    loads.append(loadavg())
+    for j in range(n):
+      i = (j + r) % n
+      start = time.perf_counter()
+      states[i], metrics = variants[i].step(states[i])
+      seconds[i].append(time.perf_counter() - start)
+      losses[i] = float(metrics["loss"])
   for c in variants:
     c.state = None  # donated
-  return step_s, matmul_s, {k: float(v) for k, v in metrics.items()}
+  return seconds, loads, losses
 
 
 # ------------------------------------------------------------ figures -----
 
 
-def compiled_flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
+def summarise(seconds: list[float]) -> dict[str, Any]:
+  return {"ms": 1e3 * statistics.median(seconds),
+          "ms_min": 1e3 * min(seconds),
+          "ms_all": [1e3 * s for s in seconds]}
 
 
-def memory_figures(compiled) -> dict[str, int]:
-  """The compiled step's memory; `peak` = temp + argument + output.
-
-  `live` subtracts the outputs that reuse donated argument buffers (the
-  state), which is what the process actually holds at the step's peak.
-  """
-  m = compiled.memory_analysis()
-  out = {
-      "temp": int(m.temp_size_in_bytes),
-      "argument": int(m.argument_size_in_bytes),
-      "output": int(m.output_size_in_bytes),
-      "alias": int(m.alias_size_in_bytes),
-  }
-  out["peak"] = out["temp"] + out["argument"] + out["output"]
-  # Outputs that alias donated arguments share their buffers.
-  out["live"] = out["peak"] - out["alias"]
-  return out
-
-
-def param_groups(params) -> dict[str, int]:
-  """Transformer parameters split by how often each is applied per step.
-
-  `token`: matmul weights applied at every position (blocks, logits);
-  `example`: applied once per example (time conditioning, adaLN);
-  `embedding`: the input token table (a gather, no FLOPs).
-  """
-  groups = {"token": 0, "example": 0, "embedding": 0}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    names = [getattr(k, "key", str(k)) for k in path]
-    if "token_embedding" in names or "position_embedding" in names:
-      groups["embedding"] += leaf.size
-    elif any(n in ("conditioning", "adaln", "final_adaln") for n in names):
-      groups["example"] += leaf.size
-    else:
-      groups["token"] += leaf.size
-  return groups
-
-
-def analytic_transformer_flops(groups, config) -> dict[str, float]:
-  """6 N D for the matmuls (forward + backward) plus attention scores.
-
-  Each attention layer does two [L, L] x W matmuls per example (scores and
-  the weighted sum), 4 L^2 W FLOPs forward, 12 L^2 W with the backward.
-  """
-  batch = config.train.batch_size
-  length = config.data.data_shape[0]
-  tokens = batch * length
-  dense = 6.0 * groups["token"] * tokens + 6.0 * groups["example"] * batch
-  attention = (12.0 * config.network.num_layers * length
-               * config.network.width * tokens)
-  return {"dense": dense, "attention": attention, "total": dense + attention}
-
-
-def normalised_speedup(ref_s: float, ref_gflops: float, ours_s: float,
-                       our_gflops: float) -> float:
-  """Reference step time scaled to this machine's matmul rate, / ours.
-
-  The reference ran on a machine with matmul rate R_ref; on this run's
-  machine (rate R_here) it would take t_ref * R_ref / R_here, if it slows
-  down as much as a dense matmul does. Equivalently we compare step time *
-  matmul rate (the step's cost in "matmul FLOPs") of the two runs.
-  """
-  return (ref_s * ref_gflops) / (ours_s * our_gflops)
-
-
-def run_shape(shape: Shape, steps: int, matmul,
-              naive: bool = False) -> dict[str, Any]:
-  """Compiles, measures and returns every figure of one shape.
-
-  With `naive`, the one-hot cross-entropy variant is compiled too and timed
-  in alternation with ours; its memory and step time land under "naive".
-  """
+def run_shape(shape: str, rounds: int, bf16: bool) -> dict[str, Any]:
+  """Compiles the variants of one shape, times them alternately."""
   config = make_config(shape)
-  t0 = time.perf_counter()
-  c = compile_step(config)
-  compile_s = time.perf_counter() - t0
-  flops_compiled = compiled_flops(c.fn)
-  groups = param_groups(c.state.params)
-  num_params = sum(groups.values())
-  variants = [c]
-  if naive:
-    with naive_cross_entropy():
-      variants.append(compile_step(naive_config(config)))
-  all_step_s, matmul_s, metrics = time_steps(variants, steps, matmul,
-                                             _MATMUL_PER_STEP.value)
-  step_s = all_step_s[0]
-  step = statistics.median(step_s)
-  rate = MATMUL_FLOPS / statistics.median(matmul_s)  # FLOP/s
-  elements = shape.batch * math.prod(config.data.data_shape)
+  load_start = loadavg()
+  variants = [compiled_step.compile_step("ours", config),
+              compile_reference(config)]
+  if bf16:
+    variants.append(compiled_step.compile_step(
+        "ours_bf16", make_config(shape, "bfloat16")))
+  ours, ref = variants[0], variants[1]
+  params = ours.state.params
+  groups = compiled_step.param_groups(params)
+  elements = config.train.batch_size * math.prod(config.data.data_shape)
+  flops_reference = compiled_step.compiled_flops(ref.fn)
+  if config.network.name == "transformer":
+    model_flops = compiled_step.transformer_flops(groups, config)
+    flops_source = "analytic 6 N D + attention"
+  else:
+    model_flops = flops_reference
+    flops_source = "XLA cost analysis of the reference step"
+  memory = {c.name: compiled_step.memory_figures(c.fn) for c in variants}
+  compile_s = {c.name: c.compile_s for c in variants}
+  seconds, loads, losses = time_alternating(variants, rounds)
   r: dict[str, Any] = {
-      "shape": shape.name,
-      "batch": shape.batch,
+      "shape": shape,
+      "config": ":".join(SHAPES[shape]),
+      "network": config.network.name,
+      "batch": config.train.batch_size,
       "data_shape": list(config.data.data_shape),
       "vocab_size": config.data.vocab_size,
-      "network": config.network.name,
-      "params": num_params,
-      "compile_s": compile_s,
-      "step_s_all": step_s,
-      "step_ms": 1e3 * step,
-      "step_ms_min": 1e3 * min(step_s),
+      "params": sum(groups.values()),
       "elements_per_step": elements,
-      "elements_per_s": elements / step,
-      "matmul_gflops": rate / 1e9,
-      "matmul_s_all": matmul_s,
-      "flops_compiled": flops_compiled,
-      "loss": metrics.get("loss"),
+      "model_flops": model_flops,
+      "flops_source": flops_source,
+      "flops_compiled_reference": flops_reference,
+      "compile_s": compile_s,
+      "memory": memory,
+      "loads": loads,
+      "load_start": load_start,
+      "losses": dict(zip([c.name for c in variants], losses)),
   }
   if config.network.name == "transformer":
     r["logits_chunk"] = transformer.logits_chunk_positions(
-        config.network.get("logits_chunk", transformer.AUTO_LOGITS_CHUNK),
-        shape.batch, config.data.data_shape[0], config.data.vocab_size)
-    analytic = analytic_transformer_flops(groups, config)
-    r["param_groups"] = groups
-    r["flops_analytic"] = analytic
-    r["flops_used"] = analytic["total"]
-    r["flops_source"] = "analytic"
-  else:
-    r["flops_used"] = flops_compiled
-    r["flops_source"] = "compiled"
-  if r["flops_used"]:
-    r["mfu"] = r["flops_used"] / step / rate
-  if flops_compiled:
-    r["mfu_compiled"] = flops_compiled / step / rate
-  r["memory"] = memory_figures(c.fn)
-  if naive:
-    naive_s = all_step_s[1]
-    r["naive"] = {"memory": memory_figures(variants[1].fn),
-                  "step_s_all": naive_s,
-                  "step_ms": 1e3 * statistics.median(naive_s),
-                  "step_ms_min": 1e3 * min(naive_s),
-                  "flops_compiled": compiled_flops(variants[1].fn)}
-    if r.get("logits_chunk") and r["naive"]["flops_compiled"]:
-      # XLA counts our chunk loop's body once; the full-logits count instead.
-      r["mfu_compiled"] = r["naive"]["flops_compiled"] / step / rate
-  ref_mid = sum(shape.reference_s) / 2
-  ref_rate_mid = sum(REFERENCE_MATMUL_GFLOPS) / 2
-  ours_gflops = rate / 1e9
-  r["reference"] = {
-      "step_s": list(shape.reference_s),
-      "mfu": shape.reference_mfu,
-      "matmul_gflops": list(REFERENCE_MATMUL_GFLOPS),
-      "raw_speedup": ref_mid / step,
-      "speedup": normalised_speedup(ref_mid, ref_rate_mid, step, ours_gflops),
-      "speedup_low": normalised_speedup(
-          shape.reference_s[0], REFERENCE_MATMUL_GFLOPS[0], step, ours_gflops),
-      "speedup_high": normalised_speedup(
-          shape.reference_s[1], REFERENCE_MATMUL_GFLOPS[1], step, ours_gflops),
-      "target_speedup": shape.target_speedup,
-      "target_mfu": shape.target_mfu,
-  }
+        config.network.logits_chunk, config.train.batch_size,
+        config.data.data_shape[0], config.data.vocab_size)
+  for c, s in zip(variants, seconds):
+    fig = summarise(s)
+    fig["elements_per_s"] = elements / (fig["ms"] / 1e3)
+    r[c.name] = fig
+  for c, s in zip(variants[:1] + variants[2:], [seconds[0]] + seconds[2:]):
+    paired = [b / a for a, b in zip(s, seconds[1])]
+    r[c.name]["ratio"] = r["reference"]["ms"] / r[c.name]["ms"]
+    r[c.name]["ratio_paired_median"] = statistics.median(paired)
   return r
+
+
+def add_utilisation(r: dict[str, Any], peaks: dict[str, dict]) -> None:
+  """MFU of each variant against the float32 (and bf16) peak of the run."""
+  for name in ("ours", "reference", "ours_bf16"):
+    if name not in r:
+      continue
+    rate = r["model_flops"] / (r[name]["ms"] / 1e3)
+    r[name]["model_gflops_per_s"] = rate / 1e9
+    r[name]["mfu_f32_peak"] = rate / (peaks["float32"]["gflops"] * 1e9)
+    if "bfloat16" in peaks:
+      r[name]["mfu_bf16_peak"] = rate / (peaks["bfloat16"]["gflops"] * 1e9)
+
+
+# ---------------------------------------------------- bf16 loss drift -----
+
+
+def loss_drift(shape: str, steps: int) -> dict[str, Any]:
+  """Losses of our float32 and bfloat16 steps over `steps` steps.
+
+  Same initial parameters, and at step k the same batch (random tokens
+  from `fold_in(key, k)`) and step key for both.
+  """
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    config = make_config(shape, dtype)
+    c = compiled_step.compile_step(dtype, config)
+    state, losses = c.state, []
+    shape_x = tuple(c.batch["x"].shape)
+    for k in range(steps):
+      x = jax.random.randint(jax.random.fold_in(jax.random.key(1), k),
+                             shape_x, 0, config.data.vocab_size, jnp.int32)
+      state, metrics = c.step(state, {"x": x})
+      losses.append(float(metrics["loss"]))
+    out[dtype] = losses
+  f32, bf16 = out["float32"], out["bfloat16"]
+  return {"steps": steps, "float32": f32, "bfloat16": bf16,
+          "last_difference": bf16[-1] - f32[-1],
+          "last_relative": (bf16[-1] - f32[-1]) / f32[-1],
+          "max_abs_difference": max(abs(a - b) for a, b in zip(f32, bf16))}
 
 
 # ------------------------------------------------------------- output -----
@@ -428,116 +326,67 @@ def _mib(n: int) -> str:
 
 
 def print_shape(r: dict[str, Any]) -> None:
-  print(f"\n== {r['shape']}: {r['network']}, batch {r['batch']}, data "
-        f"{tuple(r['data_shape'])}, vocab {r['vocab_size']}, "
-        f"{r['params']:,} params (compiled in {r['compile_s']:.1f} s)")
+  unit = "tokens" if r["network"] == "transformer" else "values"
+  print(f"\n== {r['shape']} ({r['config']}): {r['network']}, batch "
+        f"{r['batch']}, data {tuple(r['data_shape'])}, vocab "
+        f"{r['vocab_size']}, {r['params']:,} params")
   if "logits_chunk" in r:
     chunk = r["logits_chunk"]
-    print("  loss logits     " + (
-        f"formed {chunk} positions ({r['batch'] * chunk} rows) at a time"
-        if chunk else "formed all at once"))
-  unit = "tokens" if r["network"] == "transformer" else "pixels"
-  steps_ms = ", ".join(f"{1e3 * s:.0f}" for s in r["step_s_all"])
-  print(f"  step            {r['step_ms']:9.1f} ms  (median of: {steps_ms};"
-        f" min {r['step_ms_min']:.0f})")
-  print(f"  {unit}/s        {r['elements_per_s']:11,.0f}")
-  print(f"  matmul rate     {r['matmul_gflops']:9.1f} GFLOP/s "
-        f"(2048^3 f32 jnp.dot, median of {len(r['matmul_s_all'])}, "
-        "interleaved with the steps)")
-  if r["flops_compiled"]:
-    loop_note = (" (counts the loss's chunk loop body once, not once per"
-                 " chunk)" if r.get("logits_chunk") else "")
-    print(f"  FLOPs/step (compiled cost analysis) {r['flops_compiled']/1e9:8.1f}"
-          f" GFLOP{loop_note}")
-  if r.get("naive", {}).get("flops_compiled"):
-    print(f"  FLOPs/step (compiled, full-logits naive variant) "
-          f"{r['naive']['flops_compiled'] / 1e9:8.1f} GFLOP")
-  if "flops_analytic" in r:
-    a, g = r["flops_analytic"], r["param_groups"]
-    print(f"  FLOPs/step (analytic)               {a['total']/1e9:8.1f} GFLOP"
-          f" = 6 x {g['token']:,} per-token params x tokens"
-          f" + 6 x {g['example']:,} per-example params x B"
-          f" ({a['dense']/1e9:.1f}) + attention {a['attention']/1e9:.1f};"
-          f" {g['embedding']:,} embedding params excluded")
-  if "mfu" in r:
-    print(f"  utilisation     {100 * r['mfu']:9.1f} %  (FLOPs: {r['flops_source']}"
-          f"; with compiled FLOPs {100 * r.get('mfu_compiled', 0):.1f} %)")
-  m = r["memory"]
-  print(f"  memory          peak {_mib(m['peak'])} = temp {_mib(m['temp'])} + "
-        f"arguments {_mib(m['argument'])} + outputs {_mib(m['output'])} "
-        f"({_mib(m['alias'])} of outputs alias donated arguments)")
-  ref = r["reference"]
-  lo, hi = ref["step_s"]
-  ref_s = f"{lo:.1f}" if lo == hi else f"{lo:.1f}-{hi:.1f}"
-  ref_mfu = (f", its utilisation ~{100 * ref['mfu']:.0f}%" if ref["mfu"]
-             else "")
-  print(f"  reference       {ref_s} s at 300-317 GFLOP/s matmul{ref_mfu}: "
-        "speed-up "
-        f"{ref['speedup']:.2f}x normalised ({ref['speedup_low']:.2f}-"
-        f"{ref['speedup_high']:.2f}x), {ref['raw_speedup']:.2f}x raw")
-  if "naive" in r:
-    n = r["naive"]
-    print(f"  naive one-hot   peak {_mib(n['memory']['peak'])} (temp "
-          f"{_mib(n['memory']['temp'])}) vs ours {_mib(m['peak'])} (temp "
-          f"{_mib(m['temp'])}): ours / naive = "
-          f"{m['peak'] / n['memory']['peak']:.2f} (temp "
-          f"{m['temp'] / n['memory']['temp']:.2f}, live "
-          f"{m['live'] / n['memory']['live']:.2f}); naive step "
-          f"{n['step_ms']:.0f} ms (min {n['step_ms_min']:.0f}) vs ours "
-          f"{r['step_ms']:.0f} ms (min {r['step_ms_min']:.0f}), timed "
-          f"alternately: naive / ours = {n['step_ms'] / r['step_ms']:.2f}")
+    print("  ours' loss logits " + (f"{chunk} positions at a time" if chunk
+                                    else "all at once"))
+  loads = ", ".join(f"{x:.1f}" for x in r["loads"])
+  print(f"  load average per round: {loads}")
+  for name in ("ours", "reference", "ours_bf16"):
+    if name not in r:
+      continue
+    f = r[name]
+    times = ", ".join(f"{x:.0f}" for x in f["ms_all"])
+    m = r["memory"][name]
+    print(f"  {name:10s} {f['ms']:8.0f} ms median ({times}), "
+          f"{f['elements_per_s']:9,.0f} {unit}/s, MFU "
+          f"{100 * f['mfu_f32_peak']:.1f}% of the f32 peak"
+          + (f" ({100 * f['mfu_bf16_peak']:.1f}% of the bf16 peak)"
+             if "mfu_bf16_peak" in f else "")
+          + f"; held {_mib(m['held'])} (temp {_mib(m['temp'])}); "
+          f"compiled in {r['compile_s'][name]:.0f} s")
+    if "ratio" in f:
+      print(f"  {'':10s} reference / {name} = {f['ratio']:.2f}x (median of "
+            f"per-round ratios {f['ratio_paired_median']:.2f}x)")
+  losses = ", ".join(f"{k} {v:.6f}" for k, v in r["losses"].items())
+  print(f"  loss after {len(r['loads']) + 1} steps from the same start: "
+        f"{losses}")
+  print(f"  model FLOPs/step {r['model_flops'] / 1e9:.1f} GFLOP "
+        f"({r['flops_source']}); XLA count of the reference step "
+        f"{(r['flops_compiled_reference'] or 0) / 1e9:.1f} GFLOP")
   sys.stdout.flush()
 
 
-def print_table(results: list[dict[str, Any]], overall_gflops: float) -> None:
-  print("\n## Summary (compare ratios within one run)\n")
-  print("| shape | step ms, median (min) | tokens/s or pixels/s | GFLOP/step (compiled / "
-        "analytic) | matmul GFLOP/s | utilisation | reference step | "
-        "speed-up vs reference (normalised) | issue #9 target | met |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+def print_table(results: list[dict[str, Any]], peaks) -> None:
+  print("\n| shape | reference ms | ours ms | reference / ours | tokens/s "
+        "ours (ref) | MFU ours (ref), f32 peak | held memory ours (ref) | "
+        "load |")
+  print("|---|---|---|---|---|---|---|---|")
   for r in results:
-    ref = r["reference"]
-    lo, hi = ref["step_s"]
-    ref_s = f"{lo:.1f} s" if lo == hi else f"{lo:.1f}-{hi:.1f} s"
-    analytic = (f"{r['flops_analytic']['total'] / 1e9:.1f}"
-                if "flops_analytic" in r else "—")
-    compiled = (f"{r['flops_compiled'] / 1e9:.1f}" if r["flops_compiled"]
-                else "—")
-    if r.get("logits_chunk") and r.get("naive", {}).get("flops_compiled"):
-      # The chunk loop's body is counted once: show the full-logits count.
-      compiled = (f"{r['naive']['flops_compiled'] / 1e9:.1f} (full-logits "
-                  "variant)")
-    mfu = (f"{100 * r['mfu']:.0f}% ({r['flops_source']})" if "mfu" in r
-           else "—")
-    target = f">= {ref['target_speedup']:g}x"
-    met = ["yes" if ref["speedup"] >= ref["target_speedup"] else "no"]
-    if ref["target_mfu"]:
-      target += f", >= {100 * ref['target_mfu']:.0f}% util."
-      met.append("yes" if r.get("mfu", 0) >= ref["target_mfu"] else "no")
-    print(f"| `{r['shape']}` | {r['step_ms']:.0f} ({r['step_ms_min']:.0f}) | "
-          f"{r['elements_per_s']:,.0f} | {compiled} / {analytic} | "
-          f"{r['matmul_gflops']:.0f} | {mfu} | {ref_s} | "
-          f"{ref['speedup']:.2f}x ({ref['speedup_low']:.2f}-"
-          f"{ref['speedup_high']:.2f}) | {target} | {', '.join(met)} |")
-  for r in results:
-    if "naive" in r:
-      m, n = r["memory"], r["naive"]["memory"]
-      print(f"\n`{r['shape']}` compiled step memory: ours {_mib(m['peak'])} "
-            f"vs naive one-hot cross-entropy {_mib(n['peak'])} "
-            f"(temp + arguments + outputs), ratio {m['peak'] / n['peak']:.2f};"
-            f" temporaries alone {_mib(m['temp'])} vs {_mib(n['temp'])}, "
-            f"ratio {m['temp'] / n['temp']:.2f}; without double-counting the"
-            f" donated state (temp + arguments) {_mib(m['live'])} vs "
-            f"{_mib(n['live'])}, ratio {m['live'] / n['live']:.2f}. Naive step"
-            f" {r['naive']['step_ms']:.0f} ms vs ours {r['step_ms']:.0f} ms "
-            f"(timed alternately), naive / ours "
-            f"{r['naive']['step_ms'] / r['step_ms']:.2f}.")
-  print(f"\nMatmul rate over the whole run: {overall_gflops:.0f} GFLOP/s. "
-        "Normalised speed-up = (reference step s x reference matmul GFLOP/s) "
-        "/ (our step s x our matmul GFLOP/s): the reference's time moved to "
-        "this machine's speed, assuming a step slows down as much as a dense "
-        "matmul does under load. Central value: mid-points of the reference "
-        "ranges; range: their low and high ends.")
+    o, f = r["ours"], r["reference"]
+    loads = f"{min(r['loads']):.1f}-{max(r['loads']):.1f}"
+    print(f"| `{r['shape']}` | {f['ms']:,.0f} | {o['ms']:,.0f} | "
+          f"**{o['ratio']:.2f}x** ({o['ratio_paired_median']:.2f}) | "
+          f"{o['elements_per_s']:,.0f} ({f['elements_per_s']:,.0f}) | "
+          f"{100 * o['mfu_f32_peak']:.0f}% ({100 * f['mfu_f32_peak']:.0f}%)"
+          f" | {_mib(r['memory']['ours']['held'])} "
+          f"({_mib(r['memory']['reference']['held'])}) | {loads} |")
+    if "ours_bf16" in r:
+      b = r["ours_bf16"]
+      print(f"| `{r['shape']}` bf16 | {f['ms']:,.0f} | {b['ms']:,.0f} | "
+            f"**{b['ratio']:.2f}x** ({b['ratio_paired_median']:.2f}) | "
+            f"{b['elements_per_s']:,.0f} | "
+            f"{100 * b['mfu_f32_peak']:.0f}% of f32, "
+            f"{100 * b.get('mfu_bf16_peak', 0):.0f}% of bf16 | "
+            f"{_mib(r['memory']['ours_bf16']['held'])} | {loads} |")
+  for dtype, p in peaks.items():
+    print(f"\n{dtype} peak: best of the 2048^3 matmuls "
+          f"{p['gflops']:.0f} GFLOP/s (load average {p['load']:.1f} at "
+          f"{p['time']}; median of that set {p['median_gflops']:.0f}).")
 
 
 def main(argv):
@@ -546,37 +395,46 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--shapes: unknown {unknown}; valid: "
                          f"{', '.join(SHAPES)}.")
-  if _STEPS.value < 1:
-    raise app.UsageError("--steps must be >= 1.")
-  print(f"md4 train-step benchmark, {datetime.date.today()}, jax "
-        f"{jax.__version__} on {jax.devices()[0].platform} "
-        f"({jax.devices()[0].device_kind}), {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}")
-  matmul = make_matmul()
+  if _ROUNDS.value < 1:
+    raise app.UsageError("--rounds must be >= 1.")
+  when = datetime.datetime.now().isoformat(timespec="minutes")
+  print(f"md4 train step vs reference-equivalent step, {when}, jax "
+        f"{jax.__version__} on {jax.devices()[0].platform}, {machine()}, "
+        f"load average {loadavg():.1f}")
+  dtypes = [jnp.float32] + ([jnp.bfloat16] if _BF16.value else [])
+  peak_runs = {jnp.dtype(d).name: [
+      compiled_step.matmul_peak(_PEAK_MATMULS.value, d)] for d in dtypes}
   results = []
   for name in _SHAPES.value:
-    shape = SHAPES[name]
-    r = run_shape(shape, _STEPS.value, matmul,
-                  naive=name == "owt" and _NAIVE.value)
+    results.append(run_shape(name, _ROUNDS.value, _BF16.value))
+    for d in dtypes:  # again after each shape: the best finds a quiet moment
+      peak_runs[jnp.dtype(d).name].append(
+          compiled_step.matmul_peak(_PEAK_MATMULS.value, d))
+  peaks = {d: max(runs, key=lambda p: p["gflops"])
+           for d, runs in peak_runs.items()}
+  for r in results:
+    add_utilisation(r, peaks)
     print_shape(r)
-    results.append(r)
-  all_matmul = [s for r in results for s in r["matmul_s_all"]]
-  overall = MATMUL_FLOPS / statistics.median(all_matmul) / 1e9
-  print_table(results, overall)
+  print_table(results, peaks)
+  drift = {}
+  if _BF16.value and _LOSS_STEPS.value > 0:
+    for name in _SHAPES.value:
+      drift[name] = d = loss_drift(name, _LOSS_STEPS.value)
+      print(f"\n{name}: loss after {d['steps']} steps float32 "
+            f"{d['float32'][-1]:.5f}, bfloat16 {d['bfloat16'][-1]:.5f}: "
+            f"difference {d['last_difference']:+.5f} "
+            f"({100 * d['last_relative']:+.3f}%); largest |difference| "
+            f"over the steps {d['max_abs_difference']:.5f}")
+  print(f"\nload average at the end: {loadavg():.1f}")
   if _JSON.value:
-    payload = {
-        "date": str(datetime.date.today()),
-        "jax": jax.__version__,
-        "platform": jax.devices()[0].platform,
-        "cpu_count": os.cpu_count(),
-        "steps": _STEPS.value,
-        "matmul_gflops_overall": overall,
-        "reference_matmul_gflops": list(REFERENCE_MATMUL_GFLOPS),
-        "shapes": results,
-    }
+    payload = {"date": when, "jax": jax.__version__, "machine": machine(),
+               "platform": jax.devices()[0].platform,
+               "rounds": _ROUNDS.value, "peaks": peaks,
+               "peak_runs": peak_runs, "shapes": results,
+               "bf16_loss_drift": drift}
     with open(_JSON.value, "w") as f:
       json.dump(payload, f, indent=2)
-    print(f"\nWrote {_JSON.value}")
+    print(f"Wrote {_JSON.value}")
 
 
 if __name__ == "__main__":

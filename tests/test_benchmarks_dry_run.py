@@ -1,0 +1,52 @@
+"""benchmarks/accelerator.py --dry_run: every part runs on CPU at tiny shapes.
+
+The script is run as a user runs it (a subprocess from the repository root);
+its JSON must hold every figure the GPU run reports. No timing is asserted:
+speed is the benchmark's business, not the test's.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_accelerator_dry_run_writes_every_figure(tmp_path):
+  out = tmp_path / "accelerator.json"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/accelerator.py", "--dry_run",
+       f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  assert r["dry_run"] is True
+
+  impls = [name for name in r["owt"] if name != "loss_agreement"]
+  assert len(impls) == 2
+  for name in impls:
+    o = r["owt"][name]
+    assert o["step_ms"] > 0 and o["tokens_per_s"] > 0
+    assert o["memory"]["held"] > 0 and o["model_flops"] > 0
+    assert all(math.isfinite(x) for x in o["losses"])
+  # Same parameters, batches and keys; on CPU both impls are XLA's math.
+  assert r["owt"]["loss_agreement"]["last_relative_difference"] < 1e-3
+
+  assert r["batch"]["limit_bytes"] > 0
+  for name in impls:
+    b = r["batch"][name]
+    assert b["largest_fitting"] >= 1
+    assert len(b["probes"]) >= 2  # the timed batch and at least one probe
+
+  t = r["text8"]
+  assert len(t["bits_per_char"]) == 10
+  assert all(math.isfinite(x) for x in t["bits_per_char"])
+
+  s = r["sampling"]
+  for name in ("cached", "ancestral"):
+    assert s[name]["samples_per_s"] > 0
+    assert 1 <= s[name]["network_calls"] <= s["steps"] + 1
+  assert s["cached_speedup"] > 0
