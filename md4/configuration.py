@@ -1,257 +1,264 @@
-"""Every configuration field md4 reads, its default, and validation.
+"""Every configuration field md4 reads: one declaration each, and validation.
 
-Config files (`configs/<family>/<dataset>.py`) start from `default_config()`
-and change what their experiment needs. `validate` rejects any key that is
-not defined here, naming the nearest valid key, so a misspelt override never
-silently trains the wrong model. Network fields (`config.network`) are
-checked against the chosen network's own fields by `md4.networks`.
+`FIELDS` declares each field once (default, type, range or choices, a
+one-line doc; `md4.fields.Field`); each process declares its own section
+`model.<process>` in its module (`md4.diffusion`). `default_config()`, the
+checks of `validate` and the README's field table (`field_table`) all come
+from these declarations. Config files (`configs/<family>/<dataset>.py`)
+start from `default_config()` and change what their experiment needs.
+`validate` rejects a key that is not declared (naming the nearest valid
+one), a value of the wrong type or out of range, and a field the run would
+ignore (another process's section, a sampler setting the chosen sampler
+does not read) that was changed from its default. Network fields
+(`config.network`) are the chosen network's own fields, checked by
+`md4.networks`.
 """
 
-import difflib
-import math
 import os
 
 import ml_collections
 
+from md4 import diffusion
+from md4 import fields
 from md4 import networks
 from md4 import sampling
-from md4.diffusion import d3pm
 from md4.sampling import core as sampling_core
 
-# Sections whose keys are fixed here. `network` is open: its keys are the
-# fields of the network named by `network.name`.
-_CLOSED_SECTIONS = ("data", "model", "optimizer", "train", "sharding")
+Field = fields.Field
+# `network` is open: its keys are the fields of the network named by
+# `network.name`, checked by md4.networks.
+_OPEN_SECTIONS = ("network",)
+
+
+def _process(config):
+  return diffusion.get(config.model.process)
+
+
+def _no_time_draws(config) -> str | None:
+  process = _process(config)
+  if process.uses_time_draws:
+    return None
+  return (f"config.model.process={process.name!r} draws no times.")
+
+
+def _unconditional(config) -> str | None:
+  if config.model.class_conditional:
+    return None
+  return ("the model is not class-conditional "
+          "(config.model.class_conditional=False).")
+
+
+def _sampler_ignores(setting: str):
+  """ignored_unless for a train.* field that is a sampler setting."""
+
+  def reason(config) -> str | None:
+    sampler = periodic_sampler(config)
+    if setting in sampling.get(sampler).setting_names:
+      return None
+    return (f"the periodic samples' sampler {sampler!r} (config.train."
+            f"sampler, or the process's default) has no {setting!r} "
+            "setting.")
+
+  return reason
+
+
+def periodic_sampler(config) -> str:
+  """config.train.sampler, or the process's default sampler when empty."""
+  return config.train.sampler or _process(config).default_sampler
+
+
+def _in_process_section(field: Field, process_name: str) -> Field:
+  """A process's field, ignored unless that process is chosen."""
+
+  def reason(config) -> str | None:
+    if config.model.process == process_name:
+      return None
+    return (f"config.model.process={config.model.process!r} does not read "
+            f"the {process_name} section; set config.model.process="
+            f"{process_name!r} to use it.")
+
+  return fields.dataclasses.replace(field, ignored_unless=reason)
+
+
+_BASE_FIELDS = (
+    Field("seed", 0, "Seeds parameters, data order, time and mask draws.",
+          low=0, high=2**32 - 1),
+    Field("restore_from", "",
+          "Initialise parameters (not the optimizer or step) from another "
+          "run's workdir or checkpoint directory; ignored when the workdir "
+          "has its own checkpoint, which is resumed."),
+    Field("allow_config_change", False,
+          "Resume a workdir whose config.json has another model shape "
+          "(network, data_shape, vocab_size, process)."),
+    # ------------------------------------------------------------ data --
+    Field("data.dataset", "digits",
+          "The data set, one of md4.data.pipelines.DATASET_NAMES."),
+    Field("data.data_dir", "./data_dir",
+          "Where data files live (or are downloaded)."),
+    Field("data.data_shape", (8, 8, 1),
+          "One example: (L,) text, (H, W, C) images."),
+    Field("data.vocab_size", 17,
+          "Token values per position; the mask id is this.", low=2),
+    Field("data.num_workers", 0,
+          "grain worker processes; 0 loads in-process.", low=0),
+    Field("data.pad_to", 0, "MNIST only: zero-pad 28x28 to pad_to x pad_to.",
+          low=0),
+    Field("data.path", "",
+          "File-based data sets (openwebtext, fineweb_edu, protein, tokens, "
+          "text_chars): their file or directory, relative to data_dir or "
+          "absolute; empty = the data set's default place."),
+    Field("data.characters", "",
+          "text_chars only: the vocabulary as a string of characters (ids "
+          "in this order); empty = the text's own characters, kept in a "
+          "vocab file."),
+    Field("data.eval_fraction", 0.05,
+          "protein, tokens (without train*/valid* files), text_chars: the "
+          "share held out for evaluation under a fixed split seed.",
+          low=0.0, high=1.0, low_open=True, high_open=True),
+    Field("data.random_flip", False,
+          "Images: mirror each training image left-right with probability "
+          "1/2 (seeded; never in evaluation)."),
+    # ----------------------------------------------------------- model --
+    Field("model.process", "md4",
+          "The diffusion process (md4.diffusion); its fields are in "
+          "model.<process>.", choices=lambda: diffusion.NAMES),
+    Field("model.antithetic", True,
+          "Stratified time draws within a batch.",
+          ignored_unless=_no_time_draws),
+    Field("model.class_conditional", False, "Feed labels to the network."),
+    Field("model.cond_drop_prob", 0.1,
+          "Label dropout for classifier-free guidance.", low=0.0, high=1.0,
+          high_open=True, ignored_unless=_unconditional),
+)
+
+_NETWORK_FIELDS = (
+    Field("network.name", "unet",
+          "The network (md4.networks); its other fields are its own.",
+          choices=lambda: tuple(networks.NETWORKS)),
+    Field("network.dtype", "float32",
+          "Compute dtype; parameters stay float32.",
+          choices=lambda: tuple(networks.COMPUTE_DTYPES)),
+)
+
+_TRAINING_FIELDS = (
+    # ------------------------------------------------------- optimizer --
+    Field("optimizer.learning_rate", 3e-4, "Peak learning rate.", low=0.0),
+    Field("optimizer.lr_schedule", "cosine",
+          "After warm-up: cosine or constant.",
+          choices=("cosine", "constant")),
+    Field("optimizer.warmup_steps", 2000, "Linear warm-up from 0.", low=0),
+    Field("optimizer.min_lr_ratio", 0.0,
+          "Cosine decays to this times the peak.", low=0.0, high=1.0),
+    Field("optimizer.b1", 0.9, "AdamW first-moment decay.", low=0.0,
+          high=1.0, high_open=True),
+    Field("optimizer.b2", 0.999, "AdamW second-moment decay.", low=0.0,
+          high=1.0, high_open=True),
+    Field("optimizer.weight_decay", 0.0, "Decoupled weight decay (AdamW).",
+          low=0.0),
+    Field("optimizer.grad_clip_norm", 1.0,
+          "Global-norm gradient clipping; 0 disables.", low=0.0),
+    Field("optimizer.embedding_lr_multiplier", 1.0,
+          "Scales the updates of every embedding table after AdamW.",
+          low=0.0),
+    Field("optimizer.ema_decay", 0.9999,
+          "EMA of parameters; 0 keeps no EMA.", low=0.0, high=1.0,
+          high_open=True),
+    Field("optimizer.ema_warmup", True,
+          "EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k (a "
+          "deviation from the reference); False: the reference's EMA."),
+    # ----------------------------------------------------------- train --
+    Field("train.batch_size", 64,
+          "Global batch over all devices and processes.", low=1),
+    Field("train.num_steps", 10_000, "Total optimisation steps.", low=1),
+    Field("train.micro_batches", 1,
+          "Gradient accumulation: the batch split k ways.", low=1),
+    Field("train.log_every", 100, "Steps between training metric writes.",
+          low=1),
+    Field("train.eval_every", 1000,
+          "Steps between evaluations (and at the end).", low=1),
+    Field("train.eval_batch_size", 64, "Global evaluation batch.", low=1),
+    Field("train.eval_max_batches", 0,
+          "Batches per split per evaluation; 0 means all.", low=0),
+    Field("train.checkpoint_every", 1000,
+          "Steps between checkpoints (and at the end).", low=1),
+    Field("train.keep_checkpoints", 3, "Recent checkpoints kept.", low=1),
+    Field("train.keep_period", 0,
+          "Also keep every k-th step's checkpoint; 0 off.", low=0),
+    Field("train.sample_every", 1000,
+          "Steps between sample writes (and at the end).", low=1),
+    Field("train.num_samples", 16, "Samples per write.", low=1),
+    Field("train.sampler", "",
+          "The periodic samples' sampler (md4.sampling), with its default "
+          "settings; empty = the process's default sampler.",
+          choices=lambda: ("",) + sampling.NAMES),
+    Field("train.sample_steps", 100,
+          "Time steps T of the periodic samples (step-based samplers).",
+          low=1, ignored_unless=_sampler_ignores("num_steps")),
+    Field("train.sampling_grid", "cosine",
+          "Time grid of the periodic samples: uniform, or cosine "
+          "(sin(pi u / 2), the reference's).", choices=sampling_core.GRIDS,
+          ignored_unless=_sampler_ignores("grid")),
+    Field("train.profile_every", 0,
+          "Profiler trace after every k-th step into <workdir>/profile/; 0 "
+          "off.", low=0),
+    Field("train.profile_steps", 5, "Steps in each profiler trace.", low=1),
+    Field("train.check_nans", True,
+          "Check each step's metrics and gradients for NaN/Inf; a "
+          "non-finite step's update is discarded and the run stops."),
+    Field("train.max_bad_steps", 0,
+          "With check_nans: non-finite steps skipped before the run stops.",
+          low=0),
+    # -------------------------------------------------------- sharding --
+    Field("sharding.mesh", (-1, 1, 1),
+          "Mesh sizes (data, fsdp, tensor); -1 = the rest."),
+    Field("sharding.rules", (),
+          "((logical axis, mesh axes), ...); empty = the defaults."),
+)
+
+
+def _process_fields() -> tuple[Field, ...]:
+  return tuple(_in_process_section(f, cls.name)
+               for cls in diffusion.PROCESSES.values() for f in cls.FIELDS)
+
+
+def declared_fields() -> tuple[Field, ...]:
+  """Every declared field, in the README table's order."""
+  return (_BASE_FIELDS + _process_fields() + _NETWORK_FIELDS
+          + _TRAINING_FIELDS)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The default value of every field, with what it means."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # Seeds parameters, data order, time and mask draws.
-  # Initialise parameters (not the optimizer or step) from another run: a
-  # workdir or a checkpoint directory. Ignored when the workdir already has
-  # a checkpoint, which is resumed instead.
-  c.restore_from = ""
-  # Resuming a workdir whose saved config.json has another model shape
-  # (network, data_shape, vocab_size, process) is refused unless True.
-  c.allow_config_change = False
+  """The default value of every declared field."""
+  config = fields.build(declared_fields())
+  for cls in diffusion.PROCESSES.values():  # A process may have no fields.
+    if cls.name not in config.model:
+      config.model[cls.name] = ml_collections.ConfigDict()
+  return config
 
-  c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"  # One of md4.data.pipelines.DATASET_NAMES.
-  c.data.data_dir = "./data_dir"  # Where data files live (or are downloaded).
-  c.data.data_shape = (8, 8, 1)  # One example: (L,) text, (H, W, C) images.
-  c.data.vocab_size = 17  # Token values per position; the mask id is this.
-  c.data.num_workers = 0  # grain worker processes; 0 loads in-process.
-  c.data.pad_to = 0  # MNIST only: zero-pad 28x28 to pad_to x pad_to.
-  # File-based data sets (openwebtext, fineweb_edu, protein, tokens,
-  # text_chars): their file or directory, relative to data_dir or absolute;
-  # empty = the data set's default place under data_dir.
-  c.data.path = ""
-  # text_chars only: the vocabulary as a string of characters (ids in this
-  # order); empty = the text file's own characters, kept in a vocab file.
-  c.data.characters = ""
-  # protein, tokens (without train*/valid* files) and text_chars: the share
-  # of examples (characters for text_chars) held out for evaluation under a
-  # fixed split seed.
-  c.data.eval_fraction = 0.05
-  # Image data sets only: mirror each training image left-right with
-  # probability 1/2 (seeded; evaluation images are never flipped).
-  c.data.random_flip = False
 
-  c.model = ml_collections.ConfigDict()
-  c.model.process = "md4"  # "md4", "genmd4" or "d3pm".
-  # MD4: linear, cosine or polyK. D3PM: linear, cosine or jsd (1/(T-t+1)).
-  c.model.schedule = "linear"
-  c.model.eps = 1e-4  # alpha stays in [eps, 1 - eps].
-  c.model.num_steps = 0  # 0: continuous-time ELBO; T > 0: T-step ELBO.
-  c.model.transition = "uniform"  # D3PM noise: uniform, absorbing, gaussian.
-  c.model.hybrid_coeff = 0.0  # D3PM: lambda of the auxiliary CE loss.
-  # D3PM reverse step from the denoiser's p~(x_0 | x_t). "soft_x0": the
-  # papers' (Austin et al. Eq. 4, Hoogeboom et al.), q(x_t | x_{t-1})
-  # sum_k p~(k) q(x_{t-1} | x_0 = k). "posterior_mixture": sum_k p~(k)
-  # q(x_{t-1} | x_t, x_0 = k), the form whose bound optimum p~ = q(x_0 | x_t)
-  # is also the hybrid CE term's; checkpoints do not transfer between them.
-  c.model.d3pm_parameterization = "soft_x0"
-  c.model.antithetic = True  # Stratified time samples within a batch.
-  c.model.class_conditional = False  # Feed labels to the denoiser.
-  c.model.cond_drop_prob = 0.1  # Label dropout for classifier-free guidance.
-  c.model.power_init = 1.0  # GenMD4: initial exponent of every value.
-  # GenMD4: the diffusion integral runs over [t1, 1] (reconstruction at t1);
-  # must be > 0, its integrand is w / t.
-  c.model.t1 = 1e-4
-
-  c.network = ml_collections.ConfigDict()
-  c.network.name = "unet"  # transformer, unet or uvit.
-  c.network.dtype = "float32"  # Compute dtype; parameters stay float32.
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 3e-4  # Peak learning rate.
-  c.optimizer.lr_schedule = "cosine"  # After warm-up: cosine or constant.
-  c.optimizer.warmup_steps = 2000  # Linear warm-up from 0.
-  c.optimizer.min_lr_ratio = 0.0  # Cosine decays to this times the peak.
-  c.optimizer.b1 = 0.9  # AdamW first-moment decay.
-  c.optimizer.b2 = 0.999  # AdamW second-moment decay.
-  c.optimizer.weight_decay = 0.0  # Decoupled weight decay (AdamW).
-  c.optimizer.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
-  # Scales the updates of every embedding table (token and label
-  # embeddings) after AdamW; 1 leaves them as the other parameters.
-  c.optimizer.embedding_lr_multiplier = 1.0
-  c.optimizer.ema_decay = 0.9999  # EMA of parameters; 0 keeps no EMA.
-  # EMA warm-up: the decay at step k is min(ema_decay, (1 + k) / (10 + k)),
-  # so early evaluations measure the trained parameters, not the initial
-  # ones. A deviation from the reference (no warm-up); the difference is
-  # gone after a few multiples of 1 / (1 - ema_decay) steps. False: the
-  # reference's EMA.
-  c.optimizer.ema_warmup = True
-
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 64  # Global batch over all devices and processes.
-  c.train.num_steps = 10_000  # Total optimisation steps.
-  c.train.micro_batches = 1  # Gradient accumulation: batch split k ways.
-  c.train.log_every = 100  # Steps between training metric writes.
-  c.train.eval_every = 1000  # Steps between evaluations (and at the end).
-  c.train.eval_batch_size = 64  # Global eval batch.
-  c.train.eval_max_batches = 0  # Per split per evaluation; 0 means all.
-  c.train.checkpoint_every = 1000  # Steps between checkpoints (and at end).
-  c.train.keep_checkpoints = 3  # How many recent checkpoints to keep.
-  c.train.keep_period = 0  # Also keep every k-th step's checkpoint; 0 off.
-  c.train.sample_every = 1000  # Steps between sample writes (and at end).
-  c.train.num_samples = 16  # Samples per write.
-  c.train.sample_steps = 100  # Time steps T of the periodic samples.
-  # The periodic samples' sampler (md4.sampling.SAMPLERS, with its default
-  # settings) and time grid, the reference's by default. D3PM samples with
-  # its own T-step reverse chain and reads neither.
-  c.train.sampler = "ancestral"
-  c.train.sampling_grid = "cosine"  # "uniform" or "cosine" (sin(pi u / 2)).
-  # Profiler trace of profile_steps steps after every profile_every-th step,
-  # written to <workdir>/profile/ for TensorBoard (process 0); 0 is off.
-  c.train.profile_every = 0
-  c.train.profile_steps = 5
-  # Check every step's metrics and gradients for NaN/Inf (one scalar read
-  # per step); a non-finite step's update is discarded and the run stops.
-  c.train.check_nans = True
-  # With check_nans: non-finite steps skipped (update discarded) before the
-  # run stops; 0 stops at the first.
-  c.train.max_bad_steps = 0
-
-  c.sharding = ml_collections.ConfigDict()
-  c.sharding.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest.
-  c.sharding.rules = ()  # ((logical, mesh axes), ...); empty = defaults.
-  return c
+def field_table() -> str:
+  """The README's table of every field (tests keep the README current)."""
+  return fields.markdown_table(declared_fields())
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects unknown keys (with the nearest valid one) and bad values."""
-  reference = default_config()
-  _check_keys(config, reference, "config")
-  for section in _CLOSED_SECTIONS:
-    _check_keys(config[section], reference[section], f"config.{section}")
-  _check_values(config)
-
-
-def _check_keys(given, reference, where: str) -> None:
-  valid = list(reference.keys())
-  for key in given.keys():
-    if key not in reference:
-      near = difflib.get_close_matches(key, valid, n=1)
-      hint = f"; did you mean {where}.{near[0]}?" if near else ""
-      raise ValueError(
-          f"{where}.{key} is not a known field{hint} Valid fields: "
-          f"{', '.join(sorted(valid))}.")
-
-
-# Field -> (kind, low, high): kind "int", "float" or "bool"; bounds are
-# inclusive, None for unbounded. Strings with fixed choices are in _CHOICES.
-_RANGES = {
-    "seed": ("int", 0, 2**32 - 1),
-    "allow_config_change": ("bool", None, None),
-    "data.vocab_size": ("int", 2, None),
-    "data.num_workers": ("int", 0, None),
-    "data.pad_to": ("int", 0, None),
-    "data.eval_fraction": ("float", 0.0, 1.0),
-    "model.eps": ("float", 0.0, 0.5),
-    "model.num_steps": ("int", 0, None),
-    "model.hybrid_coeff": ("float", 0.0, None),
-    "model.antithetic": ("bool", None, None),
-    "model.class_conditional": ("bool", None, None),
-    "model.cond_drop_prob": ("float", 0.0, 1.0),
-    "model.power_init": ("float", 0.0, None),
-    "model.t1": ("float", 0.0, 1.0),
-    "optimizer.learning_rate": ("float", 0.0, None),
-    "optimizer.warmup_steps": ("int", 0, None),
-    "optimizer.min_lr_ratio": ("float", 0.0, 1.0),
-    "optimizer.b1": ("float", 0.0, 1.0),
-    "optimizer.b2": ("float", 0.0, 1.0),
-    "optimizer.weight_decay": ("float", 0.0, None),
-    "optimizer.grad_clip_norm": ("float", 0.0, None),
-    "optimizer.embedding_lr_multiplier": ("float", 0.0, None),
-    "optimizer.ema_decay": ("float", 0.0, 1.0),
-    "optimizer.ema_warmup": ("bool", None, None),
-    "train.batch_size": ("int", 1, None),
-    "train.num_steps": ("int", 1, None),
-    "train.micro_batches": ("int", 1, None),
-    "train.log_every": ("int", 1, None),
-    "train.eval_every": ("int", 1, None),
-    "train.eval_batch_size": ("int", 1, None),
-    "train.eval_max_batches": ("int", 0, None),
-    "train.checkpoint_every": ("int", 1, None),
-    "train.keep_checkpoints": ("int", 1, None),
-    "train.keep_period": ("int", 0, None),
-    "train.sample_every": ("int", 1, None),
-    "train.num_samples": ("int", 1, None),
-    "train.sample_steps": ("int", 1, None),
-    "train.profile_every": ("int", 0, None),
-    "train.profile_steps": ("int", 1, None),
-    "train.check_nans": ("bool", None, None),
-    "train.max_bad_steps": ("int", 0, None),
-}
-# Bounds that the value must not reach (open intervals).
-_EXCLUSIVE_HIGH = ("model.eps", "model.t1", "optimizer.b1", "optimizer.b2",
-                   "optimizer.ema_decay", "model.cond_drop_prob",
-                   "data.eval_fraction")
-_EXCLUSIVE_LOW = ("model.eps", "model.power_init", "model.t1",
-                  "data.eval_fraction")
-_CHOICES = {
-    "model.process": ("md4", "genmd4", "d3pm"),
-    "model.transition": d3pm.TRANSITIONS,
-    "model.d3pm_parameterization": d3pm.PARAMETERIZATIONS,
-    "optimizer.lr_schedule": ("cosine", "constant"),
-    "network.dtype": tuple(networks.COMPUTE_DTYPES),
-    "train.sampler": sampling.NAMES,
-    "train.sampling_grid": sampling_core.GRIDS,
-}
-
-
-def _get(config, name: str):
-  value = config
-  for part in name.split("."):
-    value = value[part]
-  return value
-
-
-def _check_range(name: str, value, kind: str, low, high) -> None:
-  """One field's type and bounds; the error names the field and the fix."""
-  if kind == "bool":
-    if not isinstance(value, bool):
-      raise ValueError(f"config.{name} must be True or False, got {value!r}.")
-    return
-  types = (int,) if kind == "int" else (int, float)
-  if isinstance(value, bool) or not isinstance(value, types):
-    wanted = "an integer" if kind == "int" else "a number"
-    raise ValueError(f"config.{name} must be {wanted}, got {value!r} "
-                     f"({type(value).__name__}).")
-  if kind == "float" and not math.isfinite(value):
-    raise ValueError(f"config.{name} must be finite, got {value!r}.")
-  low_ok = low is None or (value > low if name in _EXCLUSIVE_LOW
-                           else value >= low)
-  high_ok = high is None or (value < high if name in _EXCLUSIVE_HIGH
-                             else value <= high)
-  if not (low_ok and high_ok):
-    left = "(" if name in _EXCLUSIVE_LOW else "["
-    right = ")" if name in _EXCLUSIVE_HIGH else "]"
-    lo = "-inf" if low is None else low
-    hi = "inf" if high is None else high
-    raise ValueError(f"config.{name}={value!r} is out of range; it must lie "
-                     f"in {left}{lo}, {hi}{right}.")
+  fields.check_keys(config, default_config(), "config", _OPEN_SECTIONS)
+  fields.check_values(config, declared_fields())
+  _check_shapes(config)
+  if config.train.batch_size % config.train.micro_batches:
+    raise ValueError(
+        f"config.train.batch_size={config.train.batch_size} must be divisible"
+        f" by config.train.micro_batches={config.train.micro_batches}.")
+  # The process checks its own combinations (e.g. D3PM's absorbing noise
+  # needs abar_T = 0); its errors name the fields and the fix.
+  process = diffusion.from_config(config)
+  process.check_network(config.network)
+  reason = sampling.get(periodic_sampler(config)).reason_not_applicable(
+      process)
+  if reason:
+    raise ValueError(f"config.train.sampler={periodic_sampler(config)!r}: "
+                     f"{reason}")
 
 
 def _check_shapes(config) -> None:
@@ -271,51 +278,46 @@ def _check_shapes(config) -> None:
         f" >= 1 or one of them -1 for the rest, got {mesh!r}.")
 
 
-def _check_values(config) -> None:
-  """Type, range and combination checks that must fail before any work."""
-  for name, (kind, low, high) in _RANGES.items():
-    _check_range(name, _get(config, name), kind, low, high)
-  for name, valid in _CHOICES.items():
-    value = _get(config, name)
-    if value not in valid:
-      raise ValueError(f"config.{name}={value!r} is not valid; valid: "
-                       f"{', '.join(valid)}.")
-  _check_shapes(config)
-  if config.train.batch_size % config.train.micro_batches:
-    raise ValueError(
-        f"config.train.batch_size={config.train.batch_size} must be divisible"
-        f" by config.train.micro_batches={config.train.micro_batches}.")
-  if config.model.process == "d3pm" and config.model.num_steps < 1:
-    raise ValueError("config.model.num_steps must be the number of steps T "
-                     f"(>= 1) for D3PM, got {config.model.num_steps}.")
-  if config.model.process == "d3pm":
-    # The process checks its combinations (absorbing noise needs abar_T = 0,
-    # Gaussian noise >= 3 values); its errors name the fields and the fix.
-    d3pm.D3PM(config.model.transition, config.data.vocab_size,
-              config.model.num_steps, config.model.schedule,
-              config.model.d3pm_parameterization)
-  _check_sampler(config)
-  if config.model.process == "genmd4" and config.model.num_steps != 0:
-    raise ValueError(
-        "config.model.num_steps must be 0 for GenMD4 (its ELBO is "
-        f"continuous-time only), got {config.model.num_steps}; set "
-        "config.model.num_steps=0 or use model.process='md4'.")
+# Saved config.json files from before the process sections: old flat key
+# -> new key, by process.
+_LEGACY_MODEL_FIELDS = {
+    "md4": {"schedule": "schedule", "eps": "eps", "num_steps": "num_steps"},
+    "genmd4": {"eps": "eps", "power_init": "power_init", "t1": "t1"},
+    "d3pm": {"schedule": "schedule", "num_steps": "num_steps",
+             "transition": "transition", "hybrid_coeff": "hybrid_coeff",
+             "d3pm_parameterization": "parameterization"},
+}
+_LEGACY_FLAT = ("schedule", "eps", "num_steps", "transition", "hybrid_coeff",
+                "d3pm_parameterization", "power_init", "t1")
 
 
-def _check_sampler(config) -> None:
-  """The periodic samples' sampler must apply to the model's process."""
-  sampler, process = config.train.sampler, config.model.process
-  if process == "d3pm" and sampler != "ancestral":
-    raise ValueError(
-        f"config.train.sampler={sampler!r} does not apply to D3PM: its "
-        "periodic samples use its T-step reverse chain. Set "
-        "config.train.sampler='ancestral'.")
-  if process == "genmd4" and sampler in sampling.MD4_ONLY:
-    raise ValueError(
-        f"config.train.sampler={sampler!r} needs an MD4 model: with GenMD4 "
-        "the reveal probability of a token depends on its value. Use one of "
-        f"{', '.join(n for n in sampling.NAMES if n not in sampling.MD4_ONLY)}"
-        ".")
+def upgrade_saved(saved: dict) -> dict:
+  """A saved config.json's dict in today's layout.
+
+  Runs trained before the process sections kept every process's fields
+  flat in `model`; they move to `model.<process>` (those of other processes
+  are dropped: that run never read them). A periodic sampler of
+  "ancestral" under D3PM meant its reverse chain.
+  """
+  model = saved.get("model")
+  if not isinstance(model, dict) or not set(_LEGACY_FLAT) & set(model):
+    return saved
+  process = model.get("process", "md4")
+  section = dict(model.get(process, {}))
+  for old, new in _LEGACY_MODEL_FIELDS.get(process, {}).items():
+    if old in model:
+      section[new] = model[old]
+  upgraded = {k: v for k, v in model.items() if k not in _LEGACY_FLAT}
+  upgraded[process] = section
+  out = dict(saved, model=upgraded)
+  if process == "d3pm" and isinstance(saved.get("train"), dict):
+    train = dict(saved["train"])
+    train.pop("sample_steps", None)
+    train.pop("sampling_grid", None)
+    if train.get("sampler") == "ancestral":
+      train["sampler"] = ""
+    out["train"] = train
+  return out
 
 
 # The paper's DiT sizes (Shi et al., 2024): layers, width, heads.

@@ -1,14 +1,16 @@
-"""A denoiser network joined to its diffusion process (MD4 or GenMD4).
+"""A denoiser network joined to a diffusion process (`md4.diffusion`).
 
-The diffusion math lives in `md4.diffusion` as functions of arrays; this
-module owns the parameters that math needs (the network's, and GenMD4's
-schedule exponents) and the randomness (the `sample` rng stream).
+The math lives in the process (a frozen dataclass of arrays and formulas);
+this module owns the parameters (the network's, and the process's own, such
+as GenMD4's schedule exponents) and the randomness (the `sample` rng
+stream). Nothing here depends on which process it is.
 
-The MD4 loss needs only each target's log-probability. A network that can
-hand its output head's factors to the loss (the transformer: a method
-`logits_chunk_positions(batch, length)` > 0 and `head_factors=True`) gets
-its logits formed in chunks by the cross-entropy (`md4.FactoredLogits`);
-`DiffusionModel.denoise`, which samplers call, always returns full logits.
+A loss that only needs each target's log-probability asks the denoiser for
+`factored=True`: a network that can hand its output head's factors to the
+loss (the transformer: a method `logits_chunk_positions(batch, length)` > 0
+and `head_factors=True`) gets its logits formed in chunks by the
+cross-entropy (`chunked_logits.FactoredLogits`); `DiffusionModel.denoise`,
+which samplers call, always returns full logits.
 """
 
 import math
@@ -18,72 +20,50 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from md4 import sharding
-from md4.diffusion import d3pm
-from md4.diffusion import genmd4
-from md4.diffusion import md4
-from md4.diffusion import schedules
+from md4 import diffusion
+from md4.diffusion import chunked_logits
+from md4.diffusion import common
+from md4.diffusion import process as process_lib
 
 
 class DiffusionModel(nn.Module):
-  """Negative ELBO of a batch, and the denoiser and schedule for sampling.
+  """Negative ELBO of a batch, and the denoiser and process for sampling.
 
   Attributes:
     network: the denoiser, `logits = network(z, t, label, train=...)`.
-    vocab_size: V; the mask token is V.
-    data_shape: one example's shape.
-    process: "md4", "genmd4" or "d3pm".
-    schedule: MD4 masking schedule name, or D3PM beta schedule.
-    eps: schedule end-point offset.
-    num_steps: 0 for the continuous-time ELBO, else T.
-    antithetic: stratified times.
+    process: the diffusion process (`md4.diffusion.process.Process`).
     num_classes: > 0 when the network is class-conditional.
     cond_drop_prob: training-time label dropout (classifier-free guidance).
-    power_init: GenMD4 initial exponent.
-    t1: GenMD4 start of the diffusion integral.
-    transition: D3PM noise, "uniform", "absorbing" or "gaussian".
-    hybrid_coeff: D3PM auxiliary cross-entropy weight (lambda).
-    d3pm_parameterization: D3PM reverse step, "soft_x0" or
-      "posterior_mixture" (`md4.diffusion.d3pm`); the loss and the sampler
-      both go through `d3pm_process.log_posterior`, so they always agree.
+    antithetic: stratified time draws (processes that draw times).
   """
   network: nn.Module
-  vocab_size: int
-  data_shape: tuple[int, ...]
-  process: str = "md4"
-  schedule: str = "linear"
-  eps: float = 1e-4
-  num_steps: int = 0
-  antithetic: bool = True
+  process: process_lib.Process
   num_classes: int = 0
   cond_drop_prob: float = 0.0
-  power_init: float = 1.0
-  t1: float = 1e-4
-  transition: str = "uniform"
-  hybrid_coeff: float = 0.0
-  d3pm_parameterization: str = "soft_x0"
+  antithetic: bool = True
+
+  @property
+  def vocab_size(self) -> int:
+    return self.process.vocab_size
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    return tuple(self.process.data_shape)
 
   @property
   def mask_id(self) -> int:
-    return md4.mask_token(self.vocab_size)
+    return self.process.mask_id
 
   @property
   def num_elements(self) -> int:
     return math.prod(self.data_shape)
 
   def setup(self):
-    if self.process == "genmd4":
-      self.power_param = self.param(
-          "power_param",
-          nn.with_logical_partitioning(
-              genmd4.power_param_init(self.power_init), (sharding.VOCAB,)),
-          (self.vocab_size,))
-    elif self.process == "d3pm":
-      self.d3pm_process = d3pm.D3PM(self.transition, self.vocab_size,
-                                    self.num_steps, self.schedule,
-                                    self.d3pm_parameterization)
-    else:
-      self.masking = schedules.MaskingSchedule(self.schedule, self.eps)
+    self.process_params = {
+        name: self.param(name, nn.with_logical_partitioning(spec.init,
+                                                            spec.axes),
+                         spec.shape)
+        for name, spec in self.process.param_specs().items()}
 
   def _network_label(self, z, label):
     """The label the network takes: "no label" when none is given."""
@@ -93,25 +73,26 @@ class DiffusionModel(nn.Module):
       return jnp.full((z.shape[0],), self.num_classes, jnp.int32)
     return label
 
-  def denoise(self, z, t, label=None, train: bool = False):
-    """Logits [B, *data_shape, V] (float32) for tokens z at times t [B]."""
-    return self.network(z, t, self._network_label(z, label), train=train)
+  def denoise(self, z, t, label=None, train: bool = False,
+              factored: bool = False):
+    """Logits [B, *data_shape, V] (float32) for tokens z at times t [B].
+
+    With `factored`, a `chunked_logits.FactoredLogits` where the network
+    can factor its output head for this input (else the logits).
+    """
+    chunk = self.loss_logits_chunk(z.shape) if factored else 0
+    if not chunk:
+      return self.network(z, t, self._network_label(z, label), train=train)
+    features, kernel, bias = self.network(
+        z, t, self._network_label(z, label), train=train, head_factors=True)
+    return chunked_logits.FactoredLogits(features, kernel, bias, chunk)
 
   def loss_logits_chunk(self, z_shape) -> int:
-    """Positions per chunk of the MD4 loss's logits; 0: full logits."""
+    """Positions per chunk of the loss's logits; 0: full logits."""
     chunk_positions = getattr(self.network, "logits_chunk_positions", None)
     if chunk_positions is None or len(z_shape) != 2:
       return 0
     return chunk_positions(*z_shape)
-
-  def loss_denoise(self, z, t, label=None, train: bool = False):
-    """What the MD4 loss reads: logits, or `md4.FactoredLogits` to chunk."""
-    chunk = self.loss_logits_chunk(z.shape)
-    if not chunk:
-      return self.denoise(z, t, label, train=train)
-    features, kernel, bias = self.network(
-        z, t, self._network_label(z, label), train=train, head_factors=True)
-    return md4.FactoredLogits(features, kernel, bias, chunk)
 
   def __call__(self, x, label=None, *, train: bool = False, t=None,
                example_keys=None):
@@ -123,68 +104,32 @@ class DiffusionModel(nn.Module):
       train: dropout and label dropout on.
       t: optional time draws u [B] in [0, 1), which the process maps to its
         times (MD4: 1 - u); drawn from the `sample` stream when None.
-      example_keys: optional per-example keys [B] for the mask draws (makes
-        every example's noise independent of how the batch is split).
+      example_keys: optional per-example keys [B] for the noise draws
+        (makes every example's noise independent of how the batch is split).
     """
     rng = example_keys if example_keys is not None else self.make_rng("sample")
     if self.num_classes and train and label is not None:
-      label = md4.drop_labels(self.make_rng("sample"), label,
-                              self.cond_drop_prob, self.num_classes)
-    denoise = lambda z, tt, c: self.denoise(z, tt, c, train=train)
-    if self.process == "d3pm":
-      return d3pm.nelbo(rng, x, denoise, self.d3pm_process,
-                        hybrid_coeff=self.hybrid_coeff, label=label,
-                        antithetic=self.antithetic, t=t)
-    if self.process == "genmd4":
-      return genmd4.nelbo(rng, x, denoise, self.power_param,
-                          vocab_size=self.vocab_size, eps=self.eps, t1=self.t1,
-                          label=label, antithetic=self.antithetic, t=t)
-    loss_denoise = lambda z, tt, c: self.loss_denoise(z, tt, c, train=train)
-    terms = md4.nelbo(rng, x, loss_denoise, self.masking,
-                      vocab_size=self.vocab_size, label=label,
-                      num_steps=self.num_steps, antithetic=self.antithetic,
-                      t=t)
-    return terms, {}
+      label = common.drop_labels(self.make_rng("sample"), label,
+                                 self.cond_drop_prob, self.num_classes)
+
+    def denoise(z, tt, c, factored=False):
+      return self.denoise(z, tt, c, train=train, factored=factored)
+
+    return self.process.nelbo(self.process_params, rng, x, denoise,
+                              label=label, antithetic=self.antithetic, t=t)
 
   def unmask_probability(self, s, t):
-    """P(a masked token is revealed with value v between t and s < t).
-
-    MD4: (alpha(s) - alpha(t)) / (1 - alpha(t)), the same for every v,
-    shape [B, 1, ..., 1]. GenMD4: one value per v, shape [B, 1, ..., V].
-    Multiplied by the denoiser's probabilities it gives the reverse step.
-    """
-    if self.process == "d3pm":
-      raise ValueError("D3PM's reverse step is not an unmasking step; use "
-                       "DiffusionModel.reverse_log_probs.")
-    expand = (1,) * len(self.data_shape)
-    if self.process == "genmd4":
-      w = genmd4.powers(self.power_param)  # [V]
-      s_b = s.reshape(s.shape + expand + (1,))
-      t_b = t.reshape(t.shape + expand + (1,))
-      a_s, a_t = genmd4.alpha(w, s_b, self.eps), genmd4.alpha(w, t_b, self.eps)
-      return (a_s - a_t) / (1.0 - a_t)  # [B, 1.., V]
-    a_s = self.masking.alpha(s).reshape(s.shape + expand + (1,))
-    a_t = self.masking.alpha(t).reshape(t.shape + expand + (1,))
-    return (a_s - a_t) / (1.0 - a_t)  # [B, 1.., 1]
+    """The process's reveal probability (UNMASKING processes)."""
+    return self.process.unmask_probability(self.process_params, s, t)
 
   def keep_probability(self, x, t):
-    """q(z_t = x | x): the chance that token x is still unmasked at t.
+    """q(z_t = x | x) under the process (UNMASKING processes)."""
+    return self.process.keep_probability(self.process_params, x, t)
 
-    alpha(t) for MD4, alpha_x(t) for GenMD4; [B, ...] for tokens x [B, ...]
-    and times t [B].
-    """
-    if self.process == "d3pm":
-      raise ValueError("D3PM does not mask tokens: its forward process "
-                       "changes values; use an MD4 or GenMD4 model.")
-    t_b = t.reshape(t.shape + (1,) * (x.ndim - 1))  # [B, 1, ...]
-    if self.process == "genmd4":
-      return genmd4.alpha(genmd4.powers(self.power_param)[x], t_b, self.eps)
-    return jnp.broadcast_to(self.masking.alpha(t_b), x.shape)
 
-  def reverse_log_probs(self, z, step, label=None):
-    """D3PM: log p(x_{t-1} | x_t = z) over states [B, ..., S] at steps [B]."""
-    logits = self.denoise(z, step.astype(jnp.float32) / self.num_steps, label)
-    return self.d3pm_process.log_posterior(logits, z, step)
+def process_params(model: DiffusionModel, params) -> dict[str, jax.Array]:
+  """The process's own parameters out of the model's params tree."""
+  return {name: params[name] for name in model.process.param_specs()}
 
 
 def build_model(config: ml_collections.ConfigDict,
@@ -197,28 +142,17 @@ def build_model(config: ml_collections.ConfigDict,
         "config.model.class_conditional=True but the data set "
         f"{config.data.dataset!r} has no labels; set it to False.")
   classes = num_classes if conditional else 0
+  process = diffusion.from_config(config)
+  process.check_network(config.network)
   network_fields = {k: v for k, v in config.network.items()
                     if k not in ("name", "dtype")}
   network = networks.build_network(
       config.network.name, vocab_size=config.data.vocab_size,
       data_shape=tuple(config.data.data_shape), num_classes=classes,
       dtype=config.network.dtype, **network_fields)
-  if config.model.process == "md4":
-    schedules.MaskingSchedule(config.model.schedule, config.model.eps)
-  if config.model.process == "d3pm":
-    d3pm.D3PM(config.model.transition, config.data.vocab_size,
-              config.model.num_steps, config.model.schedule,
-              config.model.d3pm_parameterization)
-  return DiffusionModel(
-      network=network, vocab_size=config.data.vocab_size,
-      data_shape=tuple(config.data.data_shape), process=config.model.process,
-      schedule=config.model.schedule, eps=config.model.eps,
-      num_steps=config.model.num_steps, antithetic=config.model.antithetic,
-      num_classes=classes, cond_drop_prob=config.model.cond_drop_prob,
-      power_init=config.model.power_init, t1=config.model.t1,
-      transition=config.model.transition,
-      hybrid_coeff=config.model.hybrid_coeff,
-      d3pm_parameterization=config.model.d3pm_parameterization)
+  return DiffusionModel(network=network, process=process, num_classes=classes,
+                        cond_drop_prob=config.model.cond_drop_prob,
+                        antithetic=config.model.antithetic)
 
 
 def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,

@@ -68,12 +68,16 @@ is in log space.
 import dataclasses
 import functools
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4.diffusion import md4
+from md4 import fields
+from md4.diffusion import chunked_logits
+from md4.diffusion import common
+from md4.diffusion import process as process_lib
 
 TRANSITIONS = ("uniform", "absorbing", "gaussian")
 # How the reverse step uses p~(x_0 | x_t); the module docstring says why two.
@@ -110,7 +114,7 @@ def betas(schedule: str, num_steps: int) -> np.ndarray:
     return b
   if schedule == "jsd":
     return 1.0 / (num_steps - t + 1.0)
-  raise ValueError(f"config.model.schedule={schedule!r} is not a D3PM "
+  raise ValueError(f"config.model.d3pm.schedule={schedule!r} is not a D3PM "
                    f"schedule; valid: {', '.join(SCHEDULES)}.")
 
 
@@ -174,38 +178,38 @@ class D3PM:
   def __post_init__(self):
     if self.transition not in TRANSITIONS:
       raise ValueError(
-          f"config.model.transition={self.transition!r}; valid: "
+          f"config.model.d3pm.transition={self.transition!r}; valid: "
           f"{', '.join(TRANSITIONS)}.")
     if self.num_steps < 1:
-      raise ValueError(f"config.model.num_steps must be >= 1 for D3PM, got "
+      raise ValueError(f"config.model.d3pm.num_steps must be >= 1 for D3PM, got "
                        f"{self.num_steps}.")
     if self.parameterization not in PARAMETERIZATIONS:
       raise ValueError(
-          f"config.model.d3pm_parameterization={self.parameterization!r}; "
+          f"config.model.d3pm.parameterization={self.parameterization!r}; "
           f"valid: {', '.join(PARAMETERIZATIONS)}.")
     abar_last = np.prod(1.0 - betas(self.schedule, self.num_steps))
     if self.transition == "absorbing" and abar_last > 0:
       raise ValueError(
-          f"config.model.schedule={self.schedule!r} with "
-          f"config.model.transition='absorbing' keeps abar_T = "
+          f"config.model.d3pm.schedule={self.schedule!r} with "
+          f"config.model.d3pm.transition='absorbing' keeps abar_T = "
           f"{abar_last:.1e} of the tokens unmasked at T = {self.num_steps}, "
           "but the prior p(x_T) is all masks, so the prior KL is infinite; "
-          "set config.model.schedule='jsd' (1/(T-t+1), Austin et al.'s "
+          "set config.model.d3pm.schedule='jsd' (1/(T-t+1), Austin et al.'s "
           "absorbing schedule) or 'cosine', which mask every token at T.")
     if self.transition == "gaussian" and self.vocab_size < 3:
       raise ValueError(
-          "config.model.transition='gaussian' needs config.data.vocab_size "
+          "config.model.d3pm.transition='gaussian' needs config.data.vocab_size "
           f">= 3 ordinal values, got {self.vocab_size}: with two values its "
           "one move spans the whole range (probability <= 0.018 per step), "
           "so the chain never reaches its uniform prior (prior KL about "
           "log 2 nats per dimension). For binary data set "
-          "config.model.transition='uniform'.")
+          "config.model.d3pm.transition='uniform'.")
 
   # ------------------------------------------------------ the schedule --
 
   @property
   def mask_id(self) -> int:
-    return md4.mask_token(self.vocab_size)
+    return common.mask_token(self.vocab_size)
 
   @property
   def num_states(self) -> int:
@@ -245,9 +249,9 @@ class D3PM:
     """log q(x_t = j | x_0) for every state j: [B, ..., S]."""
     if self.transition == "gaussian":
       _, log_cum = self.gaussian_tables()
-      return log_cum[md4.broadcast_to_data(t, x0), x0]  # [B, ..., K]
+      return log_cum[common.broadcast_to_data(t, x0), x0]  # [B, ..., K]
     _, _, log_abar, log_1m_abar = self.log_tables()
-    t_b = md4.broadcast_to_data(t, x0)[..., None]  # [B, 1.., 1]
+    t_b = common.broadcast_to_data(t, x0)[..., None]  # [B, 1.., 1]
     j = jnp.arange(self.num_states)
     return self._mix(log_abar[t_b], log_1m_abar[t_b], j == x0[..., None], j)
 
@@ -256,13 +260,13 @@ class D3PM:
     if self.transition == "gaussian":
       # The exponential race: argmax_j log q_j - log E_j, E_j ~ Exp(1).
       log_q = self.log_q_marginal(x0, t)  # [B, ..., K]
-      e = -jnp.log1p(-md4.uniform(rng, log_q.shape))
+      e = -jnp.log1p(-common.uniform(rng, log_q.shape))
       e = jnp.maximum(e, np.finfo(np.float32).tiny)
       return jnp.argmax(log_q - jnp.log(e), axis=-1).astype(x0.dtype)
     _, _, log_abar, _ = self.log_tables()
     keep_rng, noise_rng = jax.random.split(rng)
-    keep = (jnp.log(md4.uniform(keep_rng, x0.shape))
-            < md4.broadcast_to_data(log_abar[t], x0))
+    keep = (jnp.log(common.uniform(keep_rng, x0.shape))
+            < common.broadcast_to_data(log_abar[t], x0))
     if self.transition == "uniform":
       noise = jax.random.randint(noise_rng, x0.shape, 0, self.vocab_size)
     else:
@@ -274,9 +278,9 @@ class D3PM:
     if self.transition == "gaussian":
       _, log_cum = self.gaussian_tables()
       by_column = jnp.swapaxes(log_cum, 1, 2)  # [T + 1, x_t, x_0]
-      return by_column[md4.broadcast_to_data(t, x_t), x_t]
+      return by_column[common.broadcast_to_data(t, x_t), x_t]
     _, _, log_abar, log_1m_abar = self.log_tables()
-    t_b = md4.broadcast_to_data(t, x_t)[..., None]
+    t_b = common.broadcast_to_data(t, x_t)[..., None]
     k = jnp.arange(self.vocab_size)
     same = k == x_t[..., None]
     if self.transition == "uniform":
@@ -291,9 +295,9 @@ class D3PM:
     if self.transition == "gaussian":
       log_step, _ = self.gaussian_tables()
       by_column = jnp.swapaxes(log_step, 1, 2)  # [T + 1, x_t, x_{t-1}]
-      return by_column[md4.broadcast_to_data(t, x_t), x_t]
+      return by_column[common.broadcast_to_data(t, x_t), x_t]
     log_1m_beta, log_beta, _, _ = self.log_tables()
-    t_b = md4.broadcast_to_data(t, x_t)[..., None]
+    t_b = common.broadcast_to_data(t, x_t)[..., None]
     j = jnp.arange(self.num_states)
     noise = log_beta[t_b] + self._noise_log_prob(x_t[..., None])
     if self.transition == "absorbing":
@@ -341,7 +345,7 @@ class D3PM:
       log_w: log-weights over the K data values [B, ..., K].
       s: steps [B] in 0..T-1.
     """
-    s_b = md4.broadcast_to_data(s, log_w[..., 0])  # [B, 1..]
+    s_b = common.broadcast_to_data(s, log_w[..., 0])  # [B, 1..]
     if self.transition == "gaussian":
       _, log_cum = self.gaussian_tables()
       # [B, ..., K, 1] + [B, 1.., K, K], summed over x_0 = k.
@@ -389,7 +393,7 @@ def step_loss(process: D3PM, x0, x_t, t, logits):
   log_p = process.log_posterior(logits, x_t, t)  # [B, ..., S]
   step_kl = kl(log_q, log_p)
   recon = -jnp.take_along_axis(log_p, x0[..., None], axis=-1)[..., 0]
-  first = md4.broadcast_to_data(t == 1, x0)
+  first = common.broadcast_to_data(t == 1, x0)
   return _sum_data(jnp.where(first, recon, step_kl))
 
 
@@ -414,9 +418,9 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
     T (L_{t-1} + lambda CE) + prior), `loss_nelbo` (the bound),
     `loss_diff` (T L_{t-1}), `loss_prior`, `loss_ce`.
   """
-  t_rng, z_rng = md4.time_and_mask_rngs(rng, t)
+  t_rng, z_rng = common.time_and_mask_rngs(rng, t)
   if t is None:
-    t = md4.sample_times(t_rng, x.shape[0], antithetic)
+    t = common.sample_times(t_rng, x.shape[0], antithetic)
   steps = jnp.clip(jnp.floor(t * process.num_steps).astype(jnp.int32) + 1, 1,
                    process.num_steps)  # [B] in 1..T
   if z_rng.ndim:  # Per-example keys: one noise key each.
@@ -427,7 +431,7 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
   logits = denoise(x_t, steps.astype(jnp.float32) / process.num_steps, label)
   num_steps = process.num_steps
   loss_diff = num_steps * step_loss(process, x, x_t, steps, logits)
-  loss_ce = -_sum_data(md4.target_log_prob(logits, x))
+  loss_ce = -_sum_data(chunked_logits.target_log_prob(logits, x))
   loss_prior = prior_loss(process, x)
   loss_nelbo = loss_diff + loss_prior
   terms = {
@@ -438,3 +442,68 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
       "loss_ce": loss_ce,
   }
   return terms, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class D3PMProcess(process_lib.Process):
+  """D3PM and multinomial diffusion as a process (this module).
+
+  Attributes:
+    transition: uniform, absorbing or gaussian.
+    schedule: the beta schedule, linear, cosine or jsd.
+    num_steps: T.
+    hybrid_coeff: lambda of the auxiliary cross-entropy.
+    parameterization: the reverse step, soft_x0 or posterior_mixture.
+  """
+  transition: str = "uniform"
+  schedule: str = "linear"
+  num_steps: int = 1000
+  hybrid_coeff: float = 0.0
+  parameterization: str = "soft_x0"
+
+  name: ClassVar[str] = "d3pm"
+  summary: ClassVar[str] = ("D3PM (Austin et al., 2021) uniform, absorbing, "
+                            "Gaussian; multinomial diffusion")
+  FIELDS: ClassVar[tuple[fields.Field, ...]] = (
+      fields.Field("model.d3pm.transition", "uniform",
+                   "Noise: uniform (multinomial diffusion), absorbing "
+                   "(masking) or gaussian (ordinal values).",
+                   choices=TRANSITIONS),
+      fields.Field("model.d3pm.schedule", "linear",
+                   "beta_t: linear, cosine, or jsd (1/(T-t+1)).",
+                   choices=SCHEDULES),
+      fields.Field("model.d3pm.num_steps", 1000, "T, the chain's steps.",
+                   low=1),
+      fields.Field("model.d3pm.hybrid_coeff", 0.0,
+                   "lambda of the auxiliary cross-entropy loss.", low=0.0),
+      fields.Field("model.d3pm.parameterization", "soft_x0",
+                   "Reverse step from p~(x_0 | x_t): soft_x0 (the papers') "
+                   "or posterior_mixture (module docstring); checkpoints do "
+                   "not transfer between them.", choices=PARAMETERIZATIONS),
+  )
+  capabilities: ClassVar[frozenset[str]] = frozenset(
+      {process_lib.TRANSITION_CHAIN})
+  default_sampler: ClassVar[str] = "reverse_chain"
+
+  def __post_init__(self):
+    _ = self.chain  # Checks the combination.
+
+  @property
+  def chain(self) -> D3PM:
+    return D3PM(self.transition, self.vocab_size, self.num_steps,
+                self.schedule, self.parameterization)
+
+  def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
+    del params
+    return nelbo(rng, x, denoise, self.chain, hybrid_coeff=self.hybrid_coeff,
+                 label=label, antithetic=antithetic, t=t)
+
+  def prior_sample(self, rng: jax.Array, shape) -> jax.Array:
+    """x_T ~ p(x_T): all masks (absorbing) or uniform values; int32."""
+    if self.transition == "absorbing":
+      return jnp.full(shape, self.mask_id, jnp.int32)
+    return jax.random.randint(rng, shape, 0, self.vocab_size)
+
+  def log_posterior(self, logits, z, step):
+    """log p(x_{t-1} | x_t = z) over states [B, ..., S] at steps [B]."""
+    return self.chain.log_posterior(logits, z, step)

@@ -30,13 +30,19 @@ expectation: sum_i (1 - alpha_{x_i}(t1)) log V); the prior term is
 KL(q(z_1|x) || p(z_1)) = N eps log V, as in MD4.
 """
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4.diffusion import md4
+from md4 import fields
+from md4 import sharding
+from md4.diffusion import chunked_logits
+from md4.diffusion import common
+from md4.diffusion import process as process_lib
 
 NUM_DRAWS = 2  # z_t draws per example for the leave-one-out baseline.
 
@@ -45,7 +51,7 @@ def power_param_init(power_init: float):
   """Initializer giving softplus(param) = power_init for every value."""
   if power_init <= 0:
     raise ValueError(
-        f"config.model.power_init must be > 0, got {power_init}.")
+        f"config.model.genmd4.power_init must be > 0, got {power_init}.")
   inverse_softplus = math.log(math.expm1(power_init))
 
   def init(rng, shape, dtype=jnp.float32):
@@ -94,7 +100,7 @@ def diffusion_integrand(x: jax.Array, z_t: jax.Array, logits: jax.Array,
     t: times [B].
     mask_id: the mask token.
   """
-  log_mu_x = md4.target_log_prob(logits, x)  # [B, ...]
+  log_mu_x = chunked_logits.target_log_prob(logits, x)  # [B, ...]
   mu = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, ..., V]
   expected_w = jnp.einsum("...v,v->...", mu, w)  # [B, ...]
   w_x = w[x]  # [B, ...]
@@ -103,7 +109,7 @@ def diffusion_integrand(x: jax.Array, z_t: jax.Array, logits: jax.Array,
   return per_token.reshape(per_token.shape[0], -1).sum(axis=-1) / t
 
 
-def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
+def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
           power_param: jax.Array, *, vocab_size: int, eps: float = 1e-4,
           t1: float = 1e-4, label: jax.Array | None = None,
           antithetic: bool = True, t: jax.Array | None = None,
@@ -134,28 +140,28 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
     `loss_nelbo`, `loss_diff`, `loss_recon`, `loss_prior`) and the schedule's
     `power_min`, `power_mean`, `power_max`.
   """
-  mask_id = md4.mask_token(vocab_size)
+  mask_id = common.mask_token(vocab_size)
   batch_size = x.shape[0]
   num_elements = math.prod(x.shape[1:])
   w = powers(power_param)  # [V]
   if eps <= 0:
-    raise ValueError(f"config.model.eps must be > 0 for GenMD4, got {eps}.")
+    raise ValueError(f"config.model.genmd4.eps must be > 0 for GenMD4, got {eps}.")
   if not 0.0 < float(np.float32(t1)) < 1.0:
     raise ValueError(
-        f"config.model.t1 must be in (0, 1) for GenMD4 (in float32), got {t1}:"
+        f"config.model.genmd4.t1 must be in (0, 1) for GenMD4 (in float32), got {t1}:"
         " the diffusion integral starts at t1 and its integrand is w / t, "
-        "infinite at t = 0; set e.g. config.model.t1=1e-4.")
-  t_rng, z_rng = md4.time_and_mask_rngs(rng, t)
+        "infinite at t = 0; set e.g. config.model.genmd4.t1=1e-4.")
+  t_rng, z_rng = common.time_and_mask_rngs(rng, t)
   if t is None:
-    t = md4.sample_times(t_rng, batch_size, antithetic)
+    t = common.sample_times(t_rng, batch_size, antithetic)
   t = t1 + (1.0 - t1) * t  # [B] in [t1, 1]
   x2 = jnp.concatenate([x] * NUM_DRAWS)  # [2B, ...]
   t2 = jnp.concatenate([t] * NUM_DRAWS)  # [2B]
   label2 = None if label is None else jnp.concatenate([label] * NUM_DRAWS)
-  t2_data = md4.broadcast_to_data(t2, x2)  # [2B, 1, ...]
+  t2_data = common.broadcast_to_data(t2, x2)  # [2B, 1, ...]
   w_x2 = w[x2]  # [2B, ...]
   # Draw k of example b in row k * B + b: [B, 2, ...] -> [2B, ...].
-  u = md4.uniform(z_rng, (batch_size, NUM_DRAWS) + x.shape[1:])
+  u = common.uniform(z_rng, (batch_size, NUM_DRAWS) + x.shape[1:])
   u = jnp.swapaxes(u, 0, 1).reshape(x2.shape)
   keep = u < alpha(w_x2, t2_data, eps)
   z2 = jnp.where(keep, x2, jnp.asarray(mask_id, x2.dtype))  # [2B, ...]
@@ -185,3 +191,58 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: md4.Denoiser,
   scalars = {"power_min": w.min(), "power_mean": w.mean(),
              "power_max": w.max()}
   return terms, scalars
+
+
+@dataclasses.dataclass(frozen=True)
+class GenMD4(process_lib.Process):
+  """GenMD4: a learnable polynomial schedule per token value (this module).
+
+  Attributes:
+    eps: alpha_v(1) = eps.
+    power_init: the initial exponent w_v of every value.
+    t1: the diffusion integral runs over [t1, 1].
+  """
+  eps: float = 1e-4
+  power_init: float = 1.0
+  t1: float = 1e-4
+
+  name: ClassVar[str] = "genmd4"
+  summary: ClassVar[str] = ("masked diffusion with a learnable schedule per "
+                            "value (Shi et al., 2024, Sec. 5)")
+  FIELDS: ClassVar[tuple[fields.Field, ...]] = (
+      fields.Field("model.genmd4.eps", 1e-4, "alpha_v(1) = eps.", low=0.0,
+                   high=0.5, low_open=True, high_open=True),
+      fields.Field("model.genmd4.power_init", 1.0,
+                   "Initial exponent w_v of every value's schedule.",
+                   low=0.0, low_open=True),
+      fields.Field("model.genmd4.t1", 1e-4,
+                   "The bound's integral runs over [t1, 1] (reconstruction "
+                   "at t1); > 0, its integrand is w / t.", low=0.0, high=1.0,
+                   low_open=True, high_open=True),
+  )
+  capabilities: ClassVar[frozenset[str]] = frozenset({process_lib.UNMASKING})
+  default_sampler: ClassVar[str] = "ancestral"
+
+  def __post_init__(self):
+    power_param_init(self.power_init)  # Checks it.
+
+  def param_specs(self):
+    return {"power_param": process_lib.ParamSpec(
+        power_param_init(self.power_init), (self.vocab_size,),
+        (sharding.VOCAB,))}
+
+  def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
+    return nelbo(rng, x, denoise, params["power_param"],
+                 vocab_size=self.vocab_size, eps=self.eps, t1=self.t1,
+                 label=label, antithetic=antithetic, t=t)
+
+  def unmask_probability(self, params, s, t):
+    w = powers(params["power_param"])  # [V]
+    expand = (1,) * len(self.data_shape) + (1,)
+    s_b, t_b = s.reshape(s.shape + expand), t.reshape(t.shape + expand)
+    return common.reveal_probability(alpha(w, s_b, self.eps),
+                                     alpha(w, t_b, self.eps))  # [B, 1.., V]
+
+  def keep_probability(self, params, x, t):
+    t_b = t.reshape(t.shape + (1,) * (x.ndim - 1))
+    return alpha(powers(params["power_param"])[x], t_b, self.eps)

@@ -1,12 +1,14 @@
 """Softmax attention whose gradient keeps only the attention probabilities.
 
-`lean_attention(q, k, v)` is the math of
-`jax.nn.dot_product_attention(implementation="xla")` without masks or bias
-(float32 softmax), with a hand-written VJP whose only saved [B, N, L, L]
+`lean_attention(q, k, v, causal)` is the math of
+`jax.nn.dot_product_attention(implementation="xla", is_causal=causal)`
+without other masks or bias (float32 softmax), with a hand-written VJP whose only saved [B, N, L, L]
 value is the float32 probabilities (autodiff of the XLA version keeps three
 such arrays per layer). The transformer, U-Net and U-ViT attention use it
 with `attention_impl="xla"`.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +22,9 @@ def _attention_logits(q, k, scale):
   return logits * jnp.asarray(scale, logits_dtype)
 
 
-@jax.custom_vjp
-def lean_attention(q: jnp.ndarray, k: jnp.ndarray,
-                   v: jnp.ndarray) -> jnp.ndarray:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lean_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+                   causal: bool = False) -> jnp.ndarray:
   """softmax(q k^T / sqrt(H)) v, keeping one [B, N, L, L] array for backward.
 
   The math of `jax.nn.dot_product_attention(implementation="xla")` without
@@ -34,22 +36,29 @@ def lean_attention(q: jnp.ndarray, k: jnp.ndarray,
     q: [B, L, N, H] queries.
     k: [B, S, N, H] keys.
     v: [B, S, N, H] values.
+    causal: query i attends to keys j <= i only (masked scores are -inf,
+      so their probabilities and gradients are exactly 0).
 
   Returns:
     [B, L, N, H] in the dtype of v.
   """
-  return _lean_attention_fwd(q, k, v)[0]
+  return _lean_attention_fwd(q, k, v, causal)[0]
 
 
-def _lean_attention_fwd(q, k, v):
+def _lean_attention_fwd(q, k, v, causal):
   scale = q.shape[-1] ** -0.5
-  probs = jax.nn.softmax(
-      _attention_logits(q, k, scale).astype(jnp.float32), axis=-1)
+  logits = _attention_logits(q, k, scale).astype(jnp.float32)
+  if causal:
+    length, keys = logits.shape[-2:]
+    allowed = jnp.tril(jnp.ones((length, keys), bool))  # [L, S]
+    logits = jnp.where(allowed, logits, -jnp.inf)
+  probs = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum("bnts,bsnh->btnh", probs.astype(k.dtype), v)
   return out, (q, k, v, probs)
 
 
-def _lean_attention_bwd(residuals, d_out):
+def _lean_attention_bwd(causal, residuals, d_out):
+  del causal  # Masked probabilities are 0, so are their gradients.
   q, k, v, probs = residuals  # probs: [B, N, L, S] float32
   scale = q.shape[-1] ** -0.5
   d_v = jnp.einsum("bnts,btnh->bsnh", probs.astype(k.dtype), d_out)

@@ -275,7 +275,7 @@ class AdaLNModulation(nn.Module):
 
 
 class Attention(nn.Module):
-  """Bidirectional multi-head self-attention: [B, L, W] -> [B, L, W].
+  """Multi-head self-attention: [B, L, W] -> [B, L, W].
 
   Attributes:
     num_heads: number of heads; must divide the input width.
@@ -286,6 +286,8 @@ class Attention(nn.Module):
     out_std: init std of the output projection (0 gives a zero init).
     qkv_bias: biases on the query, key and value projections.
     out_bias: a bias on the output projection.
+    causal: position i attends to positions <= i only (False:
+      bidirectional, the denoisers').
     dtype: compute dtype.
   """
   num_heads: int
@@ -294,6 +296,7 @@ class Attention(nn.Module):
   out_std: float = INIT_STD
   qkv_bias: bool = False
   out_bias: bool = False
+  causal: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -325,10 +328,11 @@ class Attention(nn.Module):
       q = rotary_embedding(q, positions)
       k = rotary_embedding(k, positions)
     if self.attention_impl == "xla":
-      out = lean_attention(q, k, v)  # [B, L, N, H]
+      out = lean_attention(q, k, v, self.causal)  # [B, L, N, H]
     else:
       out = jax.nn.dot_product_attention(
-          q, k, v, implementation=self.attention_impl)  # [B, L, N, H]
+          q, k, v, is_causal=self.causal,
+          implementation=self.attention_impl)  # [B, L, N, H]
     out = nn.with_logical_constraint(out, axes)
     return ShapedDense(
         (width,), (HEADS, HEAD_DIM, EMBED), (EMBED,),
@@ -397,6 +401,7 @@ class TransformerBlock(nn.Module):
       one mask per example and channel shared by all positions (the
       reference's `Dropout1d`).
     out_std: init std of the attention and MLP output projections.
+    causal: causal attention (see `Attention`).
     cond_type: see `AdaLNModulation`.
     qkv_bias: see `Attention`.
     dtype: compute dtype.
@@ -410,6 +415,7 @@ class TransformerBlock(nn.Module):
   out_std: float = INIT_STD
   cond_type: str = "adaln_zero"
   qkv_bias: bool = False
+  causal: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -429,8 +435,8 @@ class TransformerBlock(nn.Module):
                  scale_attn)
     h = Attention(self.num_heads, use_rope=self.use_rope,
                   attention_impl=self.attention_impl, out_std=self.out_std,
-                  qkv_bias=self.qkv_bias, dtype=self.dtype,
-                  name="attention")(h)
+                  qkv_bias=self.qkv_bias, causal=self.causal,
+                  dtype=self.dtype, name="attention")(h)
     h = dropout(h)
     x = nn.with_logical_constraint(x + gate_attn * h, axes)
 
@@ -491,6 +497,8 @@ class Transformer(nn.Module):
       embeddings of `max_length` rows are added to the token embeddings.
     max_length: longest sequence; required when use_rope is False.
     attention_impl: "xla", "cudnn" or None (JAX chooses).
+    causal: causal attention, each position seeing only those before it
+      and itself (the autoregressive baseline); False for denoisers.
     logits_chunk: how the training loss forms the logits (`denoise` always
       returns them whole): -1 chooses by vocabulary size (chunks from 1,024
       values on), 0 forms all [B, L, V] at once, N > 0 forms B x N rows at a
@@ -518,6 +526,7 @@ class Transformer(nn.Module):
   max_length: int | None = None
   attention_impl: str | None = "xla"
   logits_chunk: int = AUTO_LOGITS_CHUNK
+  causal: bool = False
 
   def logits_chunk_positions(self, batch: int, length: int) -> int:
     """Positions per chunk of the loss's logits for [B, L] input; 0: none."""
@@ -594,8 +603,8 @@ class Transformer(nn.Module):
                 mlp_ratio=self.mlp_ratio, use_rope=self.use_rope,
                 attention_impl=self.attention_impl,
                 dropout_rate=self.dropout_rate, out_std=out_std,
-                cond_type=self.cond_type, dtype=self.dtype,
-                name=f"block_{i}")(x, c, train)
+                cond_type=self.cond_type, causal=self.causal,
+                dtype=self.dtype, name=f"block_{i}")(x, c, train)
 
     shift, scale = AdaLNModulation(2, self.cond_type, dtype=self.dtype,
                                    name="final_adaln")(c, self.width)
