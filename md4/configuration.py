@@ -14,6 +14,7 @@ does not read) that was changed from its default. Network fields
 `md4.networks`.
 """
 
+import dataclasses
 import os
 
 import ml_collections
@@ -77,7 +78,7 @@ def _in_process_section(field: Field, process_name: str) -> Field:
             f"the {process_name} section; set config.model.process="
             f"{process_name!r} to use it.")
 
-  return fields.dataclasses.replace(field, ignored_unless=reason)
+  return dataclasses.replace(field, ignored_unless=reason)
 
 
 _BASE_FIELDS = (
@@ -278,46 +279,67 @@ def _check_shapes(config) -> None:
         f" >= 1 or one of them -1 for the rest, got {mesh!r}.")
 
 
-# Saved config.json files from before the process sections: old flat key
-# -> new key, by process.
-_LEGACY_MODEL_FIELDS = {
-    "md4": {"schedule": "schedule", "eps": "eps", "num_steps": "num_steps"},
-    "genmd4": {"eps": "eps", "power_init": "power_init", "t1": "t1"},
-    "d3pm": {"schedule": "schedule", "num_steps": "num_steps",
-             "transition": "transition", "hybrid_coeff": "hybrid_coeff",
-             "d3pm_parameterization": "parameterization"},
-}
-_LEGACY_FLAT = ("schedule", "eps", "num_steps", "transition", "hybrid_coeff",
-                "d3pm_parameterization", "power_init", "t1")
-
-
 def upgrade_saved(saved: dict) -> dict:
   """A saved config.json's dict in today's layout.
 
   Runs trained before the process sections kept every process's fields
-  flat in `model`; they move to `model.<process>` (those of other processes
-  are dropped: that run never read them). A periodic sampler of
-  "ancestral" under D3PM meant its reverse chain.
+  flat in `model`; the chosen process's move to `model.<process>` (its
+  `legacy_names` give their old names), the others are dropped: that run
+  never read them.
   """
   model = saved.get("model")
-  if not isinstance(model, dict) or not set(_LEGACY_FLAT) & set(model):
+  if not isinstance(model, dict):
     return saved
-  process = model.get("process", "md4")
-  section = dict(model.get(process, {}))
-  for old, new in _LEGACY_MODEL_FIELDS.get(process, {}).items():
-    if old in model:
-      section[new] = model[old]
-  upgraded = {k: v for k, v in model.items() if k not in _LEGACY_FLAT}
-  upgraded[process] = section
-  out = dict(saved, model=upgraded)
-  if process == "d3pm" and isinstance(saved.get("train"), dict):
-    train = dict(saved["train"])
-    train.pop("sample_steps", None)
-    train.pop("sampling_grid", None)
-    if train.get("sampler") == "ancestral":
-      train["sampler"] = ""
-    out["train"] = train
-  return out
+  cls = diffusion.get(model.get("process", "md4"))
+  legacy = cls.legacy_names()
+  flat = set(diffusion.legacy_flat_names())
+  if not flat & set(model):
+    return saved
+  section = dict(model.get(cls.name, {}))
+  section.update({new: model[old] for old, new in legacy.items()
+                  if old in model})
+  upgraded = {k: v for k, v in model.items() if k not in flat}
+  upgraded[cls.name] = section
+  return dict(saved, model=upgraded)
+
+
+def drop_ignored(config: ml_collections.ConfigDict) -> list[str]:
+  """Sets back to default what a saved config changed but its run ignored.
+
+  A config.json of an older md4 may hold such values (e.g. sample_steps of
+  a D3PM run, whose reverse chain has its own steps); today's `validate`
+  would reject them. A periodic sampler that does not apply to the process
+  becomes the process's default. Returns the fields reset.
+  """
+  reset = []
+  for field in declared_fields():
+    value = fields.get(config, field.name)
+    if field.ignored_unless is None or fields.same(value, field.default):
+      continue
+    if field.ignored_unless(config):
+      fields.set_value(config, field.name, field.default)
+      reset.append(field.name)
+  process = diffusion.from_config(config)
+  if config.train.sampler and sampling.get(
+      config.train.sampler).reason_not_applicable(process):
+    config.train.sampler = ""
+    reset.append("train.sampler")
+  return reset
+
+
+def switch_process(c: ml_collections.ConfigDict, name: str) -> None:
+  """Sets config.model.process, for a config built on another family's file.
+
+  Every other process's section goes back to its defaults, and so does
+  each field the new process's run would ignore (`drop_ignored`: e.g. the
+  grid steps of periodic samples, for a process with its own chain).
+  """
+  defaults = default_config()
+  c.model.process = name
+  for other in diffusion.NAMES:
+    if other != name:
+      c.model[other] = defaults.model[other]
+  drop_ignored(c)
 
 
 # The paper's DiT sizes (Shi et al., 2024): layers, width, heads.
@@ -364,6 +386,7 @@ def transformer(size: str, dropout_rate: float,
       use_rope=True,  # Rotary position embeddings.
       dropout_rate=dropout_rate,
       time_features="t",  # "t" or "none" (time-agnostic denoiser).
+      causal=False,  # Causal attention (the autoregressive baseline).
       remat=False,  # Recompute block activations in the backward pass.
       # MD4 loss: -1 picks by vocabulary (chunked from 1,024 values), 0 full
       # [B, L, V] logits, N > 0 forms N positions' logits at a time.
@@ -417,15 +440,21 @@ def sibling(config_file: str, relative: str) -> str:
 
 
 def use_digits(c: ml_collections.ConfigDict) -> None:
-  """Switches a config to the bundled digits (offline, trains in minutes)."""
+  """Switches a config to the bundled digits (offline, trains in minutes).
+
+  The one digits recipe: `configs/md4/digits.py` (the README's main job)
+  is this on the defaults, and every `:digits` variant applies it.
+  """
   c.data.dataset = "digits"
   c.data.data_shape = (8, 8, 1)
-  c.data.vocab_size = 17
+  c.data.vocab_size = 17  # Grey levels 0..16.
   c.data.pad_to = 0
   c.network = unet(ch=32, num_res_blocks=2, dropout_rate=0.1,
-                   attn_resolutions=(8,), embed_dim=16, cond_width=32)
+                   attn_resolutions=(8,), embed_dim=16, cond_width=128)
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.01
   c.optimizer.ema_decay = 0.995
   c.train.batch_size = 64
   c.train.eval_batch_size = 100

@@ -111,6 +111,15 @@ def get(config: ml_collections.ConfigDict, name: str):
   return value
 
 
+def set_value(config: ml_collections.ConfigDict, name: str, value) -> None:
+  """Sets the value at a dotted path."""
+  *sections, key = name.split(".")
+  node = config
+  for part in sections:
+    node = node[part]
+  node[key] = value
+
+
 def build(declared: Iterable[Field]) -> ml_collections.ConfigDict:
   """A ConfigDict holding every declared field's default."""
   config = ml_collections.ConfigDict()
@@ -166,7 +175,7 @@ def check_values(config: ml_collections.ConfigDict,
     if field.ignored_unless is None:
       continue
     value = get(config, field.name)
-    if _same(value, field.default):
+    if same(value, field.default):
       continue
     reason = field.ignored_unless(config)
     if reason:
@@ -174,7 +183,8 @@ def check_values(config: ml_collections.ConfigDict,
                        f"Remove it (or set it back to {field.default!r}).")
 
 
-def _same(a, b) -> bool:
+def same(a, b) -> bool:
+  """Equal as config values (tuples and lists alike; 1 == 1.0)."""
   if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
     return tuple(a) == tuple(b)
   return type(a) is type(b) and a == b or (

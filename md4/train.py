@@ -34,12 +34,11 @@ from md4 import optimizers
 from md4 import preemption
 from md4 import profiling
 from md4 import sample_writing
+from md4 import sampling
 from md4 import sharding
 from md4 import workdir_lock
 from md4.data import pipelines
-from md4.diffusion import md4
-from md4.sampling import core as sampling_core
-from md4.sampling import d3pm_reverse
+from md4.diffusion import common
 from md4.sampling import drawing
 
 
@@ -193,7 +192,7 @@ def make_train_step(model, optimizer, config):
     t_rng, key_rng, micro_rng = jax.random.split(rng, 3)
     batch_size = batch["x"].shape[0]
     batch = dict(batch)
-    batch["t"] = md4.sample_times(t_rng, batch_size, model.antithetic)
+    batch["t"] = common.sample_times(t_rng, batch_size, model.antithetic)
     batch["keys"] = jax.random.split(key_rng, batch_size)
     if k == 1:
       (_, (terms, scalars)), grads = grad_fn(state.params, batch, micro_rng)
@@ -210,7 +209,7 @@ def make_train_step(model, optimizer, config):
       scalars = jax.tree.map(lambda a: a[-1], scalars)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = md4.summarize(terms, num_elements)
+    metrics = common.summarize(terms, num_elements)
     metrics.update(scalars)
     if ema_decay > 0:
       decay = optimizers.ema_decay_at(state.step, ema_decay, ema_warmup)
@@ -660,7 +659,7 @@ def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
     while step < num_steps:
       # ------------------------------------------------------ one step --
       local = next(train_iter)
-      md4.check_tokens(local["x"], info.vocab_size, info.data_shape)
+      common.check_tokens(local["x"], info.vocab_size, info.data_shape)
       batch = _global_batch(setup, local)
       if step == first_step:  # jit reuses this executable: no 2nd compile.
         memory = sharding.memory_report(
@@ -721,21 +720,19 @@ def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
 
 
 def _draw_samples(model, params, rng, config):
-  """The periodic samples: config.train.sampler on config.train.sampling_grid.
+  """The periodic samples: config.train.sampler (else the process's default)
+  with its default settings, on config.train.sample_steps and
+  train.sampling_grid where it walks a time grid.
 
-  D3PM samples with its T-step reverse chain instead. Class-conditional
-  models label sample i with class i mod num_classes.
+  Class-conditional models label sample i with class i mod num_classes.
   """
   num_samples = config.train.num_samples
   labels = drawing.cycled_labels(num_samples, model.num_classes)
-  if model.process == "d3pm":
-    return d3pm_reverse.sample(model, {"params": params}, rng, num_samples,
-                               labels)
-  settings = sampling_core.Settings(num_steps=config.train.sample_steps,
-                                    grid=config.train.sampling_grid)
-  return drawing.sample_batch(model, {"params": params}, rng,
-                              config.train.sampler, settings, num_samples,
-                              labels)
+  name = configuration.periodic_sampler(config)
+  settings = sampling.get(name).make_settings(
+      num_steps=config.train.sample_steps, grid=config.train.sampling_grid)
+  return drawing.sample_batch(model, {"params": params}, rng, name, settings,
+                              num_samples, labels)
 
 
 def _flatten(config, prefix=""):

@@ -8,11 +8,11 @@ Hoogeboom et al. report binarized MNIST; what each value follows:
   uniform noise with the cosine schedule it takes from Hoogeboom et al.
   (abar_t = cos(...) / cos(...), not squared); our last beta is 1 (theirs
   0.999), so x_T is exactly uniform.
-- d3pm_parameterization "soft_x0" (the default): Austin et al. Eq. 4.
+- parameterization "soft_x0" (the default): Austin et al. Eq. 4.
 - hybrid_coeff 0.01 (L_vb + 0.01 CE): Austin et al.'s lambda for text8
   (their CIFAR-10 models use 0.001).
 - num_steps T = 200: this project's choice for a small image set (Austin et
-  al. use T = 1000); sample_steps = T because the chain has T steps.
+  al. use T = 1000). Samples come from the T-step reverse chain.
 - Network, optimizer and data pipeline: `configs/md4/binarized_mnist.py`.
 
 Variants: `default`, `cpu` (shrunk), `digits` (offline, minutes).
@@ -26,13 +26,12 @@ def get_config(arg=None):
   c = configuration.load_file(
       configuration.sibling(__file__, "../md4/binarized_mnist.py"),
       "cpu" if name == "cpu" else "default")
-  c.model.process = "d3pm"
-  c.model.transition = "uniform"
-  c.model.schedule = "cosine"  # Reaches the uniform prior exactly at T.
-  c.model.d3pm_parameterization = "soft_x0"  # Austin et al. Eq. 4.
-  c.model.num_steps = 200
-  c.model.hybrid_coeff = 0.01
-  c.train.sample_steps = 200  # D3PM samples with all T steps.
+  configuration.switch_process(c, "d3pm")
+  c.model.d3pm.transition = "uniform"
+  c.model.d3pm.schedule = "cosine"  # Reaches the uniform prior exactly at T.
+  c.model.d3pm.parameterization = "soft_x0"  # Austin et al. Eq. 4.
+  c.model.d3pm.num_steps = 200
+  c.model.d3pm.hybrid_coeff = 0.01
   if name == "digits":
     configuration.use_digits(c)
   return c

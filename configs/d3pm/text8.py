@@ -7,7 +7,7 @@ What each value follows:
 - schedule "jsd" (beta_t = 1/(T - t + 1), so abar_t = 1 - t/T and every
   token is masked at T): the schedule Austin et al.'s code gives absorbing
   noise (a schedule with abar_T > 0, e.g. "linear", is rejected).
-- d3pm_parameterization "soft_x0" (the default): Austin et al. Eq. 4; with
+- parameterization "soft_x0" (the default): Austin et al. Eq. 4; with
   absorbing noise "posterior_mixture" gives the same reverse step.
 - Network (MD4's 12 x 768 DiT), optimizer and data: `configs/md4/text8.py`,
   so that D3PM and MD4 compare on one network; Austin et al.'s own
@@ -25,16 +25,15 @@ def get_config(arg=None):
   c = configuration.load_file(
       configuration.sibling(__file__, "../md4/text8.py"),
       "small" if name == "digits" else name)
-  c.model.process = "d3pm"
-  c.model.transition = "absorbing"
-  c.model.schedule = "jsd"
-  c.model.d3pm_parameterization = "soft_x0"  # Austin et al. Eq. 4.
-  c.model.num_steps = 1000
-  c.model.hybrid_coeff = 0.01
-  c.train.sample_steps = 1000
+  configuration.switch_process(c, "d3pm")
+  c.model.d3pm.transition = "absorbing"
+  c.model.d3pm.schedule = "jsd"
+  c.model.d3pm.parameterization = "soft_x0"  # Austin et al. Eq. 4.
+  c.model.d3pm.num_steps = 1000
+  c.model.d3pm.hybrid_coeff = 0.01
   if name in ("cpu", "tiny"):
-    c.model.num_steps = c.train.sample_steps = 100 if name == "cpu" else 10
+    c.model.d3pm.num_steps = 100 if name == "cpu" else 10
   if name == "digits":
     configuration.use_digits(c)
-    c.model.num_steps = c.train.sample_steps = 100
+    c.model.d3pm.num_steps = 100
   return c

@@ -11,7 +11,7 @@ from md4 import configuration
 def get_config(arg=None):
   c = configuration.load_file(
       configuration.sibling(__file__, "../md4/text8.py"), arg)
-  c.model.process = "genmd4"
-  c.model.power_init = 1.0  # softplus(param) starts here for every value.
-  c.model.t1 = 1e-4  # Start of the diffusion integral.
+  configuration.switch_process(c, "genmd4")
+  c.model.genmd4.power_init = 1.0  # softplus(param) starts here for every value.
+  c.model.genmd4.t1 = 1e-4  # Start of the diffusion integral.
   return c

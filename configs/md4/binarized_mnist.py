@@ -15,7 +15,7 @@ def get_config(arg=None):
   c.data.data_shape = (32, 32, 1)
   c.data.vocab_size = 2
   c.data.pad_to = 32
-  c.model.schedule = "cosine"
+  c.model.md4.schedule = "cosine"
   c.network = configuration.unet(ch=64, num_res_blocks=2, dropout_rate=0.1,
                                  ch_mult=(1, 2, 2), attn_resolutions=(16,),
                                  embed_dim=32)

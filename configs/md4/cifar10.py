@@ -30,8 +30,8 @@ def get_config(arg=None):
   c.data.dataset = "cifar10"
   c.data.data_shape = (32, 32, 3)
   c.data.vocab_size = 256
-  c.model.schedule = "linear"
-  c.model.num_steps = 256 if name == "discrete" else 0
+  c.model.md4.schedule = "linear"
+  c.model.md4.num_steps = 256 if name == "discrete" else 0
   c.network = configuration.unet(ch=128, num_res_blocks=32, dropout_rate=0.1,
                                  ch_mult=(1,), attn_resolutions=(),
                                  embed_dim=128, cond_width=128)

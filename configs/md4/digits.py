@@ -11,26 +11,8 @@ from md4 import configuration
 def get_config(arg=None):
   size = configuration.variant(arg, ("default", "tiny"))
   c = configuration.default_config()
-  c.data.dataset = "digits"
-  c.data.data_shape = (8, 8, 1)
-  c.data.vocab_size = 17  # Grey levels 0..16.
-  c.model.schedule = "linear"
-  c.network = configuration.unet(ch=32, num_res_blocks=2, dropout_rate=0.1,
-                                 attn_resolutions=(8,), embed_dim=16,
-                                 cond_width=128)
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.warmup_steps = 100
-  c.optimizer.b2 = 0.99
-  c.optimizer.weight_decay = 0.01
-  c.optimizer.ema_decay = 0.995
-  c.train.batch_size = 64
-  c.train.num_steps = 2000
-  c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.eval_batch_size = 100
-  c.train.checkpoint_every = 1000
-  c.train.sample_every = 1000
-  c.train.num_samples = 64
+  configuration.use_digits(c)
+  c.model.md4.schedule = "linear"
   c.train.sample_steps = 64
   if size == "tiny":
     c.network = configuration.unet(ch=16, num_res_blocks=1, dropout_rate=0.0,

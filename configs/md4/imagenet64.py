@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.data.dataset = "class_cond_imagenet64" if name == "cond" else "imagenet64"
   c.data.data_shape = (64, 64, 3)
   c.data.vocab_size = 256
-  c.model.schedule = "cosine" if name == "cond" else "linear"
+  c.model.md4.schedule = "cosine" if name == "cond" else "linear"
   c.model.class_conditional = name == "cond"
   c.model.cond_drop_prob = 0.1
   c.network = ml_collections.ConfigDict(dict(

@@ -34,7 +34,7 @@ def get_config(arg=None):
   c.data.dataset = "openwebtext"
   c.data.data_shape = (1024,)
   c.data.vocab_size = 50257  # GPT-2 BPE.
-  c.model.schedule = "cosine" if size == "medium" else "linear"
+  c.model.md4.schedule = "cosine" if size == "medium" else "linear"
   c.network = configuration.transformer(
       size, dropout_rate=0.0 if size == "medium" else 0.02)
   c.optimizer.learning_rate = 3e-4

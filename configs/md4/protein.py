@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.data.dataset = "protein"
   c.data.data_shape = (512,)
   c.data.vocab_size = 26
-  c.model.schedule = "linear"
+  c.model.md4.schedule = "linear"
   c.network = configuration.transformer(size, dropout_rate=0.05)
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 2000

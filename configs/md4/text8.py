@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.data.dataset = "text8"
   c.data.data_shape = (256,)
   c.data.vocab_size = 27  # a-z and space.
-  c.model.schedule = "linear"
+  c.model.md4.schedule = "linear"
   c.network = configuration.transformer(size, dropout_rate=0.05,
                                         embed_dim=width // heads)
   c.optimizer.learning_rate = 3e-4

@@ -6,7 +6,7 @@ schedule, their reverse step and the plain variational loss
 posterior), so it is configured as exactly that. What each value follows:
 
 - transition "uniform", schedule "cosine" (abar_t = cos(...) / cos(...),
-  the square root of the Gaussian cos^2 curve), d3pm_parameterization
+  the square root of the Gaussian cos^2 curve), parameterization
   "soft_x0" (theta_post with the network's x0 prediction): Hoogeboom et
   al.'s code. Our last beta is 1 (their last alpha is sqrt(0.001)), so x_T
   is exactly uniform.
@@ -25,8 +25,7 @@ from md4 import configuration
 def get_config(arg=None):
   c = configuration.load_file(
       configuration.sibling(__file__, "../d3pm/binarized_mnist.py"), arg)
-  c.model.hybrid_coeff = 0.0  # The bound alone.
-  c.model.d3pm_parameterization = "soft_x0"  # Their posterior form.
-  c.model.num_steps = 1000 if arg in (None, "default") else 200
-  c.train.sample_steps = c.model.num_steps
+  c.model.d3pm.hybrid_coeff = 0.0  # The bound alone.
+  c.model.d3pm.parameterization = "soft_x0"  # Their posterior form.
+  c.model.d3pm.num_steps = 1000 if arg in (None, "default") else 200
   return c

@@ -33,3 +33,9 @@ def from_config(config) -> process.Process:
   cls = get(config.model.process)
   return cls.from_config(config.model[cls.name], config.data.vocab_size,
                          tuple(config.data.data_shape))
+
+
+def legacy_flat_names() -> tuple[str, ...]:
+  """Every old flat model.<key> of a process field (`upgrade_saved`)."""
+  return tuple(sorted({old for cls in _PROCESSES
+                       for old in cls.legacy_names()}))

@@ -485,6 +485,12 @@ class D3PMProcess(process_lib.Process):
       {process_lib.TRANSITION_CHAIN})
   default_sampler: ClassVar[str] = "reverse_chain"
 
+  @classmethod
+  def legacy_names(cls) -> dict[str, str]:
+    names = super().legacy_names()
+    del names["parameterization"]
+    return dict(names, d3pm_parameterization="parameterization")
+
   def __post_init__(self):
     _ = self.chain  # Checks the combination.
 

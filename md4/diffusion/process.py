@@ -90,6 +90,13 @@ class Process:
                **{k: section[k] for k in own})
 
   @classmethod
+  def legacy_names(cls) -> dict[str, str]:
+    """Old flat `model.<key>` names of this section's fields (config.json
+    files of runs from before the process sections) -> today's key."""
+    own = [f.name.rsplit(".", 1)[-1] for f in cls.FIELDS]
+    return {key: key for key in own}
+
+  @classmethod
   def check_network(cls, network_config: ml_collections.ConfigDict) -> None:
     """Raises ValueError when the network cannot serve this process."""
     del network_config

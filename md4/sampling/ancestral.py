@@ -19,10 +19,24 @@
   against the exact distribution of the T-step sampler.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from md4.sampling import core
+
+
+def _mass(value) -> str | None:
+  if not 0.0 < value <= 1.0:
+    return "must be in (0, 1]; 1 keeps every value (plain sampling)"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TopPSettings(core.Settings):
+  """The grid settings and the nucleus mass of `topp`."""
+  topp: float = core.setting(0.9, "Nucleus mass kept, in (0, 1].", _mass)
 
 # `time_grid` and `categorical` have always been importable from here.
 time_grid = core.time_grid

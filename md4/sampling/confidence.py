@@ -12,10 +12,24 @@ Not an exact sampler of the model: it trades diversity for fidelity, which
 often helps with few steps.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from md4.sampling import core
+
+
+def _non_negative(value) -> str | None:
+  return "must be >= 0" if value < 0.0 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceSettings(core.Settings):
+  """The grid settings and the scale of the annealed choice noise."""
+  choice_temperature: float = core.setting(
+      1.0, "Gumbel noise on the confidence scores (0 = most confident "
+      "first).", _non_negative)
 
 
 def confidence_step(reverse: core.Reverse, step: core.Step,

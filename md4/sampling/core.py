@@ -12,10 +12,12 @@ starts instead from z_t at a time t < 1 (data masked forward to t,
 
 This module holds what samplers have in common:
 
-* `Reverse`: what a sampler needs from a model (the denoiser, the reveal
-  probabilities, the MD4 schedule when there is one), built from a trained
+* `Settings`: what the grid samplers read; each sampler's own settings
+  subclass them (`setting` declares a field with its doc, check and flag).
+* `Reverse`: what a sampler needs from a model (the denoiser and the
+  process, which gives the reveal probabilities), built from a trained
   `DiffusionModel` (with class label and classifier-free guidance) or from
-  any denoiser and schedule (the tests' oracle).
+  any denoiser and MD4 schedule (the tests' oracle).
 * Exact random draws: `uniform`, `exponential` and `categorical`. Categorical
   draws are an exponential race, argmax_v (log p_v - log E_v) with E_v ~ Exp(1)
   (the Gumbel-max trick with G = -log E), in log space, with E drawn from 56
@@ -31,7 +33,7 @@ This module holds what samplers have in common:
   recorded in the loop or rebuilt from the time each token was revealed.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import dataclasses
 from typing import NamedTuple
 
@@ -39,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4.diffusion import md4
+from md4.diffusion import masked
+from md4.diffusion import process as process_lib
 from md4.diffusion import schedules
 
 GRIDS = ("uniform", "cosine")
@@ -49,54 +52,90 @@ _TINY = float(np.finfo(np.float32).tiny)
 # ------------------------------------------------------------ settings ----
 
 
+def setting(default, doc: str, check: Callable[[object], str | None] | None
+            = None, flag: str | None = None):
+  """A settings field: its default, one-line doc, check and flag name.
+
+  Args:
+    default: the default value (its type is the flag's type).
+    doc: one line for the flag's help.
+    check: `value -> None` when valid, else the rule it breaks ("must be in
+      (0, 1]; 1 keeps every value"); the error names the flag.
+    flag: the `md4.sample` flag, when it is not the field's name.
+  """
+  return dataclasses.field(default=default, metadata={
+      "doc": doc, "check": check, "flag": flag})
+
+
+def flag_name(field: dataclasses.Field) -> str:
+  return field.metadata.get("flag") or field.name
+
+
+def _positive_int(value) -> str | None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    return "must be a positive integer"
+  return None
+
+
+def _frames(value) -> str | None:
+  if value == 1 or value < 0:
+    return "must be at least 2 (the first and the last state)"
+  return None
+
+
+def _start_time(value) -> str | None:
+  if not 0.0 < value <= 1.0:
+    return ("must be in (0, 1]: the time the inputs are masked to and the "
+            "reverse process starts from")
+  return None
+
+
+def _grid(value) -> str | None:
+  if value not in GRIDS:
+    return f"is not a time grid; valid: {', '.join(GRIDS)}"
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """Sampler settings (they belong to sampling, not to the model).
+class BaseSettings:
+  """What every sampler reads (they belong to sampling, not to the model).
+
+  Each sampler declares its settings as a subclass (`md4.sampling`'s
+  registry names the class); `md4.sample` makes a flag of every field that
+  is not declared here, and rejects a flag the chosen sampler does not
+  read.
 
   Attributes:
-    num_steps: T, steps of the time grid (step-based and cached samplers).
-    grid: "uniform" or "cosine" time grid (`grid_times`).
-    topp: nucleus mass kept by the `topp` sampler, in (0, 1].
-    remask_strength: eta in [0, 1] of the `remask` sampler (0 = ancestral).
-    choice_temperature: scale of the annealed Gumbel noise added to the
-      `confidence` sampler's scores (0 = strictly most confident first).
     num_frames: history frames to record (0 = none, else >= 2).
     start_time: the time in (0, 1] the reverse process starts from: 1 from
       z_1 (every unknown token masked); t < 1 from data masked forward to t,
       the unknown tokens being those masked (reconstruction).
   """
-  num_steps: int = 100
-  grid: str = "uniform"
-  topp: float = 0.9
-  remask_strength: float = 0.05
-  choice_temperature: float = 1.0
-  num_frames: int = 0
-  start_time: float = 1.0
+  num_frames: int = setting(0, "History frames (0 = none).", _frames,
+                            flag="history_frames")
+  start_time: float = setting(1.0, "The time the reverse process starts "
+                              "from.", _start_time, flag="reconstruct_t")
 
   def validate(self) -> None:
-    """Raises ValueError naming the flag, its value and the fix."""
-    if not isinstance(self.num_steps, int) or self.num_steps < 1:
-      raise ValueError(f"--steps must be a positive integer, got "
-                       f"{self.num_steps!r}.")
-    if self.grid not in GRIDS:
-      raise ValueError(f"--grid={self.grid!r} is not a time grid; valid: "
-                       f"{', '.join(GRIDS)}.")
-    if not 0.0 < self.topp <= 1.0:
-      raise ValueError(f"--topp must be in (0, 1], got {self.topp}; 1 keeps "
-                       "every value (plain ancestral sampling).")
-    if not 0.0 <= self.remask_strength <= 1.0:
-      raise ValueError(f"--remask_strength must be in [0, 1], got "
-                       f"{self.remask_strength}; 0 is ancestral sampling.")
-    if self.choice_temperature < 0.0:
-      raise ValueError(f"--choice_temperature must be >= 0, got "
-                       f"{self.choice_temperature}.")
-    if self.num_frames == 1 or self.num_frames < 0:
-      raise ValueError(f"--history_frames must be at least 2 (the first "
-                       f"and the last state), got {self.num_frames}.")
-    if not 0.0 < self.start_time <= 1.0:
-      raise ValueError(f"--reconstruct_t must be in (0, 1], got "
-                       f"{self.start_time}: the time the inputs are masked "
-                       "to and the reverse process starts from.")
+    """Raises ValueError naming the flag, its value and the rule."""
+    for field in dataclasses.fields(self):
+      check = field.metadata.get("check")
+      value = getattr(self, field.name)
+      problem = check(value) if check else None
+      if problem:
+        raise ValueError(f"--{flag_name(field)}={value!r} {problem}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(BaseSettings):
+  """The settings of the samplers that walk a time grid.
+
+  Attributes:
+    num_steps: T, steps of the time grid.
+    grid: "uniform" or "cosine" time grid (`grid_times`).
+  """
+  num_steps: int = setting(100, "Time steps T.", _positive_int, flag="steps")
+  grid: str = setting("uniform", "Time grid.", _grid)
 
 
 class Known(NamedTuple):
@@ -131,34 +170,46 @@ class Result(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Reverse:
-  """What a sampler needs from a model.
+  """What a sampler needs from a model: its denoiser and its process.
 
   Attributes:
-    denoise: `logits = denoise(z, t)`, z int [B, *data_shape] with mask id V,
-      t float [B]; logits [B, *data_shape, V].
-    unmask_probability: `p = unmask_probability(s, t)` for times s < t [B]:
-      the probability that a masked token is revealed with value v between t
-      and s, per unit of mu[v]; [B, 1, ..., 1] (MD4) or [B, 1, ..., V]
-      (GenMD4).
-    vocab_size: V; the mask token is V.
-    data_shape: one example's shape.
-    alpha: MD4's `alpha(t)` (same shape as t), or None for GenMD4, whose
-      schedule depends on the token value. The cached, first-hitting and
-      remasking samplers need it.
-    keep_probability: `p = keep_probability(x, t)`, the probability that
-      token x [B, ...] is still unmasked at t [B] under the forward process
-      (alpha(t), or alpha_x(t) for GenMD4), [B, ...]; None if unknown.
+    denoise: `logits = denoise(z, t)`, z int [B, *data_shape] (mask or start
+      id V), t float [B]; logits [B, *data_shape, V].
+    process: the `md4.diffusion.process.Process`; samplers ask it for the
+      reverse step they need (the registry in `md4.sampling` checks its
+      capabilities first).
+    process_params: the process's own parameters (GenMD4's exponents).
   """
   denoise: Callable[[jax.Array, jax.Array], jax.Array]
-  unmask_probability: Callable[[jax.Array, jax.Array], jax.Array]
-  vocab_size: int
-  data_shape: tuple[int, ...]
-  alpha: Callable[[jax.Array], jax.Array] | None = None
-  keep_probability: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  process: process_lib.Process
+  process_params: Mapping[str, jax.Array] = dataclasses.field(
+      default_factory=dict)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.process.vocab_size
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    return tuple(self.process.data_shape)
 
   @property
   def mask_id(self) -> int:
-    return md4.mask_token(self.vocab_size)
+    return self.process.mask_id
+
+  def unmask_probability(self, s: jax.Array, t: jax.Array) -> jax.Array:
+    """P(a token masked at t is revealed with value v by s < t), per unit
+    of mu[v]; [B, 1, ..., 1] (MD4) or [B, 1, ..., V] (GenMD4)."""
+    return self.process.unmask_probability(self.process_params, s, t)
+
+  def keep_probability(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """q(z_t = x | x): token x [B, ...] still unmasked at t [B]; [B, ...]."""
+    return self.process.keep_probability(self.process_params, x, t)
+
+  @property
+  def alpha(self) -> Callable[[jax.Array], jax.Array] | None:
+    """alpha(t) when it does not depend on the token's value, else None."""
+    return self.process.alpha(self.process_params)
 
   def log_probs(self, z: jax.Array, t: jax.Array) -> jax.Array:
     """log mu(z, t) in float32, [B, *data_shape, V]."""
@@ -175,12 +226,12 @@ class Reverse:
     return 1.0 - p.reshape(p.shape[0], -1).mean(-1)
 
   def require_alpha(self, sampler: str) -> Callable[[jax.Array], jax.Array]:
-    if self.alpha is None:
-      raise ValueError(
-          f"--sampler={sampler} needs an MD4 model (config.model.process="
-          "'md4'): with GenMD4 the reveal probability of a token depends on "
-          "its value. Use --sampler=ancestral, mean, topp or confidence.")
-    return self.alpha
+    alpha = self.alpha
+    if alpha is None:
+      raise ValueError(process_lib.reason_missing(
+          self.process, process_lib.VALUE_INDEPENDENT, f"--sampler={sampler}",
+          "Use --sampler=ancestral, mean, topp or confidence."))
+    return alpha
 
 
 def from_model(model, variables, *, label=None,
@@ -188,7 +239,7 @@ def from_model(model, variables, *, label=None,
   """The `Reverse` of a trained `md4.model.DiffusionModel`.
 
   Args:
-    model: the DiffusionModel (its `denoise` and `unmask_probability`).
+    model: the DiffusionModel (its `denoise` and its process).
     variables: its variables, e.g. {"params": ema_params}.
     label: for class-conditional models, a class id for every sample, or
       one per sample (int [B]); None = no label.
@@ -199,10 +250,6 @@ def from_model(model, variables, *, label=None,
   Returns:
     The Reverse.
   """
-  if model.process not in ("md4", "genmd4"):
-    raise ValueError(
-        f"config.model.process={model.process!r}: md4's samplers reveal "
-        "masked tokens, so they need process 'md4' or 'genmd4'.")
   num_classes = model.num_classes
   if label is not None and not num_classes:
     raise ValueError(
@@ -234,35 +281,19 @@ def from_model(model, variables, *, label=None,
     uncond = jax.nn.log_softmax(both[batch:], -1)
     return (1.0 + guidance) * cond - guidance * uncond
 
-  def unmask_probability(s, t):
-    return model.apply(variables, s, t, method=model.unmask_probability)
-
-  def keep_probability(x, t):
-    return model.apply(variables, x, t, method=model.keep_probability)
-
-  alpha = None
-  if model.process == "md4":
-    alpha = schedules.MaskingSchedule(model.schedule, model.eps).alpha
-  return Reverse(denoise, unmask_probability, model.vocab_size,
-                 tuple(model.data_shape), alpha, keep_probability)
+  params = (variables or {}).get("params", {})
+  process_params = {name: params[name]
+                    for name in model.process.param_specs()}
+  return Reverse(denoise, model.process, process_params)
 
 
 def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
                   schedule: schedules.MaskingSchedule, vocab_size: int,
                   data_shape: tuple[int, ...]) -> Reverse:
   """The `Reverse` of any denoiser under an MD4 schedule (e.g. an oracle)."""
-  expand = (1,) * (len(data_shape) + 1)
-
-  def unmask_probability(s, t):
-    a_s, a_t = schedule.alpha(s), schedule.alpha(t)
-    return ((a_s - a_t) / (1.0 - a_t)).reshape(s.shape + expand)
-
-  def keep_probability(x, t):
-    a_t = schedule.alpha(t).reshape(t.shape + (1,) * (x.ndim - 1))
-    return jnp.broadcast_to(a_t, x.shape)
-
-  return Reverse(denoise, unmask_probability, vocab_size, tuple(data_shape),
-                 schedule.alpha, keep_probability)
+  process = masked.MD4(vocab_size=vocab_size, data_shape=tuple(data_shape),
+                       schedule=schedule.name, eps=schedule.eps)
+  return Reverse(denoise, process)
 
 
 # ------------------------------------------------------- random draws -----

@@ -123,16 +123,17 @@ def sample_batch(model, variables, rng: jax.Array, sampler: str,
     variables: its variables, e.g. {"params": ema_params}.
     rng: PRNG key.
     sampler: a name in `md4.sampling.SAMPLERS`.
-    settings: the sampler settings (validated here).
+    settings: the sampler's settings (validated here).
     num_samples: N.
     label: a class id, one per sample (int [N]), or None.
 
   Returns:
-    The samples, as `sampling.get(sampler)` draws them with this key.
+    The samples, as `sampling.get(sampler).draw` draws them with this key.
   """
   settings.validate()
   reverse = core.from_model(model, variables, label=label)
-  return sampling.get(sampler)(reverse, rng, num_samples, settings).samples
+  return sampling.get(sampler).draw(reverse, rng, num_samples,
+                                    settings).samples
 
 
 def draw(model, params, sampler: str, settings: core.Settings, *,
@@ -145,7 +146,7 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
     model: the `DiffusionModel`.
     params: its (EMA) parameters.
     sampler: a name in `md4.sampling.SAMPLERS`.
-    settings: the sampler settings (validated here).
+    settings: the sampler's settings (validated here).
     num_samples: N.
     batch_size: samples per compiled call.
     seed: the sampling seed.
@@ -158,8 +159,9 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
     The `Drawn` samples and statistics.
   """
   settings.validate()
-  sample_fn = sampling.get(sampler)
+  sample_fn = sampling.get(sampler).draw
   batch_size = batch_size_for(num_samples, batch_size)
+  given = known is not None
   if known is None:
     known = core.no_known(1, model.data_shape)
 
@@ -169,7 +171,8 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
     reverse = core.from_model(model, {"params": params},
                               label=labels if per_sample else label,
                               guidance=guidance)
-    return sample_fn(reverse, rng, batch_size, settings, known)
+    return sample_fn(reverse, rng, batch_size, settings,
+                     known if given else None)
 
   def per_batch(start):
     labels = (_rows(label, start, batch_size).astype(np.int32)

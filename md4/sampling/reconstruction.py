@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from md4.diffusion import md4
+from md4.diffusion import common
+from md4.diffusion import process as process_lib
 from md4.sampling import core
 from md4.sampling import drawing
 
@@ -71,13 +72,14 @@ def noise(reverse: core.Reverse, keys: jax.Array, x: jax.Array,
     (z_t int [N, ...] with mask id V where masked, keep probabilities
     float [N, ...]).
   """
-  if reverse.keep_probability is None:
-    raise ValueError("reconstruction needs the forward process's keep "
-                     "probability: build the Reverse with core.from_model "
-                     "or core.from_schedule.")
+  reason = process_lib.reason_missing(
+      reverse.process, process_lib.UNMASKING, "--reconstruct_from",
+      "Reconstruct from a masked-diffusion run (md4, genmd4).")
+  if reason:
+    raise ValueError(reason)
   times = jnp.full((x.shape[0],), t, jnp.float32)  # [N]
   keep = reverse.keep_probability(x, times)  # [N, ...]
-  return md4.forward_sample(keys, x, keep, reverse.mask_id), keep
+  return common.forward_sample(keys, x, keep, reverse.mask_id), keep
 
 
 def reconstruct(model, params, examples: np.ndarray, sampler: str,

@@ -14,10 +14,25 @@ sigma_t. Here sigma_t = strength * sigma_max (`--remask_strength`, eta in
 MD4 only: the reveal probabilities need a value-independent alpha.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from md4.sampling import core
+
+
+def _strength(value) -> str | None:
+  if not 0.0 <= value <= 1.0:
+    return "must be in [0, 1]; 0 is ancestral sampling"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RemaskSettings(core.Settings):
+  """The grid settings and ReMDM's remasking strength eta."""
+  remask_strength: float = core.setting(
+      0.05, "ReMDM eta in [0, 1] (0 = ancestral).", _strength)
 
 
 def remask_step(reverse: core.Reverse, step: core.Step,

@@ -91,17 +91,24 @@ def load_config(workdir: str, overrides: Sequence[str] = (),
         f"--workdir={workdir!r} has no {train.CONFIG_FILE}; training writes "
         "it at start-up (md4/main.py). Give the workdir of a training run.")
   with open(path) as f:
-    saved = _tuples(json.load(f))
+    saved = configuration.upgrade_saved(_tuples(json.load(f)))
   # Fields added to md4 after the run was trained take their defaults.
   config = configuration.default_config()
-  for section, value in saved.items():
-    if isinstance(value, dict) and section != "network" and section in config:
-      config[section].update(value)
-    else:
-      config[section] = value
+  _merge(config, saved)
+  configuration.drop_ignored(config)
   for override in overrides:
     apply_override(config, override)
   return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+  """Saved values over the defaults, section by section (network whole)."""
+  for key, value in saved.items():
+    if (isinstance(value, dict) and key != "network" and key in config
+        and isinstance(config[key], ml_collections.ConfigDict)):
+      _merge(config[key], value)
+    else:
+      config[key] = value
 
 
 def checkpoint_step(manager: ocp.CheckpointManager, step: int | None,
