@@ -61,7 +61,8 @@ DIGITS_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
 EVAL_SPLIT = "test"
 HYBRID_COEFF = 0.01  # Austin et al.'s lambda for the D3PM families.
 
-# family -> config.model fields (num_steps is set from --T).
+# family -> (process, its config.model.<process> fields); num_steps is set
+# from --T.
 FAMILIES = {
     "md4": dict(process="md4", schedule="linear"),
     "d3pm_uniform": dict(process="d3pm", transition="uniform",
@@ -83,9 +84,12 @@ def family_config(family: str, train_steps: int, num_steps: int, seed: int):
   c = configuration.load_file(DIGITS_CONFIG)
   c.seed = seed
   c.train.num_steps = train_steps
-  c.model.num_steps = num_steps
-  for key, value in FAMILIES[family].items():
-    c.model[key] = value
+  fields = dict(FAMILIES[family])
+  process = fields.pop("process")
+  configuration.switch_process(c, process)
+  c.model[process].num_steps = num_steps
+  for key, value in fields.items():
+    c.model[process][key] = value
   configuration.validate(c)
   return c
 
@@ -133,7 +137,7 @@ def run_family(family: str) -> dict:
          "se": result["bits_per_dim"]["se"],
          "train_seconds": seconds, "eval_seconds": result["seconds"],
          "num_examples": result["num_examples"],
-         "model": dict(config.model)}
+         "model": config.model.to_dict()}
   print(f"{family}: {row['bits_per_dim']:.4f} +- {row['se']:.4f} bits/dim, "
         f"trained in {seconds:.0f} s", flush=True)
   return row

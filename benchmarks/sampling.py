@@ -50,7 +50,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import sampling
-from md4.diffusion import schedules
 from md4.sampling import core
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -112,12 +111,11 @@ def run_speed() -> None:
 
 def compiled_sampler(model, params, name: str, settings, batch: int):
   """One batch of the named sampler, jitted and compiled: rng -> Result."""
-  sample_fn = sampling.get(name)
-  known = core.no_known(batch, model.data_shape)
+  sample_fn = sampling.get(name).draw
 
   def one_batch(params, rng):
     reverse = core.from_model(model, {"params": params})
-    return sample_fn(reverse, rng, batch, settings, known)
+    return sample_fn(reverse, rng, batch, settings)
 
   compiled = jax.jit(one_batch).lower(params, jax.random.key(0)).compile()
   return lambda rng: jax.block_until_ready(compiled(params, rng))
@@ -193,8 +191,7 @@ def expected_reveal_steps(model, settings, length: int) -> float:
   """
   times = np.asarray(core.time_grid(settings.num_steps, settings.grid),
                      np.float64)
-  schedule = schedules.MaskingSchedule(model.schedule, model.eps)
-  alpha = np.asarray(schedule.alpha(times), np.float64)
+  alpha = np.asarray(model.process.alpha({})(times), np.float64)
   masked = (1.0 - alpha) / (1.0 - alpha[0])  # [T + 1], 1 at t_0 = 1
   p = np.append(-np.diff(masked), masked[-1])  # [T + 1]
   return float(np.sum(1.0 - (1.0 - p) ** length))

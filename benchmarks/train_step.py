@@ -65,7 +65,7 @@ import compiled_step
 from compiled_step import loadavg
 from compiled_step import machine
 from md4 import configuration
-from md4.diffusion import md4 as md4_diffusion
+from md4.diffusion import chunked_logits
 from md4.networks import transformer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -121,7 +121,7 @@ def one_hot_target_log_prob(logits, x):
   return jnp.sum(picked, axis=-1)  # [...]
 
 
-def plain_attention(q, k, v):
+def plain_attention(q, k, v, causal=False):
   """softmax(q k^T / sqrt(H)) v, written as the reference writes it.
 
   Two einsums around a float32 softmax, differentiated by JAX (no custom
@@ -140,6 +140,10 @@ def plain_attention(q, k, v):
   """
   scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   scores = jnp.einsum("btnh,bsnh->bnts", q, k) * scale  # [B, N, L, S]
+  if causal:
+    length = q.shape[1]
+    allowed = jnp.tril(jnp.ones((length, length), bool))  # [L, S]
+    scores = jnp.where(allowed, scores, -jnp.inf)
   probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
   return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
 
@@ -147,7 +151,7 @@ def plain_attention(q, k, v):
 # Every fast path of md4 and what the reference does instead:
 # (module, attribute, replacement) while tracing the reference step.
 REFERENCE_PATCHES = (
-    (md4_diffusion, "target_log_prob", one_hot_target_log_prob),
+    (chunked_logits, "target_log_prob", one_hot_target_log_prob),
     (transformer, "lean_attention", plain_attention),
 )
 

@@ -52,9 +52,6 @@ from md4 import error_boundary
 from md4 import sample_writing
 from md4.sampling import restored_run
 
-CHARACTER_DATASETS = metrics.CHARACTER_DATASETS
-headline = metrics.headline
-
 
 # -------------------------------------------------------------- logic -----
 
@@ -78,22 +75,13 @@ def make_bound_fn(model, num_time_samples: int):
   return bound
 
 
-def summarize(per_example: np.ndarray, num_elements: int, kind: str,
-              dataset: str) -> dict[str, dict[str, float]]:
+def summarize(per_example: np.ndarray, num_elements: int,
+              unit: str) -> dict[str, dict[str, float]]:
   """Mean and standard error of the bound in each unit that applies."""
   n = len(per_example)
   nats = float(per_example.mean())
   se = float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-  to_bits = 1.0 / (num_elements * math.log(2.0))
-  out = {"nelbo_nats": {"mean": nats, "se": se},
-         "bits_per_dim": {"mean": nats * to_bits, "se": se * to_bits}}
-  if kind == "text" and dataset in CHARACTER_DATASETS:
-    out["bits_per_char"] = dict(out["bits_per_dim"])
-  elif kind == "text":
-    perplexity = math.exp(nats / num_elements)
-    out["perplexity"] = {"mean": perplexity,
-                         "se": perplexity * se / num_elements}
-  return out
+  return metrics.in_units(nats, se, num_elements, unit)
 
 
 def negative_elbo(run: restored_run.RestoredRun, split: str, *,
@@ -152,16 +140,16 @@ def negative_elbo(run: restored_run.RestoredRun, split: str, *,
   result = {
       "workdir": run.workdir, "checkpoint_step": run.step, "split": split,
       "num_examples": len(per_example), "num_time_samples": num_time_samples,
-      "seed": seed, "headline": headline(info.kind, dataset),
+      "seed": seed, "headline": info.unit,
       "class_conditional": conditional,
       "seconds": time.perf_counter() - start,
   }
   num_elements = math.prod(info.data_shape)
-  result.update(summarize(per_example, num_elements, info.kind, dataset))
+  result.update(summarize(per_example, num_elements, info.unit))
   if conditional:
     uncond = np.asarray(per_example_uncond[:len(per_example)], np.float64)
     result.update({f"{k}_uncond": v for k, v in summarize(
-        uncond, num_elements, info.kind, dataset).items()})
+        uncond, num_elements, info.unit).items()})
   return result
 
 

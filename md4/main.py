@@ -33,6 +33,7 @@ from md4 import config_files
 from md4 import configuration
 from md4 import distributed
 from md4 import error_boundary
+from md4 import metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':variant'.",
@@ -102,7 +103,7 @@ def summarize(result: dict, config) -> str:
         f"{config.train.max_bad_steps}); lower "
         "config.optimizer.learning_rate if this recurs.")
   for key, value in sorted(result["eval"].items()):
-    if key.endswith(("bits_per_dim", "perplexity")):
+    if key.endswith(tuple(metrics.LABELS)):
       summary.append(f"  {key}: {value:.4f}")
   summary += [f"  samples:     {result.get('samples', '-')}",
               f"  tensorboard: tensorboard --logdir={result['tensorboard']}",

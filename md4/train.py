@@ -270,13 +270,13 @@ def _global_batch(setup: Setup, local: dict) -> dict:
 
 def _bound_units(means: dict[str, float], info, suffix: str = ""
                  ) -> dict[str, float]:
-  """bits_per_dim (and perplexity for text) of the bound in `means`."""
+  """bits_per_dim, and the data set's own unit (`DataInfo.unit`), of the
+  bound in `means`."""
   bound = means.get("loss_nelbo", means["loss"])
-  num_elements = math.prod(info.data_shape)
-  out = {f"bits_per_dim{suffix}": bound / (num_elements * math.log(2))}
-  if info.kind == "text":
-    out[f"perplexity{suffix}"] = math.exp(bound / num_elements)
-  return out
+  units = metrics_lib.in_units(bound, 0.0, math.prod(info.data_shape),
+                               info.unit)
+  return {f"{k}{suffix}": v["mean"] for k, v in units.items()
+          if k != "nelbo_nats"}
 
 
 def evaluate(setup: Setup, eval_step, params, step: int,
@@ -295,7 +295,8 @@ def evaluate(setup: Setup, eval_step, params, step: int,
 
   Returns:
     For each split S: `S/<term>` (every loss term, mean nats per example),
-    `S/bits_per_dim` and, for text, `S/perplexity`, all of `params` with the
+    `S/bits_per_dim` and the data set's unit (`S/perplexity` or
+    `S/bits_per_char`), all of `params` with the
     batch's labels: for a class-conditional model a bound on -log p(x | y).
     Class-conditional models also get `S/bits_per_dim_uncond` (and
     `S/perplexity_uncond`): `params` with the "no label" id, a bound on
@@ -645,7 +646,7 @@ def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer)
   step = first_step = int(state.step)
-  unit = metrics_lib.headline(info.kind, config.data.dataset)
+  unit = info.unit
   progress = console.Progress(num_steps, unit)
   talk = jax.process_index() == 0  # Only process 0 writes console lines.
   eval_metrics: dict[str, float] = {}

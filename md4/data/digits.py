@@ -44,6 +44,7 @@ def load(data_config: Any) -> sources.LoadedData:
       vocab_size=VOCAB_SIZE,
       num_classes=NUM_CLASSES,
       kind="image",
+      unit="bits_per_dim",
   )
   return sources.LoadedData(
       info=info,

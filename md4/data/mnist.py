@@ -152,6 +152,7 @@ def load(data_config: Any, *, binarized: bool) -> sources.LoadedData:
       vocab_size=vocab_size,
       num_classes=NUM_CLASSES,
       kind="image",
+      unit="bits_per_dim",
   )
   return sources.LoadedData(
       info=info, train=splits["train"], eval={"test": splits["test"]}

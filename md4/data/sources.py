@@ -37,6 +37,9 @@ class DataInfo:
     vocab_size: token values are in `[0, vocab_size)`.
     num_classes: number of label classes; 0 when examples carry no label.
     kind: "text" or "image".
+    unit: what its bound is reported in (`md4.metrics.LABELS`):
+      "bits_per_dim" (images), "bits_per_char" (character data) or
+      "perplexity" (token data).
     decode: for text, turns tokens `[L]` back into a string; None for images.
     encode: for text, turns a string into int tokens `[n]` (the tokenizer's
       `encode`, no special tokens); used for prompts. None when unknown.
@@ -46,6 +49,7 @@ class DataInfo:
   vocab_size: int
   num_classes: int
   kind: str
+  unit: str = "bits_per_dim"
   decode: Callable[[np.ndarray], str] | None = None
   encode: Callable[[str], np.ndarray] | None = None
 

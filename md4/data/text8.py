@@ -198,6 +198,7 @@ def load(data_config: Any) -> sources.LoadedData:
       vocab_size=VOCAB_SIZE,
       num_classes=0,
       kind="text",
+      unit="bits_per_char",
       decode=tokenizer.decode,
       encode=tokenizer.encode,
   )

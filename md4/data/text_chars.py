@@ -120,6 +120,7 @@ def load(data_config: Any) -> sources.LoadedData:
           vocab_size=tokenizer.vocab_size,
           num_classes=0,
           kind="text",
+          unit="bits_per_char",
           decode=tokenizer.decode,
           encode=tokenizer.encode,
       ),

@@ -279,6 +279,7 @@ def _load(
           vocab_size=IMAGE_VOCAB_SIZE,
           num_classes=classes,
           kind="image",
+          unit="bits_per_dim",
       ),
       train=train,
       eval={
