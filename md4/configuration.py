@@ -312,6 +312,11 @@ def drop_ignored(config: ml_collections.ConfigDict) -> list[str]:
   becomes the process's default. Returns the fields reset.
   """
   reset = []
+  process = diffusion.from_config(config)
+  if config.train.sampler and sampling.get(
+      config.train.sampler).reason_not_applicable(process):
+    config.train.sampler = ""
+    reset.append("train.sampler")
   for field in declared_fields():
     value = fields.get(config, field.name)
     if field.ignored_unless is None or fields.same(value, field.default):
@@ -319,11 +324,6 @@ def drop_ignored(config: ml_collections.ConfigDict) -> list[str]:
     if field.ignored_unless(config):
       fields.set_value(config, field.name, field.default)
       reset.append(field.name)
-  process = diffusion.from_config(config)
-  if config.train.sampler and sampling.get(
-      config.train.sampler).reason_not_applicable(process):
-    config.train.sampler = ""
-    reset.append("train.sampler")
   return reset
 
 

@@ -28,6 +28,8 @@ VARIANTS = {
     "d3pm/binarized_mnist": ["default", "cpu", "digits"],
     "d3pm/text8": ["small", "cpu", "tiny", "digits"],
     "multinomial/binarized_mnist": ["default", "cpu", "digits"],
+    "autoregressive/text8": ["small", "cpu", "tiny"],
+    "autoregressive/openwebtext": ["small", "medium", "cpu"],
 }
 NUM_CLASSES = {"cifar10": 10, "class_cond_imagenet64": 1000, "mnist": 10,
                "binarized_mnist": 10, "digits": 10}
@@ -173,28 +175,97 @@ def test_every_d3pm_transition_passes_validation():
   for transition in d3pm.TRANSITIONS:
     config = configuration.default_config()
     config.model.process = "d3pm"
-    config.model.num_steps = 10
-    config.model.schedule = "cosine"  # Masks every token at T (absorbing).
-    config.model.transition = transition
+    config.model.d3pm.num_steps = 10
+    # Masks every token at T (absorbing).
+    config.model.d3pm.schedule = "cosine"
+    config.model.d3pm.transition = transition
     configuration.validate(config)
-  config.model.transition = "gauss"
-  with pytest.raises(ValueError, match="model.transition='gauss'"):
+  config.model.d3pm.transition = "gauss"
+  with pytest.raises(ValueError, match="model.d3pm.transition='gauss'"):
     configuration.validate(config)
 
 
 def test_periodic_sampler_is_checked_against_the_process():
   config = configuration.default_config()
-  assert (config.train.sampler, config.train.sampling_grid) == (
-      "ancestral", "cosine")
+  assert (config.train.sampler, config.train.sampling_grid) == ("", "cosine")
+  assert configuration.periodic_sampler(config) == "ancestral"
   config.train.sampler = "beam"
   with pytest.raises(ValueError, match="train.sampler='beam'.*ancestral"):
     configuration.validate(config)
   config.train.sampler, config.model.process = "cached", "genmd4"
-  with pytest.raises(ValueError, match="needs an MD4 model"):
+  with pytest.raises(ValueError, match="'value_independent' capability"):
     configuration.validate(config)
-  config.model.process, config.model.num_steps = "d3pm", 10
-  with pytest.raises(ValueError, match="does not apply to D3PM"):
+  config.model.process = "d3pm"
+  config.model.d3pm.num_steps = 10
+  with pytest.raises(ValueError, match="'unmasking' capability.*reverse_chain"):
     configuration.validate(config)
-  config.train.sampler, config.train.sampling_grid = "ancestral", "log"
+  config.train.sampler = ""
+  assert configuration.periodic_sampler(config) == "reverse_chain"
+  configuration.validate(config)
+  config.train.sampler, config.model.process = "ancestral", "md4"
+  config.train.sampling_grid = "log"
   with pytest.raises(ValueError, match="sampling_grid='log'.*uniform"):
     configuration.validate(config)
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("train.sample_steps", 50, "'reverse_chain'.*no 'num_steps' setting"),
+    ("train.sampling_grid", "uniform", "no 'grid' setting"),
+    ("model.md4.schedule", "cosine", "does not read the md4 section"),
+    ("model.genmd4.t1", 1e-3, "does not read the genmd4 section"),
+])
+def test_a_field_the_run_ignores_is_rejected_with_the_fix(field, value,
+                                                          reason):
+  config = load(os.path.join(ROOT, "configs/d3pm/text8.py"), "tiny")
+  configuration.validate(config)
+  section, key = field.rsplit(".", 1)
+  node = config
+  for part in section.split("."):
+    node = node[part]
+  node[key] = value
+  with pytest.raises(ValueError, match=(
+      rf"config.{re.escape(field)}=.* is ignored: .*{reason}.*Remove it")):
+    configuration.validate(config)
+
+
+def test_antithetic_and_cond_drop_are_rejected_where_nothing_reads_them():
+  config = load(os.path.join(ROOT, "configs/autoregressive/text8.py"), "tiny")
+  config.model.antithetic = False
+  with pytest.raises(ValueError,
+                     match="antithetic=False is ignored.*draws no times"):
+    configuration.validate(config)
+  config = configuration.default_config()
+  config.model.cond_drop_prob = 0.2
+  with pytest.raises(ValueError, match="not class-conditional"):
+    configuration.validate(config)
+
+
+def test_switch_process_resets_the_other_sections_and_ignored_fields():
+  config = load(os.path.join(ROOT, "configs/md4/openwebtext.py"), "medium")
+  assert config.model.md4.schedule == "cosine"
+  assert config.train.sample_steps == 1000
+  configuration.switch_process(config, "autoregressive")
+  assert config.model.md4.schedule == "linear"  # The default again.
+  assert config.train.sample_steps == 100
+  assert config.model.process == "autoregressive"
+
+
+def test_a_config_json_of_the_flat_layout_is_upgraded():
+  saved = {"model": {"process": "d3pm", "schedule": "jsd", "num_steps": 40,
+                     "transition": "absorbing", "eps": 1e-4,
+                     "d3pm_parameterization": "posterior_mixture",
+                     "power_init": 1.0},
+           "train": {"sampler": "ancestral", "sample_steps": 40}}
+  upgraded = configuration.upgrade_saved(saved)
+  assert upgraded["model"] == {
+      "process": "d3pm", "d3pm": {
+          "schedule": "jsd", "num_steps": 40, "transition": "absorbing",
+          "parameterization": "posterior_mixture"}}
+  config = configuration.default_config()
+  config.model.process = "d3pm"
+  config.model.d3pm.update(upgraded["model"]["d3pm"])
+  config.train.update(upgraded["train"])
+  reset = configuration.drop_ignored(config)
+  assert sorted(reset) == ["train.sample_steps", "train.sampler"]
+  configuration.validate(config)
+  assert configuration.upgrade_saved(upgraded) == upgraded  # Already new.
