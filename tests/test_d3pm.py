@@ -555,9 +555,9 @@ def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
   else:
     denoise = _uniform_oracle(process)
   model = model_lib.DiffusionModel(
-      network=_OracleNetwork(denoise), vocab_size=kd.VOCAB,
-      data_shape=(kd.LENGTH,), process="d3pm", transition=transition,
-      num_steps=steps, schedule=schedule)
+      network=_OracleNetwork(denoise), process=d3pm.D3PMProcess(
+          kd.VOCAB, (kd.LENGTH,), transition=transition, num_steps=steps,
+          schedule=schedule))
   samples, history = jax.jit(
       lambda r: d3pm_reverse.sample(model, {}, r, 20000, num_frames=5))(
           jax.random.key(0))
@@ -578,9 +578,9 @@ def test_sampler_reverse_step_uses_the_loss_parameterization(
     parameterization):
   logits = jax.random.normal(jax.random.key(0), (4, 6, K)) * 2
   model = model_lib.DiffusionModel(
-      network=_OracleNetwork(lambda z, t, c: logits), vocab_size=K,
-      data_shape=(6,), process="d3pm", transition="uniform", num_steps=T,
-      schedule="cosine", d3pm_parameterization=parameterization)
+      network=_OracleNetwork(lambda z, t, c: logits), process=d3pm.D3PMProcess(
+          K, (6,), transition="uniform", num_steps=T, schedule="cosine",
+          parameterization=parameterization))
   z = jax.random.randint(jax.random.key(1), (4, 6), 0, K)
   step = jnp.array([1, 4, 7, T])
   got = model.apply({}, z, step, method=model.reverse_log_probs)

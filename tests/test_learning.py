@@ -8,6 +8,7 @@ import optax
 import known_distribution as kd
 from md4 import model as model_lib
 from md4 import networks
+from md4.diffusion import masked
 
 
 def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
@@ -15,8 +16,8 @@ def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
       "transformer", vocab_size=kd.VOCAB, data_shape=(kd.LENGTH,),
       num_classes=0, dtype="float32", num_layers=2, width=64, num_heads=4,
       cond_width=32, use_rope=True)
-  model = model_lib.DiffusionModel(network=network, vocab_size=kd.VOCAB,
-                                   data_shape=(kd.LENGTH,), schedule="linear")
+  model = model_lib.DiffusionModel(network=network, process=masked.MD4(
+      kd.VOCAB, (kd.LENGTH,), schedule="linear"))
   params = model_lib.init_variables(model, jax.random.key(0),
                                     unbox=True)["params"]
   optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 600))

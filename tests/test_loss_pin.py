@@ -3,7 +3,7 @@
 The reference below forms the full logits [B, L, V] with the network's
 `denoise`, takes a float32 log_softmax and gathers the targets; the model's
 training loss forms the logits a chunk of positions at a time
-(`md4.FactoredLogits`). Both see the same batch, times and mask draws.
+(`chunked_logits.FactoredLogits`). Both see the same batch, times and mask draws.
 """
 
 import functools
@@ -16,7 +16,8 @@ import pytest
 
 from md4 import model as model_lib
 from md4 import networks
-from md4.diffusion import md4
+from md4.diffusion import chunked_logits
+from md4.diffusion import masked
 from md4.diffusion import schedules
 from md4.networks import transformer
 
@@ -35,8 +36,8 @@ def tiny_model(logits_chunk: int, num_steps: int) -> model_lib.DiffusionModel:
       width=WIDTH, num_heads=2, cond_width=8, mlp_type="gelu",
       logits_chunk=logits_chunk)
   return model_lib.DiffusionModel(
-      network=network, vocab_size=VOCAB, data_shape=(LENGTH,),
-      process="md4", schedule="linear", eps=EPS, num_steps=num_steps)
+      network=network, process=masked.MD4(VOCAB, (LENGTH,), schedule="linear",
+                                          eps=EPS, num_steps=num_steps))
 
 
 def random_params(model):
@@ -127,9 +128,9 @@ def test_md4_nelbo_and_gradient_with_chunked_logits_equal_full_reference(
   schedule = schedules.MaskingSchedule("linear", EPS)
 
   def ours(p):
-    denoise = lambda z, tt, _: md4.FactoredLogits(
+    denoise = lambda z, tt, _: chunked_logits.FactoredLogits(
         toy_features(p, z, tt), p["kernel"], p["bias"], chunk)
-    return md4.nelbo(keys, x, denoise, schedule, vocab_size=VOCAB,
+    return masked.nelbo(keys, x, denoise, schedule, vocab_size=VOCAB,
                      num_steps=num_steps, t=t)["loss"]
 
   def theirs(p):

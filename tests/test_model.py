@@ -68,7 +68,7 @@ def test_unknown_network_name_lists_the_valid_ones():
 
 def test_unknown_schedule_is_rejected_when_the_model_is_built():
   config = load("md4/digits.py", "tiny")
-  config.model.schedule = "cosin"
+  config.model.md4.schedule = "cosin"
   with pytest.raises(ValueError, match="linear, cosine, polyK"):
     model_lib.build_model(config)
 

@@ -16,11 +16,13 @@ checks each, with false-alarm probabilities below 1e-6:
   sequences and fails this.
 """
 
+import dataclasses
 import functools
 import itertools
 import json
 import math
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -34,15 +36,17 @@ import trained_digits
 
 from md4 import configuration
 from md4 import model as model_lib
+from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import sampling
 from md4 import train
 from md4.data import sources
 from md4.data import text8
+from md4.diffusion import genmd4
+from md4.diffusion import masked
 from md4.diffusion import schedules
 from md4.sampling import ancestral
 from md4.sampling import cached
-from md4.sampling import command
 from md4.sampling import conditioning
 from md4.sampling import confidence
 from md4.sampling import core
@@ -77,12 +81,11 @@ def genmd4_reverse() -> core.Reverse:
     return genmd4_alpha(t[:, 0, 0])[:, values[0]]  # [B, S, L]
 
   denoise = kd.oracle(alpha_tokens)
-
-  def unmask_probability(s, t):
-    a_s, a_t = genmd4_alpha(s), genmd4_alpha(t)  # [B, V]
-    return ((a_s - a_t) / (1.0 - a_t))[:, None, :]  # [B, 1, V]
-
-  return core.Reverse(denoise, unmask_probability, kd.VOCAB, (kd.LENGTH,))
+  # softplus(power_param) = POWERS; the process forms the reveal
+  # probabilities, the test's own alpha the exact target.
+  power_param = jnp.log(jnp.expm1(jnp.asarray(POWERS, jnp.float32)))
+  return core.Reverse(denoise, genmd4.GenMD4(kd.VOCAB, (kd.LENGTH,)),
+                      {"power_param": power_param})
 
 
 def known_probs() -> np.ndarray:
@@ -165,10 +168,12 @@ def assert_matches(samples: np.ndarray, target: np.ndarray) -> None:
 
 
 def draw(name: str, settings: core.Settings, known=None, seed: int = 0,
-         num_samples: int = NUM_SAMPLES, reverse=None) -> core.Result:
+         num_samples: int = NUM_SAMPLES, reverse=None, **own) -> core.Result:
+  """The named sampler, with the grid settings and its own (`own`)."""
   reverse = reverse or oracle_reverse()
-  fn = jax.jit(lambda r: sampling.get(name)(reverse, r, num_samples,
-                                            settings, known))
+  entry = sampling.get(name)
+  settings = entry.make_settings(**dataclasses.asdict(settings), **own)
+  fn = jax.jit(lambda r: entry.draw(reverse, r, num_samples, settings, known))
   return jax.device_get(fn(jax.random.key(seed)))
 
 
@@ -199,8 +204,8 @@ def test_genmd4_sampler_matches_the_exact_distribution_of_its_steps(name):
 
 
 def test_remask_sampler_matches_the_exact_distribution_of_its_steps():
-  settings = core.Settings(num_steps=20, remask_strength=0.5)
-  result = draw("remask", settings, seed=1)
+  settings = core.Settings(num_steps=20)
+  result = draw("remask", settings, seed=1, remask_strength=0.5)
   target = step_distribution(20, remask_strength=0.5)
   assert 0.5 * np.abs(target - step_distribution(20)).sum() > 0.01
   assert_matches(np.asarray(result.samples), target)
@@ -237,7 +242,11 @@ def test_first_hitting_infilling_matches_the_known_conditional_distribution():
 # ------------------------------------------- starting below t = 1 -----
 
 
-@pytest.mark.parametrize("name", sampling.NAMES)
+# The samplers of an MD4 model (every unmasking one).
+MD4_SAMPLERS = sampling.names_for(masked.MD4(kd.VOCAB, (kd.LENGTH,)))
+
+
+@pytest.mark.parametrize("name", MD4_SAMPLERS)
 def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(
     name):
   rng = np.random.default_rng(1)
@@ -265,7 +274,8 @@ def test_sampler_times_scale_the_grid_to_the_start_time():
   settings = core.Settings(num_steps=4, grid="cosine", start_time=0.5)
   np.testing.assert_allclose(core.sampler_times(settings),
                              0.5 * core.grid_times(4, "cosine"), rtol=1e-6)
-  with pytest.raises(ValueError, match=r"--reconstruct_t must be in \(0, 1\]"):
+  with pytest.raises(ValueError,
+                     match=r"--reconstruct_t=0.0 must be in \(0, 1\]"):
     core.Settings(start_time=0.0).validate()
 
 
@@ -274,7 +284,7 @@ def test_genmd4_keep_probability_is_alpha_of_each_tokens_value():
   config.data.dataset, config.data.data_shape = "text8", (8,)
   config.data.vocab_size = 5
   config.network = configuration.transformer("tiny", dropout_rate=0.0)
-  config.model.process, config.model.power_init = "genmd4", 2.0
+  config.model.process, config.model.genmd4.power_init = "genmd4", 2.0
   model = model_lib.build_model(config)
   variables = model_lib.init_variables(model, jax.random.key(0))
   params = jax.tree.map(lambda w: w, variables["params"])
@@ -283,7 +293,7 @@ def test_genmd4_keep_probability_is_alpha_of_each_tokens_value():
   x = jnp.asarray(np.random.default_rng(0).integers(0, 5, (3, 8)), jnp.int32)
   t = jnp.array([0.2, 0.5, 0.9])
   w = jax.nn.softplus(params["power_param"])[x]  # [3, 8]
-  expected = 1.0 - (1.0 - config.model.eps) * t[:, None] ** w
+  expected = 1.0 - (1.0 - config.model.genmd4.eps) * t[:, None] ** w
   np.testing.assert_allclose(reverse.keep_probability(x, t), expected,
                              rtol=1e-5)
 
@@ -361,9 +371,9 @@ def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
 
   def direct(name, grid):
     reverse = core.from_model(model, {"params": params})
-    settings = core.Settings(num_steps=6, grid=grid)
-    return jax.jit(lambda r: sampling.get(name)(reverse, r, 4, settings))(
-        rng).samples
+    settings = sampling.get(name).make_settings(num_steps=6, grid=grid)
+    return jax.jit(lambda r: sampling.get(name).draw(reverse, r, 4, settings)
+                   )(rng).samples
 
   np.testing.assert_array_equal(got, direct("confidence", "cosine"))
   # The same key gives other samples with another sampler or grid.
@@ -374,7 +384,7 @@ def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
 def test_training_samples_of_a_class_conditional_model_cycle_the_labels():
   num_classes, vocab_size = 3, 5
   model = model_lib.DiffusionModel(LabelTable(vocab_size, num_classes),
-                                   vocab_size=vocab_size, data_shape=(6,),
+                                   masked.MD4(vocab_size, (6,)),
                                    num_classes=num_classes)
   # Class c always predicts value c; "no label" (row 3) predicts value 4.
   table = 50.0 * jax.nn.one_hot([0, 1, 2, 4], vocab_size)
@@ -390,14 +400,15 @@ def test_training_samples_of_a_class_conditional_model_cycle_the_labels():
 # -------------------------------------------------------- conditioning ----
 
 
-@pytest.mark.parametrize("name", sampling.NAMES)
+@pytest.mark.parametrize("name", MD4_SAMPLERS)
 def test_prompt_and_inpainting_never_change_the_given_tokens(name):
   rng = np.random.default_rng(0)
   given = rng.random((64, kd.LENGTH)) < 0.4
   tokens = rng.integers(0, kd.VOCAB, (64, kd.LENGTH)).astype(np.int32)
   known = core.Known(jnp.asarray(given), jnp.asarray(tokens))
-  settings = core.Settings(num_steps=8, remask_strength=0.9, num_frames=5)
-  result = draw(name, settings, known=known, num_samples=64)
+  settings = core.Settings(num_steps=8, num_frames=5)
+  own = {"remask_strength": 0.9} if name == "remask" else {}
+  result = draw(name, settings, known=known, num_samples=64, **own)
   samples, history = np.asarray(result.samples), np.asarray(result.history)
   np.testing.assert_array_equal(samples[given], tokens[given])
   assert ((samples >= 0) & (samples < kd.VOCAB)).all()
@@ -497,10 +508,19 @@ def test_confidence_step_reveals_the_most_confident_masked_tokens():
 
 
 def test_samplers_needing_an_md4_schedule_reject_genmd4_with_the_fix():
-  reverse = core.Reverse(lambda z, t: z, lambda s, t: s, 3, (5,), alpha=None)
+  process = genmd4.GenMD4(3, (5,))
+  reverse = core.Reverse(lambda z, t: z, process,
+                         {"power_param": jnp.zeros(3)})
   for name in ("cached", "first_hitting", "remask"):
-    with pytest.raises(ValueError, match=f"--sampler={name} needs an MD4"):
-      sampling.get(name)(reverse, jax.random.key(0), 2, core.Settings())
+    entry = sampling.get(name)
+    reason = entry.reason_not_applicable(process)
+    assert re.search(f"--sampler={name} needs a process with the "
+                     "'value_independent' capability.*Use --sampler="
+                     "ancestral", reason), reason
+    with pytest.raises(ValueError, match="'value_independent' capability"):
+      entry.draw(reverse, jax.random.key(0), 2, entry.settings())
+  assert sampling.names_for(process) == ("ancestral", "topp", "mean",
+                                         "confidence")
   with pytest.raises(ValueError, match="valid: ancestral, topp"):
     sampling.get("beam")
 
@@ -533,8 +553,8 @@ class LabelTable(nn.Module):
 
 
 def test_guided_logits_extrapolate_from_unconditional_to_conditional():
-  model = model_lib.DiffusionModel(LabelTable(5, 10), vocab_size=5,
-                                   data_shape=(4,), num_classes=10)
+  model = model_lib.DiffusionModel(LabelTable(5, 10), masked.MD4(5, (4,)),
+                                   num_classes=10)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32),
                          jnp.zeros((2,), jnp.int32))
   z, t = jnp.full((2, 4), 5, jnp.int32), jnp.full((2,), 0.5)
@@ -600,7 +620,7 @@ def test_categorical_never_draws_impossible_outcomes():
 def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
   workdir, _ = trained_digits.trained_run()
   out = str(tmp_path / "out")
-  summary = command.sample_to_files(command.Request(
+  summary = sample_command.sample_to_files(sample_command.Request(
       workdir=workdir, output_dir=out, num_samples=6, batch_size=4, steps=12,
       sampler="cached", inpaint="left", history=True, history_frames=5))
   names = sorted(os.listdir(out))
@@ -625,7 +645,7 @@ def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
 def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
   workdir, _ = trained_digits.trained_run()
   out = str(tmp_path / "out")
-  summary = command.sample_to_files(command.Request(
+  summary = sample_command.sample_to_files(sample_command.Request(
       workdir=workdir, output_dir=out, num_samples=32, batch_size=16,
       steps=6, reconstruct_from="test", reconstruct_t=t))
   assert sorted(os.listdir(out)) == [
@@ -641,9 +661,8 @@ def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
   np.testing.assert_array_equal(noised[~masked], originals[~masked])
   np.testing.assert_array_equal(rebuilt[~masked], originals[~masked])
   assert rebuilt.min() >= 0 and rebuilt.max() < 17
-  schedule = schedules.MaskingSchedule(run.config.model.schedule,
-                                       run.config.model.eps)
-  p = 1.0 - float(schedule.alpha(jnp.float32(t)))
+  alpha = run.setup.model.process.alpha({})
+  p = 1.0 - float(alpha(jnp.float32(t)))
   se = math.sqrt(p * (1 - p) / masked.size)
   assert abs(masked.mean() - p) < 5 * se + 1e-3
   scores = summary["reconstruction"]
@@ -653,7 +672,8 @@ def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
   assert scores["equal_fraction"] == pytest.approx(
       (rebuilt == originals).mean())
   assert summary["settings"]["start_time"] == t
-  assert summary["request"]["sampler"] == run.config.train.sampler
+  assert summary["request"]["sampler"] == configuration.periodic_sampler(
+      run.config)
   assert summary["settings"]["grid"] == run.config.train.sampling_grid
   if t < 0.01:  # Nearly nothing is masked: the input comes back.
     assert masked.mean() < 0.01 and scores["equal_fraction"] > 0.99
@@ -663,23 +683,23 @@ def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
 
 def test_reconstruct_rejects_an_unknown_split_and_flags_that_clash(tmp_path):
   workdir, _ = trained_digits.trained_run()
-  request = functools.partial(command.Request, workdir=workdir,
+  request = functools.partial(sample_command.Request, workdir=workdir,
                               output_dir=str(tmp_path / "out"),
                               reconstruct_from="test")
   with pytest.raises(ValueError, match="--inpaint does not apply with "
                      "--reconstruct_from"):
-    command.sample_to_files(request(inpaint="left"))
-  with pytest.raises(ValueError, match="--reconstruct_t must be in"):
-    command.sample_to_files(request(reconstruct_t=1.5))
+    sample_command.sample_to_files(request(inpaint="left"))
+  with pytest.raises(ValueError, match="--reconstruct_t=1.5 must be in"):
+    sample_command.sample_to_files(request(reconstruct_t=1.5))
   with pytest.raises(ValueError, match="--reconstruct_from='valid' is not a "
                      "split; valid: train, test"):
-    command.sample_to_files(request(reconstruct_from="valid"))
+    sample_command.sample_to_files(request(reconstruct_from="valid"))
   assert not os.path.exists(tmp_path / "out")
 
 
 def test_draw_gives_each_sample_its_own_label_across_batches():
-  model = model_lib.DiffusionModel(LabelTable(5, 3), vocab_size=5,
-                                   data_shape=(4,), num_classes=3)
+  model = model_lib.DiffusionModel(LabelTable(5, 3), masked.MD4(5, (4,)),
+                                   num_classes=3)
   params = {"network": {"table": 50.0 * jax.nn.one_hot([0, 1, 2, 4], 5)}}
   labels = np.array([2, 0, 1, 1, 2])
   drawn = drawing.draw(model, params, "ancestral", core.Settings(num_steps=3),
