@@ -17,13 +17,15 @@ import known_distribution as kd
 from md4 import checkpointing
 from md4 import configuration
 from md4 import model as model_lib
+from md4 import sample as sample_command
 from md4 import sample_writing
+from md4 import sampling
 from md4 import train
+from md4.diffusion import common
 from md4.diffusion import d3pm
-from md4.diffusion import md4
+from md4.diffusion import masked
 from md4.diffusion import schedules
-from md4.sampling import command
-from md4.sampling import d3pm_reverse
+from md4.sampling import core
 
 K, T = 3, 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,9 +249,9 @@ def test_absorbing_d3pm_loss_equals_md4_discrete_time_loss():
   x_t = process.sample_marginal(jax.random.key(2), x, step)
   logits = jax.random.normal(jax.random.key(3), (batch, length, v)) * 2
   ours = steps * d3pm.step_loss(process, x, x_t, step, logits)
-  weight, t_query = md4.diffusion_weight(schedule, (step - 0.5) / steps, steps)
+  weight, t_query = masked.diffusion_weight(schedule, (step - 0.5) / steps, steps)
   np.testing.assert_allclose(t_query, step / steps, rtol=1e-6)
-  theirs = weight * md4.masked_cross_entropy(x, x_t, logits, v)
+  theirs = weight * common.masked_cross_entropy(x, x_t, logits, v)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
   assert float(d3pm.prior_loss(process, x).max()) == 0.0
 
@@ -479,7 +481,7 @@ def test_unknown_transition_or_schedule_is_rejected_with_the_field():
     d3pm.D3PM("gauss", 4, 10, "linear")
   with pytest.raises(ValueError, match="vocab_size >= 3"):
     d3pm.D3PM("gaussian", 1, 10, "linear")
-  with pytest.raises(ValueError, match="d3pm_parameterization='x0'"):
+  with pytest.raises(ValueError, match="d3pm.parameterization='x0'"):
     d3pm.D3PM("uniform", 4, 10, "linear", "x0")
   with pytest.raises(ValueError, match="linear, cosine, jsd"):
     d3pm.D3PM("uniform", 4, 10, "quadratic")
@@ -488,9 +490,9 @@ def test_unknown_transition_or_schedule_is_rejected_with_the_field():
 def _d3pm_config(**model):
   config = configuration.default_config()
   config.model.process = "d3pm"
-  config.model.num_steps = 200
+  config.model.d3pm.num_steps = 200
   for name, value in model.items():
-    config.model[name] = value
+    config.model.d3pm[name] = value
   return config
 
 
@@ -501,11 +503,12 @@ def test_absorbing_noise_with_a_schedule_that_leaves_tokens_is_rejected():
   assert abar_T > 0.1
   config = _d3pm_config(transition="absorbing", schedule="linear")
   with pytest.raises(ValueError, match=(
-      r"config.model.schedule='linear' with config.model.transition="
-      r"'absorbing'.*prior KL is infinite.*set config.model.schedule='jsd'")):
+      r"config.model.d3pm.schedule='linear' with config.model.d3pm."
+      r"transition='absorbing'.*prior KL is infinite.*set "
+      r"config.model.d3pm.schedule='jsd'")):
     configuration.validate(config)
   for schedule in ("jsd", "cosine"):  # Both end with beta_T = 1.
-    config.model.schedule = schedule
+    config.model.d3pm.schedule = schedule
     configuration.validate(config)
 
 
@@ -513,8 +516,8 @@ def test_gaussian_noise_on_binary_data_is_rejected():
   config = _d3pm_config(transition="gaussian", schedule="linear")
   config.data.vocab_size = 2
   with pytest.raises(ValueError, match=(
-      r"config.model.transition='gaussian' needs config.data.vocab_size >= 3"
-      r".*set config.model.transition='uniform'")):
+      r"config.model.d3pm.transition='gaussian' needs config.data.vocab_size"
+      r" >= 3.*set config.model.d3pm.transition='uniform'")):
     configuration.validate(config)
   config.data.vocab_size = 3
   configuration.validate(config)
@@ -527,9 +530,9 @@ def test_gaussian_noise_on_binary_data_is_rejected():
 
 
 def test_unknown_d3pm_parameterization_is_rejected_by_validate():
-  config = _d3pm_config(d3pm_parameterization="x0_posterior")
+  config = _d3pm_config(parameterization="x0_posterior")
   with pytest.raises(ValueError, match=(
-      "config.model.d3pm_parameterization='x0_posterior' is not valid; "
+      "config.model.d3pm.parameterization='x0_posterior' is not valid; "
       "valid: soft_x0, posterior_mixture")):
     configuration.validate(config)
 
@@ -558,9 +561,12 @@ def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
       network=_OracleNetwork(denoise), process=d3pm.D3PMProcess(
           kd.VOCAB, (kd.LENGTH,), transition=transition, num_steps=steps,
           schedule=schedule))
-  samples, history = jax.jit(
-      lambda r: d3pm_reverse.sample(model, {}, r, 20000, num_frames=5))(
-          jax.random.key(0))
+  entry = sampling.get("reverse_chain")
+  settings = entry.make_settings(num_frames=5)
+  result = jax.jit(lambda r: entry.draw(core.from_model(model, {}), r, 20000,
+                                        settings))(jax.random.key(0))
+  samples, history = result.samples, result.history
+  assert int(result.network_calls) == steps
   samples = np.asarray(samples)
   assert samples.min() >= 0 and samples.max() < kd.VOCAB  # No mask left.
   assert history.shape == (5, 20000, kd.LENGTH)
@@ -583,15 +589,17 @@ def test_sampler_reverse_step_uses_the_loss_parameterization(
           parameterization=parameterization))
   z = jax.random.randint(jax.random.key(1), (4, 6), 0, K)
   step = jnp.array([1, 4, 7, T])
-  got = model.apply({}, z, step, method=model.reverse_log_probs)
+  reverse = core.from_model(model, {})
+  got = reverse.process.log_posterior(
+      reverse.denoise(z, step / T), z, step)
   process = d3pm.D3PM("uniform", K, T, "cosine", parameterization)
   np.testing.assert_array_equal(got, process.log_posterior(logits, z, step))
   # build_model reads the field from the config.
   config = configuration.load_file(
       os.path.join(ROOT, "configs", "multinomial", "binarized_mnist.py"),
       "digits")
-  config.model.d3pm_parameterization = parameterization
-  assert (model_lib.build_model(config).d3pm_parameterization
+  config.model.d3pm.parameterization = parameterization
+  assert (model_lib.build_model(config).process.parameterization
           == parameterization)
 
 
@@ -611,7 +619,7 @@ def d3pm_workdir(tmp_path_factory):
       os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits")
   config.network = configuration.unet(ch=16, num_res_blocks=1,
                                       dropout_rate=0.0, embed_dim=8)
-  config.model.num_steps = config.train.sample_steps = SAMPLE_STEPS
+  config.model.d3pm.num_steps = SAMPLE_STEPS
   setup = train.build(config, workdir)
   train.save_config(config, workdir)
   rng = np.random.default_rng(0)
@@ -628,7 +636,7 @@ def d3pm_workdir(tmp_path_factory):
 def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
     d3pm_workdir, tmp_path):
   out = str(tmp_path / "out")
-  summary = command.sample_to_files(command.Request(
+  summary = sample_command.sample_to_files(sample_command.Request(
       workdir=d3pm_workdir, output_dir=out, num_samples=5, batch_size=4,
       history=True, history_frames=4))
   assert sorted(os.listdir(out)) == ["history.gif", "history_strip.png",
@@ -659,14 +667,24 @@ def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
       "network_calls_per_sample"] == SAMPLE_STEPS
 
 
-@pytest.mark.parametrize("flag,value", [
-    ("sampler", "cached"), ("sampler", "topp"), ("steps", 3),
-    ("inpaint", "left"), ("reconstruct_from", "test")])
+@pytest.mark.parametrize("flag,value,message", [
+    ("sampler", "cached", "--sampler=cached needs a process with the "
+     "'unmasking' capability.*Use --sampler=reverse_chain"),
+    ("sampler", "topp", "--sampler=topp needs"),
+    ("steps", 3, "--steps=3 does not apply to --sampler=reverse_chain"),
+    ("grid", "cosine", "--grid=cosine does not apply"),
+    ("own_settings", (("topp", 0.5),),
+     "--topp does not apply to --sampler=reverse_chain; it is a setting of "
+     "--sampler=topp or autoregressive"),
+    ("inpaint", "left", "--inpaint does not apply to --sampler="
+     "reverse_chain"),
+    ("reconstruct_from", "test", "--reconstruct_from needs a process with "
+     "the 'unmasking' capability")])
 def test_sample_command_names_the_flag_that_does_not_apply_to_d3pm(
-    d3pm_workdir, tmp_path, flag, value):
-  request = command.Request(workdir=d3pm_workdir,
-                            output_dir=str(tmp_path / "out"),
-                            **{flag: value})
-  with pytest.raises(ValueError, match=f"--{flag}={value}|--{flag} does"):
-    command.sample_to_files(request)
+    d3pm_workdir, tmp_path, flag, value, message):
+  request = sample_command.Request(workdir=d3pm_workdir,
+                                   output_dir=str(tmp_path / "out"),
+                                   **{flag: value})
+  with pytest.raises(ValueError, match=message):
+    sample_command.sample_to_files(request)
   assert not os.path.exists(tmp_path / "out")
