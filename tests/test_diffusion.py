@@ -18,8 +18,10 @@ import pytest
 
 import known_distribution as kd
 from md4 import configuration
+from md4.diffusion import chunked_logits
+from md4.diffusion import common
 from md4.diffusion import genmd4
-from md4.diffusion import md4
+from md4.diffusion import masked
 from md4.diffusion import schedules
 
 jax.config.update("jax_enable_x64", False)
@@ -51,7 +53,7 @@ def _expected_md4_ce(x, schedule, t):
   z = jnp.tile(z, (n, 1))  # [n*P, L]
   t_rep = jnp.repeat(t, num_patterns)  # [n*P]
   x_rep = jnp.broadcast_to(x, z.shape)
-  ce = md4.masked_cross_entropy(x_rep, z, denoise(z, t_rep, None), kd.VOCAB)
+  ce = common.masked_cross_entropy(x_rep, z, denoise(z, t_rep, None), kd.VOCAB)
   keep = jnp.broadcast_to(schedule.alpha(t)[:, None], (n, kd.LENGTH))
   return (ce.reshape(n, num_patterns) * _pattern_probs(keep)).sum(-1)
 
@@ -59,11 +61,11 @@ def _expected_md4_ce(x, schedule, t):
 def exact_md4_nelbo(x, schedule, num_steps=0, nodes=400):
   """The MD4 NELBO of x, expectations exact, time integral by quadrature."""
   x = jnp.asarray(x)
-  prior = float(md4.prior_loss(schedule, kd.LENGTH, kd.VOCAB))
-  recon = float(md4.recon_loss(schedule, kd.LENGTH, kd.VOCAB))
+  prior = float(masked.prior_loss(schedule, kd.LENGTH, kd.VOCAB))
+  recon = float(masked.recon_loss(schedule, kd.LENGTH, kd.VOCAB))
   if num_steps:
     t_mid = (jnp.arange(num_steps) + 0.5) / num_steps
-    weight, t_query = md4.diffusion_weight(schedule, t_mid, num_steps)
+    weight, t_query = masked.diffusion_weight(schedule, t_mid, num_steps)
     diff = float((weight * _expected_md4_ce(x, schedule, t_query)).mean())
   else:
     # t = exp(s): the integrand varies on the scale of eps near t = 0.
@@ -110,7 +112,7 @@ def test_md4_monte_carlo_nelbo_matches_the_exact_value(num_steps):
 
   @jax.jit
   def loss_fn(rng, batch):
-    return md4.nelbo(rng, batch, denoise, schedule, vocab_size=kd.VOCAB,
+    return masked.nelbo(rng, batch, denoise, schedule, vocab_size=kd.VOCAB,
                      num_steps=num_steps)["loss"]
 
   for i, x in enumerate(X_CASES):
@@ -125,7 +127,7 @@ def test_md4_loss_terms_add_up_and_bits_per_dim_is_loss_over_n_ln2():
   schedule = schedules.MaskingSchedule("linear")
   denoise = kd.oracle(lambda v, t: schedule.alpha(t))
   batch = jnp.asarray(kd.sample(np.random.default_rng(0), 64))
-  terms = md4.nelbo(jax.random.key(0), batch, denoise, schedule,
+  terms = masked.nelbo(jax.random.key(0), batch, denoise, schedule,
                     vocab_size=kd.VOCAB)
   np.testing.assert_allclose(
       terms["loss"],
@@ -133,14 +135,14 @@ def test_md4_loss_terms_add_up_and_bits_per_dim_is_loss_over_n_ln2():
       rtol=1e-6)
   np.testing.assert_allclose(
       terms["loss_prior"], kd.LENGTH * 1e-4 * math.log(kd.VOCAB), rtol=1e-3)
-  summary = md4.summarize(terms, kd.LENGTH)
+  summary = common.summarize(terms, kd.LENGTH)
   assert summary["bits_per_dim"] == pytest.approx(
       float(terms["loss"].mean()) / (kd.LENGTH * kd.LN2), rel=1e-5)
 
 
 def test_md4_weighted_summary_ignores_padding_examples():
   terms = {"loss": jnp.array([1.0, 3.0, 100.0])}
-  summary = md4.summarize(terms, 1, weight=jnp.array([1.0, 1.0, 0.0]))
+  summary = common.summarize(terms, 1, weight=jnp.array([1.0, 1.0, 0.0]))
   assert float(summary["loss"]) == pytest.approx(2.0)
 
 
@@ -149,14 +151,14 @@ def test_target_log_prob_equals_log_softmax_gather():
   x = jax.random.randint(jax.random.key(2), (4, 7), 0, 11)
   expected = jnp.take_along_axis(jax.nn.log_softmax(logits), x[..., None],
                                  -1)[..., 0]
-  np.testing.assert_allclose(md4.target_log_prob(logits, x), expected,
+  np.testing.assert_allclose(chunked_logits.target_log_prob(logits, x), expected,
                              rtol=1e-5, atol=1e-6)
-  bf16 = md4.target_log_prob(logits.astype(jnp.bfloat16), x)
+  bf16 = chunked_logits.target_log_prob(logits.astype(jnp.bfloat16), x)
   assert bf16.dtype == jnp.float32
 
 
 def test_antithetic_times_are_stratified_over_the_unit_interval():
-  t = np.sort(np.asarray(md4.sample_times(jax.random.key(3), 8, True)))
+  t = np.sort(np.asarray(common.sample_times(jax.random.key(3), 8, True)))
   assert np.all((t >= 0) & (t < 1))
   np.testing.assert_allclose(np.diff(t), 1 / 8, atol=1e-6)
 
@@ -202,12 +204,12 @@ def test_md4_loss_and_gradient_are_finite_at_the_extreme_float32_draws(
   schedule = schedules.MaskingSchedule(name, eps=eps)
   u = jnp.asarray(EXTREME_DRAWS)
   x, keys, table = _endpoint_batch(len(u))
-  weight, t_query = md4.diffusion_weight(schedule, u, num_steps)
+  weight, t_query = masked.diffusion_weight(schedule, u, num_steps)
   _assert_finite({"weight": weight, "t": t_query}, name)
   assert np.all(np.asarray(t_query) > 0) and np.all(np.asarray(weight) >= 0)
 
   def loss(p):
-    terms = md4.nelbo(keys, x, _table_denoiser(p), schedule,
+    terms = masked.nelbo(keys, x, _table_denoiser(p), schedule,
                       vocab_size=_EP_VOCAB, num_steps=num_steps, t=u)
     return terms["loss"].sum(), terms
 
@@ -246,15 +248,15 @@ def test_antithetic_draws_never_leave_the_interval_whose_loss_is_finite():
           offsets.add(float(w))
         w = np.nextafter(w, np.float32(direction))
   offsets = jnp.asarray(sorted(offsets), jnp.float32)  # [n]
-  draws = jax.vmap(lambda o: md4.antithetic_draws(o, batch))(offsets)
+  draws = jax.vmap(lambda o: common.antithetic_draws(o, batch))(offsets)
   draws = np.asarray(draws).ravel()
   # The hazard of the old draw: the offset 1 - b / B makes a time exactly 0.
   assert np.any(draws == 0.0)
   assert np.all((draws >= 0.0) & (draws < 1.0))
-  times = np.asarray(md4.time_of_draw(jnp.asarray(draws)))
+  times = np.asarray(common.time_of_draw(jnp.asarray(draws)))
   assert times.min() >= 2.0**-24 and times.max() <= 1.0
   for name in ENDPOINT_SCHEDULES:
-    weight, _ = md4.diffusion_weight(
+    weight, _ = masked.diffusion_weight(
         schedules.MaskingSchedule(name), jnp.asarray(draws), 0)
     assert np.all(np.isfinite(np.asarray(weight))), name
   t1 = 1e-4  # GenMD4's time never falls below t1.
@@ -264,36 +266,37 @@ def test_antithetic_draws_never_leave_the_interval_whose_loss_is_finite():
 
 def test_genmd4_and_the_config_reject_t1_zero_naming_the_field():
   x, keys, table = _endpoint_batch(2)
-  with pytest.raises(ValueError, match=r"config\.model\.t1 must be in \(0, 1"):
+  with pytest.raises(ValueError, match=r"config\.model\.genmd4\.t1 must be in \(0, 1"):
     genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
                  vocab_size=_EP_VOCAB, t1=0.0, t=jnp.zeros(2))
-  with pytest.raises(ValueError, match="config.model.t1"):
+  with pytest.raises(ValueError, match="config.model.genmd4.t1"):
     genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
                  vocab_size=_EP_VOCAB, t1=1e-50, t=jnp.zeros(2))  # 0 in f32
   config = configuration.default_config()
   config.model.process = "genmd4"
-  config.model.t1 = 0.0
-  with pytest.raises(ValueError, match=r"config\.model\.t1=0\.0 .*\(0\.0, 1"):
+  config.model.genmd4.t1 = 0.0
+  with pytest.raises(ValueError,
+                     match=r"config\.model\.genmd4\.t1=0\.0 .*\(0, 1"):
     configuration.validate(config)
 
 
 def test_forward_process_keeps_tokens_with_probability_alpha():
   x = jnp.zeros((200_000,), jnp.int32)
-  z = md4.forward_sample(jax.random.key(4), x, 0.3, mask_id=9)
+  z = common.forward_sample(jax.random.key(4), x, 0.3, mask_id=9)
   assert set(np.unique(np.asarray(z))) <= {0, 9}
   assert float((z == 0).mean()) == pytest.approx(0.3, abs=0.005)
 
 
 def test_tokens_outside_the_vocabulary_are_rejected_with_the_field_name():
   with pytest.raises(ValueError, match="vocab_size"):
-    md4.check_tokens(np.array([[0, 1, 5]]), 5, (3,))
+    common.check_tokens(np.array([[0, 1, 5]]), 5, (3,))
   with pytest.raises(ValueError, match="data_shape"):
-    md4.check_tokens(np.array([[0, 1]]), 5, (3,))
+    common.check_tokens(np.array([[0, 1]]), 5, (3,))
 
 
 def test_label_dropout_uses_the_reserved_no_label_id():
   label = jnp.arange(10000) % 10
-  dropped = md4.drop_labels(jax.random.key(5), label, 0.25, num_classes=10)
+  dropped = common.drop_labels(jax.random.key(5), label, 0.25, num_classes=10)
   is_null = np.asarray(dropped == 10)
   assert is_null.mean() == pytest.approx(0.25, abs=0.02)
   np.testing.assert_array_equal(np.asarray(dropped)[~is_null],
@@ -351,7 +354,7 @@ def test_genmd4_with_equal_powers_reduces_to_the_md4_weighted_cross_entropy():
     gen = genmd4.diffusion_integrand(x, z, logits, jnp.full((kd.VOCAB,), k),
                                      t, kd.VOCAB)
     # For alpha = 1 - t^k, -alpha' / (1 - alpha) = k / t.
-    md = k / t * md4.masked_cross_entropy(x, z, logits, kd.VOCAB)
+    md = k / t * common.masked_cross_entropy(x, z, logits, kd.VOCAB)
     np.testing.assert_allclose(gen, md, rtol=2e-5, atol=1e-5)
 
 
