@@ -349,11 +349,11 @@ def _set(**fields):
   """A mutation setting dotted fields ("train__num_steps" style)."""
   def mutate(config, unused_tmp):
     for key, value in fields.items():
-      section, _, field = key.partition("__")
-      if field:
-        config[section][field] = value
-      else:
-        config[section] = value
+      *sections, field = key.split("__")
+      node = config
+      for section in sections:
+        node = node[section]
+      node[field] = value
   return mutate
 
 
@@ -410,15 +410,16 @@ BAD_INPUTS = {
     "negative lr": (_set(optimizer__learning_rate=-1.0),
                     "config.optimizer.learning_rate"),
     "b2 of one": (_set(optimizer__b2=1.0), "config.optimizer.b2"),
-    "eps too big": (_set(model__eps=0.7), "config.model.eps"),
+    "eps too big": (_set(model__md4__eps=0.7), "config.model.md4.eps"),
     "negative seed": (_set(seed=-1), "config.seed"),
     "negative max_bad_steps": (_set(train__max_bad_steps=-1),
                                "config.train.max_bad_steps"),
     "unknown process": (_set(model__process="md5"), "config.model.process"),
-    "discrete GenMD4": (_set(model__process="genmd4", model__num_steps=10),
-                        "config.model.num_steps must be 0 for GenMD4"),
-    "D3PM without T": (_set(model__process="d3pm", model__num_steps=0),
-                       "config.model.num_steps"),
+    "MD4 section under GenMD4": (
+        _set(model__process="genmd4", model__md4__num_steps=10),
+        "config.model.md4.num_steps=10 is ignored"),
+    "D3PM without T": (_set(model__process="d3pm", model__d3pm__num_steps=0),
+                       "config.model.d3pm.num_steps"),
     "zero in data_shape": (_set(data__data_shape=(8, 0, 1)),
                            "config.data.data_shape"),
     "two-axis mesh": (_set(sharding__mesh=(2, 2)), "config.sharding.mesh"),

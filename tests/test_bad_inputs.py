@@ -2,7 +2,7 @@
 
 Each case runs one mistake through a command's error boundary, in process
 where the boundary allows it (`main.run`, `main.check_config_arguments`,
-`md4.sampling.command.sample_to_files`, `md4.evaluate.negative_elbo`,
+`md4.sample.sample_to_files`, `md4.evaluate.negative_elbo`,
 `prepare_openwebtext_data.main`) and as a real process for each command's
 command line. It asserts the exit status, that nothing printed holds a
 traceback, that the message is a few lines ending in the fix it names, and
@@ -34,10 +34,10 @@ import trained_digits
 from md4 import error_boundary
 from md4 import evaluate
 from md4 import main
+from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import train
 from md4 import workdir_lock
-from md4.sampling import command
 from md4.sampling import conditioning
 from md4.sampling import core
 from md4.sampling import restored_run
@@ -96,11 +96,11 @@ def set_fields(**fields):
   """A mutation setting "section__field" (or top-level) values."""
   def mutate(config, unused_env):
     for key, value in fields.items():
-      section, _, field = key.partition("__")
-      if field:
-        config[section][field] = value
-      else:
-        config[section] = value
+      *sections, field = key.split("__")
+      node = config
+      for section in sections:
+        node = node[section]
+      node[field] = value
   return mutate
 
 
@@ -184,9 +184,9 @@ def sample(workdir=None, **fields):
   def call(env):
     given = {"num_samples": 2, "batch_size": 2, "steps": 2, **fields}
     given = {k: v(env) if callable(v) else v for k, v in given.items()}
-    request = command.Request(workdir=workdir(env) if workdir else
+    request = sample_command.Request(workdir=workdir(env) if workdir else
                               env.workdir, **given)
-    error_boundary.check_call(command.sample_to_files, request)
+    error_boundary.check_call(sample_command.sample_to_files, request)
   return call
 
 
@@ -316,7 +316,7 @@ CASES = {
                              "tokens, text_chars."),
     "unknown network": Case(run_main(set_fields(network__name="nope")),
                             "['transformer', 'unet', 'uvit']."),
-    "unknown schedule": Case(run_main(set_fields(model__schedule="cosinee")),
+    "unknown schedule": Case(run_main(set_fields(model__md4__schedule="cosinee")),
                              "polyK (e.g. poly3, poly0.5)."),
     # main.py: the workdir and its run.
     "model shape changed": Case(
@@ -551,7 +551,7 @@ def test_a_read_only_run_samples_into_an_output_dir_elsewhere(
 
   monkeypatch.setattr(train, "check_workdir", read_only)
   out = str(tmp_path / "out")
-  summary = command.sample_to_files(command.Request(
+  summary = sample_command.sample_to_files(sample_command.Request(
       archived, output_dir=out, num_samples=2, batch_size=2, steps=2))
   assert os.path.exists(os.path.join(out, "samples.png"))
   assert summary["checkpoint_step"] == 6

@@ -27,8 +27,8 @@ def test_digits_batches_have_int32_images_in_vocab_range_and_labels():
   assert batch["x"].max() == 16  # the full grey range is used
   assert set(batch["label"].tolist()) <= set(range(10))
   assert datasets.info == pipelines.DataInfo(
-      data_shape=(8, 8, 1), vocab_size=17, num_classes=10, kind="image"
-  )
+      data_shape=(8, 8, 1), vocab_size=17, num_classes=10, kind="image",
+      unit="bits_per_dim")
 
 
 def test_digits_split_into_1497_train_and_300_disjoint_test_images():

@@ -68,6 +68,7 @@ def test_text8_eval_chunks_are_the_consecutive_complete_pieces_of_each_split(
   datasets = build(text8_config(text8_dir), batch=8, eval_batch=4)
   assert set(datasets.eval) == {"valid", "test"}
   assert datasets.info.kind == "text" and datasets.info.num_classes == 0
+  assert datasets.info.unit == "bits_per_char"
   for split, start in (("valid", 18_000), ("test", 19_000)):
     batches = list(datasets.eval[split]())
     chunks = [

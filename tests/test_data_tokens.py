@@ -55,6 +55,7 @@ def test_token_directory_with_split_files_reads_npy_and_array_record(
   np.testing.assert_array_equal(
       all_real(datasets.eval["valid"]()), rows[:3, :32].reshape(6, 16))
   assert datasets.info.decode(np.array([1, 2, 30])) == "1 2 30"
+  assert datasets.info.unit == "perplexity"
 
 
 def test_token_directory_without_split_files_holds_out_a_seeded_share(

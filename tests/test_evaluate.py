@@ -55,19 +55,19 @@ def test_bound_is_reported_per_unit_with_standard_errors():
   per_example = np.array([100.0, 110.0, 90.0, 104.0])
   n, se = 4, np.std(per_example, ddof=1) / 2
   to_bits = 1 / (64 * math.log(2))
-  image = evaluate.summarize(per_example, 64, "image", "digits")
+  image = evaluate.summarize(per_example, 64, "bits_per_dim")
   assert image["nelbo_nats"]["mean"] == pytest.approx(101.0)
   assert image["bits_per_dim"]["mean"] == pytest.approx(101.0 * to_bits)
   assert image["bits_per_dim"]["se"] == pytest.approx(se * to_bits)
   assert "perplexity" not in image and n == 4
-  chars = evaluate.summarize(per_example, 64, "text", "text8")
+  chars = evaluate.summarize(per_example, 64, "bits_per_char")
   assert chars["bits_per_char"] == chars["bits_per_dim"]
-  tokens = evaluate.summarize(per_example, 64, "text", "openwebtext")
+  tokens = evaluate.summarize(per_example, 64, "perplexity")
   ppl = math.exp(101.0 / 64)
   assert tokens["perplexity"]["mean"] == pytest.approx(ppl)
   assert tokens["perplexity"]["se"] == pytest.approx(ppl * se / 64)
-  assert evaluate.headline("text", "openwebtext") == "perplexity"
-  assert evaluate.headline("text", "text8") == "bits_per_char"
+  with pytest.raises(ValueError, match="unit must be one of"):
+    evaluate.summarize(per_example, 64, "bits")
 
 
 def test_evaluate_command_writes_json_for_a_subset(tmp_path):

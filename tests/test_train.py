@@ -268,7 +268,7 @@ def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
 def test_d3pm_digits_variants_train_evaluate_and_sample(tmp_path, config_name):
   config = load(config_name, "digits")
   config.network = load("md4/digits.py", "tiny").network
-  config.model.num_steps = 10
+  config.model.d3pm.num_steps = 10
   config.train.num_steps = 2
   config.train.eval_max_batches = 1
   config.train.num_samples = 4
