@@ -93,7 +93,7 @@ class Field:
     """The valid values, as the README's table and the errors show them."""
     valid = self.valid_choices
     if valid is not None:
-      return ", ".join(valid)
+      return ", ".join(v if v else "'' (empty)" for v in valid)
     if self.low is None and self.high is None:
       return ""
     left = "(" if self.low_open else "["

@@ -9,6 +9,7 @@ import pytest
 from md4 import config_files
 from md4 import configuration
 from md4 import networks
+from md4 import sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Command -> the file whose flags it takes.
@@ -93,6 +94,9 @@ def defined_flags(path: str) -> set[str]:
       names.add(node.args[0].value)
     elif name == "add_argument" and node.args[0].value.startswith("--"):
       names.add(node.args[0].value[2:])
+  if path.endswith(os.path.join("md4", "sample.py")):
+    # The samplers' own settings: flags made from md4.sampling's registry.
+    names |= set(sampling.own_settings())
   return names
 
 
@@ -158,3 +162,21 @@ def test_table_of_contents_links_name_headings():
              for h in re.findall(r"^#+ (.*)$", readme, re.M)}
   links = re.findall(r"\]\(#([\w\-]+)\)", readme)
   assert links and set(links) <= anchors, set(links) - anchors
+
+
+def _between(text: str, name: str) -> str:
+  start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+  assert start in text and end in text, name
+  return text[text.index(start) + len(start):text.index(end)]
+
+
+def test_readme_field_table_is_the_one_the_declarations_generate():
+  """python -c 'from md4 import configuration; print(configuration.field_table())'
+  prints the table to paste between the README's markers."""
+  assert _between(read("README.md"), "fields") == (
+      configuration.field_table())
+
+
+def test_readme_sampler_table_is_the_one_the_registry_generates():
+  assert _between(read("README.md"), "samplers") == (
+      sampling.markdown_table() + "\n")
