@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from md4 import model as model_lib
 from md4 import optimizers
+from md4 import run as run_lib
 from md4 import sharding
 from md4 import train
 
@@ -46,22 +47,22 @@ class Compiled:
     return state, metrics
 
 
-def make_setup(config) -> train.Setup:
-  """`train.build` without data: mesh, rules, model, optimizer, shardings."""
+def make_setup(config) -> run_lib.Setup:
+  """`run_lib.build` without data: mesh, rules, model, optimizer, shardings."""
   mesh = sharding.make_mesh(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   model = model_lib.build_model(config)
   optimizer = optimizers.build_optimizer(config.optimizer,
                                          config.train.num_steps)
   boxed = jax.eval_shape(
-      lambda r: train._init_state(model, optimizer, r),  # pylint: disable=protected-access
+      lambda r: run_lib.init_state(model, optimizer, r),  # pylint: disable=protected-access
       jax.random.key(0))
   state_shardings = sharding.tree_shardings(mesh, rules, boxed)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       nn.meta.unbox(boxed), state_shardings)
   batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
-  return train.Setup(config, mesh, rules, model, optimizer, datasets=None,
+  return run_lib.Setup(config, mesh, rules, model, optimizer, datasets=None,
                      state_shardings=state_shardings,
                      abstract_state=abstract_state,
                      batch_sharding=batch_sharding)
@@ -80,7 +81,7 @@ def compile_step(name: str, config, seed: int = 0,
   setup = make_setup(config)
   init_rng, data_rng, step_rng = jax.random.split(jax.random.key(seed), 3)
   if state is None:
-    state = train.create_state(setup, init_rng)
+    state = run_lib.create_state(setup, init_rng)
   x = jax.random.randint(
       data_rng, (config.train.batch_size,) + tuple(config.data.data_shape), 0,
       config.data.vocab_size, jnp.int32)

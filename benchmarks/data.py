@@ -13,7 +13,7 @@ r"""Data throughput: the prep script's tokens/s and each loader's batches/s.
    shipped config named in `SOURCES`, CPU variant): batches/s over
    `--batches` batches after two warm-up batches, and examples/s.
 3. Beside it, the training step's consumption on this machine for the same
-   config (`train.build` + the jitted train step fed from that loader,
+   config (`run_lib.build` + the jitted train step fed from that loader,
    `--step_steps` timed steps after a compile and a warm-up step), and the
    ratio loader / step, which should be at least 10. `mnist_flip` is MNIST
    with `data.random_flip = True`, to show what the flips cost.
@@ -221,11 +221,12 @@ def bench_step(config, num_steps):
   """Steps/s of the real jitted train step fed by the real loader."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from md4 import run as run_lib  # pylint: disable=g-import-not-at-top
   from md4 import train  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as workdir:
-    setup = train.build(config, workdir)
-  state = train.create_state(setup, jax.random.key(0))
+    setup = run_lib.build(config, workdir)
+  state = run_lib.create_state(setup, jax.random.key(0))
   iterator = iter(setup.datasets.train)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     step = train.jit_train_step(setup)

@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from md4 import configuration  # pylint: disable=g-import-not-at-top
 from md4 import evaluate
+from md4 import run as run_lib
 from md4 import train
-from md4.sampling import restored_run
 
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1000,
                                     "Optimisation steps per family.")
@@ -97,10 +97,10 @@ def family_config(family: str, train_steps: int, num_steps: int, seed: int):
 def train_family(config, workdir: str):
   """Trains with the real step; returns (setup, EMA params, train seconds)."""
   global_batch = train._global_batch  # pylint: disable=protected-access
-  setup = train.build(config, workdir)
+  setup = run_lib.build(config, workdir)
   rng = jax.random.key(config.seed)
   init_rng, train_rng, _ = jax.random.split(rng, 3)  # As train.py splits.
-  state = train.create_state(setup, init_rng)
+  state = run_lib.create_state(setup, init_rng)
   train_iter = iter(setup.datasets.train)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     step_fn = train.jit_train_step(setup)
@@ -125,7 +125,7 @@ def run_family(family: str) -> dict:
   try:
     print(f"{family}: training {_TRAIN_STEPS.value} steps", flush=True)
     setup, params, seconds = train_family(config, workdir)
-    run = restored_run.RestoredRun(workdir, config, setup, params,
+    run = run_lib.RestoredRun(workdir, config, setup, params,
                                    _TRAIN_STEPS.value)
     result = evaluate.negative_elbo(
         run, EVAL_SPLIT, num_time_samples=_TIME_SAMPLES.value,

@@ -35,8 +35,8 @@ sys.path.insert(0, ROOT)
 from md4 import configuration  # pylint: disable=g-import-not-at-top
 from md4 import model as model_lib
 from md4 import optimizers
+from md4 import run as run_lib
 from md4 import sharding
-from md4 import train
 
 _PART = flags.DEFINE_enum("part", "all", ["all", "memory", "time"],
                           "Which part to run.")
@@ -61,7 +61,7 @@ def boxed_state(config):
   optimizer = optimizers.build_optimizer(config.optimizer,
                                          config.train.num_steps)
   return jax.eval_shape(
-      lambda r: train._init_state(model, optimizer, r),  # pylint: disable=protected-access
+      lambda r: run_lib.init_state(model, optimizer, r),  # pylint: disable=protected-access
       jax.random.key(0))
 
 
@@ -116,7 +116,7 @@ for i in range({steps} + 1):
     times.append(time.perf_counter() - start)
 report = sharding.memory_report(c.fn, state)
 boxed = jax.eval_shape(
-    lambda r: ts.train._init_state(ts.model_lib.build_model(config),
+    lambda r: ts.run_lib.init_state(ts.model_lib.build_model(config),
                                    ts.optimizers.build_optimizer(
                                        config.optimizer, 1), r),
     jax.random.key(0))

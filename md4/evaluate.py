@@ -49,8 +49,8 @@ import tqdm
 
 from md4 import metrics
 from md4 import error_boundary
+from md4 import run as run_lib
 from md4 import sample_writing
-from md4.sampling import restored_run
 
 
 # -------------------------------------------------------------- logic -----
@@ -84,7 +84,7 @@ def summarize(per_example: np.ndarray, num_elements: int,
   return metrics.in_units(nats, se, num_elements, unit)
 
 
-def negative_elbo(run: restored_run.RestoredRun, split: str, *,
+def negative_elbo(run: run_lib.RestoredRun, split: str, *,
                   num_examples: int = 0, num_time_samples: int = 1,
                   seed: int = 0, progress: bool = True) -> dict:
   """Evaluates the bound of a restored run on a split.
@@ -186,7 +186,7 @@ def main(argv):
     sample_writing.check_output_dir(
         os.path.dirname(os.path.abspath(f.output)) if f.output else
         f.workdir, "--output")
-  run = restored_run.restore(f.workdir, f.step, overrides)
+  run = run_lib.restore(f.workdir, f.step, overrides)
   split = f.split or next(iter(run.setup.datasets.eval))
   result = negative_elbo(run, split, num_examples=f.num_examples,
                          num_time_samples=f.num_time_samples, seed=f.seed)

@@ -43,6 +43,7 @@ import jax
 from md4 import configuration
 from md4 import diffusion
 from md4 import error_boundary
+from md4 import run as run_lib
 from md4 import sample_writing
 from md4 import sampling
 from md4.diffusion import process as process_lib
@@ -50,7 +51,6 @@ from md4.sampling import conditioning
 from md4.sampling import core
 from md4.sampling import drawing
 from md4.sampling import reconstruction
-from md4.sampling import restored_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Request:
 # -------------------------------------------------------------- logic -----
 
 
-def known_tokens(request: Request, run: restored_run.RestoredRun):
+def known_tokens(request: Request, run: run_lib.RestoredRun):
   """Known tokens from the prompt, infilling template or mask, or None."""
   info = run.setup.datasets.info
   dataset = run.config.data.dataset
@@ -189,7 +189,7 @@ def settings_for(request: Request, entry: sampling.Sampler,
   return entry.make_settings(**given)
 
 
-def _reconstruct(request: Request, run: restored_run.RestoredRun,
+def _reconstruct(request: Request, run: run_lib.RestoredRun,
                  entry: sampling.Sampler, settings: core.BaseSettings):
   """The `Reconstruction` of the examples of --reconstruct_from."""
   rows = conditioning.split_rows(run.setup.datasets, request.reconstruct_from,
@@ -203,7 +203,7 @@ def _reconstruct(request: Request, run: restored_run.RestoredRun,
       guidance=request.guidance)
 
 
-def _output_dir(request: Request, run: restored_run.RestoredRun) -> str:
+def _output_dir(request: Request, run: run_lib.RestoredRun) -> str:
   if request.output_dir:
     return request.output_dir
   name = f"{request.sampler}_step{run.step}_seed{request.seed}"
@@ -218,7 +218,7 @@ def sample_to_files(request: Request) -> dict:
   if request.steps is not None and request.steps < 1:
     raise ValueError(f"--steps={request.steps}: give at least 1 time step, "
                      "or drop --steps for config.train.sample_steps.")
-  config = restored_run.load_config(request.workdir, request.overrides)
+  config = run_lib.load_config(request.workdir, request.overrides)
   entry = sampler_of(request, config)  # Checked before the slow restore.
   settings = settings_for(request, entry, config)
   request = dataclasses.replace(request, sampler=entry.name)
@@ -227,7 +227,7 @@ def sample_to_files(request: Request) -> dict:
         request.output_dir or os.path.join(request.workdir,
                                            sample_writing.SAMPLE_DIR),
         "--output_dir")
-  run = restored_run.restore(request.workdir, request.step, request.overrides)
+  run = run_lib.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
   rebuilt = known = None
   if request.reconstruct_from is None:

@@ -5,18 +5,13 @@ State is created already sharded (abstract shapes -> logical partition specs
 mesh's batch axes; a single CPU is just a 1x1x1 mesh.
 """
 
-import dataclasses
-import json
 import math
 import os
-import shutil
 from typing import Any
 
 from absl import logging
 from clu import metric_writers
-from clu import parameter_overview
 from clu import periodic_actions
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,120 +23,16 @@ from md4 import checkpointing
 from md4 import configuration
 from md4 import console
 from md4 import metrics as metrics_lib
-from md4 import model as model_lib
-from md4 import networks
 from md4 import optimizers
 from md4 import preemption
 from md4 import profiling
+from md4 import run
 from md4 import sample_writing
 from md4 import sampling
 from md4 import sharding
 from md4 import workdir_lock
-from md4.data import pipelines
 from md4.diffusion import common
 from md4.sampling import drawing
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  ema_params: Any
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything the loop needs, built from a config before any compilation."""
-  config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  model: model_lib.DiffusionModel
-  optimizer: optax.GradientTransformation
-  datasets: pipelines.Datasets
-  state_shardings: Any
-  abstract_state: Any
-  batch_sharding: jax.sharding.NamedSharding
-
-
-# ------------------------------------------------------------- state ------
-
-
-def _init_state(model, optimizer, rng) -> TrainState:
-  """Boxed (logically partitioned) initial state; run under eval_shape/jit."""
-  params = model_lib.init_variables(model, rng)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), ema_params=params)
-
-
-def check_workdir(workdir: str) -> None:
-  """Fails early, with the path, when the workdir cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # One probe per process: processes may share the workdir.
-    probe = os.path.join(
-        workdir, f".md4_write_test_{jax.process_index()}_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(
-        f"--workdir={workdir!r} is not writable ({e.strerror}); choose a "
-        "directory you can write to.") from e
-
-
-def build(config: ml_collections.ConfigDict, workdir: str,
-          writable: bool = True) -> Setup:
-  """Validates the config and builds model, data, mesh and shardings.
-
-  Args:
-    config: the run's config.
-    workdir: the run's directory.
-    writable: check that the workdir can be written (training); False for
-      commands that only read a run.
-  """
-  configuration.validate(config)
-  if writable:
-    check_workdir(workdir)
-  mesh = sharding.make_mesh(config.sharding.mesh)
-  rules = sharding.rules_from_config(config.sharding.rules)
-  dp = sharding.data_parallel_size(mesh, rules)
-  micro = config.train.batch_size // config.train.micro_batches
-  for name, size in (("train.batch_size", config.train.batch_size),
-                     ("train.eval_batch_size", config.train.eval_batch_size),
-                     ("train.batch_size / train.micro_batches", micro)):
-    if size % dp or size % jax.process_count():
-      raise ValueError(
-          f"config.{name}={size} must be divisible by the data-parallel size "
-          f"{dp} (mesh {dict(mesh.shape)}) and the process count "
-          f"{jax.process_count()}.")
-  datasets = pipelines.build_datasets(
-      config.data, global_batch_size=config.train.batch_size,
-      eval_batch_size=config.train.eval_batch_size, seed=config.seed)
-  model = model_lib.build_model(config, datasets.info.num_classes)
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
-  # Initialisation runs outside the mesh context: flax reshapes some boxed
-  # kernels (DenseGeneral) after creating them, which a sharding constraint
-  # on the flat kernel would reject; out_shardings place the result instead.
-  boxed = jax.eval_shape(
-      lambda r: _init_state(model, optimizer, r), jax.random.key(0))
-  state_shardings = sharding.tree_shardings(mesh, rules, boxed)
-  unboxed = nn.meta.unbox(boxed)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      unboxed, state_shardings)
-  batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
-  return Setup(config, mesh, rules, model, optimizer, datasets,
-               state_shardings, abstract_state, batch_sharding)
-
-
-def create_state(setup: Setup, rng) -> TrainState:
-  """The initial state, created sharded across the mesh."""
-  init = jax.jit(
-      lambda r: nn.meta.unbox(_init_state(setup.model, setup.optimizer, r)),
-      out_shardings=setup.state_shardings)
-  return init(rng)
 
 
 # -------------------------------------------------------------- steps -----
@@ -219,7 +110,7 @@ def make_train_step(model, optimizer, config):
       ema = params
     metrics["grad_norm"] = optimizers.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
-    new_state = TrainState(step=state.step + 1, params=params,
+    new_state = run.TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state, ema_params=ema)
     if check_nans:
       # A non-finite step keeps the old parameters, optimizer state and EMA
@@ -234,7 +125,7 @@ def make_train_step(model, optimizer, config):
   return train_step
 
 
-def jit_train_step(setup: Setup):
+def jit_train_step(setup: run.Setup):
   """`make_train_step` jitted over the mesh: sharded state, donated.
 
   Call it inside `jax.set_mesh(setup.mesh)` and the logical-axis rules.
@@ -262,7 +153,7 @@ def make_eval_step(model):
 # ---------------------------------------------------------- the loop ------
 
 
-def _global_batch(setup: Setup, local: dict) -> dict:
+def _global_batch(setup: run.Setup, local: dict) -> dict:
   """Assembles this process's numpy shard into global sharded arrays."""
   return {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
           for k, v in local.items()}
@@ -279,7 +170,7 @@ def _bound_units(means: dict[str, float], info, suffix: str = ""
           if k != "nelbo_nats"}
 
 
-def evaluate(setup: Setup, eval_step, params, step: int,
+def evaluate(setup: run.Setup, eval_step, params, step: int,
              raw_params=None) -> dict[str, float]:
   """Negative ELBO on every eval split, in one pass over each split's data.
 
@@ -335,206 +226,6 @@ def evaluate(setup: Setup, eval_step, params, step: int,
   return results
 
 
-# ------------------------------------------------------- saved config -----
-
-CONFIG_FILE = "config.json"
-PARAMETER_TABLE_FILE = "parameters.txt"
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the run's config to `<workdir>/config.json`; returns the path.
-
-  `md4.sample` and `md4.evaluate` rebuild the model from it. Rewritten at
-  every start once the state is restored (or initialised), so a resumed run
-  records the config it continues with, and a config that cannot resume
-  leaves the saved one as it was.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + ".tmp", path)
-  return path
-
-
-# Fields that fix the shapes of the saved parameters (or what they mean).
-MODEL_SHAPE_FIELDS = ("network", "data.data_shape", "data.vocab_size",
-                      "model.process")
-# Network fields that change how the step runs, not the parameters: a
-# resumed run may change them freely.
-RUNTIME_NETWORK_FIELDS = ("dropout_rate", "dtype", "remat", "attention_impl",
-                          "logits_chunk")
-
-
-def _field(tree: dict, name: str):
-  for part in name.split("."):
-    if not isinstance(tree, dict) or part not in tree:
-      return None
-    tree = tree[part]
-  return tree
-
-
-def _differences(saved, given, prefix: str) -> list[str]:
-  """'field: saved A, given B' for every leaf that differs.
-
-  A key the saved config lacks is a field added to md4 after that run was
-  saved; it is not counted as a change.
-  """
-  if isinstance(saved, dict) and isinstance(given, dict):
-    out = []
-    for key in sorted(set(saved) & set(given)):
-      out += _differences(saved[key], given[key], f"{prefix}.{key}")
-    out += [f"{prefix}.{key}: saved {saved[key]!r}, not given"
-            for key in sorted(set(saved) - set(given))]
-    return out
-  return [] if saved == given else [
-      f"{prefix}: saved {saved!r}, given {given!r}"]
-
-
-def write_parameter_table(params, workdir: str) -> str:
-  """Writes the parameter table (name, shape, size, mean, std) to the workdir.
-
-  Also logged at --verbosity=1. Returns the path.
-  """
-  table = parameter_overview.get_parameter_overview(params)
-  path = os.path.join(workdir, PARAMETER_TABLE_FILE)
-  with open(path, "w") as f:
-    f.write(table + "\n")
-  logging.debug("Parameters:\n%s", table)
-  return path
-
-
-def log_startup_summary(setup: Setup, workdir: str) -> None:
-  """The start-up summary: data and sizes, model, run, devices, workdir."""
-  config = setup.config
-  lines = console.startup_summary(
-      dataset=config.data.dataset, info=setup.datasets.info,
-      sizes=setup.datasets.sizes, process=config.model.process,
-      network=config.network.name,
-      num_params=networks.count_params(setup.abstract_state.params),
-      table_path=os.path.join(os.path.abspath(workdir), PARAMETER_TABLE_FILE),
-      devices=[d.platform for d in jax.devices()],
-      num_processes=jax.process_count(), workdir=workdir, train=config.train)
-  for line in lines:
-    logging.info("%s", line)
-
-
-def model_shape_changes(config: ml_collections.ConfigDict,
-                        path: str) -> list[str]:
-  """The model-shape fields in which config differs from a saved config.json.
-
-  Raises:
-    OSError, ValueError: if the file cannot be read.
-  """
-  with open(path) as f:
-    saved = json.load(f)
-  given = json.loads(config.to_json_best_effort())
-  for tree in (saved, given):
-    for key in RUNTIME_NETWORK_FIELDS:
-      tree.get("network", {}).pop(key, None)
-  changes = []
-  for name in MODEL_SHAPE_FIELDS:
-    changes += _differences(_field(saved, name), _field(given, name),
-                            f"config.{name}")
-  return changes
-
-
-def check_saved_config(config: ml_collections.ConfigDict,
-                       workdir: str) -> None:
-  """Refuses to resume a workdir saved with another model shape.
-
-  With config.allow_config_change the changes are only logged; the restore
-  then checks that the checkpoint's arrays fit the new config.
-
-  Raises:
-    ValueError: naming each differing field, unless
-      config.allow_config_change is True.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  try:
-    changes = model_shape_changes(config, path)
-  except (OSError, ValueError) as e:
-    if config.allow_config_change:
-      logging.warning("%s cannot be read (%s); continuing with the given "
-                      "config (config.allow_config_change).", path, e)
-      return
-    raise ValueError(
-        f"{path} cannot be read ({e}); restore it, or pass "
-        "--config.allow_config_change=True to overwrite it.") from e
-  if changes and config.allow_config_change:
-    logging.warning("Continuing %s with a changed config "
-                    "(config.allow_config_change): %s", workdir,
-                    "; ".join(changes))
-  elif changes:
-    raise ValueError(
-        f"--workdir={workdir} holds a run with another model shape ({path}):"
-        "\n  " + "\n  ".join(changes) + "\nUse a new --workdir, or pass "
-        "--config.allow_config_change=True to continue with the new config "
-        "(possible only where the parameter shapes stay the same).")
-
-
-def check_restore_from(config: ml_collections.ConfigDict) -> None:
-  """Compares config.restore_from's saved config.json with this config.
-
-  Raises:
-    ValueError: naming the differing model-shape fields (before any of the
-      checkpoint is read).
-  """
-  if not config.restore_from:
-    return
-  directory, _ = checkpointing.find_checkpoint(config.restore_from)
-  path = os.path.join(os.path.dirname(directory), CONFIG_FILE)
-  if not os.path.exists(path):
-    return  # A bare checkpoint directory: the restore compares shapes.
-  try:
-    changes = model_shape_changes(config, path)
-  except (OSError, ValueError):
-    return
-  if changes:
-    raise ValueError(
-        f"config.restore_from={config.restore_from!r} is a run of another "
-        f"model shape ({path}):\n  " + "\n  ".join(changes) + "\nSet these "
-        "fields as that run had them, or restore from a run of this shape.")
-
-
-def disk_space_needed(workdir: str, abstract_state,
-                      keep_checkpoints: int) -> tuple[int, int]:
-  """(checkpoints still to fit, bytes): keep_checkpoints + 1 in all.
-
-  Orbax writes a new checkpoint before it deletes the oldest kept one, so
-  `keep_checkpoints + 1` exist at once; those already saved in the workdir
-  use disk space already.
-  """
-  existing = len(checkpointing.saved_steps(workdir))
-  count = max(1, keep_checkpoints + 1 - existing)
-  return count, count * checkpointing.estimated_size(abstract_state)
-
-
-def check_disk_space(workdir: str, abstract_state,
-                     keep_checkpoints: int = 1) -> None:
-  """Fails up front when the workdir's disk cannot hold the checkpoints."""
-  count, needed = disk_space_needed(workdir, abstract_state,
-                                    keep_checkpoints)
-  free = shutil.disk_usage(workdir).free
-  if free < needed:
-    raise ValueError(
-        f"--workdir={workdir} has {free / 2**20:.1f} MiB free, but "
-        f"{count} more checkpoints of this model (config.train."
-        f"keep_checkpoints={keep_checkpoints}, plus the one being written) "
-        f"need about {needed / 2**20:.1f} MiB; free disk space, lower "
-        "config.train.keep_checkpoints, or choose a --workdir on a larger "
-        "disk.")
-
-
-def preflight(setup: Setup, workdir: str) -> None:
-  """Checks that need the built setup; run before anything is written."""
-  check_saved_config(setup.config, workdir)
-  check_restore_from(setup.config)
-  check_disk_space(workdir, setup.abstract_state,
-                   setup.config.train.keep_checkpoints)
-
-
 def _check_finite(metrics, step: int, bad_steps: int, max_bad_steps: int,
                   manager) -> int:
   """Counts a non-finite step; raises NonFiniteError past max_bad_steps.
@@ -577,8 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   created = not os.path.exists(workdir)
   try:
-    setup = build(config, workdir)
-    preflight(setup, workdir)
+    setup = run.build(config, workdir)
+    run.preflight(setup, workdir)
   except BaseException:
     # A refused start leaves no empty workdir behind.
     if created and os.path.isdir(workdir) and not os.listdir(workdir):
@@ -590,12 +281,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return _train_holding_lock(setup, workdir)
 
 
-def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
+def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
   """`train_and_evaluate` once the workdir is locked."""
   config = setup.config
   if jax.process_index() == 0:
     checkpointing.remove_partial_saves(workdir)
-    log_startup_summary(setup, workdir)
+    run.log_startup_summary(setup, workdir)
   info = setup.datasets.info
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
                                        config.train.keep_period)
@@ -611,7 +302,7 @@ def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
     logging.info("Resumed from %s at step %d.", manager.directory,
                  int(state.step))
   else:
-    state = create_state(setup, init_rng)
+    state = run.create_state(setup, init_rng)
     if config.restore_from:
       loaded = checkpointing.restore_params(config.restore_from,
                                             setup.abstract_state)
@@ -630,8 +321,8 @@ def _train_holding_lock(setup: Setup, workdir: str) -> dict[str, Any]:
             "trained_steps": 0, **outputs}
   if jax.process_index() == 0:
     # Only now: a config that cannot resume leaves the saved one intact.
-    save_config(config, workdir)
-    write_parameter_table(state.params, workdir)
+    run.save_config(config, workdir)
+    run.write_parameter_table(state.params, workdir)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})

@@ -25,7 +25,7 @@ import pytest
 from md4 import checkpointing
 from md4 import configuration
 from md4 import main
-from md4 import train
+from md4 import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "md4", "main.py")
@@ -324,7 +324,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
   damaged = tree_hashes(latest)
 
   config = tiny_config()
-  setup = train.build(config, workdir)
+  setup = run_lib.build(config, workdir)
   manager = checkpointing.make_manager(workdir, NUM_STEPS + 1, 0)
   with caplog.at_level("WARNING"):
     state = checkpointing.restore(manager, setup.abstract_state,
@@ -498,7 +498,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_naming_them(
   for step in saved_steps(workdir):
     if step > POISON_STEP:
       shutil.rmtree(step_dir(step))
-  setup = train.build(tiny_config(), workdir)
+  setup = run_lib.build(tiny_config(), workdir)
   manager = checkpointing.make_manager(workdir, NUM_STEPS + 1, 0)
   data = iter(setup.datasets.train)
   state = checkpointing.restore(manager, setup.abstract_state, data)

@@ -15,13 +15,13 @@ import pytest
 from md4 import configuration
 from md4 import evaluate
 from md4 import model as model_lib
+from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sampling
 from md4 import train
 from md4.diffusion import autoregressive
 from md4.networks import lean_attention
 from md4.sampling import core
-from md4.sampling import restored_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AR_TEXT8 = os.path.join(ROOT, "configs", "autoregressive", "text8.py")
@@ -236,7 +236,7 @@ def test_autoregressive_run_trains_evaluates_and_samples(trained_ar,
   assert "valid/perplexity" not in result["eval"]  # Characters: bits/char.
   assert os.path.exists(result["samples"])
   # md4.evaluate: the same number whatever the time samples (none drawn).
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   one = evaluate.negative_elbo(run, "valid", num_examples=8,
                                num_time_samples=1, progress=False)
   two = evaluate.negative_elbo(run, "valid", num_examples=8,

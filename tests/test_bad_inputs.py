@@ -10,7 +10,7 @@ that every file that was in the workdir, the data directory and the case's
 own directory before is unchanged (sha256).
 
 One trained digits run (tests/trained_digits.py) is copied once and shared;
-md4.sample cases restore it once (`restored_run.restore` is memoised here)
+md4.sample cases restore it once (`run_lib.restore` is memoised here)
 unless the restore itself is what they test.
 """
 
@@ -34,13 +34,13 @@ import trained_digits
 from md4 import error_boundary
 from md4 import evaluate
 from md4 import main
+from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import train
 from md4 import workdir_lock
 from md4.sampling import conditioning
 from md4.sampling import core
-from md4.sampling import restored_run
 
 ROOT = trained_digits.ROOT
 DIGITS = os.path.join(ROOT, "configs", "md4", "digits.py")
@@ -150,7 +150,7 @@ def eval_of_bad_tokens(env):
   """train.evaluate over the tokens split with a token beyond the vocab."""
   config = tiny()
   tokens_data(config, env)
-  setup = train.build(config, env.tmp, writable=False)
+  setup = run_lib.build(config, env.tmp, writable=False)
   never = lambda *unused: pytest.fail("evaluated a batch with bad tokens")
   error_boundary.check_call(train.evaluate, setup, never, None, 0)
 
@@ -158,8 +158,8 @@ def eval_of_bad_tokens(env):
 def md4_evaluate_of_bad_tokens(env):
   config = tiny()
   tokens_data(config, env)
-  setup = train.build(config, env.tmp, writable=False)
-  run = restored_run.RestoredRun(env.tmp, config, setup, None, 0)
+  setup = run_lib.build(config, env.tmp, writable=False)
+  run = run_lib.RestoredRun(env.tmp, config, setup, None, 0)
   error_boundary.check_call(evaluate.negative_elbo, run, "valid",
                             progress=False)
 
@@ -210,7 +210,7 @@ def empty_workdir(env):
 def config_only(env):
   directory = os.path.join(env.tmp, "config_only")
   os.makedirs(directory)
-  shutil.copy(os.path.join(env.workdir, train.CONFIG_FILE), directory)
+  shutil.copy(os.path.join(env.workdir, run_lib.CONFIG_FILE), directory)
   return directory
 
 
@@ -396,11 +396,11 @@ CASES = {
     # md4.evaluate.
     "evaluate: unknown split": Case(
         lambda env: error_boundary.check_call(
-            evaluate.negative_elbo, restored_run.restore(env.workdir),
+            evaluate.negative_elbo, run_lib.restore(env.workdir),
             "valid", progress=False), "valid: test."),
     "evaluate: zero time samples": Case(
         lambda env: error_boundary.check_call(
-            evaluate.negative_elbo, restored_run.restore(env.workdir),
+            evaluate.negative_elbo, run_lib.restore(env.workdir),
             "test", num_time_samples=0, progress=False),
         "give --num_time_samples >= 1 and --num_examples >= 0."),
     "evaluate: output under a file": Case(
@@ -465,7 +465,7 @@ def env(tmp_path_factory):
   (chars / "grown.txt").write_text("abcab" * 100 + "xyz")
   (chars / "grown.txt.vocab.json").write_text('{"characters": ["a","b","c"]}')
   # md4.sample restores the shared run once.
-  real_restore = restored_run.restore
+  real_restore = run_lib.restore
   cache = {}
 
   def restore(workdir, step=None, overrides=()):
@@ -477,7 +477,7 @@ def env(tmp_path_factory):
     return cache[key]
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(restored_run, "restore", restore)
+    patch.setattr(run_lib, "restore", restore)
     yield Env(workdir, str(data))
 
 
@@ -560,9 +560,9 @@ def test_a_read_only_run_samples_into_an_output_dir_elsewhere(
 
 def test_free_space_is_wanted_for_keep_checkpoints_plus_one(env, tmp_path):
   state = {"w": jax.ShapeDtypeStruct((1024,), np.float32)}  # 4 KiB.
-  assert train.disk_space_needed(str(tmp_path), state, 3) == (4, 4 * 4096)
+  assert run_lib.disk_space_needed(str(tmp_path), state, 3) == (4, 4 * 4096)
   # The shared run holds 2 checkpoints already: 2 more at most at once.
-  assert train.disk_space_needed(env.workdir, state, 3) == (2, 2 * 4096)
+  assert run_lib.disk_space_needed(env.workdir, state, 3) == (2, 2 * 4096)
 
 
 def test_the_summary_says_how_many_steps_were_discarded():

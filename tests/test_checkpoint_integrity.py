@@ -14,7 +14,7 @@ import trained_digits
 from md4 import checkpoint_integrity
 from md4 import checkpointing
 from md4 import main
-from md4 import train
+from md4 import run as run_lib
 
 
 def tree_hashes(path):
@@ -31,7 +31,7 @@ def tree_hashes(path):
 def trained():
   """(workdir, setup) of the shared 6-step digits run (steps 3 and 6)."""
   workdir, _ = trained_digits.trained_run()
-  return workdir, train.build(trained_digits.digits_config(), workdir)
+  return workdir, run_lib.build(trained_digits.digits_config(), workdir)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import optimizers
-from md4 import train
+from md4 import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.py")))
@@ -67,7 +67,7 @@ def test_config_validates_and_builds_its_train_state_abstractly(path, arg):
                                 NUM_CLASSES.get(config.data.dataset, 0))
   optimizer = optimizers.build_optimizer(config.optimizer,
                                          config.train.num_steps)
-  state = jax.eval_shape(lambda r: train._init_state(model, optimizer, r),
+  state = jax.eval_shape(lambda r: run_lib.init_state(model, optimizer, r),
                          jax.random.key(0))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   assert num_params > 1000

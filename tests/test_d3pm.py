@@ -17,10 +17,10 @@ import known_distribution as kd
 from md4 import checkpointing
 from md4 import configuration
 from md4 import model as model_lib
+from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import sampling
-from md4 import train
 from md4.diffusion import common
 from md4.diffusion import d3pm
 from md4.diffusion import masked
@@ -620,8 +620,8 @@ def d3pm_workdir(tmp_path_factory):
   config.network = configuration.unet(ch=16, num_res_blocks=1,
                                       dropout_rate=0.0, embed_dim=8)
   config.model.d3pm.num_steps = SAMPLE_STEPS
-  setup = train.build(config, workdir)
-  train.save_config(config, workdir)
+  setup = run_lib.build(config, workdir)
+  run_lib.save_config(config, workdir)
   rng = np.random.default_rng(0)
   state = jax.tree.map(
       lambda a: jax.device_put(

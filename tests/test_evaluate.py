@@ -12,13 +12,13 @@ import pytest
 import trained_digits
 
 from md4 import evaluate
+from md4 import run as run_lib
 from md4 import train
-from md4.sampling import restored_run
 
 
 def test_evaluate_matches_the_training_time_eval_within_its_standard_error():
   workdir, result = trained_digits.trained_run()
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   setup = run.setup
   # Training evaluates the first eval batch (100 test examples) once, with
   # the rng fold_in(key(seed + 1), 0): the same eval step gives its value.
@@ -91,7 +91,7 @@ def test_evaluate_command_writes_json_for_a_subset(tmp_path):
 
 def test_unknown_split_is_rejected_with_the_valid_ones():
   workdir, _ = trained_digits.trained_run()
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   with pytest.raises(ValueError, match="valid: test"):
     evaluate.negative_elbo(run, "valid", progress=False)
 
@@ -110,7 +110,7 @@ def test_class_conditional_run_reports_the_bound_given_and_without_labels(
   trained = train.train_and_evaluate(config, workdir)["eval"]
   assert {"test/bits_per_dim", "test/bits_per_dim_uncond",
           "test/bits_per_dim_raw"} <= set(trained)
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   result = evaluate.negative_elbo(run, "test", num_examples=20,
                                   num_time_samples=2, progress=False)
   assert result["class_conditional"] and result["num_examples"] == 20
@@ -120,7 +120,7 @@ def test_class_conditional_run_reports_the_bound_given_and_without_labels(
   assert (result["bits_per_dim_uncond"]["mean"]
           != result["bits_per_dim"]["mean"])
   plain = evaluate.negative_elbo(
-      restored_run.restore(trained_digits.trained_run()[0]), "test",
+      run_lib.restore(trained_digits.trained_run()[0]), "test",
       num_examples=20, progress=False)
   assert not plain["class_conditional"]
   assert not any(k.endswith("_uncond") for k in plain)

@@ -36,6 +36,7 @@ import trained_digits
 
 from md4 import configuration
 from md4 import model as model_lib
+from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import sampling
@@ -51,7 +52,6 @@ from md4.sampling import conditioning
 from md4.sampling import confidence
 from md4.sampling import core
 from md4.sampling import drawing
-from md4.sampling import restored_run
 
 NUM_SAMPLES = 20_000
 SCHEDULE = schedules.MaskingSchedule("linear", 1e-4)
@@ -629,7 +629,7 @@ def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
   samples = np.load(os.path.join(out, "samples.npy"))
   assert samples.shape == (6, 8, 8, 1)
   assert samples.min() >= 0 and samples.max() < 17
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   images = conditioning.split_examples(run.setup.datasets, "test", 6)
   np.testing.assert_array_equal(samples[:, :, :4], images[:, :, :4])
   with Image.open(os.path.join(out, "history.gif")) as gif:
@@ -654,7 +654,7 @@ def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
   load = lambda name: np.load(os.path.join(out, f"{name}.npy"))
   originals, noised, rebuilt = (load("originals"), load("noised"),
                                 load("reconstructions"))
-  run = restored_run.restore(workdir)
+  run = run_lib.restore(workdir)
   np.testing.assert_array_equal(
       originals, conditioning.split_examples(run.setup.datasets, "test", 32))
   masked = noised == run.setup.model.mask_id  # [32, 8, 8, 1]
@@ -737,13 +737,13 @@ def test_text_samples_are_written_as_txt_and_jsonl_that_decode(tmp_path):
 
 def test_training_saves_its_config_and_overrides_are_checked():
   workdir, _ = trained_digits.trained_run()
-  config = restored_run.load_config(workdir, ["data.data_dir=/elsewhere",
+  config = run_lib.load_config(workdir, ["data.data_dir=/elsewhere",
                                               "train.eval_batch_size=50"])
   assert config.data.data_shape == (8, 8, 1)
   assert config.data.data_dir == "/elsewhere"
   assert config.train.eval_batch_size == 50
   assert isinstance(config.network, ml_collections.ConfigDict)
   with pytest.raises(ValueError, match="Did you mean 'train.num_steps'"):
-    restored_run.load_config(workdir, ["train.num_step=3"])
+    run_lib.load_config(workdir, ["train.num_step=3"])
   with pytest.raises(FileNotFoundError, match="has no config.json"):
-    restored_run.load_config(os.path.dirname(workdir))
+    run_lib.load_config(os.path.dirname(workdir))

@@ -28,6 +28,7 @@ sys.path.insert(0, {root!r})
 import jax, numpy as np
 from clu import metric_writers
 from md4 import checkpointing, train
+from md4 import run as run_lib
 # float32 matmuls at full precision (TF32 / bf16 passes would dominate the
 # mesh-to-mesh differences on accelerators; CPU already computes in float32).
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -65,7 +66,7 @@ for mesh in {meshes!r}:
   workdir = {workdir!r} + "_" + "x".join(map(str, mesh))
   train_metrics.clear()
   result = train.train_and_evaluate(c, workdir)
-  setup = train.build(c, workdir)
+  setup = run_lib.build(c, workdir)
   manager = checkpointing.make_manager(workdir, 3, 0)
   state = checkpointing.restore(manager, setup.abstract_state,
                                 iter(setup.datasets.train))
@@ -182,7 +183,7 @@ def _unbox(tree):
 
 @flax.struct.dataclass
 class _TrainState:
-  """The fields of `md4.train.TrainState` (importing train costs seconds)."""
+  """The fields of `md4.run_lib.TrainState` (importing train costs seconds)."""
   step: jax.Array
   params: dict
   opt_state: tuple

@@ -17,6 +17,7 @@ import generated_data
 from md4 import checkpointing
 from md4 import configuration
 from md4 import optimizers
+from md4 import run as run_lib
 from md4 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,8 +148,8 @@ def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
   config = load("md4/digits.py", "tiny")
   config.optimizer.ema_decay = 0.9999
   config.optimizer.ema_warmup = warmup
-  setup = train.build(config, str(tmp_path))
-  state = train.create_state(setup, jax.random.key(0))
+  setup = run_lib.build(config, str(tmp_path))
+  state = run_lib.create_state(setup, jax.random.key(0))
   initial = state.params
   step = jax.jit(train.make_train_step(setup.model, setup.optimizer, config))
   batches = iter(setup.datasets.train)
@@ -181,11 +182,11 @@ def test_class_conditional_eval_reports_bounds_with_and_without_labels(
     tmp_path):
   config = load("md4/digits.py", "tiny")
   config.model.class_conditional = True
-  setup = train.build(config, str(tmp_path))
+  setup = run_lib.build(config, str(tmp_path))
   num_classes = setup.model.num_classes
   assert num_classes == 10
   # Random weights everywhere, so that the label changes the logits.
-  params = _perturbed(train.create_state(setup, jax.random.key(0)).params,
+  params = _perturbed(run_lib.create_state(setup, jax.random.key(0)).params,
                       0.05, 1)
   raw = _perturbed(params, 0.05, 2)
   eval_step = jax.jit(train.make_eval_step(setup.model))
@@ -213,11 +214,11 @@ def test_class_conditional_eval_reports_bounds_with_and_without_labels(
 
 def test_micro_batches_give_the_same_update_as_one_full_batch(tmp_path):
   config = load("md4/digits.py", "tiny")
-  setup = train.build(config, str(tmp_path))
+  setup = run_lib.build(config, str(tmp_path))
   # Plain SGD: the update is linear in the gradient, so equal updates mean
   # equal gradients (Adam's first step is sign(g) and hides the comparison).
   sgd = optax.sgd(1.0)
-  state = train.create_state(setup, jax.random.key(0))
+  state = run_lib.create_state(setup, jax.random.key(0))
   state = state.replace(opt_state=sgd.init(state.params))
   batch = next(iter(setup.datasets.train))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -241,7 +242,7 @@ def test_unwritable_workdir_is_reported_before_compiling(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match="not writable"):
-    train.build(load("md4/digits.py", "tiny"), str(blocker / "run"))
+    run_lib.build(load("md4/digits.py", "tiny"), str(blocker / "run"))
 
 
 def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
@@ -252,7 +253,7 @@ def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
       "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
       "c = m.get_config('tiny'); c.train.batch_size = 6;"
       "c.train.eval_batch_size = 8;"
-      "train.build(c, %r)"
+      "run_lib.build(c, %r)"
   ) % (ROOT, os.path.join(ROOT, "configs/md4/digits.py"), str(tmp_path))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
@@ -285,12 +286,12 @@ def test_saved_config_check_ignores_runtime_fields_and_fields_added_later(
   config = load("md4/digits.py", "tiny")
   saved = config.copy_and_resolve_references()
   del saved.network["dropout_rate"]  # As if saved before the field existed.
-  train.save_config(saved, str(tmp_path))
+  run_lib.save_config(saved, str(tmp_path))
   resumed = config.copy_and_resolve_references()
   resumed.network.dtype = "bfloat16"  # Compute dtype: parameters unchanged.
-  train.check_saved_config(resumed, str(tmp_path))
+  run_lib.check_saved_config(resumed, str(tmp_path))
   resumed.network.ch = config.network.ch * 2
   with pytest.raises(ValueError, match=r"config\.network\.ch: saved"):
-    train.check_saved_config(resumed, str(tmp_path))
+    run_lib.check_saved_config(resumed, str(tmp_path))
   resumed.allow_config_change = True
-  train.check_saved_config(resumed, str(tmp_path))
+  run_lib.check_saved_config(resumed, str(tmp_path))

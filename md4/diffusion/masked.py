@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 
 from md4 import fields
-from md4.diffusion import chunked_logits
 from md4.diffusion import common
 from md4.diffusion import process as process_lib
 from md4.diffusion import schedules
