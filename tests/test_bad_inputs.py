@@ -315,7 +315,7 @@ CASES = {
     "unknown data set": Case(run_main(set_fields(data__dataset="nope")),
                              "tokens, text_chars."),
     "unknown network": Case(run_main(set_fields(network__name="nope")),
-                            "['transformer', 'unet', 'uvit']."),
+                            "valid: transformer, unet, uvit."),
     "unknown schedule": Case(run_main(set_fields(model__md4__schedule="cosinee")),
                              "polyK (e.g. poly3, poly0.5)."),
     # main.py: the workdir and its run.

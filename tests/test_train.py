@@ -76,7 +76,8 @@ def test_restore_from_initialises_params_from_another_run(tmp_path):
 
 
 @pytest.mark.parametrize("config_name", ["md4/text8.py", "genmd4/text8.py"])
-def test_text8_run_writes_text_samples_and_perplexity(tmp_path, config_name):
+def test_text8_run_writes_text_samples_and_bits_per_char(tmp_path,
+                                                         config_name):
   generated_data.write_text8(str(tmp_path / "data"))
   config = load(config_name, "tiny")
   config.data.data_dir = str(tmp_path / "data")
@@ -84,8 +85,13 @@ def test_text8_run_writes_text_samples_and_perplexity(tmp_path, config_name):
   config.train.eval_every = config.train.checkpoint_every = 4
   config.train.sample_every = 4
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert {"valid/bits_per_dim", "test/bits_per_dim", "test/perplexity"} <= set(
-      result["eval"])
+  # text8 reports bits/char (DataInfo.unit), the same number as bits/dim;
+  # perplexity is for token data.
+  assert {"valid/bits_per_dim", "test/bits_per_dim",
+          "test/bits_per_char"} <= set(result["eval"])
+  assert "test/perplexity" not in result["eval"]
+  assert result["eval"]["test/bits_per_char"] == result["eval"][
+      "test/bits_per_dim"]
   with open(result["samples"]) as f:
     text = f.read()
   assert set(text) <= set(" abcdefghijklmnopqrstuvwxyz\n")
