@@ -549,7 +549,7 @@ def test_a_read_only_run_samples_into_an_output_dir_elsewhere(
     raise ValueError(f"--workdir={workdir!r} is not writable (Read-only "
                      "file system)")
 
-  monkeypatch.setattr(train, "check_workdir", read_only)
+  monkeypatch.setattr(run_lib, "check_workdir", read_only)
   out = str(tmp_path / "out")
   summary = sample_command.sample_to_files(sample_command.Request(
       archived, output_dir=out, num_samples=2, batch_size=2, steps=2))

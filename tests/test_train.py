@@ -254,7 +254,7 @@ def test_unwritable_workdir_is_reported_before_compiling(tmp_path):
 def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
   code = (
       "import importlib.util, sys; sys.path.insert(0, %r);"
-      "from md4 import train;"
+      "from md4 import run as run_lib;"
       "spec = importlib.util.spec_from_file_location('c', %r);"
       "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
       "c = m.get_config('tiny'); c.train.batch_size = 6;"
