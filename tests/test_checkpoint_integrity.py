@@ -1,5 +1,6 @@
 """Checkpoint checksums (md4.checkpoint_integrity) and what restore does."""
 
+import errno
 import hashlib
 import json
 import os
@@ -141,3 +142,17 @@ def test_a_non_finite_state_is_never_saved(trained, copy):
                             "params/")
   assert f"{checkpointing.checkpoint_dir(copy)}/6 is kept" in message
   assert tree_hashes(checkpointing.checkpoint_dir(copy)) == before
+
+
+def test_a_full_disk_is_recognised_in_orbax_and_python_errors():
+  tensorstore = ValueError(
+      'OUT_OF_RANGE: Error writing "w/0.0" ...: Failed to write 869396 bytes'
+      " to file 7: No space left on device [os_error_code='28']")
+  assert checkpointing.no_room_errno(tensorstore) == errno.ENOSPC
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+  assert checkpointing.no_room_errno(wrapped) == errno.EDQUOT
+  assert checkpointing.no_room_errno(
+      "[os_error_code='27'] File too large") == errno.EFBIG
+  assert checkpointing.no_room_errno(ValueError("os_error_code='2'")) is None
+  assert checkpointing.no_room_errno(KeyError("w")) is None
