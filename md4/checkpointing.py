@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import traceback
+import warnings
 
 from absl import logging
 from etils import epath
@@ -121,8 +122,9 @@ _NO_ROOM_FIXES = {
     # A file over the process's size limit (with SIGXFSZ ignored).
     errno.EFBIG: "raise the file-size limit (ulimit -f)",
 }
-# How tensorstore, orbax's writer, names the OS error inside its message.
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# How tensorstore, orbax's writer, names the OS error inside its message
+# (the quotes backslashed where the message is inside an error's repr).
+_OS_ERROR_CODE = re.compile(r"os_error_code=\\?'?(\d+)")
 
 
 def no_room_errno(error: BaseException | str) -> int | None:
@@ -149,13 +151,24 @@ class _HideNoRoomLogs(py_logging.Filter):
   """Drops orbax's error logs (with tracebacks) of a write the disk refused.
 
   The save raises the same error in the main thread, where it becomes one
-  message; orbax's writer threads log it first, a page per thread.
+  message; orbax's writer threads log it first, a page per thread, and
+  asyncio logs each abandoned write's task ("Task exception was never
+  retrieved") when it is collected, which can be after the save returned.
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno < py_logging.ERROR or "orbax" not in record.pathname:
+    if record.levelno < py_logging.ERROR or not (
+        "orbax" in record.pathname or record.name == "asyncio"):
       return True
-    return no_room_errno(record.getMessage()) is None
+    if no_room_errno(record.getMessage()) is not None:
+      return False
+    return not (record.exc_info and record.exc_info[1] is not None and
+                no_room_errno(record.exc_info[1]) is not None)
+
+
+_HIDE_NO_ROOM_LOGS = _HideNoRoomLogs()
+# Orbax logs through absl; asyncio (orbax's event loops) through its own.
+_NO_ROOM_LOGGERS = ("absl", "asyncio")
 
 
 def _is_closed_loop_callback(error) -> bool:
@@ -189,20 +202,21 @@ def _hide_closed_loop_callbacks(hook):
 def _no_room_logs_hidden():
   """Orbax's own reports of a write the disk refused, hidden in the block.
 
-  The unraisable hook stays after a failed save: the abandoned writes
-  finish (and would print) while the command is ending.
+  After a failed save the log filters and the unraisable hook stay: the
+  abandoned writes finish (and would print) while the command is ending.
   """
-  hide = _HideNoRoomLogs()
-  logger = py_logging.getLogger("absl")  # Orbax logs through absl.
-  logger.addFilter(hide)
+  loggers = [py_logging.getLogger(name) for name in _NO_ROOM_LOGGERS]
+  hidden = [logger for logger in loggers
+            if _HIDE_NO_ROOM_LOGS not in logger.filters]
+  for logger in hidden:
+    logger.addFilter(_HIDE_NO_ROOM_LOGS)
   hook = sys.unraisablehook
   if not getattr(hook, "md4_hides_closed_loop", False):
     sys.unraisablehook = _hide_closed_loop_callbacks(hook)
-  try:
-    yield
-    sys.unraisablehook = hook
-  finally:
-    logger.removeFilter(hide)
+  yield  # An error leaves the filters and the hook in place.
+  sys.unraisablehook = hook
+  for logger in hidden:
+    logger.removeFilter(_HIDE_NO_ROOM_LOGS)
 
 
 def _last_kept(manager: ocp.CheckpointManager, none: str,
@@ -229,6 +243,10 @@ def remove_partial_save(manager: ocp.CheckpointManager, step: int) -> list[str]:
 
 
 def _no_room(manager, step: int, code: int) -> NoRoomError:
+  # The failed save's writes that never started are garbage-collected as
+  # the command ends, each a "coroutine ... was never awaited" warning.
+  warnings.filterwarnings("ignore", category=RuntimeWarning,
+                          message="coroutine '.*' was never awaited")
   removed = remove_partial_save(manager, step)
   partial = ("; its partial files were removed" if removed else "")
   kept = _last_kept(manager, "no checkpoint was saved yet", below=step)
