@@ -9,13 +9,22 @@ tests/test_bad_inputs.py are (`check_case`): exit status, no traceback, a
 few lines ending in the fix, every pre-existing file unchanged.
 """
 
+import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 import test_bad_inputs as bad
+import trained_digits
+
+from md4 import checkpoint_integrity
+from md4 import checkpointing
+from md4 import train
+
+pytestmark = pytest.mark.slow  # Each case starts a Python process.
 
 Case = bad.Case
 DIGITS = bad.DIGITS
@@ -49,17 +58,23 @@ def benchmark(script, *args):
 
 
 # Makes the disk refuse the checkpoint's array file, a real failed write and
-# not a simulated one: the file-size limit (ulimit -f) is lowered just before
-# the save, so tensorstore's write fails with EFBIG. Orbax reports it as it
-# reports a full disk's ENOSPC (a ValueError naming os_error_code), and
-# md4 handles the two alike; a real ENOSPC would need a small file system
-# (root). SIGXFSZ, which would otherwise kill the process, is ignored so the
-# write returns the error. 300 kB lets config.json, the logs and the sample
-# grid through and stops the 1.1 MB array file.
+# not a simulated one: the file-size limit (`ulimit -f`, RLIMIT_FSIZE) is
+# lowered just before the save, so tensorstore's write fails with EFBIG.
+# Orbax reports it as it reports a full disk's ENOSPC (a ValueError naming
+# os_error_code), and md4 handles the two alike; a real ENOSPC would need a
+# small file system (root). The limit is per file and every checkpoint's
+# files are the same size, so a limit set by the shell at start-up would
+# refuse the first checkpoint as well as the later ones: the kept one is the
+# shared run's (written without a limit), the refused one the resumed run's.
+# SIGXFSZ, which would otherwise kill the process, is ignored so the write
+# returns the error. 300 kB lets config.json, the logs and the sample grid
+# through and stops the 1.5 MB array file. md4.main is imported first: it
+# quiets TensorFlow's start-up banner before anything imports TensorFlow.
 FULL_DISK_SAVE = """
 import resource, signal, sys
 sys.path.insert(0, {root!r})
-from md4 import checkpointing, main
+from md4 import main
+from md4 import checkpointing
 real_save = checkpointing.save
 def save(*args, **kwargs):
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -70,26 +85,45 @@ sys.argv = ["main.py"] + sys.argv[1:]
 main.cli()
 """
 
+# md4's own console lines: `HH:MM:SS message`, warnings and errors named.
+_PROGRESS_LINE = re.compile(r"\d\d:\d\d:\d\d (?!ERROR: |WARNING: )")
+
 
 def disk_full_during_save(env):
   """Resumes a copy of the run to step 9; its checkpoint 9 cannot be written.
 
-  Afterwards checkpoint 6 is byte for byte what it was, and nothing of
-  checkpoint 9 is left behind.
+  Afterwards checkpoints 3 and 6 are byte for byte what they were and step
+  6 restores and matches its checksums; nothing of checkpoint 9 is left
+  behind, and nothing but md4's progress and the one error was printed.
   """
   run = os.path.join(env.tmp, "run")
   shutil.copytree(env.workdir, run)
   checkpoints = os.path.join(run, "checkpoints")
-  kept = tree_hashes(os.path.join(checkpoints, "6"))
+  kept = tree_hashes(os.path.join(checkpoints, "3"),
+                     os.path.join(checkpoints, "6"))
   result = subprocess.run(
       [sys.executable, "-c", FULL_DISK_SAVE.format(root=ROOT),
        f"--config={DIGITS}:tiny", f"--workdir={run}",
        "--config.train.num_steps=9"],
       capture_output=True, text=True, cwd=ROOT, timeout=300,
       env=command_env())
-  assert sorted(os.listdir(checkpoints)) == ["3", "6"], result.stderr[-2000:]
-  assert tree_hashes(os.path.join(checkpoints, "6")) == kept
-  assert f"the last checkpoint, {checkpoints}/6, is kept" in result.stderr
+  output = (result.stdout + result.stderr).strip()
+  assert result.returncode == 1, output[-3000:]
+  assert sorted(os.listdir(checkpoints)) == ["3", "6"], output[-3000:]
+  assert not glob.glob(os.path.join(run, "**", "*orbax-checkpoint-tmp*"),
+                       recursive=True)
+  assert tree_hashes(os.path.join(checkpoints, "3"),
+                     os.path.join(checkpoints, "6")) == kept
+  assert f"the last checkpoint, {checkpoints}/6, is kept" in output
+  noise = [line for line in output.splitlines()
+           if not _PROGRESS_LINE.match(line)]
+  assert len(noise) == 1 and noise[0].startswith("md4 error: "), noise
+  # The kept checkpoint restores, its arrays matching their checksums.
+  setup = train.build(trained_digits.digits_config(), run, writable=False)
+  state = checkpointing.read_state(checkpoints, 6, setup.abstract_state,
+                                   "the kept checkpoint", "")
+  assert int(state.step) == 6
+  assert checkpoint_integrity.verify(os.path.join(checkpoints, "6"), state)
   return result
 
 
@@ -123,6 +157,9 @@ CASES = {
     "accelerator benchmark: unknown flag": Case(
         benchmark("accelerator.py", "--dryrun"),
         "Run with --helpshort to list the flags."),
+    "sampling benchmark: unknown part": Case(
+        benchmark("sampling.py", "--parts=nope"),
+        "valid: speed, exactness; run with --helpshort to list the flags."),
     "sampling benchmark: unknown sampler": Case(
         benchmark("sampling.py", "--samplers=ancestral,fast"),
         "run with --helpshort to list the flags."),
@@ -150,4 +187,16 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_command_gives_one_clear_error_and_changes_nothing(
     name, env, tmp_path, capsys):  # pylint: disable=redefined-outer-name
-  bad.check_case(CASES[name], env, tmp_path, capsys)
+  output = bad.check_case(CASES[name], env, tmp_path, capsys)
+  # check_case: status 1, no traceback and no native banner
+  # (bad.NATIVE_BANNERS), the message from `md4 error:` on at most
+  # bad.MAX_LINES lines and ending in the fix, no file changed.
+  assert output.count("md4 error:") == 1, output[-3000:]
+
+
+def test_every_benchmark_script_has_a_case():
+  scripts = {os.path.basename(p) for p in glob.glob(
+      os.path.join(ROOT, "benchmarks", "*.py"))} - {"compiled_step.py"}
+  cased = {name.split(" ", 1)[0] + ".py" for name in CASES
+           if " benchmark: " in name}
+  assert scripts <= cased, scripts - cased

@@ -3,13 +3,13 @@
 Each case runs one mistake through a command's error boundary, in process
 where the boundary allows it (`main.run`, `main.check_config_arguments`,
 `md4.sampling.command.sample_to_files`, `md4.evaluate.negative_elbo`,
-`prepare_openwebtext_data.main`) and as a real process for each command's
-command line. It asserts the exit status, that nothing printed holds a
-traceback, that the message is a few lines ending in the fix it names, and
-that every file that was in the workdir, the data directory and the case's
-own directory before is unchanged (sha256). Each command as a real process
-(main.py, md4.sample, md4.evaluate, the prepare script, the benchmarks, and
-a disk that fills during a save) is in tests/test_bad_commands.py.
+`prepare_openwebtext_data.main`). It asserts the exit status, that
+nothing printed holds a traceback, that the message is a few lines ending
+in the fix it names, and that every file that was in the workdir, the data
+directory and the case's own directory before is unchanged (sha256). Each
+command as a real process (main.py, md4.sample, md4.evaluate, the prepare
+script, the benchmarks, and a disk that fills during a save) is in
+tests/test_bad_commands.py.
 
 One trained digits run (tests/trained_digits.py) is copied once and shared;
 md4.sample cases restore it once (`restored_run.restore` is memoised here)
@@ -504,8 +504,11 @@ def _outcome(result, capsys) -> tuple[int, str]:
   return result[0], captured.out + captured.err + result[1]
 
 
-def check_case(case, env, tmp_path, capsys):
-  """Runs a case; asserts its status, message and that nothing changed."""
+def check_case(case, env, tmp_path, capsys) -> str:
+  """Runs a case; asserts its status, message and that nothing changed.
+
+  Returns everything the case printed.
+  """
   env = dataclasses.replace(env, tmp=str(tmp_path))
   before = tree_hashes(env.workdir, env.data)
   try:
@@ -527,6 +530,7 @@ def check_case(case, env, tmp_path, capsys):
   assert {p: h for p, h in after.items() if p in before} == before
   if case.code:
     assert set(after) == set(before), set(after) ^ set(before)
+  return output
 
 
 @pytest.mark.parametrize("name", list(CASES))
