@@ -90,17 +90,9 @@ SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
 PREPARE_COMMAND = "python prepare_openwebtext_data.py"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-  """argparse whose errors go through md4's error boundary (exit status 1)."""
-
-  def error(self, message):
-    raise error_boundary.UserError(
-        f"{message.rstrip('.')}; run with --help to list the flags.")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command-line flags."""
-  p = _ArgumentParser(
+  p = error_boundary.ArgumentParser(
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )

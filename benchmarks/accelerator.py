@@ -60,6 +60,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import compiled_step
 from md4 import configuration
 from md4 import model as model_lib
@@ -495,4 +502,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

@@ -30,7 +30,6 @@ need prepared TFDS data and are not measured. Timings depend on machine load;
 compare figures from one run.
 """
 
-import argparse
 import json
 import math
 import os
@@ -47,7 +46,14 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from md4.data import pipelines
 from md4.data import text8
 from md4.data import tfds_images
@@ -72,7 +78,7 @@ SOURCES = {
 
 
 def parse_args():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = error_boundary.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--sources", default=",".join(SOURCES),
                  help="comma-separated sources to measure.")
   p.add_argument("--prep_documents", type=int, default=600,
@@ -269,7 +275,8 @@ def main():
   names = [n for n in args.sources.split(",") if n]
   unknown = sorted(set(names) - set(SOURCES))
   if unknown:
-    raise SystemExit(f"unknown --sources {unknown}; valid: {list(SOURCES)}")
+    raise SystemExit(f"--sources: unknown {unknown}; valid: "
+                     f"{', '.join(SOURCES)}; give a comma-separated subset.")
   print(f"machine: {os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
   with tempfile.TemporaryDirectory() as tmp:
     work = pathlib.Path(tmp)
@@ -305,4 +312,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  with error_boundary.reported():
+    main()

@@ -40,6 +40,13 @@ import jax
 # Run as `python benchmarks/families.py` from the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
+
 from md4 import configuration  # pylint: disable=g-import-not-at-top
 from md4 import evaluate
 from md4 import run as run_lib
@@ -171,4 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

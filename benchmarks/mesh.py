@@ -25,12 +25,18 @@ import os
 import subprocess
 import sys
 
-from absl import app
 from absl import flags
 import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
 
 from md4 import configuration  # pylint: disable=g-import-not-at-top
 from md4 import model as model_lib
@@ -169,4 +175,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

@@ -47,6 +47,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import sampling
@@ -291,8 +298,22 @@ def run_exactness() -> None:
       f"{m} {rates[m] / 1e6:.1f}M" for m in METHODS if m in rates))
 
 
+def check_flags() -> None:
+  """Rejects unknown parts and samplers before anything is compiled."""
+  unknown = [p for p in _PARTS.value if p not in ("speed", "exactness")]
+  if unknown:
+    raise app.UsageError(f"--parts: unknown {unknown}; valid: speed, "
+                         "exactness.")
+  for name in _SAMPLERS.value:
+    try:
+      sampling.get(name)
+    except ValueError as e:
+      raise app.UsageError(f"--samplers={name}: {e}") from e
+
+
 def main(argv):
   del argv
+  check_flags()
   print(f"jax {jax.__version__}, {jax.devices()}")
   if "speed" in _PARTS.value:
     run_speed()
@@ -301,4 +322,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

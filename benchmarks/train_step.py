@@ -61,6 +61,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import console
+from md4 import error_boundary
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+console.hide_native_logs()  # Before md4's modules import TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import compiled_step
 from compiled_step import loadavg
 from compiled_step import machine
@@ -442,4 +449,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  error_boundary.run_app(main)

@@ -14,14 +14,25 @@ match their checksums is moved to `unreadable_checkpoints/` in the workdir,
 never deleted, and the next older one is restored instead. A state with NaN
 or Inf in any array is never saved.
 
+A save that the disk cannot hold is refused before it starts when the free
+space says so; one that fails while writing (a full disk, a quota, a file
+over the shell's `ulimit -f`) ends with one error naming the checkpoint that
+is kept, its partial directory removed, and orbax's error logs of it hidden.
+
 Before any restore, the shapes in the checkpoint's metadata are compared
 with the ones the config builds: a checkpoint of another model shape is
 reported as such (never as damaged) and nothing is moved.
 """
 
+import contextlib
+import errno
+import logging as py_logging
 import os
 import re
 import shutil
+import sys
+import traceback
+import warnings
 
 from absl import logging
 from etils import epath
@@ -98,6 +109,152 @@ class ModelShapeError(ValueError):
 
 class NonFiniteStateError(FloatingPointError):
   """The state to save holds NaN or Inf; the previous checkpoints are kept."""
+
+
+class NoRoomError(ValueError):
+  """A save failed for want of disk space; the previous checkpoints are kept."""
+
+
+# The errors of a disk that cannot take more, and what the user can do.
+_NO_ROOM_FIXES = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free space within your quota",
+    # A file over the process's size limit (with SIGXFSZ ignored).
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
+# How tensorstore, orbax's writer, names the OS error inside its message
+# (the quotes backslashed where the message is inside an error's repr).
+_OS_ERROR_CODE = re.compile(r"os_error_code=\\?'?(\d+)")
+
+
+def no_room_errno(error: BaseException | str) -> int | None:
+  """ENOSPC, EDQUOT or EFBIG if the error (or its causes) is one, else None.
+
+  Orbax reports a failed write as a ValueError from tensorstore whose text
+  holds `[os_error_code='28']`; Python's own writes raise OSError.
+  """
+  while isinstance(error, BaseException):
+    if isinstance(error, OSError) and error.errno in _NO_ROOM_FIXES:
+      return error.errno
+    for code in _OS_ERROR_CODE.findall(str(error)):
+      if int(code) in _NO_ROOM_FIXES:
+        return int(code)
+    error = error.__cause__ or error.__context__
+  if isinstance(error, str):
+    for code in _OS_ERROR_CODE.findall(error):
+      if int(code) in _NO_ROOM_FIXES:
+        return int(code)
+  return None
+
+
+class _HideNoRoomLogs(py_logging.Filter):
+  """Drops orbax's error logs (with tracebacks) of a write the disk refused.
+
+  The save raises the same error in the main thread, where it becomes one
+  message; orbax's writer threads log it first, a page per thread, and
+  asyncio logs each abandoned write's task ("Task exception was never
+  retrieved") when it is collected, which can be after the save returned.
+  """
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno < py_logging.ERROR or not (
+        "orbax" in record.pathname or record.name == "asyncio"):
+      return True
+    if no_room_errno(record.getMessage()) is not None:
+      return False
+    return not (record.exc_info and record.exc_info[1] is not None and
+                no_room_errno(record.exc_info[1]) is not None)
+
+
+_HIDE_NO_ROOM_LOGS = _HideNoRoomLogs()
+# Orbax logs through absl; asyncio (orbax's event loops) through its own.
+_NO_ROOM_LOGGERS = ("absl", "asyncio")
+
+
+def _is_closed_loop_callback(error) -> bool:
+  """A tensorstore write completing into an event loop orbax has closed."""
+  if not isinstance(error, RuntimeError) or str(
+      error) != "Event loop is closed":
+    return False
+  frames = traceback.extract_tb(error.__traceback__)
+  return bool(frames) and frames[0].name == "call_soon_threadsafe"
+
+
+def _hide_closed_loop_callbacks(hook):
+  """sys.unraisablehook without the tracebacks of an abandoned save.
+
+  When one write of a save fails, orbax closes the save's event loop while
+  tensorstore's other writes are still in flight; each of them then reports
+  `RuntimeError: Event loop is closed` as unraisable (hundreds of
+  tracebacks, some after the command's error). They say nothing that the
+  save's own error does not.
+  """
+
+  def unraisablehook(unraisable):
+    if not _is_closed_loop_callback(unraisable.exc_value):
+      hook(unraisable)
+
+  unraisablehook.md4_hides_closed_loop = True
+  return unraisablehook
+
+
+@contextlib.contextmanager
+def _no_room_logs_hidden():
+  """Orbax's own reports of a write the disk refused, hidden in the block.
+
+  After a failed save the log filters and the unraisable hook stay: the
+  abandoned writes finish (and would print) while the command is ending.
+  """
+  loggers = [py_logging.getLogger(name) for name in _NO_ROOM_LOGGERS]
+  hidden = [logger for logger in loggers
+            if _HIDE_NO_ROOM_LOGS not in logger.filters]
+  for logger in hidden:
+    logger.addFilter(_HIDE_NO_ROOM_LOGS)
+  hook = sys.unraisablehook
+  if not getattr(hook, "md4_hides_closed_loop", False):
+    sys.unraisablehook = _hide_closed_loop_callbacks(hook)
+  yield  # An error leaves the filters and the hook in place.
+  sys.unraisablehook = hook
+  for logger in hidden:
+    logger.removeFilter(_HIDE_NO_ROOM_LOGS)
+
+
+def _last_kept(manager: ocp.CheckpointManager, none: str,
+               below: int | None = None) -> str:
+  """Names the newest finished checkpoint (below `below` if given)."""
+  steps = [s for s in ocp.utils.checkpoint_steps(str(manager.directory))
+           if below is None or s < below]
+  latest = max(steps, default=None)
+  return (none if latest is None else
+          f"the last checkpoint, {step_dir(manager, latest)}, is kept")
+
+
+def remove_partial_save(manager: ocp.CheckpointManager, step: int) -> list[str]:
+  """Deletes the temporary directories of `step`'s unfinished save."""
+  directory = str(manager.directory)
+  removed = []
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return removed
+  for name in sorted(os.listdir(directory)):
+    if PARTIAL_SAVE.match(name) and name.split(".", 1)[0] == str(step):
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      removed.append(os.path.join(directory, name))
+  return removed
+
+
+def _no_room(manager, step: int, code: int) -> NoRoomError:
+  # The failed save's writes that never started are garbage-collected as
+  # the command ends, each a "coroutine ... was never awaited" warning.
+  warnings.filterwarnings("ignore", category=RuntimeWarning,
+                          message="coroutine '.*' was never awaited")
+  removed = remove_partial_save(manager, step)
+  partial = ("; its partial files were removed" if removed else "")
+  kept = _last_kept(manager, "no checkpoint was saved yet", below=step)
+  return NoRoomError(
+      f"checkpoint {step} could not be written to {manager.directory} "
+      f"({os.strerror(code)}){partial}; {kept}. "
+      f"{_NO_ROOM_FIXES[code].capitalize()}, then rerun the same command to "
+      "resume.")
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -180,12 +337,19 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
         "config.train.check_nans=True (discards non-finite steps), lower "
         "config.optimizer.learning_rate or check the data, then rerun.")
   _check_room(manager, step, state)
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.PyGrainCheckpointSave(data_iterator)))
-  manager.wait_until_finished()
-  if jax.process_index() == 0:
-    checkpoint_integrity.write(step_dir(manager, step), summary)
+  try:
+    with _no_room_logs_hidden():
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.PyGrainCheckpointSave(data_iterator)))
+      manager.wait_until_finished()
+      if jax.process_index() == 0:
+        checkpoint_integrity.write(step_dir(manager, step), summary)
+  except Exception as e:  # pylint: disable=broad-except
+    code = no_room_errno(e)
+    if code is None:
+      raise
+    raise _no_room(manager, step, code) from e
 
 
 def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
@@ -202,10 +366,8 @@ def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
     mib = multihost_utils.process_allgather(np.float32(free / 2**20))
     free = int(np.min(mib) * 2**20)
   if free < needed:
-    latest = manager.latest_step()
-    kept = ("no checkpoint was saved yet" if latest is None else
-            f"the last checkpoint, {step_dir(manager, latest)}, is kept")
-    raise ValueError(
+    kept = _last_kept(manager, "no checkpoint was saved yet")
+    raise NoRoomError(
         f"no room on disk for checkpoint {step} in {manager.directory}: "
         f"{free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB needed "
         f"({kept}); free disk space, then rerun the same command to resume.")

@@ -11,13 +11,14 @@ exception is a bug in md4 and keeps its traceback.
 
     def main(argv=None):                     # other scripts (argparse)
       with error_boundary.reported(argv):
-        ...
+        args = error_boundary.ArgumentParser(...).parse_args(argv)
 
 `reported` also gives the same form to a `SystemExit("message")` raised
 by a script, and `check_call` runs one call inside the boundary (tests use
 it to see exactly what a command would print).
 """
 
+import argparse
 import contextlib
 import errno
 import sys
@@ -31,6 +32,17 @@ PREFIX = "md4 error: "
 
 class UserError(Exception):
   """An error whose message already says what to fix (e.g. a bad flag)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are user errors (one line, exit status 1).
+
+  argparse itself prints its usage and exits with status 2.
+  """
+
+  def error(self, message):
+    raise UserError(
+        f"{message.rstrip('.')}; run with --help to list the flags.")
 
 
 # Exception types raised for bad inputs throughout md4 (messages name the
@@ -142,11 +154,22 @@ def run_app(main, check_argv=None, argv=None) -> None:
   """`absl.app.run(main)` inside the boundary, flag parsing included.
 
   Args:
-    main: the command's main(argv).
+    main: the command's main(argv); an `app.UsageError` it raises (a flag
+      value it rejects) is a user error too.
     check_argv: optional `(argv) -> None` run before the flags are parsed,
       raising a user error for arguments absl would report with a
       traceback (e.g. a config file that does not load).
     argv: the command line (default sys.argv).
   """
+  def checked_main(args):
+    try:
+      return main(args)
+    except app.UsageError as e:
+      # absl would print the whole flag list above the message.
+      text = str(e).rstrip(".")
+      if "run with" not in text:
+        text += "; run with --helpshort to list the flags"
+      raise UserError(text + ".") from e
+
   with reported():
-    app.run(main, argv=argv, flags_parser=_flag_parser(check_argv))
+    app.run(checked_main, argv=argv, flags_parser=_flag_parser(check_argv))

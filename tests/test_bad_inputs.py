@@ -3,11 +3,13 @@
 Each case runs one mistake through a command's error boundary, in process
 where the boundary allows it (`main.run`, `main.check_config_arguments`,
 `md4.sample.sample_to_files`, `md4.evaluate.negative_elbo`,
-`prepare_openwebtext_data.main`) and as a real process for each command's
-command line. It asserts the exit status, that nothing printed holds a
-traceback, that the message is a few lines ending in the fix it names, and
-that every file that was in the workdir, the data directory and the case's
-own directory before is unchanged (sha256).
+`prepare_openwebtext_data.main`). It asserts the exit status, that
+nothing printed holds a traceback, that the message is a few lines ending
+in the fix it names, and that every file that was in the workdir, the data
+directory and the case's own directory before is unchanged (sha256). Each
+command as a real process (main.py, md4.sample, md4.evaluate, the prepare
+script, the benchmarks, and a disk that fills during a save) is in
+tests/test_bad_commands.py.
 
 One trained digits run (tests/trained_digits.py) is copied once and shared;
 md4.sample cases restore it once (`run_lib.restore` is memoised here)
@@ -17,7 +19,6 @@ unless the restore itself is what they test.
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from PIL import Image
 import pytest
 import trained_digits
 
+from md4 import checkpointing
 from md4 import error_boundary
 from md4 import evaluate
 from md4 import main
@@ -265,16 +267,34 @@ def corpus_without_files(env):
   return [f"--input={env.tmp}/corpus"]
 
 
-def subprocess_command(*args, module=None):
-  def call(env):
-    target = ["-m", module] if module else [os.path.join(ROOT, "md4",
-                                                         "main.py")]
-    argv = [a.format(env=env, digits=DIGITS) for a in args]
-    return subprocess.run(
-        [sys.executable, *target, *argv], capture_output=True, text=True,
-        cwd=ROOT, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                                        JAX_PLATFORMS="cpu"))
-  return call
+def nan_state_not_saved(env):
+  """checkpointing.save of a NaN state (config.train.check_nans=False)."""
+  workdir = os.path.join(env.tmp, "run")
+  shutil.copytree(env.workdir, workdir)
+  before = tree_hashes(workdir)
+  manager = checkpointing.make_manager(workdir, 2, 0)
+  state = {"params": {"w": jax.numpy.full((3,), np.nan)}}
+  try:
+    error_boundary.check_call(checkpointing.save, manager, 9, state, None)
+  finally:
+    manager.close()
+    assert tree_hashes(workdir) == before  # Step 3 is not rotated out.
+
+
+def leaves_no_workdir(call):
+  """The call, then a check that the workdir it was given is not left."""
+  def checked(env):
+    try:
+      return call(env)
+    finally:
+      assert not os.path.exists(os.path.join(env.tmp, "run")), os.listdir(
+          os.path.join(env.tmp, "run"))
+  return checked
+
+
+# What TensorFlow and XLA print at start-up unless the command quiets them.
+NATIVE_BANNERS = ("oneDNN custom operations", "absl::InitializeLog",
+                  "cpu_feature_guard", "This TensorFlow binary")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +363,12 @@ CASES = {
     "num_steps below the saved step": Case(
         run_main(set_fields(train__num_steps=4)),
         "Raise config.train.num_steps to train further.", code=0),
+    "error after the workdir probe": Case(
+        leaves_no_workdir(run_main(set_fields(data__data_shape=(9, 9, 1)),
+                                   in_tmp("run"))),
+        "set data_config.data_shape = (8, 8, 1)."),
+    "NaN state with check_nans=False": Case(
+        nan_state_not_saved, "or check the data, then rerun."),
     # Data.
     "eval split token beyond vocab": Case(eval_of_bad_tokens,
                                           "if the ids are right."),
@@ -408,6 +434,11 @@ CASES = {
             sample_writing.check_output_dir,
             os.path.join(env.workdir, "config.json"), "--output"),
         "(a run's workdir may be read-only)."),
+    "prompt longer than the sequence": Case(
+        lambda env: error_boundary.check_call(
+            conditioning.text_known, "abcdefghi", lambda t: np.zeros(
+                len(t), np.int32), 8, 1),
+        "(config.data.data_shape); shorten it."),
     "prompt token beyond vocab": Case(
         lambda env: error_boundary.check_call(
             conditioning.check_known_tokens,
@@ -426,23 +457,6 @@ CASES = {
                                   "run with --help to list the flags."),
     "prepare: eval fraction of 1": Case(prepare("--eval_fraction=1"),
                                         "run with --help to list the flags."),
-    # Each command as a process.
-    "main.py process": Case(
-        subprocess_command("--config={digits}:tiny",
-                           "--workdir={env.tmp}/run",
-                           "--config.train.num_step=4"),
-        "did you mean --config.train.num_steps?"),
-    "md4.sample process": Case(
-        subprocess_command("--workdir={env.tmp}", module="md4.sample"),
-        "Give the workdir of a training run."),
-    "md4.evaluate process": Case(
-        subprocess_command("--workdir={env.tmp}", module="md4.evaluate"),
-        "Give the workdir of a training run."),
-    "prepare process": Case(
-        subprocess_command("--input={env.tmp}/nope",
-                           "--data_dir={env.tmp}/out",
-                           module="prepare_openwebtext_data"),
-        "give the directory or file of the corpus."),
 }
 
 
@@ -489,10 +503,11 @@ def _outcome(result, capsys) -> tuple[int, str]:
   return result[0], captured.out + captured.err + result[1]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gives_one_clear_error_and_changes_nothing(
-    name, env, tmp_path, capsys):
-  case = CASES[name]
+def check_case(case, env, tmp_path, capsys) -> str:
+  """Runs a case; asserts its status, message and that nothing changed.
+
+  Returns everything the case printed.
+  """
   env = dataclasses.replace(env, tmp=str(tmp_path))
   before = tree_hashes(env.workdir, env.data)
   try:
@@ -506,6 +521,7 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(
   output = output.strip()
   assert code == case.code, output[-3000:]
   assert "Traceback" not in output, output[-3000:]
+  assert not [b for b in NATIVE_BANNERS if b in output], output[-3000:]
   message = output[output.rfind("md4 error: "):] if case.code else output
   assert 0 < len(message.splitlines()) <= MAX_LINES, output[-3000:]
   assert message.endswith(case.fix), message
@@ -513,10 +529,17 @@ def test_bad_input_gives_one_clear_error_and_changes_nothing(
   assert {p: h for p, h in after.items() if p in before} == before
   if case.code:
     assert set(after) == set(before), set(after) ^ set(before)
+  return output
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_clear_error_and_changes_nothing(
+    name, env, tmp_path, capsys):
+  check_case(CASES[name], env, tmp_path, capsys)
 
 
 def test_there_are_at_least_forty_cases():
-  assert len(CASES) >= 40
+  assert len(CASES) >= 40  # And the commands' own, in test_bad_commands.py.
 
 
 def test_verbosity_1_prints_the_traceback_above_the_message(capsys):

@@ -1,7 +1,9 @@
 """Checkpoint checksums (md4.checkpoint_integrity) and what restore does."""
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 
@@ -141,3 +143,44 @@ def test_a_non_finite_state_is_never_saved(trained, copy):
                             "params/")
   assert f"{checkpointing.checkpoint_dir(copy)}/6 is kept" in message
   assert tree_hashes(checkpointing.checkpoint_dir(copy)) == before
+
+
+def test_a_full_disk_is_recognised_in_orbax_and_python_errors():
+  tensorstore = ValueError(
+      'OUT_OF_RANGE: Error writing "w/0.0" ...: Failed to write 869396 bytes'
+      " to file 7: No space left on device [os_error_code='28']")
+  assert checkpointing.no_room_errno(tensorstore) == errno.ENOSPC
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+  assert checkpointing.no_room_errno(wrapped) == errno.EDQUOT
+  assert checkpointing.no_room_errno(
+      "[os_error_code='27'] File too large") == errno.EFBIG
+  assert checkpointing.no_room_errno(ValueError("os_error_code='2'")) is None
+  assert checkpointing.no_room_errno(KeyError("w")) is None
+
+
+def test_orbax_and_asyncio_reports_of_a_full_disk_are_hidden():
+  hide = checkpointing._HideNoRoomLogs()  # pylint: disable=protected-access
+  text = ('Error writing "w/0.0": Failed to write 1504203 bytes to file 18: '
+          "File too large [os_error_code='27']")
+
+  def record(name, pathname, message, exc=None):
+    return logging.LogRecord(name, logging.ERROR, pathname, 1, message, (),
+                             (type(exc), exc, None) if exc else None)
+
+  orbax = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+  assert not hide.filter(record("absl", orbax, text))
+  # asyncio's report of an abandoned write holds the error's repr, quotes
+  # backslashed; its traceback is the exception's.
+  task = ("Task exception was never retrieved\nfuture: <Task finished "
+          f"exception=ValueError({text!r})>")
+  assert "\\'27\\'" in task
+  assert not hide.filter(record("asyncio", "/asyncio/base_events.py", task))
+  assert not hide.filter(record("asyncio", "/asyncio/base_events.py",
+                                "Task exception was never retrieved",
+                                ValueError(text)))
+  # Other errors, and a full disk's error from anyone else, still show.
+  assert hide.filter(record("asyncio", "/asyncio/base_events.py",
+                            "Task exception was never retrieved",
+                            ValueError("something else")))
+  assert hide.filter(record("absl", "/md4/train.py", text))
