@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python md4/main.py --config=configs/md4/digits.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -m "" tests
 
 venv: $(STAMP)
 

@@ -44,6 +44,8 @@ from md4 import workdir_lock
 from md4.sampling import conditioning
 from md4.sampling import core
 
+pytestmark = pytest.mark.slow
+
 ROOT = trained_digits.ROOT
 DIGITS = os.path.join(ROOT, "configs", "md4", "digits.py")
 MAX_LINES = 10

@@ -18,6 +18,8 @@ from md4 import checkpointing
 from md4 import main
 from md4 import run as run_lib
 
+pytestmark = pytest.mark.slow
+
 
 def tree_hashes(path):
   out = {}

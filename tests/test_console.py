@@ -11,6 +11,8 @@ import pytest
 
 from md4 import console
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LINES = 60
 

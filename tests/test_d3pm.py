@@ -27,6 +27,8 @@ from md4.diffusion import masked
 from md4.diffusion import schedules
 from md4.sampling import core
 
+pytestmark = pytest.mark.slow
+
 K, T = 3, 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

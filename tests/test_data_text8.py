@@ -102,6 +102,7 @@ def test_text8_restored_iterator_redraws_the_same_crops(text8_dir):
       lambda: build(text8_config(text8_dir), batch=8).train)
 
 
+@pytest.mark.slow
 def test_text8_loader_with_a_worker_process_matches_the_in_process_loader(
     text8_dir, parsed_flags,
 ):

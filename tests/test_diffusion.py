@@ -85,6 +85,7 @@ def test_md4_continuous_nelbo_is_tight_with_the_true_posterior(name, x):
       kd.neg_log_prob(x), abs=2e-3)
 
 
+@pytest.mark.slow
 def test_md4_discrete_nelbo_is_above_continuous_and_converges_to_it():
   schedule = schedules.MaskingSchedule("linear", eps=1e-6)
   x = X_CASES[1]
@@ -332,6 +333,7 @@ def exact_genmd4_diff(x, w, eps, t1, denoise, nodes=400):
   return (jnp.asarray(gw, jnp.float32) * expected * t).sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x", X_CASES, ids=lambda x: "".join(map(str, x)))
 def test_genmd4_nelbo_is_tight_with_the_true_posterior(x):
   eps, t1 = 1e-6, 1e-8
@@ -380,6 +382,7 @@ def test_genmd4_monte_carlo_nelbo_matches_the_exact_value():
     assert abs(mean - exact) < 4 * se + 1e-3, (x, mean, se, exact)
 
 
+@pytest.mark.slow
 def test_genmd4_reinforce_gradient_is_unbiased_for_the_schedule():
   """Mean surrogate gradient = gradient of the exact expected loss_diff."""
   eps, t1 = 1e-4, 1e-3

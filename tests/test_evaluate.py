@@ -15,6 +15,8 @@ from md4 import evaluate
 from md4 import run as run_lib
 from md4 import train
 
+pytestmark = pytest.mark.slow
+
 
 def test_evaluate_matches_the_training_time_eval_within_its_standard_error():
   workdir, result = trained_digits.trained_run()

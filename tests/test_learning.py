@@ -6,9 +6,12 @@ import numpy as np
 import optax
 
 import known_distribution as kd
+import pytest
 from md4 import model as model_lib
 from md4 import networks
 from md4.diffusion import masked
+
+pytestmark = pytest.mark.slow
 
 
 def test_transformer_md4_reaches_within_5_percent_of_the_entropy():

@@ -10,6 +10,8 @@ import pytest
 from md4 import configuration
 from md4 import model as model_lib
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

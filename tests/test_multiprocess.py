@@ -11,7 +11,10 @@ import portpicker
 
 import generated_data
 import tree_tolerance
+import pytest
 from md4 import checkpointing
+
+pytestmark = pytest.mark.multiprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -97,6 +97,7 @@ def _can_build_offline() -> bool:
 
 @pytest.mark.skipif(not _can_build_offline(),
                     reason="needs pip, setuptools and wheel to build offline")
+@pytest.mark.slow
 def test_pip_install_gives_the_commands_and_the_shipped_configs(tmp_path):
   # A copy of the project (the install must not write into the checkout),
   # installed without dependencies into a throwaway venv that sees this

@@ -392,6 +392,7 @@ def test_prepare_refuses_to_resume_with_other_settings(
     run_in_process(input_dir, tmp_path, bpe_dir, seq_len=64)
 
 
+@pytest.mark.slow
 def test_prepare_reads_txt_and_gzipped_jsonl_and_parquet_files(
     tmp_path, bpe_dir, corpus,
 ):
@@ -512,6 +513,7 @@ def test_openwebtext_same_seed_same_batches_and_restore_gives_the_next(
     np.testing.assert_array_equal(next(restored)["x"], want["x"])
 
 
+@pytest.mark.slow
 def test_openwebtext_with_a_grain_worker_matches_the_in_process_loader(
     prepared,
 ):

@@ -4,10 +4,13 @@ import glob
 import os
 
 import jax
+import pytest
 
 from md4 import configuration
 from md4 import profiling
 from md4 import train
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

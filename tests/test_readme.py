@@ -151,7 +151,7 @@ def test_quickstart_commands_are_make_targets_and_ci_runs_the_test_command():
     assert re.search(rf"^{target}:", makefile, re.M), target
   tests = readme[readme.index("## Tests"):]
   test_command = code_lines(tests)[0][0]
-  assert test_command == "python -m pytest -q tests"
+  assert test_command == 'python -m pytest -q -m "" tests'
   assert test_command in read(".ci/run")
   assert test_command in makefile
 

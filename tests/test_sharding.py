@@ -102,6 +102,7 @@ def _run(tmp_path, meshes, devices):
   return [json.loads(l[len("RESULT"):]) for l in lines]
 
 
+@pytest.mark.multiprocess
 def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
     tmp_path):
   generated_data.write_text8(str(tmp_path / "data"))

@@ -20,6 +20,8 @@ from md4 import optimizers
 from md4 import run as run_lib
 from md4 import train
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,7 +38,7 @@ def final_state(workdir):
   return step, restored.state
 
 
-# Resume after SIGKILL/SIGTERM, bitwise, is tested in faults_test.py.
+# Resume after SIGKILL/SIGTERM, bitwise, is tested in test_faults.py.
 
 
 def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path, caplog):

@@ -11,6 +11,8 @@ import pytest
 
 from md4 import workdir_lock
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -27,6 +27,8 @@ from md4 import configuration
 from md4 import main
 from md4 import run as run_lib
 
+pytestmark = pytest.mark.faults
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "md4", "main.py")
 CONFIG_FILE = os.path.join(ROOT, "configs", "md4", "digits.py")
