@@ -71,6 +71,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import error_boundary
 from md4.data import tokenizers
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FORMAT_VERSION = 1
@@ -96,59 +97,127 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  p.add_argument("--dataset", choices=sorted(HUB_DATASETS),
-                 default="openwebtext",
-                 help="which corpus; also names the output subdirectory.")
-  p.add_argument("--input", default="",
-                 help="local directory/file of .txt/.jsonl/.parquet or a saved"
-                 " HF dataset; empty: stream from the Hugging Face hub.")
-  p.add_argument("--text_field", default="text",
-                 help="field (column) holding the text in jsonl/parquet/HF.")
-  p.add_argument("--hub_config", default=None,
-                 help="hub configuration (FineWeb-Edu: sample-10BT).")
-  p.add_argument("--data_dir", default="./data_dir",
-                 help="output root; files go to <data_dir>/<dataset>/.")
-  p.add_argument("--tokenizer", choices=("gpt2", "sentencepiece"),
-                 default="gpt2", help="GPT-2 BPE or a sentencepiece model.")
-  p.add_argument("--tokenizer_dir", default="",
-                 help="GPT-2 vocab.json + merges.txt (or a sentencepiece"
-                 " .model); default <data_dir>/gpt2 or <data_dir>/"
-                 "sentencepiece.")
-  p.add_argument("--sentencepiece_vocab_size", type=int, default=0,
-                 help="train a sentencepiece model of this size when"
-                 " --tokenizer_dir has none.")
-  p.add_argument("--sentencepiece_train_documents", type=int, default=100_000,
-                 help="documents the sentencepiece model is trained on.")
-  p.add_argument("--seq_len", type=int, default=1024,
-                 help="tokens per block.")
-  p.add_argument("--eval_fraction", type=float, default=0.02,
-                 help="probability that a block is held out for evaluation.")
-  p.add_argument("--seed", type=int, default=0,
-                 help="seeds the held-out block choice.")
-  p.add_argument("--shard_documents", type=int, default=100_000,
-                 help="documents per shard (the unit of resumption).")
-  p.add_argument("--max_documents", type=int, default=0,
-                 help="stop after this many documents; 0 reads them all.")
-  p.add_argument("--num_proc", type=int, default=os.cpu_count() or 1,
-                 help="tokenizer worker processes; 1 tokenizes in-process.")
-  p.add_argument("--batch_documents", type=int, default=256,
-                 help="documents per worker task.")
-  p.add_argument("--verbosity", "-v", type=int, default=0,
-                 help="1: print the traceback of a reported error too.")
+  p.add_argument(
+      "--dataset",
+      choices=sorted(HUB_DATASETS),
+      default="openwebtext",
+      help="which corpus; also names the output subdirectory.",
+  )
+  p.add_argument(
+      "--input",
+      default="",
+      help=(
+          "local directory/file of .txt/.jsonl/.parquet or a saved"
+          " HF dataset; empty: stream from the Hugging Face hub."
+      ),
+  )
+  p.add_argument(
+      "--text_field",
+      default="text",
+      help="field (column) holding the text in jsonl/parquet/HF.",
+  )
+  p.add_argument(
+      "--hub_config",
+      default=None,
+      help="hub configuration (FineWeb-Edu: sample-10BT).",
+  )
+  p.add_argument(
+      "--data_dir",
+      default="./data_dir",
+      help="output root; files go to <data_dir>/<dataset>/.",
+  )
+  p.add_argument(
+      "--tokenizer",
+      choices=("gpt2", "sentencepiece"),
+      default="gpt2",
+      help="GPT-2 BPE or a sentencepiece model.",
+  )
+  p.add_argument(
+      "--tokenizer_dir",
+      default="",
+      help=(
+          "GPT-2 vocab.json + merges.txt (or a sentencepiece"
+          " .model); default <data_dir>/gpt2 or <data_dir>/"
+          "sentencepiece."
+      ),
+  )
+  p.add_argument(
+      "--sentencepiece_vocab_size",
+      type=int,
+      default=0,
+      help=(
+          "train a sentencepiece model of this size when"
+          " --tokenizer_dir has none."
+      ),
+  )
+  p.add_argument(
+      "--sentencepiece_train_documents",
+      type=int,
+      default=100_000,
+      help="documents the sentencepiece model is trained on.",
+  )
+  p.add_argument("--seq_len", type=int, default=1024, help="tokens per block.")
+  p.add_argument(
+      "--eval_fraction",
+      type=float,
+      default=0.02,
+      help="probability that a block is held out for evaluation.",
+  )
+  p.add_argument(
+      "--seed", type=int, default=0, help="seeds the held-out block choice."
+  )
+  p.add_argument(
+      "--shard_documents",
+      type=int,
+      default=100_000,
+      help="documents per shard (the unit of resumption).",
+  )
+  p.add_argument(
+      "--max_documents",
+      type=int,
+      default=0,
+      help="stop after this many documents; 0 reads them all.",
+  )
+  p.add_argument(
+      "--num_proc",
+      type=int,
+      default=os.cpu_count() or 1,
+      help="tokenizer worker processes; 1 tokenizes in-process.",
+  )
+  p.add_argument(
+      "--batch_documents",
+      type=int,
+      default=256,
+      help="documents per worker task.",
+  )
+  p.add_argument(
+      "--verbosity",
+      "-v",
+      type=int,
+      default=0,
+      help="1: print the traceback of a reported error too.",
+  )
   args = p.parse_args(argv)
   _check_args(p, args)
   return args
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  positive = ("seq_len", "shard_documents", "num_proc", "batch_documents",
-              "sentencepiece_train_documents")
+  positive = (
+      "seq_len",
+      "shard_documents",
+      "num_proc",
+      "batch_documents",
+      "sentencepiece_train_documents",
+  )
   for name in positive:
     if getattr(args, name) <= 0:
       p.error(f"--{name} must be positive, got {getattr(args, name)}.")
   if args.max_documents < 0:
-    p.error(f"--max_documents must be 0 (all) or positive, got"
-            f" {args.max_documents}.")
+    p.error(
+        "--max_documents must be 0 (all) or positive, got"
+        f" {args.max_documents}."
+    )
   if not 0.0 <= args.eval_fraction < 1.0:
     p.error(f"--eval_fraction must be in [0, 1), got {args.eval_fraction}.")
   if not 0 <= args.seed < 2**63:
@@ -192,8 +261,9 @@ def _import_datasets(why: str) -> Any:
 
 def is_saved_dataset(path: pathlib.Path) -> bool:
   """Whether `path` is a directory written by `datasets.save_to_disk`."""
-  return path.is_dir() and any((path / f).is_file()
-                               for f in SAVED_DATASET_FILES)
+  return path.is_dir() and any(
+      (path / f).is_file() for f in SAVED_DATASET_FILES
+  )
 
 
 def local_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -202,7 +272,8 @@ def local_files(path: pathlib.Path) -> list[pathlib.Path]:
     files = [path]
   else:
     files = sorted(
-        p for p in path.rglob("*")
+        p
+        for p in path.rglob("*")
         if not p.is_dir() and p.name.endswith(LOCAL_SUFFIXES)
     )
   if not files or not files[0].name.endswith(LOCAL_SUFFIXES):
@@ -241,8 +312,9 @@ def file_documents(path: pathlib.Path, text_field: str) -> Iterator[str]:
     try:
       import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise SystemExit(f"reading {path} needs pyarrow: pip install pyarrow."
-                       ) from e
+      raise SystemExit(
+          f"reading {path} needs pyarrow: pip install pyarrow."
+      ) from e
     table = pq.ParquetFile(path)
     if text_field not in table.schema_arrow.names:
       raise SystemExit(
@@ -259,8 +331,10 @@ def check_input(args: argparse.Namespace) -> None:
     return
   path = pathlib.Path(args.input)
   if not path.exists():
-    raise SystemExit(f"--input={path} does not exist; give the directory or"
-                     " file of the corpus.")
+    raise SystemExit(
+        f"--input={path} does not exist; give the directory or"
+        " file of the corpus."
+    )
   if not is_saved_dataset(path):
     local_files(path)
 
@@ -332,8 +406,7 @@ def ensure_sentencepiece_model(args: argparse.Namespace) -> pathlib.Path:
   if len(models) == 1:
     return models[0]
   if len(models) > 1:
-    raise SystemExit(f"{directory} holds {len(models)} .model files; keep"
-                     " one.")
+    raise SystemExit(f"{directory} holds {len(models)} .model files; keep one.")
   if args.sentencepiece_vocab_size <= 0:
     raise SystemExit(
         f"no sentencepiece .model in {directory}; pass --tokenizer_dir=DIR"
@@ -342,8 +415,11 @@ def ensure_sentencepiece_model(args: argparse.Namespace) -> pathlib.Path:
   count = args.sentencepiece_train_documents
   if args.max_documents:
     count = min(count, args.max_documents)
-  print(f"training a sentencepiece model ({args.sentencepiece_vocab_size}"
-        f" pieces) on {count} documents", file=sys.stderr)
+  print(
+      f"training a sentencepiece model ({args.sentencepiece_vocab_size}"
+      f" pieces) on {count} documents",
+      file=sys.stderr,
+  )
   return tokenizers.train_sentencepiece(
       itertools.islice(documents(args), count),
       directory / SENTENCEPIECE_MODEL.removesuffix(".model"),
@@ -380,8 +456,10 @@ def tokenizer_spec(args: argparse.Namespace) -> TokenizerSpec:
     files = [path]
     separator = tokenizer.special_ids.get("eos", -1)
     if separator < 0:
-      raise SystemExit(f"the sentencepiece model {path} has no eos id to"
-                       " separate documents; train it with an eos piece.")
+      raise SystemExit(
+          f"the sentencepiece model {path} has no eos id to"
+          " separate documents; train it with an eos piece."
+      )
   digest = hashlib.sha256()
   for file in files:
     digest.update(file.read_bytes())
@@ -441,7 +519,9 @@ def tokenize(task: Task) -> Tokenized:
 
 
 def tasks(
-    docs: Iterator[str], first_shard: int, shard_documents: int,
+    docs: Iterator[str],
+    first_shard: int,
+    shard_documents: int,
     batch_documents: int,
 ) -> Iterator[Task]:
   """Groups documents into per-shard batches; the final one is `last`."""
@@ -484,8 +564,12 @@ class ShardWriter:
     self._rng = np.random.default_rng([settings["seed"], shard])
     self._pending = np.zeros(0, self._dtype)  # [< seq_len] carried tokens
     self._writers = {}
-    self.counts = {"documents": 0, "tokens": 0, "train_blocks": 0,
-                   "valid_blocks": 0}
+    self.counts = {
+        "documents": 0,
+        "tokens": 0,
+        "train_blocks": 0,
+        "valid_blocks": 0,
+    }
 
   def _partial(self, split: str) -> pathlib.Path:
     return self._out_dir / (shard_file(split, self._shard) + ".partial")
@@ -496,14 +580,16 @@ class ShardWriter:
     stream = np.concatenate([self._pending, result.tokens.astype(self._dtype)])
     num_blocks = len(stream) // self._seq_len
     blocks = stream[: num_blocks * self._seq_len].reshape(
-        num_blocks, self._seq_len)  # [n, seq_len]
+        num_blocks, self._seq_len
+    )  # [n, seq_len]
     self._pending = stream[num_blocks * self._seq_len :]
     held_out = self._rng.random(num_blocks) < self._eval_fraction  # [n]
     for block, valid in zip(blocks, held_out):
       split = "valid" if valid else "train"
       if split not in self._writers:
         self._writers[split] = self._writer_class(
-            str(self._partial(split)), ARRAY_RECORD_OPTIONS)
+            str(self._partial(split)), ARRAY_RECORD_OPTIONS
+        )
       self._writers[split].write(block.tobytes())
       self.counts[f"{split}_blocks"] += 1
 
@@ -511,14 +597,14 @@ class ShardWriter:
     """Closes the files, gives them their final names; returns the entry."""
     for split, writer in self._writers.items():
       writer.close()
-      os.replace(self._partial(split),
-                 self._out_dir / shard_file(split, self._shard))
+      os.replace(
+          self._partial(split), self._out_dir / shard_file(split, self._shard)
+      )
     return {
         "index": self._shard,
         **self.counts,
         "dropped_tokens": len(self._pending),
-        "files": {s: shard_file(s, self._shard) for s in sorted(
-            self._writers)},
+        "files": {s: shard_file(s, self._shard) for s in sorted(self._writers)},
     }
 
 
@@ -540,16 +626,25 @@ def write_metadata(out_dir: pathlib.Path, metadata: dict[str, Any]) -> None:
 
 
 def build_metadata(settings, shards, *, complete, max_documents):
-  totals = {k: sum(s[k] for s in shards) for k in (
-      "documents", "tokens", "dropped_tokens", "train_blocks",
-      "valid_blocks")}
+  totals = {
+      k: sum(s[k] for s in shards)
+      for k in (
+          "documents",
+          "tokens",
+          "dropped_tokens",
+          "train_blocks",
+          "valid_blocks",
+      )
+  }
   return {
       "format_version": FORMAT_VERSION,
       **settings,
       "shards": shards,
       "totals": totals,
-      "files": {split: [s["files"][split] for s in shards
-                        if split in s["files"]] for split in SPLITS},
+      "files": {
+          split: [s["files"][split] for s in shards if split in s["files"]]
+          for split in SPLITS
+      },
       "complete": complete,
       "max_documents": max_documents,
   }
@@ -577,8 +672,7 @@ def resume_point(
   if old["complete"] and old["max_documents"] == args.max_documents:
     return None
   # Only full shards are final: a short last shard grows with more input.
-  shards = [s for s in old["shards"] if s["documents"] ==
-            args.shard_documents]
+  shards = [s for s in old["shards"] if s["documents"] == args.shard_documents]
   if args.max_documents:
     shards = shards[: args.max_documents // args.shard_documents]
   return shards
@@ -589,8 +683,12 @@ def remove_stale_files(out_dir: pathlib.Path, keep: int) -> None:
   for path in out_dir.glob("*.array_record*"):
     split, _, rest = path.name.partition("-")
     index = rest.split(".")[0]
-    if (path.name.endswith(".partial") or split not in SPLITS
-        or not index.isdigit() or int(index) >= keep):
+    if (
+        path.name.endswith(".partial")
+        or split not in SPLITS
+        or not index.isdigit()
+        or int(index) >= keep
+    ):
       path.unlink()
 
 
@@ -637,24 +735,34 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     return read_metadata(out_dir)
   remove_stale_files(out_dir, keep=len(shards))
   copy_tokenizer(spec, out_dir)
-  write_metadata(out_dir, build_metadata(
-      settings, shards, complete=False, max_documents=args.max_documents))
+  write_metadata(
+      out_dir,
+      build_metadata(
+          settings, shards, complete=False, max_documents=args.max_documents
+      ),
+  )
   done_documents = len(shards) * args.shard_documents
-  docs = itertools.islice(documents(args), done_documents,
-                          args.max_documents or None)
+  docs = itertools.islice(
+      documents(args), done_documents, args.max_documents or None
+  )
   work = tasks(docs, len(shards), args.shard_documents, args.batch_documents)
   if shards:
-    print(f"resuming after shard {len(shards) - 1} ({done_documents}"
-          " documents)", file=sys.stderr)
+    print(
+        f"resuming after shard {len(shards) - 1} ({done_documents} documents)",
+        file=sys.stderr,
+    )
   _run(args, spec, settings, out_dir, shards, work)
-  metadata = build_metadata(settings, shards, complete=True,
-                            max_documents=args.max_documents)
+  metadata = build_metadata(
+      settings, shards, complete=True, max_documents=args.max_documents
+  )
   write_metadata(out_dir, metadata)
   totals = metadata["totals"]
-  print(f"wrote {totals['train_blocks']} train and {totals['valid_blocks']}"
-        f" valid blocks of {args.seq_len} tokens ({totals['documents']}"
-        f" documents, {totals['tokens']} tokens) to {out_dir}",
-        file=sys.stderr)
+  print(
+      f"wrote {totals['train_blocks']} train and {totals['valid_blocks']}"
+      f" valid blocks of {args.seq_len} tokens ({totals['documents']}"
+      f" documents, {totals['tokens']} tokens) to {out_dir}",
+      file=sys.stderr,
+  )
   return metadata
 
 
@@ -673,7 +781,8 @@ def tokenized_in_order(
     return
   ahead = 2 * num_proc
   with concurrent.futures.ProcessPoolExecutor(
-      num_proc, initializer=init_worker, initargs=init) as executor:
+      num_proc, initializer=init_worker, initargs=init
+  ) as executor:
     pending = collections.deque()
     try:
       for task in work:
@@ -692,8 +801,13 @@ def _run(args, spec, settings, out_dir, shards, work) -> None:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   results = tokenized_in_order(work, args.num_proc, (spec, settings["dtype"]))
-  bar = tqdm(unit="tok", unit_scale=True, desc=f"{args.dataset} tokens",
-             initial=sum(s["tokens"] for s in shards), smoothing=0.1)
+  bar = tqdm(
+      unit="tok",
+      unit_scale=True,
+      desc=f"{args.dataset} tokens",
+      initial=sum(s["tokens"] for s in shards),
+      smoothing=0.1,
+  )
   writer = None
   try:
     for result in results:
@@ -704,9 +818,15 @@ def _run(args, spec, settings, out_dir, shards, work) -> None:
       if result.last:
         shards.append(writer.finish())
         writer = None
-        write_metadata(out_dir, build_metadata(
-            settings, shards, complete=False,
-            max_documents=args.max_documents))
+        write_metadata(
+            out_dir,
+            build_metadata(
+                settings,
+                shards,
+                complete=False,
+                max_documents=args.max_documents,
+            ),
+        )
         bar.set_postfix(shards=len(shards), refresh=False)
   finally:
     bar.close()
@@ -718,8 +838,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   with error_boundary.reported(sys.argv if argv is None else ["", *argv]):
     metadata = prepare(parse_args(argv))
   seconds = time.perf_counter() - start
-  print(f"done in {seconds:.1f} s ({metadata['totals']['tokens']} tokens in"
-        " total)", file=sys.stderr)
+  print(
+      f"done in {seconds:.1f} s ({metadata['totals']['tokens']} tokens in"
+      " total)",
+      file=sys.stderr,
+  )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -72,30 +73,47 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4.sampling import core
 from md4.sampling import drawing
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Run every part on CPU at tiny shapes (a test runs it).")
-_JSON = flags.DEFINE_string("json", None, "Where to write the JSON (default "
-                            "accelerator.json / accelerator_dry_run.json).")
-_BUDGET_S = flags.DEFINE_float("budget_s", 420.0,
-                               "Wall-time budget; later parts are skipped.")
-_OWT_BATCH = flags.DEFINE_integer("owt_batch", 16,
-                                  "Per-device batch of the timed OWT steps.")
-_OWT_STEPS = flags.DEFINE_integer("owt_steps", 20,
-                                  "OWT steps per attention implementation.")
-_TEXT8_STEPS = flags.DEFINE_integer("text8_steps", 300,
-                                    "Steps of the text8-shaped run.")
-_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 8,
-                                     "Samples per sampler call.")
-_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 1000,
-                                     "Sampler time steps T.")
+    "dry_run", False, "Run every part on CPU at tiny shapes (a test runs it)."
+)
+_JSON = flags.DEFINE_string(
+    "json",
+    None,
+    "Where to write the JSON (default "
+    "accelerator.json / accelerator_dry_run.json).",
+)
+_BUDGET_S = flags.DEFINE_float(
+    "budget_s", 420.0, "Wall-time budget; later parts are skipped."
+)
+_OWT_BATCH = flags.DEFINE_integer(
+    "owt_batch", 16, "Per-device batch of the timed OWT steps."
+)
+_OWT_STEPS = flags.DEFINE_integer(
+    "owt_steps", 20, "OWT steps per attention implementation."
+)
+_TEXT8_STEPS = flags.DEFINE_integer(
+    "text8_steps", 300, "Steps of the text8-shaped run."
+)
+_SAMPLE_BATCH = flags.DEFINE_integer(
+    "sample_batch", 8, "Samples per sampler call."
+)
+_SAMPLE_STEPS = flags.DEFINE_integer(
+    "sample_steps", 1000, "Sampler time steps T."
+)
 _MEMORY_LIMIT_MIB = flags.DEFINE_integer(
-    "memory_limit_mib", 0, "Memory a step may use for the batch search "
-    "(0: the device allocator's bytes_limit).")
+    "memory_limit_mib",
+    0,
+    "Memory a step may use for the batch search "
+    "(0: the device allocator's bytes_limit).",
+)
 _BATCH_RESOLUTION = flags.DEFINE_integer(
-    "batch_resolution", 8, "The batch search stops when the bracket is this "
-    "narrow.")
+    "batch_resolution",
+    8,
+    "The batch search stops when the bracket is this narrow.",
+)
 
 # Dense bfloat16 tensor-core peaks (TFLOP/s, without sparsity), matched in
 # order against the device kind (jax's `device_kind`, e.g. "NVIDIA H100 80GB
@@ -138,7 +156,8 @@ def owt_config(impl: str | None, dry_run: bool, batch: int):
   """OpenWebText small in bfloat16 with the given attention implementation."""
   c = configuration.load_file(
       os.path.join(ROOT, "configs/md4/openwebtext.py"),
-      "cpu" if dry_run else "small")
+      "cpu" if dry_run else "small",
+  )
   if dry_run:
     c.network = configuration.transformer("tiny", dropout_rate=0.02)
     c.network.num_layers = 1
@@ -154,13 +173,16 @@ def owt_config(impl: str | None, dry_run: bool, batch: int):
 # Dry run: above the automatic rule's threshold, so the loss is chunked too.
 DRY_RUN_VOCAB = 2048
 DRY_RUN_OWT = {"batch": 2, "steps": 3}
-DRY_RUN_XLA_FLAGS = ("--xla_backend_optimization_level=0",
-                     "--xla_llvm_disable_expensive_passes=true")
+DRY_RUN_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+)
 
 
 def text8_config(dry_run: bool):
   return configuration.load_file(
-      os.path.join(ROOT, "configs/md4/text8.py"), "tiny" if dry_run else "cpu")
+      os.path.join(ROOT, "configs/md4/text8.py"), "tiny" if dry_run else "cpu"
+  )
 
 
 def impls(dry_run: bool) -> tuple[str | None, ...]:
@@ -169,8 +191,13 @@ def impls(dry_run: bool) -> tuple[str | None, ...]:
 
 
 def random_tokens(step: int, shape, vocab_size: int) -> jax.Array:
-  return jax.random.randint(jax.random.fold_in(jax.random.key(1), step),
-                            shape, 0, vocab_size, jnp.int32)
+  return jax.random.randint(
+      jax.random.fold_in(jax.random.key(1), step),
+      shape,
+      0,
+      vocab_size,
+      jnp.int32,
+  )
 
 
 # ------------------------------------------------------- 1. owt steps -----
@@ -187,8 +214,11 @@ def run_owt(dry_run: bool, peak_tflops: float | None) -> dict[str, Any]:
   for impl in impls(dry_run):
     config = owt_config(impl, dry_run, owt_batch(dry_run))
     # The same initial state for both (initialised once).
-    c = compiled_step.compile_step(str(impl), config, state=first_state and
-                                   jax.tree.map(jnp.copy, first_state))
+    c = compiled_step.compile_step(
+        str(impl),
+        config,
+        state=first_state and jax.tree.map(jnp.copy, first_state),
+    )
     if first_state is None:
       first_state = jax.tree.map(jnp.copy, c.state)
     shape = tuple(c.batch["x"].shape)
@@ -205,35 +235,49 @@ def run_owt(dry_run: bool, peak_tflops: float | None) -> dict[str, Any]:
     step_s = statistics.median(timed)
     tokens = math.prod(shape)
     flops = compiled_step.transformer_flops(groups, config)
-    r = {"attention_impl": impl, "batch": shape[0], "length": shape[1],
-         "params": sum(groups.values()), "compile_s": c.compile_s,
-         "step_ms": 1e3 * step_s, "step_ms_all": [1e3 * s for s in seconds],
-         "tokens_per_s": tokens / step_s, "model_flops": flops,
-         "memory": compiled_step.memory_figures(c.fn), "losses": losses}
+    r = {
+        "attention_impl": impl,
+        "batch": shape[0],
+        "length": shape[1],
+        "params": sum(groups.values()),
+        "compile_s": c.compile_s,
+        "step_ms": 1e3 * step_s,
+        "step_ms_all": [1e3 * s for s in seconds],
+        "tokens_per_s": tokens / step_s,
+        "model_flops": flops,
+        "memory": compiled_step.memory_figures(c.fn),
+        "losses": losses,
+    }
     if peak_tflops:
       r["mfu"] = flops / step_s / (peak_tflops * 1e12)
     out[str(impl)] = r
     mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a (unknown peak)"
-    log(f"owt {impl}: batch {shape[0]} x {shape[1]}, {r['params']:,} params, "
+    log(
+        f"owt {impl}: batch {shape[0]} x {shape[1]}, {r['params']:,} params, "
         f"compiled in {c.compile_s:.0f} s; step {r['step_ms']:.1f} ms, "
         f"{r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}; memory held "
         f"{r['memory']['held'] / 2**20:,.0f} MiB (temp "
         f"{r['memory']['temp'] / 2**20:,.0f} MiB); loss after "
-        f"{len(losses)} steps {losses[-1]:.5f}")
+        f"{len(losses)} steps {losses[-1]:.5f}"
+    )
   names = list(out)
   a, b = out[names[0]]["losses"], out[names[1]]["losses"]
   del first_state
   out["loss_agreement"] = {
-      "steps": len(a), "impls": names, "last": [a[-1], b[-1]],
+      "steps": len(a),
+      "impls": names,
+      "last": [a[-1], b[-1]],
       "last_abs_difference": abs(a[-1] - b[-1]),
       "last_relative_difference": abs(a[-1] - b[-1]) / abs(b[-1]),
-      "max_relative_difference": max(abs(x - y) / abs(y)
-                                     for x, y in zip(a, b))}
+      "max_relative_difference": max(abs(x - y) / abs(y) for x, y in zip(a, b)),
+  }
   agree = out["loss_agreement"]
-  log(f"owt loss after {agree['steps']} steps: {names[0]} {a[-1]:.5f}, "
+  log(
+      f"owt loss after {agree['steps']} steps: {names[0]} {a[-1]:.5f}, "
       f"{names[1]} {b[-1]:.5f}: relative difference "
       f"{agree['last_relative_difference']:.2e} (largest over the steps "
-      f"{agree['max_relative_difference']:.2e})")
+      f"{agree['max_relative_difference']:.2e})"
+  )
   return out
 
 
@@ -247,14 +291,21 @@ def memory_limit(dry_run: bool) -> tuple[int, str]:
     return 64 * 2**20, "dry run"
   stats = jax.devices()[0].memory_stats() or {}
   if "bytes_limit" not in stats:
-    raise ValueError("the device reports no memory limit; pass "
-                     "--memory_limit_mib.")
+    raise ValueError(
+        "the device reports no memory limit; pass --memory_limit_mib."
+    )
   return int(stats["bytes_limit"]), "device allocator bytes_limit"
 
 
-def largest_batch(config, limit: int, known: dict[int, int],
-                  resolution: int, budget: Budget, per_compile_s: float,
-                  max_probes: int) -> dict[str, Any]:
+def largest_batch(
+    config,
+    limit: int,
+    known: dict[int, int],
+    resolution: int,
+    budget: Budget,
+    per_compile_s: float,
+    max_probes: int,
+) -> dict[str, Any]:
   """The largest batch whose compiled step's peak memory is <= limit.
 
   Args:
@@ -275,8 +326,9 @@ def largest_batch(config, limit: int, known: dict[int, int],
   options = {"xla_gpu_autotune_level": "0"}
 
   def can_probe():
-    return (budget.left() > per_compile_s
-            and len(probes) - len(known) < max_probes)
+    return (
+        budget.left() > per_compile_s and len(probes) - len(known) < max_probes
+    )
 
   def peak(b):
     if b not in probes:
@@ -315,13 +367,19 @@ def largest_batch(config, limit: int, known: dict[int, int],
     status = "stopped by the time budget"
   else:
     status = f"stopped after {max_probes} probes"
-  return {"largest_fitting": lo, "smallest_not_fitting": hi,
-          "finished": finished, "status": status, "limit_bytes": limit,
-          "probes": {str(b): m for b, m in sorted(probes.items())}}
+  return {
+      "largest_fitting": lo,
+      "smallest_not_fitting": hi,
+      "finished": finished,
+      "status": status,
+      "limit_bytes": limit,
+      "probes": {str(b): m for b, m in sorted(probes.items())},
+  }
 
 
-def run_batch(dry_run: bool, owt: dict[str, Any],
-              budget: Budget) -> dict[str, Any]:
+def run_batch(
+    dry_run: bool, owt: dict[str, Any], budget: Budget
+) -> dict[str, Any]:
   limit, source = memory_limit(dry_run)
   out = {"limit_bytes": limit, "limit_source": source}
   resolution = 1 if dry_run else _BATCH_RESOLUTION.value
@@ -335,17 +393,28 @@ def run_batch(dry_run: bool, owt: dict[str, Any],
       known[timed["batch"]] = timed["memory"]["peak"]
     else:
       known[owt_batch(dry_run)] = compiled_step.abstract_memory(
-          owt_config(impl, dry_run, 1), owt_batch(dry_run))["peak"]
+          owt_config(impl, dry_run, 1), owt_batch(dry_run)
+      )["peak"]
     per_compile = max(timed.get("compile_s", 30.0), 1.0)
-    r = largest_batch(owt_config(impl, dry_run, 1), limit, known, resolution,
-                      budget, per_compile, 1 if dry_run else 8)
+    r = largest_batch(
+        owt_config(impl, dry_run, 1),
+        limit,
+        known,
+        resolution,
+        budget,
+        per_compile,
+        1 if dry_run else 8,
+    )
     out[str(impl)] = r
-    log(f"batch {impl}: largest per-device batch that fits "
+    log(
+        f"batch {impl}: largest per-device batch that fits "
         f"{limit / 2**20:,.0f} MiB ({source}): {r['largest_fitting']} (next "
         f"probe over the limit: {r['smallest_not_fitting']}; "
         f"{r['status']}; "
-        f"probes batch -> MiB: " + ", ".join(
-            f"{b} -> {m / 2**20:,.0f}" for b, m in r["probes"].items()) + ")")
+        "probes batch -> MiB: "
+        + ", ".join(f"{b} -> {m / 2**20:,.0f}" for b, m in r["probes"].items())
+        + ")"
+    )
   return out
 
 
@@ -384,24 +453,37 @@ def run_text8(dry_run: bool) -> dict[str, Any]:
   state, losses, seconds = c.state, [], []
   for _ in range(_TEXT8_STEPS.value if not dry_run else 10):
     starts = rng.integers(0, len(chars) - length, batch)
-    x = jnp.asarray(np.stack([chars[s:s + length] for s in starts]))
+    x = jnp.asarray(np.stack([chars[s : s + length] for s in starts]))
     start = time.perf_counter()
     state, metrics = c.step(state, {"x": x})
     seconds.append(time.perf_counter() - start)
     losses.append(float(metrics["bits_per_dim"]))
   del state
   step_s = statistics.median(seconds[2:] or seconds)
-  r = {"config": "configs/md4/text8.py:" + ("tiny" if dry_run else "cpu"),
-       "characters": int(len(chars)), "batch": batch, "length": length,
-       "compile_s": c.compile_s, "step_ms": 1e3 * step_s,
-       "tokens_per_s": batch * length / step_s, "bits_per_char": losses}
-  marks = sorted({0, len(losses) // 4, len(losses) // 2,
-                  3 * len(losses) // 4, len(losses) - 1})
+  r = {
+      "config": "configs/md4/text8.py:" + ("tiny" if dry_run else "cpu"),
+      "characters": int(len(chars)),
+      "batch": batch,
+      "length": length,
+      "compile_s": c.compile_s,
+      "step_ms": 1e3 * step_s,
+      "tokens_per_s": batch * length / step_s,
+      "bits_per_char": losses,
+  }
+  marks = sorted({
+      0,
+      len(losses) // 4,
+      len(losses) // 2,
+      3 * len(losses) // 4,
+      len(losses) - 1,
+  })
   curve = ", ".join(f"{i + 1}: {losses[i]:.3f}" for i in marks)
-  log(f"text8 ({r['config']}, {len(chars):,} characters of this repository):"
+  log(
+      f"text8 ({r['config']}, {len(chars):,} characters of this repository):"
       f" {len(losses)} steps, {r['step_ms']:.1f} ms/step, "
       f"{r['tokens_per_s']:,.0f} tokens/s; training bits/char by step: "
-      f"{curve}")
+      f"{curve}"
+  )
   return r
 
 
@@ -416,12 +498,17 @@ def run_sampling(dry_run: bool, budget: Budget) -> dict[str, Any]:
     config.data.data_shape = (32,)
   model = model_lib.build_model(config)
   params = jax.jit(lambda r: model_lib.init_variables(model, r, unbox=True))(
-      jax.random.key(0))["params"]
+      jax.random.key(0)
+  )["params"]
   steps = 20 if dry_run else _SAMPLE_STEPS.value
   settings = core.Settings(num_steps=steps)
-  out = {"length": config.data.data_shape[0], "steps": steps,
-         "batch": _SAMPLE_BATCH.value, "attention_impl": impl,
-         "dtype": "bfloat16"}
+  out = {
+      "length": config.data.data_shape[0],
+      "steps": steps,
+      "batch": _SAMPLE_BATCH.value,
+      "attention_impl": impl,
+      "dtype": "bfloat16",
+  }
   spent = None
   for name in ("cached", "ancestral"):
     if spent is not None and budget.left() < 3 * spent and not dry_run:
@@ -429,23 +516,35 @@ def run_sampling(dry_run: bool, budget: Budget) -> dict[str, Any]:
       log(f"sampling {name}: skipped (time budget)")
       continue
     start = time.perf_counter()
-    drawn = drawing.draw(model, params, name, settings,
-                         num_samples=_SAMPLE_BATCH.value,
-                         batch_size=_SAMPLE_BATCH.value, seed=0)
+    drawn = drawing.draw(
+        model,
+        params,
+        name,
+        settings,
+        num_samples=_SAMPLE_BATCH.value,
+        batch_size=_SAMPLE_BATCH.value,
+        seed=0,
+    )
     spent = time.perf_counter() - start
-    out[name] = {"samples_per_s": drawn.samples_per_second,
-                 "network_calls": drawn.network_calls,
-                 "seconds": drawn.seconds,
-                 "compile_s": drawn.compile_seconds}
-    log(f"sampling {name}: L = {out['length']}, T = {steps}, batch "
+    out[name] = {
+        "samples_per_s": drawn.samples_per_second,
+        "network_calls": drawn.network_calls,
+        "seconds": drawn.seconds,
+        "compile_s": drawn.compile_seconds,
+    }
+    log(
+        f"sampling {name}: L = {out['length']}, T = {steps}, batch "
         f"{_SAMPLE_BATCH.value}: {drawn.samples_per_second:.3f} samples/s, "
         f"{drawn.network_calls:.0f} network calls per sample (compiled in "
-        f"{drawn.compile_seconds:.0f} s)")
+        f"{drawn.compile_seconds:.0f} s)"
+    )
   if "samples_per_s" in out.get("ancestral", {}):
-    out["cached_speedup"] = (out["cached"]["samples_per_s"]
-                             / out["ancestral"]["samples_per_s"])
-    log(f"sampling: cached / ancestral samples/s = "
-        f"{out['cached_speedup']:.2f}x")
+    out["cached_speedup"] = (
+        out["cached"]["samples_per_s"] / out["ancestral"]["samples_per_s"]
+    )
+    log(
+        f"sampling: cached / ancestral samples/s = {out['cached_speedup']:.2f}x"
+    )
   return out
 
 
@@ -459,27 +558,39 @@ def main(argv):
     # A code check, not a measurement: XLA's quickest CPU code generation
     # (set before the first computation initialises the backend).
     os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", "")] + list(DRY_RUN_XLA_FLAGS)).strip()
+        [os.environ.get("XLA_FLAGS", "")] + list(DRY_RUN_XLA_FLAGS)
+    ).strip()
   budget = Budget(_BUDGET_S.value)
   device = jax.devices()[0]
   if not dry_run and device.platform == "cpu":
-    raise app.UsageError("no accelerator found (jax.devices() is CPU); run "
-                         "with --dry_run to check the code on CPU.")
+    raise app.UsageError(
+        "no accelerator found (jax.devices() is CPU); run "
+        "with --dry_run to check the code on CPU."
+    )
   peak = bf16_peak_tflops(device.device_kind)
   result: dict[str, Any] = {
-      "date": compiled_step.now(), "jax": jax.__version__,
-      "machine": compiled_step.machine(), "device_kind": device.device_kind,
-      "device_count": len(jax.devices()), "dry_run": dry_run,
-      "bf16_peak_tflops": peak, "budget_s": _BUDGET_S.value,
-      "load_start": compiled_step.loadavg()}
-  log(f"md4 accelerator benchmark{' (dry run)' if dry_run else ''}, "
+      "date": compiled_step.now(),
+      "jax": jax.__version__,
+      "machine": compiled_step.machine(),
+      "device_kind": device.device_kind,
+      "device_count": len(jax.devices()),
+      "dry_run": dry_run,
+      "bf16_peak_tflops": peak,
+      "budget_s": _BUDGET_S.value,
+      "load_start": compiled_step.loadavg(),
+  }
+  log(
+      f"md4 accelerator benchmark{' (dry run)' if dry_run else ''}, "
       f"{result['date']}, jax {jax.__version__}, {result['machine']}; dense "
-      f"bf16 peak {peak or 'unknown'} TFLOP/s")
+      f"bf16 peak {peak or 'unknown'} TFLOP/s"
+  )
   start = time.perf_counter()
-  parts = (("owt", lambda: run_owt(dry_run, peak)),
-           ("batch", lambda: run_batch(dry_run, result["owt"], budget)),
-           ("text8", lambda: run_text8(dry_run)),
-           ("sampling", lambda: run_sampling(dry_run, budget)))
+  parts = (
+      ("owt", lambda: run_owt(dry_run, peak)),
+      ("batch", lambda: run_batch(dry_run, result["owt"], budget)),
+      ("text8", lambda: run_text8(dry_run)),
+      ("sampling", lambda: run_sampling(dry_run, budget)),
+  )
   result["part_s"] = {}
   for part, fn in parts:
     if part in ("text8", "sampling") and budget.left() < 30 and not dry_run:
@@ -488,17 +599,22 @@ def main(argv):
       continue
     wall, cpu = time.perf_counter(), time.process_time()
     result[part] = fn()
-    result["part_s"][part] = {"wall": time.perf_counter() - wall,
-                              "cpu": time.process_time() - cpu}
+    result["part_s"][part] = {
+        "wall": time.perf_counter() - wall,
+        "cpu": time.process_time() - cpu,
+    }
   result["wall_s"] = time.perf_counter() - start
   result["load_end"] = compiled_step.loadavg()
-  path = _JSON.value or ("accelerator_dry_run.json" if dry_run
-                         else "accelerator.json")
+  path = _JSON.value or (
+      "accelerator_dry_run.json" if dry_run else "accelerator.json"
+  )
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
-  log(f"done in {result['wall_s']:.0f} s (" + ", ".join(
-      f"{k} {v['wall']:.0f} s" for k, v in result["part_s"].items())
-      + f"); load average {result['load_end']:.1f}; wrote {path}")
+  log(
+      f"done in {result['wall_s']:.0f} s ("
+      + ", ".join(f"{k} {v['wall']:.0f} s" for k, v in result["part_s"].items())
+      + f"); load average {result['load_end']:.1f}; wrote {path}"
+  )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from md4 import train
 @dataclasses.dataclass
 class Compiled:
   """A compiled train step with its state, batch and key."""
+
   name: str
   fn: Any
   state: Any
@@ -41,8 +42,9 @@ class Compiled:
   def step(self, state, batch=None):
     """One step (blocked until done): returns (state, metrics)."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      state, metrics = self.fn(state, self.batch if batch is None else batch,
-                               self.rng)
+      state, metrics = self.fn(
+          state, self.batch if batch is None else batch, self.rng
+      )
       jax.block_until_ready((state, metrics))
     return state, metrics
 
@@ -52,24 +54,34 @@ def make_setup(config) -> run_lib.Setup:
   mesh = sharding.make_mesh(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   model = model_lib.build_model(config)
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
+  optimizer = optimizers.build_optimizer(
+      config.optimizer, config.train.num_steps
+  )
   boxed = jax.eval_shape(
       lambda r: run_lib.init_state(model, optimizer, r),  # pylint: disable=protected-access
-      jax.random.key(0))
+      jax.random.key(0),
+  )
   state_shardings = sharding.tree_shardings(mesh, rules, boxed)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.meta.unbox(boxed), state_shardings)
+      nn.meta.unbox(boxed),
+      state_shardings,
+  )
   batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
-  return run_lib.Setup(config, mesh, rules, model, optimizer, datasets=None,
-                     state_shardings=state_shardings,
-                     abstract_state=abstract_state,
-                     batch_sharding=batch_sharding)
+  return run_lib.Setup(
+      config,
+      mesh,
+      rules,
+      model,
+      optimizer,
+      datasets=None,
+      state_shardings=state_shardings,
+      abstract_state=abstract_state,
+      batch_sharding=batch_sharding,
+  )
 
 
-def compile_step(name: str, config, seed: int = 0,
-                 state=None) -> Compiled:
+def compile_step(name: str, config, seed: int = 0, state=None) -> Compiled:
   """The jitted, compiled step of `config`, its initial state and a batch.
 
   Parameters come from `seed`, the batch is random tokens from `seed`: every
@@ -83,28 +95,45 @@ def compile_step(name: str, config, seed: int = 0,
   if state is None:
     state = run_lib.create_state(setup, init_rng)
   x = jax.random.randint(
-      data_rng, (config.train.batch_size,) + tuple(config.data.data_shape), 0,
-      config.data.vocab_size, jnp.int32)
+      data_rng,
+      (config.train.batch_size,) + tuple(config.data.data_shape),
+      0,
+      config.data.vocab_size,
+      jnp.int32,
+  )
   batch = {"x": jax.device_put(x, setup.batch_sharding)}
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     fn = train.jit_train_step(setup).lower(state, batch, step_rng).compile()
-  return Compiled(name, fn, state, batch, step_rng, setup.mesh, setup.rules,
-                  time.perf_counter() - t0)
+  return Compiled(
+      name,
+      fn,
+      state,
+      batch,
+      step_rng,
+      setup.mesh,
+      setup.rules,
+      time.perf_counter() - t0,
+  )
 
 
-def abstract_memory(config, batch_size: int,
-                    compiler_options: dict | None = None) -> dict[str, int]:
+def abstract_memory(
+    config, batch_size: int, compiler_options: dict | None = None
+) -> dict[str, int]:
   """Memory of the step compiled for `batch_size` from shapes only.
 
   Nothing is allocated: state and batch are ShapeDtypeStructs. The config's
   own batch size is ignored.
   """
   setup = make_setup(config)
-  x = jax.ShapeDtypeStruct((batch_size,) + tuple(config.data.data_shape),
-                           jnp.int32, sharding=setup.batch_sharding)
+  x = jax.ShapeDtypeStruct(
+      (batch_size,) + tuple(config.data.data_shape),
+      jnp.int32,
+      sharding=setup.batch_sharding,
+  )
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     lowered = train.jit_train_step(setup).lower(
-        setup.abstract_state, {"x": x}, jax.random.key(0))
+        setup.abstract_state, {"x": x}, jax.random.key(0)
+    )
     if compiler_options:
       try:
         return memory_figures(lowered.compile(compiler_options))
@@ -134,10 +163,12 @@ def memory_figures(compiled) -> dict[str, int]:
   `peak` counts those.
   """
   m = compiled.memory_analysis()
-  out = {"temp": int(m.temp_size_in_bytes),
-         "argument": int(m.argument_size_in_bytes),
-         "output": int(m.output_size_in_bytes),
-         "alias": int(m.alias_size_in_bytes)}
+  out = {
+      "temp": int(m.temp_size_in_bytes),
+      "argument": int(m.argument_size_in_bytes),
+      "output": int(m.output_size_in_bytes),
+      "alias": int(m.alias_size_in_bytes),
+  }
   out["held"] = out["temp"] + out["argument"]
   out["peak"] = out["held"] + out["output"] - out["alias"]
   return out
@@ -162,8 +193,9 @@ def param_groups(params) -> dict[str, int]:
   return groups
 
 
-def transformer_flops(groups, config, batch_size: int | None = None,
-                      backward: bool = True) -> float:
+def transformer_flops(
+    groups, config, batch_size: int | None = None, backward: bool = True
+) -> float:
   """Model FLOPs of a transformer step: 6 N D for the matmuls + attention.
 
   Forward only (`backward=False`): 2 N D. Each attention layer does two
@@ -175,8 +207,14 @@ def transformer_flops(groups, config, batch_size: int | None = None,
   tokens = batch * length
   factor = 6.0 if backward else 2.0
   dense = factor * (groups["token"] * tokens + groups["example"] * batch)
-  attention = (2 * factor * config.network.num_layers * length
-               * config.network.width * tokens)
+  attention = (
+      2
+      * factor
+      * config.network.num_layers
+      * length
+      * config.network.width
+      * tokens
+  )
   return dense + attention
 
 
@@ -204,8 +242,10 @@ def machine() -> str:
   except OSError:
     pass
   device = jax.devices()[0]
-  return (f"{os.cpu_count()} CPU cores ({model}); {len(jax.devices())} x "
-          f"{device.platform} {device.device_kind}")
+  return (
+      f"{os.cpu_count()} CPU cores ({model}); {len(jax.devices())} x "
+      f"{device.platform} {device.device_kind}"
+  )
 
 
 MATMUL_N = 2048
@@ -228,8 +268,13 @@ def matmul_peak(count: int, dtype, n: int = MATMUL_N) -> dict[str, Any]:
     start = time.perf_counter()
     jax.block_until_ready(dot(a, b))
     times.append(time.perf_counter() - start)
-  flops = 2 * n ** 3
-  return {"gflops": flops / min(times) / 1e9,
-          "median_gflops": flops / sorted(times)[len(times) // 2] / 1e9,
-          "load": load, "dtype": jnp.dtype(dtype).name, "time": now(),
-          "n": n, "count": count}
+  flops = 2 * n**3
+  return {
+      "gflops": flops / min(times) / 1e9,
+      "median_gflops": flops / sorted(times)[len(times) // 2] / 1e9,
+      "load": load,
+      "dtype": jnp.dtype(dtype).name,
+      "time": now(),
+      "n": n,
+      "count": count,
+  }

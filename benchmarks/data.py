@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -57,6 +58,7 @@ console.hide_native_logs()  # Before md4's modules import TensorFlow.
 from md4.data import pipelines
 from md4.data import text8
 from md4.data import tfds_images
+
 # pylint: enable=g-import-not-at-top
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -70,34 +72,57 @@ SOURCES = {
     "openwebtext": ("configs/md4/openwebtext.py", "cpu", {}),
     "protein": ("configs/md4/protein.py", "cpu", {}),
     # Users' data: the OpenWebText CPU config, pointed at their files.
-    "tokens": ("configs/md4/openwebtext.py", "cpu",
-               {"dataset": "tokens", "path": "tokens", "vocab_size": 1000}),
-    "text_chars": ("configs/md4/openwebtext.py", "cpu",
-                   {"dataset": "text_chars", "path": "text_chars/text.txt"}),
+    "tokens": (
+        "configs/md4/openwebtext.py",
+        "cpu",
+        {"dataset": "tokens", "path": "tokens", "vocab_size": 1000},
+    ),
+    "text_chars": (
+        "configs/md4/openwebtext.py",
+        "cpu",
+        {"dataset": "text_chars", "path": "text_chars/text.txt"},
+    ),
 }
 
 
 def parse_args():
   p = error_boundary.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--sources", default=",".join(SOURCES),
-                 help="comma-separated sources to measure.")
-  p.add_argument("--prep_documents", type=int, default=600,
-                 help="documents for the prep benchmark; 0 skips it.")
-  p.add_argument("--batches", type=int, default=50,
-                 help="timed loader batches per source.")
-  p.add_argument("--step_steps", type=int, default=3,
-                 help="timed train steps per config; 0 skips the step.")
-  p.add_argument("--resize_images", type=int, default=200,
-                 help="images per size for the ImageNet 64x64 crop + resize"
-                 " benchmark; 0 skips it.")
+  p.add_argument(
+      "--sources",
+      default=",".join(SOURCES),
+      help="comma-separated sources to measure.",
+  )
+  p.add_argument(
+      "--prep_documents",
+      type=int,
+      default=600,
+      help="documents for the prep benchmark; 0 skips it.",
+  )
+  p.add_argument(
+      "--batches", type=int, default=50, help="timed loader batches per source."
+  )
+  p.add_argument(
+      "--step_steps",
+      type=int,
+      default=3,
+      help="timed train steps per config; 0 skips the step.",
+  )
+  p.add_argument(
+      "--resize_images",
+      type=int,
+      default=200,
+      help=(
+          "images per size for the ImageNet 64x64 crop + resize"
+          " benchmark; 0 skips it."
+      ),
+  )
   return p.parse_args()
 
 
 def load_config(path, variant):
   import importlib.util  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location("benchmark_config",
-                                                ROOT / path)
+  spec = importlib.util.spec_from_file_location("benchmark_config", ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
@@ -129,9 +154,12 @@ def gpt2_dir(work):
   directory = work / "bpe"
   directory.mkdir()
   bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator(stdlib_documents(200), vocab_size=2000,
-                          special_tokens=["<|endoftext|>"],
-                          show_progress=False)
+  bpe.train_from_iterator(
+      stdlib_documents(200),
+      vocab_size=2000,
+      special_tokens=["<|endoftext|>"],
+      show_progress=False,
+  )
   bpe.save_model(str(directory))
   return directory, "a 2,000-piece BPE trained here (no shared GPT-2)"
 
@@ -144,24 +172,37 @@ def bench_prep(work, num_documents):
     for doc in stdlib_documents(num_documents):
       f.write(json.dumps({"text": doc}) + "\n")
   tokenizer_dir, tokenizer_name = gpt2_dir(work)
-  print(f"\n== prepare_openwebtext_data.py: {num_documents} stdlib files,"
-        f" {tokenizer_name}, seq_len 1024")
+  print(
+      f"\n== prepare_openwebtext_data.py: {num_documents} stdlib files,"
+      f" {tokenizer_name}, seq_len 1024"
+  )
   data_dir = None
   for num_proc in sorted({1, os.cpu_count() or 1}):
     data_dir = work / f"prep-{num_proc}"
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, str(SCRIPT), f"--input={corpus}",
-         f"--data_dir={data_dir}", f"--tokenizer_dir={tokenizer_dir}",
-         f"--num_proc={num_proc}", "--shard_documents=1000",
-         "--batch_documents=8"],
-        check=True, capture_output=True, text=True)
+        [
+            sys.executable,
+            str(SCRIPT),
+            f"--input={corpus}",
+            f"--data_dir={data_dir}",
+            f"--tokenizer_dir={tokenizer_dir}",
+            f"--num_proc={num_proc}",
+            "--shard_documents=1000",
+            "--batch_documents=8",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     metadata = json.loads((data_dir / "openwebtext/metadata.json").read_text())
     tokens = metadata["totals"]["tokens"]
-    print(f"  num_proc={num_proc:2d}: {metadata['totals']['documents']} docs,"
-          f" {tokens:,} tokens in {seconds:.1f} s (whole command, start-up"
-          f" included) = {tokens / seconds:,.0f} tokens/s")
+    print(
+        f"  num_proc={num_proc:2d}: {metadata['totals']['documents']} docs,"
+        f" {tokens:,} tokens in {seconds:.1f} s (whole command, start-up"
+        f" included) = {tokens / seconds:,.0f} tokens/s"
+    )
   return data_dir, metadata["vocab_size"]
 
 
@@ -178,16 +219,19 @@ def make_data(work, prepared, vocab_size):
     archive.writestr("text8", text)
   (generated / "tokens").mkdir()
   for name, rows in (("train", 4000), ("valid", 100)):
-    np.save(generated / "tokens" / f"{name}.npy",
-            rng.integers(0, 1000, (rows, 1024), dtype=np.uint16))
+    np.save(
+        generated / "tokens" / f"{name}.npy",
+        rng.integers(0, 1000, (rows, 1024), dtype=np.uint16),
+    )
   (generated / "text_chars").mkdir()
   (generated / "text_chars" / "text.txt").write_text(text[:2_000_000])
   (generated / "protein").mkdir()
   if not (SHARED / "protein").is_dir():
     with open(generated / "protein" / "proteins.fasta", "w") as f:
       for i in range(4000):
-        residues = rng.choice(list("ACDEFGHIKLMNPQRSTVWY"),
-                              rng.integers(50, 800))
+        residues = rng.choice(
+            list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(50, 800)
+        )
         f.write(f">p{i}\n{''.join(residues)}\n")
   dirs = {name: generated for name in SOURCES}
   dirs["protein"] = SHARED if (SHARED / "protein").is_dir() else generated
@@ -211,9 +255,13 @@ def source_config(name, data_dir, overrides):
 
 def bench_loader(config, num_batches):
   datasets = pipelines.build_datasets(
-      config.data, global_batch_size=config.train.batch_size,
-      eval_batch_size=config.train.eval_batch_size, seed=config.seed,
-      process_index=0, process_count=1)
+      config.data,
+      global_batch_size=config.train.batch_size,
+      eval_batch_size=config.train.eval_batch_size,
+      seed=config.seed,
+      process_index=0,
+      process_count=1,
+  )
   iterator = iter(datasets.train)
   for _ in range(2):
     next(iterator)
@@ -237,8 +285,10 @@ def bench_step(config, num_steps):
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     step = train.jit_train_step(setup)
     rng = jax.random.key(1)
-    batches = [train._global_batch(setup, next(iterator))  # pylint: disable=protected-access
-               for _ in range(num_steps + 2)]
+    batches = [
+        train._global_batch(setup, next(iterator))  # pylint: disable=protected-access
+        for _ in range(num_steps + 2)
+    ]
     for batch in batches[:2]:  # compile, then one warm step
       state, metrics = step(state, batch, rng)
     jax.block_until_ready(metrics)
@@ -255,8 +305,10 @@ IMAGENET_SIZES = ((375, 500), (1200, 1600))
 
 def bench_imagenet_resize(num_images):
   """Images/s of the class_cond_imagenet64 centre crop + area resize."""
-  print(f"\n== class_cond_imagenet64 preprocessing: centre crop + area resize"
-        f" to 64x64, {num_images} random images per size, this process")
+  print(
+      "\n== class_cond_imagenet64 preprocessing: centre crop + area resize"
+      f" to 64x64, {num_images} random images per size, this process"
+  )
   transform = tfds_images.CentreCropResize(tfds_images.IMAGENET64_SIZE)
   rng = np.random.default_rng(0)
   for height, width in IMAGENET_SIZES:
@@ -266,8 +318,10 @@ def bench_imagenet_resize(num_images):
     for _ in range(num_images):
       transform(image)
     seconds = (time.perf_counter() - start) / num_images
-    print(f"  {height}x{width}: {seconds * 1e3:.2f} ms per image ="
-          f" {1 / seconds:,.0f} images/s")
+    print(
+        f"  {height}x{width}: {seconds * 1e3:.2f} ms per image ="
+        f" {1 / seconds:,.0f} images/s"
+    )
 
 
 def main():
@@ -275,8 +329,10 @@ def main():
   names = [n for n in args.sources.split(",") if n]
   unknown = sorted(set(names) - set(SOURCES))
   if unknown:
-    raise SystemExit(f"--sources: unknown {unknown}; valid: "
-                     f"{', '.join(SOURCES)}; give a comma-separated subset.")
+    raise SystemExit(
+        f"--sources: unknown {unknown}; valid: "
+        f"{', '.join(SOURCES)}; give a comma-separated subset."
+    )
   print(f"machine: {os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
   with tempfile.TemporaryDirectory() as tmp:
     work = pathlib.Path(tmp)
@@ -284,29 +340,39 @@ def main():
     if args.prep_documents and "openwebtext" in names:
       prepared, vocab_size = bench_prep(work, args.prep_documents)
     dirs, overrides = make_data(work, prepared, vocab_size)
-    print(f"\n== loaders: batches/s over {args.batches} batches (batch and"
-          " shape of the config); train step on this machine")
-    print(f"  {'source':12s} {'config':28s} {'batch':>13s} {'loader b/s':>10s}"
-          f" {'ex/s':>9s} {'step b/s':>9s} {'ratio':>7s}")
+    print(
+        f"\n== loaders: batches/s over {args.batches} batches (batch and"
+        " shape of the config); train step on this machine"
+    )
+    print(
+        f"  {'source':12s} {'config':28s} {'batch':>13s} {'loader b/s':>10s}"
+        f" {'ex/s':>9s} {'step b/s':>9s} {'ratio':>7s}"
+    )
     for name in names:
       if dirs[name] is None:
         print(f"  {name:12s} skipped: no data in {SHARED}")
         continue
       path, variant, _ = SOURCES[name]
-      label = f"{path.removeprefix('configs/')}{':' + variant if variant else ''}"
+      label = (
+          f"{path.removeprefix('configs/')}{':' + variant if variant else ''}"
+      )
       try:
         config = source_config(name, dirs[name], overrides)
         shape = (config.train.batch_size, *config.data.data_shape)
         loader = bench_loader(config, args.batches)
-        step = (bench_step(config, args.step_steps) if args.step_steps
-                else math.nan)
+        step = (
+            bench_step(config, args.step_steps) if args.step_steps else math.nan
+        )
       except Exception as e:  # pylint: disable=broad-exception-caught
         # One broken config or missing file must not hide the other figures.
         print(f"  {name:12s} {label:28s} failed: {type(e).__name__}: {e}")
         continue
-      print(f"  {name:12s} {label:28s} {'x'.join(map(str, shape)):>13s}"
-            f" {loader:10.1f} {loader * shape[0]:9.0f} {step:9.2f}"
-            f" {loader / step:7.0f}", flush=True)
+      print(
+          f"  {name:12s} {label:28s} {'x'.join(map(str, shape)):>13s}"
+          f" {loader:10.1f} {loader * shape[0]:9.0f} {step:9.2f}"
+          f" {loader / step:7.0f}",
+          flush=True,
+      )
   if args.resize_images:
     bench_imagenet_resize(args.resize_images)
 

@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -52,19 +53,27 @@ from md4 import evaluate
 from md4 import run as run_lib
 from md4 import train
 
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1000,
-                                    "Optimisation steps per family.")
+_TRAIN_STEPS = flags.DEFINE_integer(
+    "train_steps", 1000, "Optimisation steps per family."
+)
 _T = flags.DEFINE_integer("T", 200, "Diffusion steps T of every family.")
 _FAMILIES = flags.DEFINE_list(
-    "families", ["md4", "d3pm_uniform", "d3pm_absorbing", "multinomial"],
-    "Families to train.")
+    "families",
+    ["md4", "d3pm_uniform", "d3pm_absorbing", "multinomial"],
+    "Families to train.",
+)
 _TIME_SAMPLES = flags.DEFINE_integer(
-    "num_time_samples", 16, "Bound estimates (times) per test example.")
+    "num_time_samples", 16, "Bound estimates (times) per test example."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "The seed of every family.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows here.")
 
-DIGITS_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "md4", "digits.py")
+DIGITS_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs",
+    "md4",
+    "digits.py",
+)
 EVAL_SPLIT = "test"
 HYBRID_COEFF = 0.01  # Austin et al.'s lambda for the D3PM families.
 
@@ -72,22 +81,39 @@ HYBRID_COEFF = 0.01  # Austin et al.'s lambda for the D3PM families.
 # from --T.
 FAMILIES = {
     "md4": dict(process="md4", schedule="linear"),
-    "d3pm_uniform": dict(process="d3pm", transition="uniform",
-                         schedule="cosine", hybrid_coeff=HYBRID_COEFF),
-    "d3pm_absorbing": dict(process="d3pm", transition="absorbing",
-                           schedule="jsd", hybrid_coeff=HYBRID_COEFF),
-    "multinomial": dict(process="d3pm", transition="uniform",
-                        schedule="cosine", hybrid_coeff=0.0),
-    "d3pm_gaussian": dict(process="d3pm", transition="gaussian",
-                          schedule="linear", hybrid_coeff=HYBRID_COEFF),
+    "d3pm_uniform": dict(
+        process="d3pm",
+        transition="uniform",
+        schedule="cosine",
+        hybrid_coeff=HYBRID_COEFF,
+    ),
+    "d3pm_absorbing": dict(
+        process="d3pm",
+        transition="absorbing",
+        schedule="jsd",
+        hybrid_coeff=HYBRID_COEFF,
+    ),
+    "multinomial": dict(
+        process="d3pm",
+        transition="uniform",
+        schedule="cosine",
+        hybrid_coeff=0.0,
+    ),
+    "d3pm_gaussian": dict(
+        process="d3pm",
+        transition="gaussian",
+        schedule="linear",
+        hybrid_coeff=HYBRID_COEFF,
+    ),
 }
 
 
 def family_config(family: str, train_steps: int, num_steps: int, seed: int):
   """The digits config with one family's model fields."""
   if family not in FAMILIES:
-    raise ValueError(f"--families: {family!r} is not a family; valid: "
-                     f"{', '.join(FAMILIES)}.")
+    raise ValueError(
+        f"--families: {family!r} is not a family; valid: {', '.join(FAMILIES)}."
+    )
   c = configuration.load_file(DIGITS_CONFIG)
   c.seed = seed
   c.train.num_steps = train_steps
@@ -119,8 +145,10 @@ def train_family(config, workdir: str):
       batch = global_batch(setup, next(train_iter))
       state, metrics = compiled(state, batch, train_rng)
       if (step + 1) % max(config.train.num_steps // 5, 1) == 0:
-        print(f"  step {step + 1}: train loss "
-              f"{float(metrics['loss']):.4f}", flush=True)
+        print(
+            f"  step {step + 1}: train loss {float(metrics['loss']):.4f}",
+            flush=True,
+        )
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
   return setup, state.ema_params, seconds
@@ -132,31 +160,48 @@ def run_family(family: str) -> dict:
   try:
     print(f"{family}: training {_TRAIN_STEPS.value} steps", flush=True)
     setup, params, seconds = train_family(config, workdir)
-    run = run_lib.RestoredRun(workdir, config, setup, params,
-                                   _TRAIN_STEPS.value)
+    run = run_lib.RestoredRun(
+        workdir, config, setup, params, _TRAIN_STEPS.value
+    )
     result = evaluate.negative_elbo(
-        run, EVAL_SPLIT, num_time_samples=_TIME_SAMPLES.value,
-        seed=_SEED.value, progress=False)
+        run,
+        EVAL_SPLIT,
+        num_time_samples=_TIME_SAMPLES.value,
+        seed=_SEED.value,
+        progress=False,
+    )
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  row = {"family": family, "train_steps": _TRAIN_STEPS.value, "T": _T.value,
-         "bits_per_dim": result["bits_per_dim"]["mean"],
-         "se": result["bits_per_dim"]["se"],
-         "train_seconds": seconds, "eval_seconds": result["seconds"],
-         "num_examples": result["num_examples"],
-         "model": config.model.to_dict()}
-  print(f"{family}: {row['bits_per_dim']:.4f} +- {row['se']:.4f} bits/dim, "
-        f"trained in {seconds:.0f} s", flush=True)
+  row = {
+      "family": family,
+      "train_steps": _TRAIN_STEPS.value,
+      "T": _T.value,
+      "bits_per_dim": result["bits_per_dim"]["mean"],
+      "se": result["bits_per_dim"]["se"],
+      "train_seconds": seconds,
+      "eval_seconds": result["seconds"],
+      "num_examples": result["num_examples"],
+      "model": config.model.to_dict(),
+  }
+  print(
+      f"{family}: {row['bits_per_dim']:.4f} +- {row['se']:.4f} bits/dim, "
+      f"trained in {seconds:.0f} s",
+      flush=True,
+  )
   return row
 
 
 def table(rows) -> str:
-  lines = ["| family | steps | T | test bits/dim | se | train s |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+      "| family | steps | T | test bits/dim | se | train s |",
+      "|---|---|---|---|---|---|",
+  ]
   for r in rows:
-    lines.append(f"| {r['family']} | {r['train_steps']} | {r['T']} | "
-                 f"{r['bits_per_dim']:.4f} | {r['se']:.4f} | "
-                 f"{r['train_seconds']:.0f} |")
+    lines.append(
+        f"| {r['family']} | {r['train_steps']} | {r['T']} | "
+        f"{r['bits_per_dim']:.4f} | {r['se']:.4f} | "
+        f"{r['train_seconds']:.0f} |"
+    )
   return "\n".join(lines)
 
 
@@ -166,11 +211,13 @@ def main(argv):
   for family in _FAMILIES.value:
     family_config(family, 1, 1, 0)  # Fail on a bad name before training.
   rows = [run_family(family) for family in _FAMILIES.value]
-  print(f"\ndigits (8x8, 17 grey levels), batch "
-        f"{family_config('md4', 1, 1, 0).train.batch_size}, seed "
-        f"{_SEED.value}, {_TIME_SAMPLES.value} time samples per test example, "
-        f"{rows[0]['num_examples']} test examples; jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}\n")
+  print(
+      "\ndigits (8x8, 17 grey levels), batch "
+      f"{family_config('md4', 1, 1, 0).train.batch_size}, seed "
+      f"{_SEED.value}, {_TIME_SAMPLES.value} time samples per test example, "
+      f"{rows[0]['num_examples']} test examples; jax {jax.__version__} on "
+      f"{jax.devices()[0].platform}\n"
+  )
   print(table(rows))
   if _JSON.value:
     with open(_JSON.value, "w") as f:

@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -44,15 +45,27 @@ from md4 import optimizers
 from md4 import run as run_lib
 from md4 import sharding
 
-_PART = flags.DEFINE_enum("part", "all", ["all", "memory", "time"],
-                          "Which part to run.")
+_PART = flags.DEFINE_enum(
+    "part", "all", ["all", "memory", "time"], "Which part to run."
+)
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per mesh.")
 
 CONFIG = os.path.join(ROOT, "configs/md4/openwebtext.py")
 SIZES = ("small", "medium")
-MEMORY_MESHES = ((1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2),
-                 (1, 4, 2), (8, 8, 1), (1, 64, 1), (4, 8, 2), (32, 8, 1),
-                 (8, 32, 1), (16, 8, 2))
+MEMORY_MESHES = (
+    (1, 1, 1),
+    (8, 1, 1),
+    (1, 8, 1),
+    (2, 4, 1),
+    (2, 2, 2),
+    (1, 4, 2),
+    (8, 8, 1),
+    (1, 64, 1),
+    (4, 8, 2),
+    (32, 8, 1),
+    (8, 32, 1),
+    (16, 8, 2),
+)
 TIME_MESHES = (((1, 1, 1), 1), ((8, 1, 1), 8), ((1, 8, 1), 8), ((2, 2, 2), 8))
 GIB = 2**30
 MIB = 2**20
@@ -64,11 +77,13 @@ MIB = 2**20
 def boxed_state(config):
   """The abstract, logically boxed train state of a config (no devices)."""
   model = model_lib.build_model(config)
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
+  optimizer = optimizers.build_optimizer(
+      config.optimizer, config.train.num_steps
+  )
   return jax.eval_shape(
       lambda r: run_lib.init_state(model, optimizer, r),  # pylint: disable=protected-access
-      jax.random.key(0))
+      jax.random.key(0),
+  )
 
 
 def memory_rows(size: str) -> list[dict]:
@@ -80,26 +95,42 @@ def memory_rows(size: str) -> list[dict]:
   rows = []
   for mesh in MEMORY_MESHES:
     shape = dict(zip(sharding.MESH_AXES, mesh))
-    parts = {name: sharding.planned_bytes_per_device(
-        getattr(boxed, name), rules, shape)
-             for name in ("params", "opt_state", "ema_params")}
-    rows.append(dict(size=size, mesh=mesh, devices=math.prod(mesh),
-                     num_params=num_params, **parts))
+    parts = {
+        name: sharding.planned_bytes_per_device(
+            getattr(boxed, name), rules, shape
+        )
+        for name in ("params", "opt_state", "ema_params")
+    }
+    rows.append(
+        dict(
+            size=size,
+            mesh=mesh,
+            devices=math.prod(mesh),
+            num_params=num_params,
+            **parts,
+        )
+    )
   return rows
 
 
 def print_memory(rows: list[dict]) -> None:
-  print("\nTrain state per device (GiB, float32; optimizer = AdamW mu + nu; "
-        "rules: batch->(data,fsdp), embed->fsdp, mlp/heads->tensor, vocab "
-        "replicated)")
-  print(f"{'config':8} {'params':>7} {'mesh (d,f,t)':>13} {'devices':>7} "
-        f"{'params':>7} {'optim':>7} {'EMA':>7} {'total':>7}")
+  print(
+      "\nTrain state per device (GiB, float32; optimizer = AdamW mu + nu; "
+      "rules: batch->(data,fsdp), embed->fsdp, mlp/heads->tensor, vocab "
+      "replicated)"
+  )
+  print(
+      f"{'config':8} {'params':>7} {'mesh (d,f,t)':>13} {'devices':>7} "
+      f"{'params':>7} {'optim':>7} {'EMA':>7} {'total':>7}"
+  )
   for r in rows:
     total = r["params"] + r["opt_state"] + r["ema_params"]
-    print(f"{r['size']:8} {r['num_params'] / 1e6:6.0f}M "
-          f"{str(r['mesh']):>13} {r['devices']:7d} "
-          f"{r['params'] / GIB:7.3f} {r['opt_state'] / GIB:7.3f} "
-          f"{r['ema_params'] / GIB:7.3f} {total / GIB:7.3f}")
+    print(
+        f"{r['size']:8} {r['num_params'] / 1e6:6.0f}M "
+        f"{str(r['mesh']):>13} {r['devices']:7d} "
+        f"{r['params'] / GIB:7.3f} {r['opt_state'] / GIB:7.3f} "
+        f"{r['ema_params'] / GIB:7.3f} {total / GIB:7.3f}"
+    )
 
 
 # ---------------------------------------------------------- step time -----
@@ -136,38 +167,57 @@ print("RESULT" + json.dumps(dict(
 
 def time_mesh(mesh, devices: int, steps: int) -> dict:
   """Runs the text8 CPU step on `mesh` in a process with `devices` devices."""
-  code = STEP_SCRIPT.format(root=ROOT, bench=os.path.join(ROOT, "benchmarks"),
-                            mesh=tuple(mesh), steps=steps)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run([sys.executable, "-c", code], env=env,
-                       capture_output=True, text=True, timeout=1800)
+  code = STEP_SCRIPT.format(
+      root=ROOT,
+      bench=os.path.join(ROOT, "benchmarks"),
+      mesh=tuple(mesh),
+      steps=steps,
+  )
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="3",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+  )
   if out.returncode:
     raise RuntimeError(f"mesh {mesh} failed:\n{out.stderr[-3000:]}")
   line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT") :])
 
 
 def print_times(steps: int) -> None:
-  print(f"\ntext8 CPU step (4 x 256, batch 32, length 256), median of "
-        f"{steps} steps; 8 fake devices share this host's "
-        f"{os.cpu_count()} cores")
+  print(
+      "\ntext8 CPU step (4 x 256, batch 32, length 256), median of "
+      f"{steps} steps; 8 fake devices share this host's "
+      f"{os.cpu_count()} cores"
+  )
   base = None
   for mesh, devices in TIME_MESHES:
     r = time_mesh(mesh, devices, steps)
     base = base or r["step_s"]
-    check = "=" if r["planned"] == r["params"] else (
-        f"!= planned {r['planned']}")
-    print(f"mesh {str(mesh):10} devices {devices}: {r['step_s'] * 1e3:7.1f} ms"
-          f" ({r['step_s'] / base:4.2f}x one device); params "
-          f"{r['params'] / MIB:.2f} MiB/device ({check} planned)\n"
-          f"    {r['report']}")
+    check = (
+        "=" if r["planned"] == r["params"] else (f"!= planned {r['planned']}")
+    )
+    print(
+        f"mesh {str(mesh):10} devices {devices}: {r['step_s'] * 1e3:7.1f} ms"
+        f" ({r['step_s'] / base:4.2f}x one device); params "
+        f"{r['params'] / MIB:.2f} MiB/device ({check} planned)\n"
+        f"    {r['report']}"
+    )
 
 
 def main(argv):
   del argv
-  print(f"md4 mesh benchmark, jax {jax.__version__}, {os.cpu_count()} CPU "
-        "cores")
+  print(
+      f"md4 mesh benchmark, jax {jax.__version__}, {os.cpu_count()} CPU cores"
+  )
   if _PART.value in ("all", "memory"):
     print_memory([r for size in SIZES for r in memory_rows(size)])
   if _PART.value in ("all", "time"):

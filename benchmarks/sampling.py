@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -58,26 +59,37 @@ from md4 import configuration
 from md4 import model as model_lib
 from md4 import sampling
 from md4.sampling import core
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_PARTS = flags.DEFINE_list("parts", ["speed", "exactness"],
-                           "speed, exactness.")
+_PARTS = flags.DEFINE_list("parts", ["speed", "exactness"], "speed, exactness.")
 _SAMPLERS = flags.DEFINE_list(
-    "samplers", ["ancestral", "cached", "first_hitting", "mean"],
-    "Samplers timed in the speed part.")
+    "samplers",
+    ["ancestral", "cached", "first_hitting", "mean"],
+    "Samplers timed in the speed part.",
+)
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths.")
 _SIZES = flags.DEFINE_list(
-    "sizes", ["cpu", "tiny"], "Transformer size for each length (see "
-    "md4.configuration.TRANSFORMER_SIZES).")
-_BATCHES = flags.DEFINE_list("batches", ["4", "2"],
-                             "Samples per compiled call, for each length.")
+    "sizes",
+    ["cpu", "tiny"],
+    "Transformer size for each length (see "
+    "md4.configuration.TRANSFORMER_SIZES).",
+)
+_BATCHES = flags.DEFINE_list(
+    "batches", ["4", "2"], "Samples per compiled call, for each length."
+)
 _REPEATS = flags.DEFINE_integer(
-    "repeats", 2, "Alternating rounds; each times one batch of every sampler.")
+    "repeats", 2, "Alternating rounds; each times one batch of every sampler."
+)
 _STEPS = flags.DEFINE_integer("steps", 1000, "Time steps T.")
-_DRAWS = flags.DEFINE_integer("draws", 100_000_000,
-                              "Sampled draws per pi (exactness part).")
-_PIS = flags.DEFINE_list("pis", ["1e-5", "1e-6", "1e-7", "1e-8"],
-                         "Rare-outcome probabilities (exactness part).")
+_DRAWS = flags.DEFINE_integer(
+    "draws", 100_000_000, "Sampled draws per pi (exactness part)."
+)
+_PIS = flags.DEFINE_list(
+    "pis",
+    ["1e-5", "1e-6", "1e-7", "1e-8"],
+    "Rare-outcome probabilities (exactness part).",
+)
 _CHUNK = 10_000_000
 
 
@@ -94,26 +106,31 @@ def speed_model(length: int, size: str):
   c.network.time_features = "none"
   model = model_lib.build_model(c)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(
-      jax.random.key(0))["params"]
+      jax.random.key(0)
+  )["params"]
   return model, params
 
 
 def run_speed() -> None:
   if not len(_LENGTHS.value) == len(_SIZES.value) == len(_BATCHES.value):
-    raise app.UsageError("--lengths, --sizes and --batches need one entry "
-                         "per length.")
+    raise app.UsageError(
+        "--lengths, --sizes and --batches need one entry per length."
+    )
   rows = []
-  for length, size, batch in zip(_LENGTHS.value, _SIZES.value,
-                                 _BATCHES.value):
+  for length, size, batch in zip(_LENGTHS.value, _SIZES.value, _BATCHES.value):
     rows += run_speed_at(int(length), size, int(batch))
-  print("\n| L | network | sampler | network calls / sample | samples/s | "
-        "fewer calls | samples/s vs ancestral | load |")
+  print(
+      "\n| L | network | sampler | network calls / sample | samples/s | "
+      "fewer calls | samples/s vs ancestral | load |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['length']} | `{r['size']}` | `{r['sampler']}` | "
-          f"{r['calls']:.0f} | {r['samples_per_s']:.4g} | "
-          f"{r['fewer_calls']:.2f}x | **{r['speedup']:.2f}x** | "
-          f"{r['load']} |")
+    print(
+        f"| {r['length']} | `{r['size']}` | `{r['sampler']}` | "
+        f"{r['calls']:.0f} | {r['samples_per_s']:.4g} | "
+        f"{r['fewer_calls']:.2f}x | **{r['speedup']:.2f}x** | "
+        f"{r['load']} |"
+    )
 
 
 def compiled_sampler(model, params, name: str, settings, batch: int):
@@ -140,10 +157,13 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
   settings = core.Settings(num_steps=_STEPS.value)
   settings.validate()
   names = list(_SAMPLERS.value)
-  print(f"\nSpeed: transformer {size}, time_features=none, V=27, "
-        f"L={length}, T={_STEPS.value}, batch {batch}, {_REPEATS.value} "
-        f"alternating rounds, {jax.devices()[0].device_kind}, load average "
-        f"{os.getloadavg()[0]:.1f}", flush=True)
+  print(
+      f"\nSpeed: transformer {size}, time_features=none, V=27, "
+      f"L={length}, T={_STEPS.value}, batch {batch}, {_REPEATS.value} "
+      f"alternating rounds, {jax.devices()[0].device_kind}, load average "
+      f"{os.getloadavg()[0]:.1f}",
+      flush=True,
+  )
   runs, compile_s = {}, {}
   for name in names:
     start = time.perf_counter()
@@ -160,8 +180,10 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
       result = runs[name](jax.random.fold_in(jax.random.key(0), r))
       seconds[name] += time.perf_counter() - start
       calls[name].append(int(result.network_calls))
-  print(f"{'sampler':15s} {'calls/sample':>13s} {'samples/s':>10s} "
-        f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s}")
+  print(
+      f"{'sampler':15s} {'calls/sample':>13s} {'samples/s':>10s} "
+      f"{'fewer calls':>12s} {'speed-up':>9s} {'compile s':>10s}"
+  )
   rows = []
   base = names[0]
   load = f"{min(loads):.1f}-{max(loads):.1f}"
@@ -169,20 +191,32 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
     rate = batch * _REPEATS.value / seconds[name]
     mean_calls = float(np.mean(calls[name]))
     rows.append({
-        "length": length, "size": size, "sampler": name, "load": load,
-        "calls": mean_calls, "samples_per_s": rate,
+        "length": length,
+        "size": size,
+        "sampler": name,
+        "load": load,
+        "calls": mean_calls,
+        "samples_per_s": rate,
         "fewer_calls": float(np.mean(calls[base])) / mean_calls,
-        "speedup": seconds[base] / seconds[name]})
-    print(f"{name:15s} {mean_calls:13.1f} {rate:10.4f} "
-          f"{rows[-1]['fewer_calls']:11.2f}x {rows[-1]['speedup']:8.2f}x "
-          f"{compile_s[name]:10.1f}")
-  print(f"load average at the start of each round: "
-        + ", ".join(f"{x:.1f}" for x in loads))
+        "speedup": seconds[base] / seconds[name],
+    })
+    print(
+        f"{name:15s} {mean_calls:13.1f} {rate:10.4f} "
+        f"{rows[-1]['fewer_calls']:11.2f}x {rows[-1]['speedup']:8.2f}x "
+        f"{compile_s[name]:10.1f}"
+    )
+  print(
+      f"load average at the start of each round: "
+      + ", ".join(f"{x:.1f}" for x in loads)
+  )
   expected = expected_reveal_steps(model, settings, length)
-  print(f"Floor for any exact sampler of this {_STEPS.value}-step process: "
-        f"one call per distinct reveal step, {expected:.1f} expected per "
-        f"sample, i.e. at most {(_STEPS.value + 1) / expected:.2f}x fewer "
-        "calls than the naive sampler.", flush=True)
+  print(
+      f"Floor for any exact sampler of this {_STEPS.value}-step process: "
+      f"one call per distinct reveal step, {expected:.1f} expected per "
+      f"sample, i.e. at most {(_STEPS.value + 1) / expected:.2f}x fewer "
+      "calls than the naive sampler.",
+      flush=True,
+  )
   return rows
 
 
@@ -196,8 +230,9 @@ def expected_reveal_steps(model, settings, length: int) -> float:
   needs a network call at each such step (the state changed), so the sum is
   a floor on calls per sample; the cached sampler attains it.
   """
-  times = np.asarray(core.time_grid(settings.num_steps, settings.grid),
-                     np.float64)
+  times = np.asarray(
+      core.time_grid(settings.num_steps, settings.grid), np.float64
+  )
   alpha = np.asarray(model.process.alpha({})(times), np.float64)
   masked = (1.0 - alpha) / (1.0 - alpha[0])  # [T + 1], 1 at t_0 = 1
   p = np.append(-np.diff(masked), masked[-1])  # [T + 1]
@@ -211,7 +246,7 @@ _TINY = np.finfo(np.float32).tiny
 
 def grid_uniforms() -> np.ndarray:
   """Every value of jax's 23-bit float32 uniform on [tiny, 1), ascending."""
-  u = np.arange(2 ** 23, dtype=np.float64) * 2.0 ** -23
+  u = np.arange(2**23, dtype=np.float64) * 2.0**-23
   return np.maximum(u.astype(np.float32), np.float32(_TINY))
 
 
@@ -219,7 +254,7 @@ def exact_inverse_cdf_f32(pi: float) -> float:
   """P(rare) of the pre-issue-5 draw: cumsum([pi, 1 - pi]) in float32."""
   probs = np.array([pi, 1.0 - pi], np.float32)
   cdf = np.cumsum(probs, dtype=np.float32)  # [2]
-  u = np.arange(2 ** 23, dtype=np.float64) * 2.0 ** -23  # [0, 1) grid
+  u = np.arange(2**23, dtype=np.float64) * 2.0**-23  # [0, 1) grid
   scaled = (u.astype(np.float32) * cdf[-1]).astype(np.float32)
   return float(np.mean(scaled < cdf[0]))  # rare outcome = index 0
 
@@ -232,11 +267,12 @@ def exact_gumbel_f32(pi: float) -> float:
   rare = (g + l1).astype(np.float32)
   # The rare outcome (index 1) wins when its score is strictly larger.
   wins = np.searchsorted(common, rare, side="left").astype(np.float64)
-  return float(wins.sum() / 2.0 ** 46)
+  return float(wins.sum() / 2.0**46)
 
 
-def sampled(method, pi: float, draws: int,
-            stream: int) -> tuple[float, float, float]:
+def sampled(
+    method, pi: float, draws: int, stream: int
+) -> tuple[float, float, float]:
   """(P(rare) / pi, its standard error, draws/s) from `draws` draws.
 
   Each method gets its own key stream: from the same bits `gumbel_high` and
@@ -244,8 +280,9 @@ def sampled(method, pi: float, draws: int,
   statistical error.
   """
   logits = jnp.log(jnp.array([1.0 - pi, pi], jnp.float32))
-  count_fn = jax.jit(lambda r: (method(
-      r, jnp.broadcast_to(logits, (_CHUNK, 2))) == 1).sum())
+  count_fn = jax.jit(
+      lambda r: (method(r, jnp.broadcast_to(logits, (_CHUNK, 2))) == 1).sum()
+  )
   count_fn(jax.random.key(0)).block_until_ready()
   chunks = max(1, draws // _CHUNK)
   start = time.perf_counter()
@@ -273,37 +310,43 @@ METHODS = {
 
 
 def run_exactness() -> None:
-  print(f"\nExactness: P(rare outcome) / pi for a draw from [1 - pi, pi] "
-        f"(1 = exact); exact = enumerated, else {_DRAWS.value:.1e} draws "
-        "+- standard error")
+  print(
+      "\nExactness: P(rare outcome) / pi for a draw from [1 - pi, pi] "
+      f"(1 = exact); exact = enumerated, else {_DRAWS.value:.1e} draws "
+      "+- standard error"
+  )
   rates = {}
   header = f"{'pi':>8s} " + " ".join(f"{m:>22s}" for m in METHODS)
   print(header)
   for text in _PIS.value:
     pi = float(text)
-    cells = [f"{exact_inverse_cdf_f32(pi) / pi:.4f} (exact)",
-             f"{exact_gumbel_f32(pi) / pi:.4f} (exact)"]
+    cells = [
+        f"{exact_inverse_cdf_f32(pi) / pi:.4f} (exact)",
+        f"{exact_gumbel_f32(pi) / pi:.4f} (exact)",
+    ]
     for name in ("gumbel_high", "md4_race"):
       if pi * _DRAWS.value < 30:
         cells.append("- (too rare)")
         continue
       stream = list(METHODS).index(name) * 1000 + _PIS.value.index(text)
-      ratio, se, rates[name] = sampled(METHODS[name], pi, _DRAWS.value,
-                                       stream)
+      ratio, se, rates[name] = sampled(METHODS[name], pi, _DRAWS.value, stream)
       cells.append(f"{ratio:.3f} +- {se:.3f}")
     print(f"{pi:8.0e} " + " ".join(f"{c:>22s}" for c in cells))
   for name in ("inverse_cdf_f32", "gumbel_f32"):
     _, _, rates[name] = sampled(METHODS[name], 1e-3, _CHUNK, 0)
-  print("draws/s (2 outcomes): " + ", ".join(
-      f"{m} {rates[m] / 1e6:.1f}M" for m in METHODS if m in rates))
+  print(
+      "draws/s (2 outcomes): "
+      + ", ".join(f"{m} {rates[m] / 1e6:.1f}M" for m in METHODS if m in rates)
+  )
 
 
 def check_flags() -> None:
   """Rejects unknown parts and samplers before anything is compiled."""
   unknown = [p for p in _PARTS.value if p not in ("speed", "exactness")]
   if unknown:
-    raise app.UsageError(f"--parts: unknown {unknown}; valid: speed, "
-                         "exactness.")
+    raise app.UsageError(
+        f"--parts: unknown {unknown}; valid: speed, exactness."
+    )
   for name in _SAMPLERS.value:
     try:
       sampling.get(name)

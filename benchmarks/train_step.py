@@ -63,6 +63,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from md4 import console
 from md4 import error_boundary
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
@@ -74,23 +75,36 @@ from compiled_step import machine
 from md4 import configuration
 from md4.diffusion import chunked_logits
 from md4.networks import transformer
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_SHAPES = flags.DEFINE_list("shapes", ["text8", "owt", "cifar"],
-                            "Shapes to run: text8, owt, cifar.")
+_SHAPES = flags.DEFINE_list(
+    "shapes", ["text8", "owt", "cifar"], "Shapes to run: text8, owt, cifar."
+)
 _ROUNDS = flags.DEFINE_integer(
-    "rounds", 5, "Timed rounds per shape (one step of each variant a round,"
-    " after one warm-up step each).")
+    "rounds",
+    5,
+    "Timed rounds per shape (one step of each variant a round,"
+    " after one warm-up step each).",
+)
 _PEAK_MATMULS = flags.DEFINE_integer(
-    "peak_matmuls", 8, "2048^3 matmuls timed for the peak (best kept), at the"
-    " start and at the end of the run.")
+    "peak_matmuls",
+    8,
+    "2048^3 matmuls timed for the peak (best kept), at the"
+    " start and at the end of the run.",
+)
 _BF16 = flags.DEFINE_bool(
-    "bf16", False, "Also time our step with network.dtype='bfloat16'.")
+    "bf16", False, "Also time our step with network.dtype='bfloat16'."
+)
 _LOSS_STEPS = flags.DEFINE_integer(
-    "loss_steps", 0, "With --bf16: train float32 and bfloat16 this many steps"
-    " and report the loss difference (0: skip).")
-_JSON = flags.DEFINE_string("json", None,
-                            "Also write every figure as JSON to this path.")
+    "loss_steps",
+    0,
+    "With --bf16: train float32 and bfloat16 this many steps"
+    " and report the loss difference (0: skip).",
+)
+_JSON = flags.DEFINE_string(
+    "json", None, "Also write every figure as JSON to this path."
+)
 
 # Shape name -> (config file, variant).
 SHAPES = {
@@ -187,8 +201,9 @@ def reference_config(config):
 def compile_reference(config, seed: int = 0) -> compiled_step.Compiled:
   """The reference-equivalent step of `config` (same seed: same start)."""
   with reference_choices():
-    return compiled_step.compile_step("reference", reference_config(config),
-                                      seed)
+    return compiled_step.compile_step(
+        "reference", reference_config(config), seed
+    )
 
 
 # ------------------------------------------------------------- timing -----
@@ -228,20 +243,25 @@ def time_alternating(variants: list[compiled_step.Compiled], rounds: int):
 
 
 def summarise(seconds: list[float]) -> dict[str, Any]:
-  return {"ms": 1e3 * statistics.median(seconds),
-          "ms_min": 1e3 * min(seconds),
-          "ms_all": [1e3 * s for s in seconds]}
+  return {
+      "ms": 1e3 * statistics.median(seconds),
+      "ms_min": 1e3 * min(seconds),
+      "ms_all": [1e3 * s for s in seconds],
+  }
 
 
 def run_shape(shape: str, rounds: int, bf16: bool) -> dict[str, Any]:
   """Compiles the variants of one shape, times them alternately."""
   config = make_config(shape)
   load_start = loadavg()
-  variants = [compiled_step.compile_step("ours", config),
-              compile_reference(config)]
+  variants = [
+      compiled_step.compile_step("ours", config),
+      compile_reference(config),
+  ]
   if bf16:
-    variants.append(compiled_step.compile_step(
-        "ours_bf16", make_config(shape, "bfloat16")))
+    variants.append(
+        compiled_step.compile_step("ours_bf16", make_config(shape, "bfloat16"))
+    )
   ours, ref = variants[0], variants[1]
   params = ours.state.params
   groups = compiled_step.param_groups(params)
@@ -276,8 +296,11 @@ def run_shape(shape: str, rounds: int, bf16: bool) -> dict[str, Any]:
   }
   if config.network.name == "transformer":
     r["logits_chunk"] = transformer.logits_chunk_positions(
-        config.network.logits_chunk, config.train.batch_size,
-        config.data.data_shape[0], config.data.vocab_size)
+        config.network.logits_chunk,
+        config.train.batch_size,
+        config.data.data_shape[0],
+        config.data.vocab_size,
+    )
   for c, s in zip(variants, seconds):
     fig = summarise(s)
     fig["elements_per_s"] = elements / (fig["ms"] / 1e3)
@@ -317,16 +340,25 @@ def loss_drift(shape: str, steps: int) -> dict[str, Any]:
     state, losses = c.state, []
     shape_x = tuple(c.batch["x"].shape)
     for k in range(steps):
-      x = jax.random.randint(jax.random.fold_in(jax.random.key(1), k),
-                             shape_x, 0, config.data.vocab_size, jnp.int32)
+      x = jax.random.randint(
+          jax.random.fold_in(jax.random.key(1), k),
+          shape_x,
+          0,
+          config.data.vocab_size,
+          jnp.int32,
+      )
       state, metrics = c.step(state, {"x": x})
       losses.append(float(metrics["loss"]))
     out[dtype] = losses
   f32, bf16 = out["float32"], out["bfloat16"]
-  return {"steps": steps, "float32": f32, "bfloat16": bf16,
-          "last_difference": bf16[-1] - f32[-1],
-          "last_relative": (bf16[-1] - f32[-1]) / f32[-1],
-          "max_abs_difference": max(abs(a - b) for a, b in zip(f32, bf16))}
+  return {
+      "steps": steps,
+      "float32": f32,
+      "bfloat16": bf16,
+      "last_difference": bf16[-1] - f32[-1],
+      "last_relative": (bf16[-1] - f32[-1]) / f32[-1],
+      "max_abs_difference": max(abs(a - b) for a, b in zip(f32, bf16)),
+  }
 
 
 # ------------------------------------------------------------- output -----
@@ -338,13 +370,17 @@ def _mib(n: int) -> str:
 
 def print_shape(r: dict[str, Any]) -> None:
   unit = "tokens" if r["network"] == "transformer" else "values"
-  print(f"\n== {r['shape']} ({r['config']}): {r['network']}, batch "
-        f"{r['batch']}, data {tuple(r['data_shape'])}, vocab "
-        f"{r['vocab_size']}, {r['params']:,} params")
+  print(
+      f"\n== {r['shape']} ({r['config']}): {r['network']}, batch "
+      f"{r['batch']}, data {tuple(r['data_shape'])}, vocab "
+      f"{r['vocab_size']}, {r['params']:,} params"
+  )
   if "logits_chunk" in r:
     chunk = r["logits_chunk"]
-    print("  ours' loss logits " + (f"{chunk} positions at a time" if chunk
-                                    else "all at once"))
+    print(
+        "  ours' loss logits "
+        + (f"{chunk} positions at a time" if chunk else "all at once")
+    )
   loads = ", ".join(f"{x:.1f}" for x in r["loads"])
   print(f"  load average per round: {loads}")
   for name in ("ours", "reference", "ours_bf16"):
@@ -353,76 +389,101 @@ def print_shape(r: dict[str, Any]) -> None:
     f = r[name]
     times = ", ".join(f"{x:.0f}" for x in f["ms_all"])
     m = r["memory"][name]
-    print(f"  {name:10s} {f['ms']:8.0f} ms median ({times}), "
-          f"{f['elements_per_s']:9,.0f} {unit}/s, MFU "
-          f"{100 * f['mfu_f32_peak']:.1f}% of the f32 peak"
-          + (f" ({100 * f['mfu_bf16_peak']:.1f}% of the bf16 peak)"
-             if "mfu_bf16_peak" in f else "")
-          + f"; held {_mib(m['held'])} (temp {_mib(m['temp'])}); "
-          f"compiled in {r['compile_s'][name]:.0f} s")
+    print(
+        f"  {name:10s} {f['ms']:8.0f} ms median ({times}), "
+        f"{f['elements_per_s']:9,.0f} {unit}/s, MFU "
+        f"{100 * f['mfu_f32_peak']:.1f}% of the f32 peak"
+        + (
+            f" ({100 * f['mfu_bf16_peak']:.1f}% of the bf16 peak)"
+            if "mfu_bf16_peak" in f
+            else ""
+        )
+        + f"; held {_mib(m['held'])} (temp {_mib(m['temp'])}); "
+        f"compiled in {r['compile_s'][name]:.0f} s"
+    )
     if "ratio" in f:
-      print(f"  {'':10s} reference / {name} = {f['ratio']:.2f}x (median of "
-            f"per-round ratios {f['ratio_paired_median']:.2f}x)")
+      print(
+          f"  {'':10s} reference / {name} = {f['ratio']:.2f}x (median of "
+          f"per-round ratios {f['ratio_paired_median']:.2f}x)"
+      )
   losses = ", ".join(f"{k} {v:.6f}" for k, v in r["losses"].items())
-  print(f"  loss after {len(r['loads']) + 1} steps from the same start: "
-        f"{losses}")
-  print(f"  model FLOPs/step {r['model_flops'] / 1e9:.1f} GFLOP "
-        f"({r['flops_source']}); XLA count of the reference step "
-        f"{(r['flops_compiled_reference'] or 0) / 1e9:.1f} GFLOP")
+  print(
+      f"  loss after {len(r['loads']) + 1} steps from the same start: {losses}"
+  )
+  print(
+      f"  model FLOPs/step {r['model_flops'] / 1e9:.1f} GFLOP "
+      f"({r['flops_source']}); XLA count of the reference step "
+      f"{(r['flops_compiled_reference'] or 0) / 1e9:.1f} GFLOP"
+  )
   sys.stdout.flush()
 
 
 def print_table(results: list[dict[str, Any]], peaks) -> None:
-  print("\n| shape | reference ms | ours ms | reference / ours | tokens/s "
-        "ours (ref) | MFU ours (ref), f32 peak | held memory ours (ref) | "
-        "load |")
+  print(
+      "\n| shape | reference ms | ours ms | reference / ours | tokens/s "
+      "ours (ref) | MFU ours (ref), f32 peak | held memory ours (ref) | "
+      "load |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for r in results:
     o, f = r["ours"], r["reference"]
     loads = f"{min(r['loads']):.1f}-{max(r['loads']):.1f}"
-    print(f"| `{r['shape']}` | {f['ms']:,.0f} | {o['ms']:,.0f} | "
-          f"**{o['ratio']:.2f}x** ({o['ratio_paired_median']:.2f}) | "
-          f"{o['elements_per_s']:,.0f} ({f['elements_per_s']:,.0f}) | "
-          f"{100 * o['mfu_f32_peak']:.0f}% ({100 * f['mfu_f32_peak']:.0f}%)"
-          f" | {_mib(r['memory']['ours']['held'])} "
-          f"({_mib(r['memory']['reference']['held'])}) | {loads} |")
+    print(
+        f"| `{r['shape']}` | {f['ms']:,.0f} | {o['ms']:,.0f} | "
+        f"**{o['ratio']:.2f}x** ({o['ratio_paired_median']:.2f}) | "
+        f"{o['elements_per_s']:,.0f} ({f['elements_per_s']:,.0f}) | "
+        f"{100 * o['mfu_f32_peak']:.0f}% ({100 * f['mfu_f32_peak']:.0f}%)"
+        f" | {_mib(r['memory']['ours']['held'])} "
+        f"({_mib(r['memory']['reference']['held'])}) | {loads} |"
+    )
     if "ours_bf16" in r:
       b = r["ours_bf16"]
-      print(f"| `{r['shape']}` bf16 | {f['ms']:,.0f} | {b['ms']:,.0f} | "
-            f"**{b['ratio']:.2f}x** ({b['ratio_paired_median']:.2f}) | "
-            f"{b['elements_per_s']:,.0f} | "
-            f"{100 * b['mfu_f32_peak']:.0f}% of f32, "
-            f"{100 * b.get('mfu_bf16_peak', 0):.0f}% of bf16 | "
-            f"{_mib(r['memory']['ours_bf16']['held'])} | {loads} |")
+      print(
+          f"| `{r['shape']}` bf16 | {f['ms']:,.0f} | {b['ms']:,.0f} | "
+          f"**{b['ratio']:.2f}x** ({b['ratio_paired_median']:.2f}) | "
+          f"{b['elements_per_s']:,.0f} | "
+          f"{100 * b['mfu_f32_peak']:.0f}% of f32, "
+          f"{100 * b.get('mfu_bf16_peak', 0):.0f}% of bf16 | "
+          f"{_mib(r['memory']['ours_bf16']['held'])} | {loads} |"
+      )
   for dtype, p in peaks.items():
-    print(f"\n{dtype} peak: best of the 2048^3 matmuls "
-          f"{p['gflops']:.0f} GFLOP/s (load average {p['load']:.1f} at "
-          f"{p['time']}; median of that set {p['median_gflops']:.0f}).")
+    print(
+        f"\n{dtype} peak: best of the 2048^3 matmuls "
+        f"{p['gflops']:.0f} GFLOP/s (load average {p['load']:.1f} at "
+        f"{p['time']}; median of that set {p['median_gflops']:.0f})."
+    )
 
 
 def main(argv):
   del argv
   unknown = [s for s in _SHAPES.value if s not in SHAPES]
   if unknown:
-    raise app.UsageError(f"--shapes: unknown {unknown}; valid: "
-                         f"{', '.join(SHAPES)}.")
+    raise app.UsageError(
+        f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}."
+    )
   if _ROUNDS.value < 1:
     raise app.UsageError("--rounds must be >= 1.")
   when = datetime.datetime.now().isoformat(timespec="minutes")
-  print(f"md4 train step vs reference-equivalent step, {when}, jax "
-        f"{jax.__version__} on {jax.devices()[0].platform}, {machine()}, "
-        f"load average {loadavg():.1f}")
+  print(
+      f"md4 train step vs reference-equivalent step, {when}, jax "
+      f"{jax.__version__} on {jax.devices()[0].platform}, {machine()}, "
+      f"load average {loadavg():.1f}"
+  )
   dtypes = [jnp.float32] + ([jnp.bfloat16] if _BF16.value else [])
-  peak_runs = {jnp.dtype(d).name: [
-      compiled_step.matmul_peak(_PEAK_MATMULS.value, d)] for d in dtypes}
+  peak_runs = {
+      jnp.dtype(d).name: [compiled_step.matmul_peak(_PEAK_MATMULS.value, d)]
+      for d in dtypes
+  }
   results = []
   for name in _SHAPES.value:
     results.append(run_shape(name, _ROUNDS.value, _BF16.value))
     for d in dtypes:  # again after each shape: the best finds a quiet moment
       peak_runs[jnp.dtype(d).name].append(
-          compiled_step.matmul_peak(_PEAK_MATMULS.value, d))
-  peaks = {d: max(runs, key=lambda p: p["gflops"])
-           for d, runs in peak_runs.items()}
+          compiled_step.matmul_peak(_PEAK_MATMULS.value, d)
+      )
+  peaks = {
+      d: max(runs, key=lambda p: p["gflops"]) for d, runs in peak_runs.items()
+  }
   for r in results:
     add_utilisation(r, peaks)
     print_shape(r)
@@ -431,18 +492,26 @@ def main(argv):
   if _BF16.value and _LOSS_STEPS.value > 0:
     for name in _SHAPES.value:
       drift[name] = d = loss_drift(name, _LOSS_STEPS.value)
-      print(f"\n{name}: loss after {d['steps']} steps float32 "
-            f"{d['float32'][-1]:.5f}, bfloat16 {d['bfloat16'][-1]:.5f}: "
-            f"difference {d['last_difference']:+.5f} "
-            f"({100 * d['last_relative']:+.3f}%); largest |difference| "
-            f"over the steps {d['max_abs_difference']:.5f}")
+      print(
+          f"\n{name}: loss after {d['steps']} steps float32 "
+          f"{d['float32'][-1]:.5f}, bfloat16 {d['bfloat16'][-1]:.5f}: "
+          f"difference {d['last_difference']:+.5f} "
+          f"({100 * d['last_relative']:+.3f}%); largest |difference| "
+          f"over the steps {d['max_abs_difference']:.5f}"
+      )
   print(f"\nload average at the end: {loadavg():.1f}")
   if _JSON.value:
-    payload = {"date": when, "jax": jax.__version__, "machine": machine(),
-               "platform": jax.devices()[0].platform,
-               "rounds": _ROUNDS.value, "peaks": peaks,
-               "peak_runs": peak_runs, "shapes": results,
-               "bf16_loss_drift": drift}
+    payload = {
+        "date": when,
+        "jax": jax.__version__,
+        "machine": machine(),
+        "platform": jax.devices()[0].platform,
+        "rounds": _ROUNDS.value,
+        "peaks": peaks,
+        "peak_runs": peak_runs,
+        "shapes": results,
+        "bf16_loss_drift": drift,
+    }
     with open(_JSON.value, "w") as f:
       json.dump(payload, f, indent=2)
     print(f"Wrote {_JSON.value}")

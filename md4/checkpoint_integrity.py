@@ -48,6 +48,7 @@ class Summary:
     digests: array name ("params/network/.../kernel") -> checksum (hex).
     nonfinite: names of floating-point arrays holding NaN or Inf.
   """
+
   digests: dict[str, str]
   nonfinite: tuple[str, ...]
 
@@ -86,12 +87,12 @@ def _checksum(x: jax.Array) -> jax.Array:
   index = jnp.zeros(w.shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(w.ndim)):
-    index += (jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
-              * jnp.uint32(stride % 2**32))
+    index += jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(
+        stride % 2**32
+    )
     stride *= w.shape[axis]
   a = (index * jnp.uint32(0x9E3779B1)) | jnp.uint32(1)
-  b = ((index ^ jnp.uint32(0x85EBCA6B)) * jnp.uint32(0xC2B2AE35)
-       | jnp.uint32(1))
+  b = (index ^ jnp.uint32(0x85EBCA6B)) * jnp.uint32(0xC2B2AE35) | jnp.uint32(1)
   h1 = jnp.sum(w * a, dtype=jnp.uint32)
   h2 = jnp.sum((w ^ (w >> jnp.uint32(15))) * b, dtype=jnp.uint32)
   return jnp.stack([h1, h2])
@@ -108,8 +109,9 @@ def _replicated(tree):
   for leaf in jax.tree.leaves(tree):
     sharding = getattr(leaf, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding):
-      return jax.sharding.NamedSharding(sharding.mesh,
-                                        jax.sharding.PartitionSpec())
+      return jax.sharding.NamedSharding(
+          sharding.mesh, jax.sharding.PartitionSpec()
+      )
   return None
 
 
@@ -135,8 +137,10 @@ def summarize(state: Any) -> Summary:
   leaves = jax.tree.leaves(state)
   sums, finite = _jitted(_replicated(leaves))(leaves)
   sums, finite = jax.device_get((sums, finite))
-  digests = {name: "%08x%08x" % tuple(int(v) for v in np.asarray(s))
-             for name, s in zip(names, sums)}
+  digests = {
+      name: "%08x%08x" % tuple(int(v) for v in np.asarray(s))
+      for name, s in zip(names, sums)
+  }
   nonfinite = tuple(n for n, ok in zip(names, finite) if not bool(ok))
   return Summary(digests, nonfinite)
 
@@ -145,8 +149,12 @@ def write(step_dir: str, summary: Summary) -> str:
   """Writes the digests into a saved step's directory; returns the path."""
   path = os.path.join(step_dir, DIGEST_FILE)
   with open(path + ".tmp", "w") as f:
-    json.dump({"algorithm": ALGORITHM, "arrays": summary.digests}, f,
-              indent=1, sort_keys=True)
+    json.dump(
+        {"algorithm": ALGORITHM, "arrays": summary.digests},
+        f,
+        indent=1,
+        sort_keys=True,
+    )
   os.replace(path + ".tmp", path)
   return path
 
@@ -195,5 +203,6 @@ def verify(step_dir: str, state: Any) -> bool:
         f"{f' and {more} more' if more > 0 else ''} "
         f"{'differ from' if differ else 'are missing against'} the "
         f"checksums in {DIGEST_FILE} written when it was saved (the files "
-        "were changed on disk)")
+        "were changed on disk)"
+    )
   return True

@@ -81,26 +81,39 @@ def remove_partial_saves(workdir: str) -> list[str]:
     if PARTIAL_SAVE.match(name) and os.path.isdir(path):
       shutil.rmtree(path)
       removed.append(path)
-      logging.warning("Removed %s: a checkpoint save that was interrupted "
-                      "before it finished.", path)
+      logging.warning(
+          "Removed %s: a checkpoint save that was interrupted "
+          "before it finished.",
+          path,
+      )
   return removed
 
 
 def estimated_size(abstract_state) -> int:
   """Bytes one checkpoint of this state takes, before compression."""
-  return sum(leaf.size * leaf.dtype.itemsize
-             for leaf in jax.tree.leaves(abstract_state))
+  return sum(
+      leaf.size * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(abstract_state)
+  )
 
 
-def make_manager(workdir: str, keep: int, keep_period: int,
-                 ) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str,
+    keep: int,
+    keep_period: int,
+) -> ocp.CheckpointManager:
   """A manager keeping the last `keep` steps plus every keep_period-th."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, keep_period=keep_period or None, create=True,
-      enable_async_checkpointing=False)
+      max_to_keep=keep,
+      keep_period=keep_period or None,
+      create=True,
+      enable_async_checkpointing=False,
+  )
   return ocp.CheckpointManager(
-      epath.Path(checkpoint_dir(workdir)).absolute(), options=options,
-      item_names=("state", "data"))
+      epath.Path(checkpoint_dir(workdir)).absolute(),
+      options=options,
+      item_names=("state", "data"),
+  )
 
 
 class ModelShapeError(ValueError):
@@ -158,12 +171,16 @@ class _HideNoRoomLogs(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if record.levelno < py_logging.ERROR or not (
-        "orbax" in record.pathname or record.name == "asyncio"):
+        "orbax" in record.pathname or record.name == "asyncio"
+    ):
       return True
     if no_room_errno(record.getMessage()) is not None:
       return False
-    return not (record.exc_info and record.exc_info[1] is not None and
-                no_room_errno(record.exc_info[1]) is not None)
+    return not (
+        record.exc_info
+        and record.exc_info[1] is not None
+        and no_room_errno(record.exc_info[1]) is not None
+    )
 
 
 _HIDE_NO_ROOM_LOGS = _HideNoRoomLogs()
@@ -173,8 +190,10 @@ _NO_ROOM_LOGGERS = ("absl", "asyncio")
 
 def _is_closed_loop_callback(error) -> bool:
   """A tensorstore write completing into an event loop orbax has closed."""
-  if not isinstance(error, RuntimeError) or str(
-      error) != "Event loop is closed":
+  if (
+      not isinstance(error, RuntimeError)
+      or str(error) != "Event loop is closed"
+  ):
     return False
   frames = traceback.extract_tb(error.__traceback__)
   return bool(frames) and frames[0].name == "call_soon_threadsafe"
@@ -206,8 +225,9 @@ def _no_room_logs_hidden():
   abandoned writes finish (and would print) while the command is ending.
   """
   loggers = [py_logging.getLogger(name) for name in _NO_ROOM_LOGGERS]
-  hidden = [logger for logger in loggers
-            if _HIDE_NO_ROOM_LOGS not in logger.filters]
+  hidden = [
+      logger for logger in loggers if _HIDE_NO_ROOM_LOGS not in logger.filters
+  ]
   for logger in hidden:
     logger.addFilter(_HIDE_NO_ROOM_LOGS)
   hook = sys.unraisablehook
@@ -219,14 +239,21 @@ def _no_room_logs_hidden():
     logger.removeFilter(_HIDE_NO_ROOM_LOGS)
 
 
-def _last_kept(manager: ocp.CheckpointManager, none: str,
-               below: int | None = None) -> str:
+def _last_kept(
+    manager: ocp.CheckpointManager, none: str, below: int | None = None
+) -> str:
   """Names the newest finished checkpoint (below `below` if given)."""
-  steps = [s for s in ocp.utils.checkpoint_steps(str(manager.directory))
-           if below is None or s < below]
+  steps = [
+      s
+      for s in ocp.utils.checkpoint_steps(str(manager.directory))
+      if below is None or s < below
+  ]
   latest = max(steps, default=None)
-  return (none if latest is None else
-          f"the last checkpoint, {step_dir(manager, latest)}, is kept")
+  return (
+      none
+      if latest is None
+      else f"the last checkpoint, {step_dir(manager, latest)}, is kept"
+  )
 
 
 def remove_partial_save(manager: ocp.CheckpointManager, step: int) -> list[str]:
@@ -245,16 +272,20 @@ def remove_partial_save(manager: ocp.CheckpointManager, step: int) -> list[str]:
 def _no_room(manager, step: int, code: int) -> NoRoomError:
   # The failed save's writes that never started are garbage-collected as
   # the command ends, each a "coroutine ... was never awaited" warning.
-  warnings.filterwarnings("ignore", category=RuntimeWarning,
-                          message="coroutine '.*' was never awaited")
+  warnings.filterwarnings(
+      "ignore",
+      category=RuntimeWarning,
+      message="coroutine '.*' was never awaited",
+  )
   removed = remove_partial_save(manager, step)
-  partial = ("; its partial files were removed" if removed else "")
+  partial = "; its partial files were removed" if removed else ""
   kept = _last_kept(manager, "no checkpoint was saved yet", below=step)
   return NoRoomError(
       f"checkpoint {step} could not be written to {manager.directory} "
       f"({os.strerror(code)}){partial}; {kept}. "
       f"{_NO_ROOM_FIXES[code].capitalize()}, then rerun the same command to "
-      "resume.")
+      "resume."
+  )
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -268,26 +299,33 @@ def shape_differences(state_dir: str, abstract_state) -> list[str] | None:
   checkpoint, which its restore then reports).
   """
   try:
-    saved = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(state_dir)).tree
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
   except Exception:  # pylint: disable=broad-except
     return None
-  saved = dict(zip(checkpoint_integrity.leaf_names(saved),
-                   jax.tree.leaves(saved)))
-  given = dict(zip(checkpoint_integrity.leaf_names(abstract_state),
-                   jax.tree.leaves(abstract_state)))
+  saved = dict(
+      zip(checkpoint_integrity.leaf_names(saved), jax.tree.leaves(saved))
+  )
+  given = dict(
+      zip(
+          checkpoint_integrity.leaf_names(abstract_state),
+          jax.tree.leaves(abstract_state),
+      )
+  )
   out = []
   # The parameters first: the EMA and optimizer state repeat their shapes.
-  names = sorted(set(saved) | set(given),
-                 key=lambda n: (not n.startswith("params/"), n))
+  names = sorted(
+      set(saved) | set(given), key=lambda n: (not n.startswith("params/"), n)
+  )
   for name in names:
     if name not in given:
       out.append(f"{name}: saved, not built by this config")
     elif name not in saved:
       out.append(f"{name}: built by this config, not saved")
     elif tuple(getattr(saved[name], "shape", ())) != tuple(given[name].shape):
-      out.append(f"{name}: saved {tuple(saved[name].shape)}, config "
-                 f"{tuple(given[name].shape)}")
+      out.append(
+          f"{name}: saved {tuple(saved[name].shape)}, config "
+          f"{tuple(given[name].shape)}"
+      )
   return out
 
 
@@ -308,11 +346,16 @@ def check_shapes(state_dir: str, abstract_state, what: str, fix: str) -> None:
   raise ModelShapeError(
       f"{what} holds a model of another shape than this config builds "
       f"({len(differences)} arrays differ):\n  {listed}"
-      f"{f'{chr(10)}  ... and {more} more' if more > 0 else ''}\n{fix}")
+      f"{f'{chr(10)}  ... and {more} more' if more > 0 else ''}\n{fix}"
+  )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
-         ) -> None:
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    data_iterator,
+) -> None:
   """Saves state and iterator position at `step` (a no-op if it exists).
 
   The checksums of the state's arrays are written beside it.
@@ -326,8 +369,11 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
   summary = checkpoint_integrity.summarize(state)
   if summary.nonfinite:
     latest = manager.latest_step()
-    kept = ("none was saved yet" if latest is None else
-            f"{step_dir(manager, latest)} is kept")
+    kept = (
+        "none was saved yet"
+        if latest is None
+        else f"{step_dir(manager, latest)} is kept"
+    )
     listed = ", ".join(summary.nonfinite[:3])
     more = len(summary.nonfinite) - 3
     raise NonFiniteStateError(
@@ -335,13 +381,18 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator,
         f"{f' and {more} more arrays' if more > 0 else ''}, so it was not "
         f"saved (the last checkpoint, {kept}). Set "
         "config.train.check_nans=True (discards non-finite steps), lower "
-        "config.optimizer.learning_rate or check the data, then rerun.")
+        "config.optimizer.learning_rate or check the data, then rerun."
+    )
   _check_room(manager, step, state)
   try:
     with _no_room_logs_hidden():
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.PyGrainCheckpointSave(data_iterator)))
+      manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=grain.PyGrainCheckpointSave(data_iterator),
+          ),
+      )
       manager.wait_until_finished()
       if jax.process_index() == 0:
         checkpoint_integrity.write(step_dir(manager, step), summary)
@@ -370,13 +421,18 @@ def _check_room(manager: ocp.CheckpointManager, step: int, state) -> None:
     raise NoRoomError(
         f"no room on disk for checkpoint {step} in {manager.directory}: "
         f"{free / 2**20:.1f} MiB free, about {needed / 2**20:.1f} MiB needed "
-        f"({kept}); free disk space, then rerun the same command to resume.")
+        f"({kept}); free disk space, then rerun the same command to resume."
+    )
 
 
 def _restore_step(manager, step, abstract_state, data_iterator):
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.PyGrainCheckpointRestore(data_iterator)))
+  restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.PyGrainCheckpointRestore(data_iterator),
+      ),
+  )
   checkpoint_integrity.verify(step_dir(manager, step), restored.state)
   return restored.state
 
@@ -385,11 +441,17 @@ RESHAPE_FIX = (
     "A run resumes only into the shapes it was saved with, even with "
     "config.allow_config_change=True. Undo the change of model shape, or "
     "train the new shape in a new --workdir. The checkpoints are intact; "
-    "nothing was changed.")
+    "nothing was changed."
+)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator,
-            step: int | None = None, moved: list[str] | None = None):
+def restore(
+    manager: ocp.CheckpointManager,
+    abstract_state,
+    data_iterator,
+    step: int | None = None,
+    moved: list[str] | None = None,
+):
   """Restores state (sharded like abstract_state) and the iterator in place.
 
   With `step` None, tries the newest checkpoint first; one that cannot be
@@ -414,30 +476,43 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator,
   failures = []
   for candidate in sorted(manager.all_steps(), reverse=True):
     path = step_dir(manager, candidate)
-    check_shapes(os.path.join(path, "state"), abstract_state,
-                 f"the checkpoint {path}", RESHAPE_FIX)
+    check_shapes(
+        os.path.join(path, "state"),
+        abstract_state,
+        f"the checkpoint {path}",
+        RESHAPE_FIX,
+    )
     try:
       state = _restore_step(manager, candidate, abstract_state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax, tensorstore and grain raise many types for a damaged file.
       failures.append((candidate, f"{path}: {type(e).__name__}: {e}"))
-      logging.warning("Checkpoint %s cannot be read (%s: %s); trying the "
-                      "previous one.", path, type(e).__name__, e)
+      logging.warning(
+          "Checkpoint %s cannot be read (%s: %s); trying the previous one.",
+          path,
+          type(e).__name__,
+          e,
+      )
       continue
     if failures and jax.process_index() == 0:
       for candidate_failed, reason in failures:
         target = set_aside(manager, candidate_failed)
         if moved is not None:
-          moved.append(f"{step_dir(manager, candidate_failed)} -> {target} "
-                       f"({reason.split(': ', 1)[1][:200]})")
+          moved.append(
+              f"{step_dir(manager, candidate_failed)} -> {target} "
+              f"({reason.split(': ', 1)[1][:200]})"
+          )
     if failures:
       manager.reload()
     return state
   failures = [reason for _, reason in failures]
   raise ValueError(
-      "no checkpoint in " + str(manager.directory) + " can be read:\n  " +
-      "\n  ".join(failures) + "\nMove the damaged step directories away or "
-      "choose a new --workdir.")
+      "no checkpoint in "
+      + str(manager.directory)
+      + " can be read:\n  "
+      + "\n  ".join(failures)
+      + "\nMove the damaged step directories away or choose a new --workdir."
+  )
 
 
 def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
@@ -450,8 +525,9 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
     The new path.
   """
   source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)),
-                            UNREADABLE_DIR)
+  target_dir = os.path.join(
+      os.path.dirname(str(manager.directory)), UNREADABLE_DIR
+  )
   os.makedirs(target_dir, exist_ok=True)
   target = os.path.join(target_dir, str(step))
   n = 0
@@ -459,9 +535,12 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
     n += 1
     target = os.path.join(target_dir, f"{step}.{n}")
   os.rename(source, target)
-  logging.warning("Moved the unreadable checkpoint %s to %s (kept, not "
-                  "deleted); training continues from an older step.",
-                  source, target)
+  logging.warning(
+      "Moved the unreadable checkpoint %s to %s (kept, not "
+      "deleted); training continues from an older step.",
+      source,
+      target,
+  )
   return target
 
 
@@ -483,11 +562,11 @@ def find_checkpoint(path: str) -> tuple[str, int]:
     return parent, int(name)
   raise FileNotFoundError(
       f"config.restore_from={path!r} holds no checkpoint; give a workdir of "
-      "an earlier run or one of its checkpoints/<step> directories.")
+      "an earlier run or one of its checkpoints/<step> directories."
+  )
 
 
-def read_state(directory: str, step: int, abstract_state, what: str,
-               fix: str):
+def read_state(directory: str, step: int, abstract_state, what: str, fix: str):
   """The `state` item of a checkpoint, read-only, shape-checked and verified.
 
   Args:
@@ -502,14 +581,22 @@ def read_state(directory: str, step: int, abstract_state, what: str,
     ValueError: for a checkpoint that fails its integrity check.
   """
   path = os.path.join(directory, str(step))
-  check_shapes(os.path.join(path, "state"), abstract_state,
-               f"the checkpoint {path} ({what})", fix)
+  check_shapes(
+      os.path.join(path, "state"),
+      abstract_state,
+      f"the checkpoint {path} ({what})",
+      fix,
+  )
   manager = ocp.CheckpointManager(
-      epath.Path(directory).absolute(), item_names=("state", "data"),
-      options=ocp.CheckpointManagerOptions(read_only=True))
+      epath.Path(directory).absolute(),
+      item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+  )
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+    )
   finally:
     manager.close()
   try:
@@ -518,7 +605,8 @@ def read_state(directory: str, step: int, abstract_state, what: str,
     raise ValueError(
         f"{e}; it is damaged. Use another checkpoint (saved steps: "
         f"{', '.join(map(str, sorted(ocp.utils.checkpoint_steps(directory))))})"
-        ", or restore the files from a copy.") from e
+        ", or restore the files from a copy."
+    ) from e
   return restored.state
 
 
@@ -526,7 +614,11 @@ def restore_params(path: str, abstract_state):
   """The `state` item (parameters and EMA) of another run's checkpoint."""
   directory, step = find_checkpoint(path)
   return read_state(
-      directory, step, abstract_state, f"config.restore_from={path!r}",
+      directory,
+      step,
+      abstract_state,
+      f"config.restore_from={path!r}",
       "config.restore_from needs a run of the same model shape; point it at "
       "such a run, or change the network fields to match that run's "
-      "config.json.")
+      "config.json.",
+  )

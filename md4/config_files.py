@@ -13,8 +13,10 @@ import os
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # The shipped configs: in the repository, then inside an installed package.
-SHIPPED_DIRS = (os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"),
-                os.path.join(_PACKAGE_DIR, "configs"))
+SHIPPED_DIRS = (
+    os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"),
+    os.path.join(_PACKAGE_DIR, "configs"),
+)
 _PREFIXES = ("configs/", "md4/configs/", "./configs/")
 
 
@@ -34,7 +36,7 @@ def resolve(path: str) -> str:
   relative = file.replace(os.sep, "/")
   for prefix in _PREFIXES:
     if relative.startswith(prefix):
-      name = relative[len(prefix):]
+      name = relative[len(prefix) :]
       for directory in SHIPPED_DIRS:
         candidate = os.path.join(directory, name)
         if os.path.exists(candidate):
@@ -47,7 +49,7 @@ def resolve_argv(argv: Sequence[str], flag: str = "config") -> list[str]:
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith(f"--{flag}="):
-      out[i] = f"--{flag}=" + resolve(arg[len(flag) + 3:])
+      out[i] = f"--{flag}=" + resolve(arg[len(flag) + 3 :])
     elif arg == f"--{flag}" and i + 1 < len(out):
       out[i + 1] = resolve(out[i + 1])
   return out

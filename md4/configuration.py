@@ -39,14 +39,16 @@ def _no_time_draws(config) -> str | None:
   process = _process(config)
   if process.uses_time_draws:
     return None
-  return (f"config.model.process={process.name!r} draws no times.")
+  return f"config.model.process={process.name!r} draws no times."
 
 
 def _unconditional(config) -> str | None:
   if config.model.class_conditional:
     return None
-  return ("the model is not class-conditional "
-          "(config.model.class_conditional=False).")
+  return (
+      "the model is not class-conditional "
+      "(config.model.class_conditional=False)."
+  )
 
 
 def _sampler_ignores(setting: str):
@@ -56,9 +58,11 @@ def _sampler_ignores(setting: str):
     sampler = periodic_sampler(config)
     if setting in sampling.get(sampler).setting_names:
       return None
-    return (f"the periodic samples' sampler {sampler!r} (config.train."
-            f"sampler, or the process's default) has no {setting!r} "
-            "setting.")
+    return (
+        f"the periodic samples' sampler {sampler!r} (config.train."
+        f"sampler, or the process's default) has no {setting!r} "
+        "setting."
+    )
 
   return reason
 
@@ -74,158 +78,322 @@ def _in_process_section(field: Field, process_name: str) -> Field:
   def reason(config) -> str | None:
     if config.model.process == process_name:
       return None
-    return (f"config.model.process={config.model.process!r} does not read "
-            f"the {process_name} section; set config.model.process="
-            f"{process_name!r} to use it.")
+    return (
+        f"config.model.process={config.model.process!r} does not read "
+        f"the {process_name} section; set config.model.process="
+        f"{process_name!r} to use it."
+    )
 
   return dataclasses.replace(field, ignored_unless=reason)
 
 
 _BASE_FIELDS = (
-    Field("seed", 0, "Seeds parameters, data order, time and mask draws.",
-          low=0, high=2**32 - 1),
-    Field("restore_from", "",
-          "Initialise parameters (not the optimizer or step) from another "
-          "run's workdir or checkpoint directory; ignored when the workdir "
-          "has its own checkpoint, which is resumed."),
-    Field("allow_config_change", False,
-          "Resume a workdir whose config.json has another model shape "
-          "(network, data_shape, vocab_size, process)."),
+    Field(
+        "seed",
+        0,
+        "Seeds parameters, data order, time and mask draws.",
+        low=0,
+        high=2**32 - 1,
+    ),
+    Field(
+        "restore_from",
+        "",
+        "Initialise parameters (not the optimizer or step) from another "
+        "run's workdir or checkpoint directory; ignored when the workdir "
+        "has its own checkpoint, which is resumed.",
+    ),
+    Field(
+        "allow_config_change",
+        False,
+        "Resume a workdir whose config.json has another model shape "
+        "(network, data_shape, vocab_size, process).",
+    ),
     # ------------------------------------------------------------ data --
-    Field("data.dataset", "digits",
-          "The data set, one of md4.data.pipelines.DATASET_NAMES."),
-    Field("data.data_dir", "./data_dir",
-          "Where data files live (or are downloaded)."),
-    Field("data.data_shape", (8, 8, 1),
-          "One example: (L,) text, (H, W, C) images."),
-    Field("data.vocab_size", 17,
-          "Token values per position; the mask id is this.", low=2),
-    Field("data.num_workers", 0,
-          "grain worker processes; 0 loads in-process.", low=0),
-    Field("data.pad_to", 0, "MNIST only: zero-pad 28x28 to pad_to x pad_to.",
-          low=0),
-    Field("data.path", "",
-          "File-based data sets (openwebtext, fineweb_edu, protein, tokens, "
-          "text_chars): their file or directory, relative to data_dir or "
-          "absolute; empty = the data set's default place."),
-    Field("data.characters", "",
-          "text_chars only: the vocabulary as a string of characters (ids "
-          "in this order); empty = the text's own characters, kept in a "
-          "vocab file."),
-    Field("data.eval_fraction", 0.05,
-          "protein, tokens (without train*/valid* files), text_chars: the "
-          "share held out for evaluation under a fixed split seed.",
-          low=0.0, high=1.0, low_open=True, high_open=True),
-    Field("data.random_flip", False,
-          "Images: mirror each training image left-right with probability "
-          "1/2 (seeded; never in evaluation)."),
+    Field(
+        "data.dataset",
+        "digits",
+        "The data set, one of md4.data.pipelines.DATASET_NAMES.",
+    ),
+    Field(
+        "data.data_dir",
+        "./data_dir",
+        "Where data files live (or are downloaded).",
+    ),
+    Field(
+        "data.data_shape",
+        (8, 8, 1),
+        "One example: (L,) text, (H, W, C) images.",
+    ),
+    Field(
+        "data.vocab_size",
+        17,
+        "Token values per position; the mask id is this.",
+        low=2,
+    ),
+    Field(
+        "data.num_workers",
+        0,
+        "grain worker processes; 0 loads in-process.",
+        low=0,
+    ),
+    Field(
+        "data.pad_to",
+        0,
+        "MNIST only: zero-pad 28x28 to pad_to x pad_to.",
+        low=0,
+    ),
+    Field(
+        "data.path",
+        "",
+        "File-based data sets (openwebtext, fineweb_edu, protein, tokens, "
+        "text_chars): their file or directory, relative to data_dir or "
+        "absolute; empty = the data set's default place.",
+    ),
+    Field(
+        "data.characters",
+        "",
+        "text_chars only: the vocabulary as a string of characters (ids "
+        "in this order); empty = the text's own characters, kept in a "
+        "vocab file.",
+    ),
+    Field(
+        "data.eval_fraction",
+        0.05,
+        "protein, tokens (without train*/valid* files), text_chars: the "
+        "share held out for evaluation under a fixed split seed.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+    ),
+    Field(
+        "data.random_flip",
+        False,
+        "Images: mirror each training image left-right with probability "
+        "1/2 (seeded; never in evaluation).",
+    ),
     # ----------------------------------------------------------- model --
-    Field("model.process", "md4",
-          "The diffusion process (md4.diffusion); its fields are in "
-          "model.<process>.", choices=lambda: diffusion.NAMES),
-    Field("model.antithetic", True,
-          "Stratified time draws within a batch.",
-          ignored_unless=_no_time_draws),
+    Field(
+        "model.process",
+        "md4",
+        "The diffusion process (md4.diffusion); its fields are in "
+        "model.<process>.",
+        choices=lambda: diffusion.NAMES,
+    ),
+    Field(
+        "model.antithetic",
+        True,
+        "Stratified time draws within a batch.",
+        ignored_unless=_no_time_draws,
+    ),
     Field("model.class_conditional", False, "Feed labels to the network."),
-    Field("model.cond_drop_prob", 0.1,
-          "Label dropout for classifier-free guidance.", low=0.0, high=1.0,
-          high_open=True, ignored_unless=_unconditional),
+    Field(
+        "model.cond_drop_prob",
+        0.1,
+        "Label dropout for classifier-free guidance.",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        ignored_unless=_unconditional,
+    ),
 )
 
 _NETWORK_FIELDS = (
-    Field("network.name", "unet",
-          "The network (md4.networks); its other fields are its own.",
-          choices=lambda: tuple(networks.NETWORKS)),
-    Field("network.dtype", "float32",
-          "Compute dtype; parameters stay float32.",
-          choices=lambda: tuple(networks.COMPUTE_DTYPES)),
+    Field(
+        "network.name",
+        "unet",
+        "The network (md4.networks); its other fields are its own.",
+        choices=lambda: tuple(networks.NETWORKS),
+    ),
+    Field(
+        "network.dtype",
+        "float32",
+        "Compute dtype; parameters stay float32.",
+        choices=lambda: tuple(networks.COMPUTE_DTYPES),
+    ),
 )
 
 _TRAINING_FIELDS = (
     # ------------------------------------------------------- optimizer --
     Field("optimizer.learning_rate", 3e-4, "Peak learning rate.", low=0.0),
-    Field("optimizer.lr_schedule", "cosine",
-          "After warm-up: cosine or constant.",
-          choices=("cosine", "constant")),
+    Field(
+        "optimizer.lr_schedule",
+        "cosine",
+        "After warm-up: cosine or constant.",
+        choices=("cosine", "constant"),
+    ),
     Field("optimizer.warmup_steps", 2000, "Linear warm-up from 0.", low=0),
-    Field("optimizer.min_lr_ratio", 0.0,
-          "Cosine decays to this times the peak.", low=0.0, high=1.0),
-    Field("optimizer.b1", 0.9, "AdamW first-moment decay.", low=0.0,
-          high=1.0, high_open=True),
-    Field("optimizer.b2", 0.999, "AdamW second-moment decay.", low=0.0,
-          high=1.0, high_open=True),
-    Field("optimizer.weight_decay", 0.0, "Decoupled weight decay (AdamW).",
-          low=0.0),
-    Field("optimizer.grad_clip_norm", 1.0,
-          "Global-norm gradient clipping; 0 disables.", low=0.0),
-    Field("optimizer.embedding_lr_multiplier", 1.0,
-          "Scales the updates of every embedding table after AdamW.",
-          low=0.0),
-    Field("optimizer.ema_decay", 0.9999,
-          "EMA of parameters; 0 keeps no EMA.", low=0.0, high=1.0,
-          high_open=True),
-    Field("optimizer.ema_warmup", True,
-          "EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k (a "
-          "deviation from the reference); False: the reference's EMA."),
+    Field(
+        "optimizer.min_lr_ratio",
+        0.0,
+        "Cosine decays to this times the peak.",
+        low=0.0,
+        high=1.0,
+    ),
+    Field(
+        "optimizer.b1",
+        0.9,
+        "AdamW first-moment decay.",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    ),
+    Field(
+        "optimizer.b2",
+        0.999,
+        "AdamW second-moment decay.",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    ),
+    Field(
+        "optimizer.weight_decay",
+        0.0,
+        "Decoupled weight decay (AdamW).",
+        low=0.0,
+    ),
+    Field(
+        "optimizer.grad_clip_norm",
+        1.0,
+        "Global-norm gradient clipping; 0 disables.",
+        low=0.0,
+    ),
+    Field(
+        "optimizer.embedding_lr_multiplier",
+        1.0,
+        "Scales the updates of every embedding table after AdamW.",
+        low=0.0,
+    ),
+    Field(
+        "optimizer.ema_decay",
+        0.9999,
+        "EMA of parameters; 0 keeps no EMA.",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    ),
+    Field(
+        "optimizer.ema_warmup",
+        True,
+        "EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k (a "
+        "deviation from the reference); False: the reference's EMA.",
+    ),
     # ----------------------------------------------------------- train --
-    Field("train.batch_size", 64,
-          "Global batch over all devices and processes.", low=1),
+    Field(
+        "train.batch_size",
+        64,
+        "Global batch over all devices and processes.",
+        low=1,
+    ),
     Field("train.num_steps", 10_000, "Total optimisation steps.", low=1),
-    Field("train.micro_batches", 1,
-          "Gradient accumulation: the batch split k ways.", low=1),
-    Field("train.log_every", 100, "Steps between training metric writes.",
-          low=1),
-    Field("train.eval_every", 1000,
-          "Steps between evaluations (and at the end).", low=1),
+    Field(
+        "train.micro_batches",
+        1,
+        "Gradient accumulation: the batch split k ways.",
+        low=1,
+    ),
+    Field(
+        "train.log_every", 100, "Steps between training metric writes.", low=1
+    ),
+    Field(
+        "train.eval_every",
+        1000,
+        "Steps between evaluations (and at the end).",
+        low=1,
+    ),
     Field("train.eval_batch_size", 64, "Global evaluation batch.", low=1),
-    Field("train.eval_max_batches", 0,
-          "Batches per split per evaluation; 0 means all.", low=0),
-    Field("train.checkpoint_every", 1000,
-          "Steps between checkpoints (and at the end).", low=1),
+    Field(
+        "train.eval_max_batches",
+        0,
+        "Batches per split per evaluation; 0 means all.",
+        low=0,
+    ),
+    Field(
+        "train.checkpoint_every",
+        1000,
+        "Steps between checkpoints (and at the end).",
+        low=1,
+    ),
     Field("train.keep_checkpoints", 3, "Recent checkpoints kept.", low=1),
-    Field("train.keep_period", 0,
-          "Also keep every k-th step's checkpoint; 0 off.", low=0),
-    Field("train.sample_every", 1000,
-          "Steps between sample writes (and at the end).", low=1),
+    Field(
+        "train.keep_period",
+        0,
+        "Also keep every k-th step's checkpoint; 0 off.",
+        low=0,
+    ),
+    Field(
+        "train.sample_every",
+        1000,
+        "Steps between sample writes (and at the end).",
+        low=1,
+    ),
     Field("train.num_samples", 16, "Samples per write.", low=1),
-    Field("train.sampler", "",
-          "The periodic samples' sampler (md4.sampling), with its default "
-          "settings; empty = the process's default sampler.",
-          choices=lambda: ("",) + sampling.NAMES),
-    Field("train.sample_steps", 100,
-          "Time steps T of the periodic samples (step-based samplers).",
-          low=1, ignored_unless=_sampler_ignores("num_steps")),
-    Field("train.sampling_grid", "cosine",
-          "Time grid of the periodic samples: uniform, or cosine "
-          "(sin(pi u / 2), the reference's).", choices=sampling_core.GRIDS,
-          ignored_unless=_sampler_ignores("grid")),
-    Field("train.profile_every", 0,
-          "Profiler trace after every k-th step into <workdir>/profile/; 0 "
-          "off.", low=0),
+    Field(
+        "train.sampler",
+        "",
+        "The periodic samples' sampler (md4.sampling), with its default "
+        "settings; empty = the process's default sampler.",
+        choices=lambda: ("",) + sampling.NAMES,
+    ),
+    Field(
+        "train.sample_steps",
+        100,
+        "Time steps T of the periodic samples (step-based samplers).",
+        low=1,
+        ignored_unless=_sampler_ignores("num_steps"),
+    ),
+    Field(
+        "train.sampling_grid",
+        "cosine",
+        "Time grid of the periodic samples: uniform, or cosine "
+        "(sin(pi u / 2), the reference's).",
+        choices=sampling_core.GRIDS,
+        ignored_unless=_sampler_ignores("grid"),
+    ),
+    Field(
+        "train.profile_every",
+        0,
+        "Profiler trace after every k-th step into <workdir>/profile/; 0 off.",
+        low=0,
+    ),
     Field("train.profile_steps", 5, "Steps in each profiler trace.", low=1),
-    Field("train.check_nans", True,
-          "Check each step's metrics and gradients for NaN/Inf; a "
-          "non-finite step's update is discarded and the run stops."),
-    Field("train.max_bad_steps", 0,
-          "With check_nans: non-finite steps skipped before the run stops.",
-          low=0),
+    Field(
+        "train.check_nans",
+        True,
+        "Check each step's metrics and gradients for NaN/Inf; a "
+        "non-finite step's update is discarded and the run stops.",
+    ),
+    Field(
+        "train.max_bad_steps",
+        0,
+        "With check_nans: non-finite steps skipped before the run stops.",
+        low=0,
+    ),
     # -------------------------------------------------------- sharding --
-    Field("sharding.mesh", (-1, 1, 1),
-          "Mesh sizes (data, fsdp, tensor); -1 = the rest."),
-    Field("sharding.rules", (),
-          "((logical axis, mesh axes), ...); empty = the defaults."),
+    Field(
+        "sharding.mesh",
+        (-1, 1, 1),
+        "Mesh sizes (data, fsdp, tensor); -1 = the rest.",
+    ),
+    Field(
+        "sharding.rules",
+        (),
+        "((logical axis, mesh axes), ...); empty = the defaults.",
+    ),
 )
 
 
 def _process_fields() -> tuple[Field, ...]:
-  return tuple(_in_process_section(f, cls.name)
-               for cls in diffusion.PROCESSES.values() for f in cls.FIELDS)
+  return tuple(
+      _in_process_section(f, cls.name)
+      for cls in diffusion.PROCESSES.values()
+      for f in cls.FIELDS
+  )
 
 
 def declared_fields() -> tuple[Field, ...]:
   """Every declared field, in the README table's order."""
-  return (_BASE_FIELDS + _process_fields() + _NETWORK_FIELDS
-          + _TRAINING_FIELDS)
+  return _BASE_FIELDS + _process_fields() + _NETWORK_FIELDS + _TRAINING_FIELDS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -250,33 +418,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.batch_size % config.train.micro_batches:
     raise ValueError(
         f"config.train.batch_size={config.train.batch_size} must be divisible"
-        f" by config.train.micro_batches={config.train.micro_batches}.")
+        f" by config.train.micro_batches={config.train.micro_batches}."
+    )
   # The process checks its own combinations (e.g. D3PM's absorbing noise
   # needs abar_T = 0); its errors name the fields and the fix.
   process = diffusion.from_config(config)
   process.check_network(config.network)
-  reason = sampling.get(periodic_sampler(config)).reason_not_applicable(
-      process)
+  reason = sampling.get(periodic_sampler(config)).reason_not_applicable(process)
   if reason:
-    raise ValueError(f"config.train.sampler={periodic_sampler(config)!r}: "
-                     f"{reason}")
+    raise ValueError(
+        f"config.train.sampler={periodic_sampler(config)!r}: {reason}"
+    )
 
 
 def _check_shapes(config) -> None:
   shape = config.data.data_shape
-  if (not isinstance(shape, (tuple, list)) or not shape or
-      not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-              for d in shape)):
+  if (
+      not isinstance(shape, (tuple, list))
+      or not shape
+      or not all(
+          isinstance(d, int) and not isinstance(d, bool) and d > 0
+          for d in shape
+      )
+  ):
     raise ValueError(
-        f"config.data.data_shape must be a non-empty tuple of positive "
-        f"integers ((L,) for text, (H, W, C) for images), got {shape!r}.")
+        "config.data.data_shape must be a non-empty tuple of positive "
+        f"integers ((L,) for text, (H, W, C) for images), got {shape!r}."
+    )
   mesh = config.sharding.mesh
-  if (not isinstance(mesh, (tuple, list)) or len(mesh) != 3 or
-      not all(isinstance(d, int) and (d == -1 or d >= 1) for d in mesh) or
-      list(mesh).count(-1) > 1):
+  if (
+      not isinstance(mesh, (tuple, list))
+      or len(mesh) != 3
+      or not all(isinstance(d, int) and (d == -1 or d >= 1) for d in mesh)
+      or list(mesh).count(-1) > 1
+  ):
     raise ValueError(
-        f"config.sharding.mesh must be three sizes (data, fsdp, tensor), each"
-        f" >= 1 or one of them -1 for the rest, got {mesh!r}.")
+        "config.sharding.mesh must be three sizes (data, fsdp, tensor), each"
+        f" >= 1 or one of them -1 for the rest, got {mesh!r}."
+    )
 
 
 def upgrade_saved(saved: dict) -> dict:
@@ -296,8 +475,9 @@ def upgrade_saved(saved: dict) -> dict:
   if not flat & set(model):
     return saved
   section = dict(model.get(cls.name, {}))
-  section.update({new: model[old] for old, new in legacy.items()
-                  if old in model})
+  section.update(
+      {new: model[old] for old, new in legacy.items() if old in model}
+  )
   upgraded = {k: v for k, v in model.items() if k not in flat}
   upgraded[cls.name] = section
   return dict(saved, model=upgraded)
@@ -314,7 +494,8 @@ def drop_ignored(config: ml_collections.ConfigDict) -> list[str]:
   reset = []
   process = diffusion.from_config(config)
   if config.train.sampler and sampling.get(
-      config.train.sampler).reason_not_applicable(process):
+      config.train.sampler
+  ).reason_not_applicable(process):
     config.train.sampler = ""
     reset.append("train.sampler")
   for field in declared_fields():
@@ -351,8 +532,9 @@ TRANSFORMER_SIZES = {
 }
 
 
-def transformer(size: str, dropout_rate: float,
-                embed_dim: int = 0) -> ml_collections.ConfigDict:
+def transformer(
+    size: str, dropout_rate: float, embed_dim: int = 0
+) -> ml_collections.ConfigDict:
   """config.network for the reference MD4 text transformer of a named size.
 
   As the reference builds it: the conditioning vector is width / num_heads
@@ -365,67 +547,82 @@ def transformer(size: str, dropout_rate: float,
       E wide and projects to the width (the reference's text8 model, E = 64).
   """
   if size not in TRANSFORMER_SIZES:
-    raise ValueError(f"transformer size {size!r}; valid: "
-                     f"{', '.join(TRANSFORMER_SIZES)}.")
+    raise ValueError(
+        f"transformer size {size!r}; valid: {', '.join(TRANSFORMER_SIZES)}."
+    )
   layers, width, heads = TRANSFORMER_SIZES[size]
-  return ml_collections.ConfigDict(dict(
-      name="transformer",
-      dtype="float32",
-      num_layers=layers,  # Transformer blocks.
-      width=width,  # Residual stream width.
-      num_heads=heads,  # Attention heads (head dim = width / heads).
-      # glu (sigmoid-gated), geglu (GELU-gated), swiglu (SiLU-gated), all
-      # without biases, or gelu (plain, with biases).
-      mlp_type="glu",
-      mlp_ratio=4.0,  # MLP hidden = 2/3 * ratio * width for gated MLPs.
-      cond_width=width // heads,  # Time/label conditioning vector width.
-      cond_type="adaln_zero",  # adaln_zero (zero-init modulation) or adaln.
-      # 0: tokens embedded at the width; E > 0: E wide, then a Dense.
-      embed_dim=embed_dim,
-      depth_scaled_init=True,  # Output projections scaled by 1/sqrt(2 L).
-      use_rope=True,  # Rotary position embeddings.
-      dropout_rate=dropout_rate,
-      time_features="t",  # "t" or "none" (time-agnostic denoiser).
-      causal=False,  # Causal attention (the autoregressive baseline).
-      remat=False,  # Recompute block activations in the backward pass.
-      # MD4 loss: -1 picks by vocabulary (chunked from 1,024 values), 0 full
-      # [B, L, V] logits, N > 0 forms N positions' logits at a time.
-      logits_chunk=-1,
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          name="transformer",
+          dtype="float32",
+          num_layers=layers,  # Transformer blocks.
+          width=width,  # Residual stream width.
+          num_heads=heads,  # Attention heads (head dim = width / heads).
+          # glu (sigmoid-gated), geglu (GELU-gated), swiglu (SiLU-gated), all
+          # without biases, or gelu (plain, with biases).
+          mlp_type="glu",
+          mlp_ratio=4.0,  # MLP hidden = 2/3 * ratio * width for gated MLPs.
+          cond_width=width // heads,  # Time/label conditioning vector width.
+          cond_type="adaln_zero",  # adaln_zero (zero-init modulation) or adaln.
+          # 0: tokens embedded at the width; E > 0: E wide, then a Dense.
+          embed_dim=embed_dim,
+          depth_scaled_init=True,  # Output projections scaled by 1/sqrt(2 L).
+          use_rope=True,  # Rotary position embeddings.
+          dropout_rate=dropout_rate,
+          time_features="t",  # "t" or "none" (time-agnostic denoiser).
+          causal=False,  # Causal attention (the autoregressive baseline).
+          remat=False,  # Recompute block activations in the backward pass.
+          # MD4 loss: -1 picks by vocabulary (chunked from 1,024 values), 0 full
+          # [B, L, V] logits, N > 0 forms N positions' logits at a time.
+          logits_chunk=-1,
+      )
+  )
 
 
 def variant(arg: str | None, valid: tuple[str, ...]) -> str:
   """The `:variant` suffix of a config path, checked against the valid ones."""
   arg = arg or valid[0]
   if arg not in valid:
-    raise ValueError(f"config variant {arg!r} is not defined; valid: "
-                     f"{', '.join(valid)}.")
+    raise ValueError(
+        f"config variant {arg!r} is not defined; valid: {', '.join(valid)}."
+    )
   return arg
 
 
-def unet(ch: int, num_res_blocks: int, dropout_rate: float,
-         ch_mult=(1,), attn_resolutions=(), embed_dim: int = 128,
-         cond_width: int = 128) -> ml_collections.ConfigDict:
+def unet(
+    ch: int,
+    num_res_blocks: int,
+    dropout_rate: float,
+    ch_mult=(1,),
+    attn_resolutions=(),
+    embed_dim: int = 128,
+    cond_width: int = 128,
+) -> ml_collections.ConfigDict:
   """config.network for the image U-Net (defaults: the reference's widths)."""
-  return ml_collections.ConfigDict(dict(
-      name="unet",
-      dtype="float32",
-      embed_dim=embed_dim,  # Per-channel token embedding width.
-      ch=ch,  # Base channel count.
-      ch_mult=tuple(ch_mult),  # Channel multiplier per resolution level.
-      num_res_blocks=num_res_blocks,  # Residual blocks per level.
-      attn_resolutions=tuple(attn_resolutions),  # Sizes with self-attention.
-      num_heads=1,  # Heads of those attention layers.
-      cond_width=cond_width,  # Time/label conditioning width.
-      dropout_rate=dropout_rate,
-      time_features="t",  # "t" or "none".
-      remat=False,  # Recompute residual blocks in the backward pass.
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          name="unet",
+          dtype="float32",
+          embed_dim=embed_dim,  # Per-channel token embedding width.
+          ch=ch,  # Base channel count.
+          ch_mult=tuple(ch_mult),  # Channel multiplier per resolution level.
+          num_res_blocks=num_res_blocks,  # Residual blocks per level.
+          attn_resolutions=tuple(
+              attn_resolutions
+          ),  # Sizes with self-attention.
+          num_heads=1,  # Heads of those attention layers.
+          cond_width=cond_width,  # Time/label conditioning width.
+          dropout_rate=dropout_rate,
+          time_features="t",  # "t" or "none".
+          remat=False,  # Recompute residual blocks in the backward pass.
+      )
+  )
 
 
 def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs a config file's get_config(arg); lets one config extend another."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   spec = importlib.util.spec_from_file_location("md4_config", path)
   if spec is None or not os.path.exists(path):
     raise FileNotFoundError(f"config file {path!r} does not exist.")
@@ -449,8 +646,14 @@ def use_digits(c: ml_collections.ConfigDict) -> None:
   c.data.data_shape = (8, 8, 1)
   c.data.vocab_size = 17  # Grey levels 0..16.
   c.data.pad_to = 0
-  c.network = unet(ch=32, num_res_blocks=2, dropout_rate=0.1,
-                   attn_resolutions=(8,), embed_dim=16, cond_width=128)
+  c.network = unet(
+      ch=32,
+      num_res_blocks=2,
+      dropout_rate=0.1,
+      attn_resolutions=(8,),
+      embed_dim=16,
+      cond_width=128,
+  )
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99
@@ -468,8 +671,14 @@ def use_digits(c: ml_collections.ConfigDict) -> None:
 
 def use_cpu_unet(c: ml_collections.ConfigDict, num_steps: int = 500) -> None:
   """Shrinks an image config to a laptop-sized U-Net run."""
-  c.network = unet(ch=32, num_res_blocks=1, dropout_rate=0.0, ch_mult=(1, 2),
-                   embed_dim=32, cond_width=32)
+  c.network = unet(
+      ch=32,
+      num_res_blocks=1,
+      dropout_rate=0.0,
+      ch_mult=(1, 2),
+      embed_dim=32,
+      cond_width=32,
+  )
   c.train.batch_size = 16
   c.train.eval_batch_size = 100
   c.train.eval_max_batches = 2

@@ -41,7 +41,7 @@ def verbosity_in(argv: Sequence[str]) -> int:
       if arg == name and i + 1 < len(args):
         value = args[i + 1]
       elif arg.startswith(name + "="):
-        value = arg[len(name) + 1:]
+        value = arg[len(name) + 1 :]
   try:
     return int(value)
   except ValueError:
@@ -76,8 +76,7 @@ class _ShortFormatter(logging.Formatter):
 
   def format(self, record: logging.LogRecord) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-    level = ("" if record.levelno < logging.WARNING else
-             f"{record.levelname}: ")
+    level = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
     text = f"{stamp} {level}{record.getMessage()}"
     if record.exc_info:
       text += "\n" + self.formatException(record.exc_info)
@@ -167,10 +166,20 @@ def count(n: int) -> str:
   return f"{n:,}"
 
 
-def startup_summary(*, dataset: str, info, sizes: Mapping[str, int],
-                    process: str, network: str, num_params: int,
-                    table_path: str, devices: Sequence[str],
-                    num_processes: int, workdir: str, train) -> list[str]:
+def startup_summary(
+    *,
+    dataset: str,
+    info,
+    sizes: Mapping[str, int],
+    process: str,
+    network: str,
+    num_params: int,
+    table_path: str,
+    devices: Sequence[str],
+    num_processes: int,
+    workdir: str,
+    train,
+) -> list[str]:
   """The start-up lines of a training run (data, model, run, devices).
 
   Args:
@@ -193,17 +202,24 @@ def startup_summary(*, dataset: str, info, sizes: Mapping[str, int],
   what = "images" if info.kind == "image" else "tokens"
   split_sizes = ", ".join(f"{k} {count(v)}" for k, v in sizes.items())
   platforms = sorted(set(devices))
-  device_text = ", ".join(
-      f"{devices.count(p)} {p}" for p in platforms) or "none"
+  device_text = (
+      ", ".join(f"{devices.count(p)} {p}" for p in platforms) or "none"
+  )
   return [
-      f"Data:     {dataset}, {shape} {what} of {count(info.vocab_size)} "
-      f"values; examples: {split_sizes}",
-      f"Model:    {process}, {network} network, {count(num_params)} "
-      f"parameters (table: {table_path})",
-      f"Run:      {count(train.num_steps)} steps of batch "
-      f"{count(train.batch_size)}; eval every {count(train.eval_every)}, "
-      f"samples every {count(train.sample_every)}, checkpoint every "
-      f"{count(train.checkpoint_every)}",
+      (
+          f"Data:     {dataset}, {shape} {what} of {count(info.vocab_size)} "
+          f"values; examples: {split_sizes}"
+      ),
+      (
+          f"Model:    {process}, {network} network, {count(num_params)} "
+          f"parameters (table: {table_path})"
+      ),
+      (
+          f"Run:      {count(train.num_steps)} steps of batch "
+          f"{count(train.batch_size)}; eval every {count(train.eval_every)}, "
+          f"samples every {count(train.sample_every)}, checkpoint every "
+          f"{count(train.checkpoint_every)}"
+      ),
       f"Devices:  {device_text} device(s), {num_processes} process(es)",
       f"Workdir:  {os.path.abspath(workdir)}",
   ]

@@ -38,27 +38,37 @@ def detected_cluster(env=None) -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
   """Calls jax.distributed.initialize when this is a multi-process run."""
   explicit = coordinator_address is not None
   detected = detected_cluster() is not None
   if not explicit and not detected:
     return
-  if jax.config.jax_platforms in ("cpu",) or os.environ.get(
-      "JAX_PLATFORMS") == "cpu":
+  if (
+      jax.config.jax_platforms in ("cpu",)
+      or os.environ.get("JAX_PLATFORMS") == "cpu"
+  ):
     # CPU processes exchange data through gloo (TCP).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if explicit:
     if num_processes is None or process_id is None:
-      raise ValueError("--coordinator_address needs --num_processes and "
-                       "--process_id as well.")
-    jax.distributed.initialize(coordinator_address,
-                               num_processes=num_processes,
-                               process_id=process_id)
+      raise ValueError(
+          "--coordinator_address needs --num_processes and "
+          "--process_id as well."
+      )
+    jax.distributed.initialize(
+        coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   else:
     jax.distributed.initialize()
-  logging.info("Process %d of %d, %d local devices, %d in all.",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+      "Process %d of %d, %d local devices, %d in all.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )

@@ -42,14 +42,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def error(self, message):
     raise UserError(
-        f"{message.rstrip('.')}; run with --help to list the flags.")
+        f"{message.rstrip('.')}; run with --help to list the flags."
+    )
 
 
 # Exception types raised for bad inputs throughout md4 (messages name the
 # field and the fix). TypeError: a config field of the wrong type.
-USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError,
-               NotADirectoryError, IsADirectoryError, PermissionError,
-               FloatingPointError)
+USER_ERRORS = (
+    UserError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FloatingPointError,
+)
 # OSErrors of the machine, not of md4: a full disk or quota, a read-only
 # file system.
 USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -89,9 +97,11 @@ def message(error: BaseException) -> str:
   text = str(error).strip()
   if isinstance(error, OSError) and error.errno in USER_ERRNOS:
     where = f" ({error.filename})" if error.filename else ""
-    fixes = {errno.ENOSPC: "free disk space or choose a larger disk",
-             errno.EDQUOT: "free space within your quota",
-             errno.EROFS: "choose a writable directory"}
+    fixes = {
+        errno.ENOSPC: "free disk space or choose a larger disk",
+        errno.EDQUOT: "free space within your quota",
+        errno.EROFS: "choose a writable directory",
+    }
     text = f"{error.strerror}{where}; {fixes[error.errno]}."
   if isinstance(error, KeyError) and text.startswith("'"):
     text = text.strip("'")  # KeyError quotes its message.
@@ -161,6 +171,7 @@ def run_app(main, check_argv=None, argv=None) -> None:
       traceback (e.g. a config file that does not load).
     argv: the command line (default sys.argv).
   """
+
   def checked_main(args):
     try:
       return main(args)

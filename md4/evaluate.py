@@ -52,7 +52,6 @@ from md4 import error_boundary
 from md4 import run as run_lib
 from md4 import sample_writing
 
-
 # -------------------------------------------------------------- logic -----
 
 
@@ -66,8 +65,14 @@ def make_bound_fn(model, num_time_samples: int):
 
     def one_time(j):
       t = jnp.mod(offset + j / k, 1.0)  # [B], stratified per example
-      terms, _ = model.apply({"params": params}, x, label, train=False, t=t,
-                             rngs={"sample": jax.random.fold_in(mask_rng, j)})
+      terms, _ = model.apply(
+          {"params": params},
+          x,
+          label,
+          train=False,
+          t=t,
+          rngs={"sample": jax.random.fold_in(mask_rng, j)},
+      )
       return terms.get("loss_nelbo", terms["loss"])  # [B] nats
 
     return jax.lax.map(one_time, jnp.arange(k)).mean(0)  # [B]
@@ -75,8 +80,9 @@ def make_bound_fn(model, num_time_samples: int):
   return bound
 
 
-def summarize(per_example: np.ndarray, num_elements: int,
-              unit: str) -> dict[str, dict[str, float]]:
+def summarize(
+    per_example: np.ndarray, num_elements: int, unit: str
+) -> dict[str, dict[str, float]]:
   """Mean and standard error of the bound in each unit that applies."""
   n = len(per_example)
   nats = float(per_example.mean())
@@ -84,9 +90,15 @@ def summarize(per_example: np.ndarray, num_elements: int,
   return metrics.in_units(nats, se, num_elements, unit)
 
 
-def negative_elbo(run: run_lib.RestoredRun, split: str, *,
-                  num_examples: int = 0, num_time_samples: int = 1,
-                  seed: int = 0, progress: bool = True) -> dict:
+def negative_elbo(
+    run: run_lib.RestoredRun,
+    split: str,
+    *,
+    num_examples: int = 0,
+    num_time_samples: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
   """Evaluates the bound of a restored run on a split.
 
   Args:
@@ -106,23 +118,32 @@ def negative_elbo(run: run_lib.RestoredRun, split: str, *,
   info = setup.datasets.info
   dataset = run.config.data.dataset
   if split not in setup.datasets.eval:
-    raise ValueError(f"--split={split!r} is not an evaluation split of "
-                     f"{dataset}; valid: {', '.join(setup.datasets.eval)}.")
+    raise ValueError(
+        f"--split={split!r} is not an evaluation split of "
+        f"{dataset}; valid: {', '.join(setup.datasets.eval)}."
+    )
   if num_time_samples < 1 or num_examples < 0:
     raise ValueError(
         f"got --num_time_samples={num_time_samples} and --num_examples="
         f"{num_examples}; give --num_time_samples >= 1 and --num_examples "
-        ">= 0.")
+        ">= 0."
+    )
   conditional = bool(setup.model.num_classes)
   per_example, per_example_uncond = [], []
   start = time.perf_counter()
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     bound = jax.jit(make_bound_fn(setup.model, num_time_samples))
-    bar = tqdm.tqdm(total=num_examples or None, unit="ex",
-                    disable=not progress, desc=f"{split} nelbo")
+    bar = tqdm.tqdm(
+        total=num_examples or None,
+        unit="ex",
+        disable=not progress,
+        desc=f"{split} nelbo",
+    )
     for i, local in enumerate(setup.datasets.eval[split]()):
-      batch = {k: jax.make_array_from_process_local_data(
-          setup.batch_sharding, v) for k, v in local.items()}
+      batch = {
+          k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
+          for k, v in local.items()
+      }
       rng = jax.random.fold_in(jax.random.key(seed), i)
       values = bound(run.params, batch["x"], batch.get("label"), rng)
       real = np.asarray(local["weight"]) > 0
@@ -134,22 +155,28 @@ def negative_elbo(run: run_lib.RestoredRun, split: str, *,
       if num_examples and len(per_example) >= num_examples:
         break
     bar.close()
-  per_example = np.asarray(per_example[:num_examples or None], np.float64)
+  per_example = np.asarray(per_example[: num_examples or None], np.float64)
   if not len(per_example):
     raise ValueError(f"the {split} split of {dataset} yielded no examples.")
   result = {
-      "workdir": run.workdir, "checkpoint_step": run.step, "split": split,
-      "num_examples": len(per_example), "num_time_samples": num_time_samples,
-      "seed": seed, "headline": info.unit,
+      "workdir": run.workdir,
+      "checkpoint_step": run.step,
+      "split": split,
+      "num_examples": len(per_example),
+      "num_time_samples": num_time_samples,
+      "seed": seed,
+      "headline": info.unit,
       "class_conditional": conditional,
       "seconds": time.perf_counter() - start,
   }
   num_elements = math.prod(info.data_shape)
   result.update(summarize(per_example, num_elements, info.unit))
   if conditional:
-    uncond = np.asarray(per_example_uncond[:len(per_example)], np.float64)
-    result.update({f"{k}_uncond": v for k, v in summarize(
-        uncond, num_elements, info.unit).items()})
+    uncond = np.asarray(per_example_uncond[: len(per_example)], np.float64)
+    result.update({
+        f"{k}_uncond": v
+        for k, v in summarize(uncond, num_elements, info.unit).items()
+    })
   return result
 
 
@@ -162,15 +189,23 @@ def define_flags() -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step; default latest.")
   flags.DEFINE_string("split", None, "Evaluation split; default the first.")
   flags.DEFINE_integer("num_examples", 0, "First n examples; 0 = all.")
-  flags.DEFINE_integer("num_time_samples", 1,
-                       "K estimates (times and masks) per example.")
-  flags.DEFINE_integer("batch_size", None, "Examples per batch; default "
-                       "config.train.eval_batch_size.")
+  flags.DEFINE_integer(
+      "num_time_samples", 1, "K estimates (times and masks) per example."
+  )
+  flags.DEFINE_integer(
+      "batch_size",
+      None,
+      "Examples per batch; default config.train.eval_batch_size.",
+  )
   flags.DEFINE_integer("seed", 0, "Seeds times and masks.")
-  flags.DEFINE_multi_string("override", [], "section.field=value changes "
-                            "to the saved config.")
-  flags.DEFINE_string("output", None, "JSON result path; default "
-                      "<workdir>/eval_<split>_step<N>.json.")
+  flags.DEFINE_multi_string(
+      "override", [], "section.field=value changes to the saved config."
+  )
+  flags.DEFINE_string(
+      "output",
+      None,
+      "JSON result path; default <workdir>/eval_<split>_step<N>.json.",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -184,26 +219,36 @@ def main(argv):
     overrides.append(f"train.eval_batch_size={f.batch_size}")
   if jax.process_index() == 0:  # Before the slow restore.
     sample_writing.check_output_dir(
-        os.path.dirname(os.path.abspath(f.output)) if f.output else
-        f.workdir, "--output")
+        os.path.dirname(os.path.abspath(f.output)) if f.output else f.workdir,
+        "--output",
+    )
   run = run_lib.restore(f.workdir, f.step, overrides)
   split = f.split or next(iter(run.setup.datasets.eval))
-  result = negative_elbo(run, split, num_examples=f.num_examples,
-                         num_time_samples=f.num_time_samples, seed=f.seed)
+  result = negative_elbo(
+      run,
+      split,
+      num_examples=f.num_examples,
+      num_time_samples=f.num_time_samples,
+      seed=f.seed,
+  )
   if jax.process_index() > 0:
     return
-  path = f.output or os.path.join(run.workdir,
-                                  f"eval_{split}_step{run.step}.json")
+  path = f.output or os.path.join(
+      run.workdir, f"eval_{split}_step{run.step}.json"
+  )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as out:
     json.dump(result, out, indent=2)
   key = result["headline"]
   keys = [key, f"{key}_uncond"] if result["class_conditional"] else [key]
-  values = ", ".join(f"{k} = {result[k]['mean']:.4f} +- {result[k]['se']:.4f}"
-                     for k in keys)
+  values = ", ".join(
+      f"{k} = {result[k]['mean']:.4f} +- {result[k]['se']:.4f}" for k in keys
+  )
   given = " (given the label; _uncond: no label)" if len(keys) > 1 else ""
-  print(f"{split}: {values}{given} (se; {result['num_examples']} examples, "
-        f"K={result['num_time_samples']}); written to {path}")
+  print(
+      f"{split}: {values}{given} (se; {result['num_examples']} examples, "
+      f"K={result['num_time_samples']}); written to {path}"
+  )
 
 
 def cli() -> None:

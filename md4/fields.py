@@ -32,6 +32,7 @@ class Field:
       reads the field, else why not and what to set instead; a field the
       run ignores must keep its default.
   """
+
   name: str
   default: Any
   doc: str
@@ -41,7 +42,8 @@ class Field:
   high_open: bool = False
   choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
   ignored_unless: Callable[[ml_collections.ConfigDict], str | None] | None = (
-      None)
+      None
+  )
 
   @property
   def valid_choices(self) -> tuple[str, ...] | None:
@@ -61,8 +63,9 @@ class Field:
       kind = int if isinstance(default, int) else (int, float)
       if isinstance(value, bool) or not isinstance(value, kind):
         wanted = "an integer" if kind is int else "a number"
-        raise ValueError(f"{where} must be {wanted}, got {value!r} "
-                         f"({type(value).__name__}).")
+        raise ValueError(
+            f"{where} must be {wanted}, got {value!r} ({type(value).__name__})."
+        )
       if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be finite, got {value!r}.")
       self._check_bounds(value)
@@ -74,20 +77,25 @@ class Field:
       if valid is not None and value not in valid:
         near = difflib.get_close_matches(value, valid, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"{where}={value!r} is not valid; valid: "
-                         f"{', '.join(valid)}.{hint}")
+        raise ValueError(
+            f"{where}={value!r} is not valid; valid: {', '.join(valid)}.{hint}"
+        )
       return
     if isinstance(default, tuple) and not isinstance(value, (tuple, list)):
       raise ValueError(f"{where} must be a tuple, got {value!r}.")
 
   def _check_bounds(self, value) -> None:
-    low_ok = self.low is None or (value > self.low if self.low_open
-                                  else value >= self.low)
-    high_ok = self.high is None or (value < self.high if self.high_open
-                                    else value <= self.high)
+    low_ok = self.low is None or (
+        value > self.low if self.low_open else value >= self.low
+    )
+    high_ok = self.high is None or (
+        value < self.high if self.high_open else value <= self.high
+    )
     if not (low_ok and high_ok):
-      raise ValueError(f"config.{self.name}={value!r} is out of range; it "
-                       f"must lie in {self.range_text()}.")
+      raise ValueError(
+          f"config.{self.name}={value!r} is out of range; it "
+          f"must lie in {self.range_text()}."
+      )
 
   def range_text(self) -> str:
     """The valid values, as the README's table and the errors show them."""
@@ -134,20 +142,28 @@ def build(declared: Iterable[Field]) -> ml_collections.ConfigDict:
   return config
 
 
-def unknown_key_error(key: str, valid: Iterable[str], where: str,
-                      ) -> ValueError:
-  """"<where>.<key> is not a known field; did you mean ...?" - the one
+def unknown_key_error(
+    key: str,
+    valid: Iterable[str],
+    where: str,
+) -> ValueError:
+  """ "<where>.<key> is not a known field; did you mean ...?" - the one
   message for a misspelt key (config files, --config.x, --override)."""
   valid = sorted(valid)
   near = difflib.get_close_matches(key, valid, n=1)
   hint = f"; did you mean {where}.{near[0]}?" if near else ""
-  return ValueError(f"{where}.{key} is not a known field{hint} Valid fields: "
-                    f"{', '.join(valid)}.")
+  return ValueError(
+      f"{where}.{key} is not a known field{hint} Valid fields: "
+      f"{', '.join(valid)}."
+  )
 
 
-def check_keys(given: ml_collections.ConfigDict,
-               reference: ml_collections.ConfigDict, where: str,
-               open_sections: Sequence[str] = ()) -> None:
+def check_keys(
+    given: ml_collections.ConfigDict,
+    reference: ml_collections.ConfigDict,
+    where: str,
+    open_sections: Sequence[str] = (),
+) -> None:
   """Rejects keys of `given` missing from `reference`, recursively.
 
   Sections named in `open_sections` (paths from the root) are not entered.
@@ -156,17 +172,22 @@ def check_keys(given: ml_collections.ConfigDict,
     if key not in reference:
       raise unknown_key_error(key, reference.keys(), where)
     path = f"{where}.{key}"
-    if (isinstance(reference[key], ml_collections.ConfigDict)
-        and path.removeprefix("config.") not in open_sections):
+    if (
+        isinstance(reference[key], ml_collections.ConfigDict)
+        and path.removeprefix("config.") not in open_sections
+    ):
       if not isinstance(given[key], ml_collections.ConfigDict):
-        raise ValueError(f"{path} is a section of fields, got "
-                         f"{given[key]!r}; set its fields, e.g. "
-                         f"{path}.<field>=value.")
+        raise ValueError(
+            f"{path} is a section of fields, got "
+            f"{given[key]!r}; set its fields, e.g. "
+            f"{path}.<field>=value."
+        )
       check_keys(given[key], reference[key], path, open_sections)
 
 
-def check_values(config: ml_collections.ConfigDict,
-                 declared: Iterable[Field]) -> None:
+def check_values(
+    config: ml_collections.ConfigDict, declared: Iterable[Field]
+) -> None:
   """Types, ranges and choices, then fields the run ignores."""
   declared = tuple(declared)
   for field in declared:
@@ -179,17 +200,26 @@ def check_values(config: ml_collections.ConfigDict,
       continue
     reason = field.ignored_unless(config)
     if reason:
-      raise ValueError(f"config.{field.name}={value!r} is ignored: {reason} "
-                       f"Remove it (or set it back to {field.default!r}).")
+      raise ValueError(
+          f"config.{field.name}={value!r} is ignored: {reason} "
+          f"Remove it (or set it back to {field.default!r})."
+      )
 
 
 def same(a, b) -> bool:
   """Equal as config values (tuples and lists alike; 1 == 1.0)."""
   if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
     return tuple(a) == tuple(b)
-  return type(a) is type(b) and a == b or (
-      isinstance(a, (int, float)) and not isinstance(a, bool)
-      and isinstance(b, float) and a == b)
+  return (
+      type(a) is type(b)
+      and a == b
+      or (
+          isinstance(a, (int, float))
+          and not isinstance(a, bool)
+          and isinstance(b, float)
+          and a == b
+      )
+  )
 
 
 def markdown_table(declared: Iterable[Field]) -> str:

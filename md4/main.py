@@ -36,17 +36,25 @@ from md4 import error_boundary
 from md4 import metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with ':variant'.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and "
-                               "samples are written; rerun to resume.")
+    "config", None, "Config file, optionally with ':variant'.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, logs and samples are written; rerun to resume.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for a multi-process "
-    "run; clusters JAX recognises (SLURM, Open MPI, TPU pods) need no flags.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                   "This process's index, 0-based.")
+    "coordinator_address",
+    None,
+    "host:port of process 0 for a multi-process "
+    "run; clusters JAX recognises (SLURM, Open MPI, TPU pods) need no flags.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in a multi-process run."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0-based."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,6 +82,7 @@ def run(config, workdir: str, name: str = "") -> str:
     if name:
       logging.info("Config:   %s", name)
     from md4 import train  # pylint: disable=g-import-not-at-top
+
     result = train.train_and_evaluate(config, workdir)
   logging.debug("Done: %s", result)
   return summarize(result, config)
@@ -83,31 +92,45 @@ def summarize(result: dict, config) -> str:
   """The lines printed at the end of a run."""
   moved = [f"  moved aside: {line}" for line in result.get("set_aside", ())]
   if moved:
-    moved.insert(0, "Unreadable or damaged checkpoints were moved aside "
-                 "(kept, not deleted); the run resumed from an older one:")
+    moved.insert(
+        0,
+        "Unreadable or damaged checkpoints were moved aside "
+        "(kept, not deleted); the run resumed from an older one:",
+    )
   if result["preempted"]:
-    return "\n".join(moved + [
-        f"Stopped by a signal at step {result['step']}; checkpoint saved in "
-        f"{result['checkpoints']}. Rerun the same command to resume."])
+    return "\n".join(
+        moved
+        + [
+            f"Stopped by a signal at step {result['step']}; checkpoint saved in"
+            f" {result['checkpoints']}. Rerun the same command to resume."
+        ]
+    )
   if not result.get("trained_steps", 1):
-    return "\n".join(moved + [
-        f"Nothing to train: the checkpoint in {result['checkpoints']} is at "
-        f"step {result['step']}, not below config.train.num_steps="
-        f"{config.train.num_steps}. Raise config.train.num_steps to train "
-        "further."])
+    return "\n".join(
+        moved
+        + [
+            f"Nothing to train: the checkpoint in {result['checkpoints']} is at"
+            f" step {result['step']}, not below"
+            f" config.train.num_steps={config.train.num_steps}. Raise"
+            " config.train.num_steps to train further."
+        ]
+    )
   summary = moved + [f"Finished at step {result['step']}."]
   if result.get("bad_steps"):
     summary.append(
         f"  non-finite:  {result['bad_steps']} of {result['trained_steps']} "
         "steps had NaN/Inf and were discarded (config.train.max_bad_steps="
         f"{config.train.max_bad_steps}); lower "
-        "config.optimizer.learning_rate if this recurs.")
+        "config.optimizer.learning_rate if this recurs."
+    )
   for key, value in sorted(result["eval"].items()):
     if key.endswith(tuple(metrics.LABELS)):
       summary.append(f"  {key}: {value:.4f}")
-  summary += [f"  samples:     {result.get('samples', '-')}",
-              f"  tensorboard: tensorboard --logdir={result['tensorboard']}",
-              f"  checkpoints: {result['checkpoints']}"]
+  summary += [
+      f"  samples:     {result.get('samples', '-')}",
+      f"  tensorboard: tensorboard --logdir={result['tensorboard']}",
+      f"  checkpoints: {result['checkpoints']}",
+  ]
   return "\n".join(summary)
 
 
@@ -143,10 +166,12 @@ def check_config_arguments(argv) -> None:
 def load_config_file(path: str, variant: str | None, value: str):
   """configuration.load_file with errors that name the file and the fix."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   if not os.path.isfile(path):
     raise error_boundary.UserError(
         f"--config={value}: the config file {path!r} does not exist; give "
-        "the path of a config file, e.g. configs/md4/digits.py.")
+        "the path of a config file, e.g. configs/md4/digits.py."
+    )
   try:
     spec = importlib.util.spec_from_file_location("md4_config_check", path)
     module = importlib.util.module_from_spec(spec)
@@ -154,7 +179,8 @@ def load_config_file(path: str, variant: str | None, value: str):
   except SyntaxError as e:
     raise error_boundary.UserError(
         f"--config={value}: {e.filename} line {e.lineno} is not valid "
-        f"Python ({e.msg}); fix the config file.") from e
+        f"Python ({e.msg}); fix the config file."
+    ) from e
   except Exception as e:  # pylint: disable=broad-except
     raise error_boundary.UserError(
         f"--config={value}: importing the config file raised "
@@ -163,7 +189,8 @@ def load_config_file(path: str, variant: str | None, value: str):
   if not callable(getattr(module, "get_config", None)):
     raise error_boundary.UserError(
         f"--config={value}: {path} defines no get_config(arg) function; a "
-        "config file returns its ConfigDict from get_config.")
+        "config file returns its ConfigDict from get_config."
+    )
   try:
     return module.get_config(variant)
   except ValueError as e:
@@ -180,8 +207,12 @@ def load_config_file(path: str, variant: str | None, value: str):
 def _where(error: BaseException, path: str) -> str:
   """' (path line N)' of the config file's deepest frame in the traceback."""
   import traceback  # pylint: disable=g-import-not-at-top
-  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-           if os.path.abspath(f.filename) == os.path.abspath(path)]
+
+  lines = [
+      f.lineno
+      for f in traceback.extract_tb(error.__traceback__)
+      if os.path.abspath(f.filename) == os.path.abspath(path)
+  ]
   return f" ({path} line {lines[-1]})" if lines else ""
 
 
@@ -193,11 +224,16 @@ def check_field(config, name: str) -> None:
     if part not in keys:
       near = difflib.get_close_matches(part, keys, n=1)
       section = ".".join(["config"] + parts[:i])
-      hint = (f"; did you mean --{section}.{near[0]}?" if near else
-              f"; its fields: {', '.join(sorted(keys))}." if keys else
-              f"; {section} is a value, not a section.")
+      hint = (
+          f"; did you mean --{section}.{near[0]}?"
+          if near
+          else f"; its fields: {', '.join(sorted(keys))}."
+          if keys
+          else f"; {section} is a value, not a section."
+      )
       raise error_boundary.UserError(
-          f"--{name}: {section} has no field {part!r}{hint}")
+          f"--{name}: {section} has no field {part!r}{hint}"
+      )
     node = node[part]
 
 
@@ -205,8 +241,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup(flags.FLAGS.verbosity)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
+  distributed.initialize(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   print(run(_CONFIG.value, _WORKDIR.value, config_name()))
 
 
@@ -214,14 +251,18 @@ def config_name() -> str:
   """The config file, variant and command-line overrides of this run."""
   name = config_flags.get_config_filename(flags.FLAGS["config"])
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
-  return " ".join([name] + [f"--config.{k}={v}"
-                            for k, v in sorted(overrides.items())])
+  return " ".join(
+      [name] + [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+  )
 
 
 def cli() -> None:
   """The `md4-train` command (and `python md4/main.py`)."""
-  error_boundary.run_app(main, check_argv=check_config_arguments,
-                         argv=config_files.resolve_argv(sys.argv))
+  error_boundary.run_app(
+      main,
+      check_argv=check_config_arguments,
+      argv=config_files.resolve_argv(sys.argv),
+  )
 
 
 if __name__ == "__main__":

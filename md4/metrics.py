@@ -12,8 +12,11 @@ take their numbers from `in_units`.
 import math
 
 # Unit key -> how the console writes it.
-LABELS = {"bits_per_dim": "bits/dim", "bits_per_char": "bits/char",
-          "perplexity": "perplexity"}
+LABELS = {
+    "bits_per_dim": "bits/dim",
+    "bits_per_char": "bits/char",
+    "perplexity": "perplexity",
+}
 
 
 def check_unit(unit: str) -> str:
@@ -22,8 +25,9 @@ def check_unit(unit: str) -> str:
   return unit
 
 
-def in_units(nats: float, se: float, num_elements: int,
-             unit: str) -> dict[str, dict[str, float]]:
+def in_units(
+    nats: float, se: float, num_elements: int, unit: str
+) -> dict[str, dict[str, float]]:
   """A bound (mean nats per example, its standard error) in every unit that
   applies: nats, bits/dim, and the data set's own unit when it differs.
 
@@ -32,18 +36,22 @@ def in_units(nats: float, se: float, num_elements: int,
   """
   check_unit(unit)
   to_bits = 1.0 / (num_elements * math.log(2.0))
-  out = {"nelbo_nats": {"mean": nats, "se": se},
-         "bits_per_dim": {"mean": nats * to_bits, "se": se * to_bits}}
+  out = {
+      "nelbo_nats": {"mean": nats, "se": se},
+      "bits_per_dim": {"mean": nats * to_bits, "se": se * to_bits},
+  }
   if unit == "bits_per_char":
     out["bits_per_char"] = dict(out["bits_per_dim"])
   elif unit == "perplexity":
     perplexity = math.exp(nats / num_elements)
-    out["perplexity"] = {"mean": perplexity,
-                         "se": perplexity * se / num_elements}
+    out["perplexity"] = {
+        "mean": perplexity,
+        "se": perplexity * se / num_elements,
+    }
   return out
 
 
 def from_bits_per_dim(unit: str, bits_per_dim: float) -> float:
   """A bound given in bits per dimension, in `unit` (a key of LABELS)."""
   check_unit(unit)
-  return 2.0 ** bits_per_dim if unit == "perplexity" else bits_per_dim
+  return 2.0**bits_per_dim if unit == "perplexity" else bits_per_dim

@@ -36,6 +36,7 @@ class DiffusionModel(nn.Module):
     cond_drop_prob: training-time label dropout (classifier-free guidance).
     antithetic: stratified time draws (processes that draw times).
   """
+
   network: nn.Module
   process: process_lib.Process
   num_classes: int = 0
@@ -60,10 +61,11 @@ class DiffusionModel(nn.Module):
 
   def setup(self):
     self.process_params = {
-        name: self.param(name, nn.with_logical_partitioning(spec.init,
-                                                            spec.axes),
-                         spec.shape)
-        for name, spec in self.process.param_specs().items()}
+        name: self.param(
+            name, nn.with_logical_partitioning(spec.init, spec.axes), spec.shape
+        )
+        for name, spec in self.process.param_specs().items()
+    }
 
   def _network_label(self, z, label):
     """The label the network takes: "no label" when none is given."""
@@ -73,8 +75,9 @@ class DiffusionModel(nn.Module):
       return jnp.full((z.shape[0],), self.num_classes, jnp.int32)
     return label
 
-  def denoise(self, z, t, label=None, train: bool = False,
-              factored: bool = False):
+  def denoise(
+      self, z, t, label=None, train: bool = False, factored: bool = False
+  ):
     """Logits [B, *data_shape, V] (float32) for tokens z at times t [B].
 
     With `factored`, a `chunked_logits.FactoredLogits` where the network
@@ -84,7 +87,8 @@ class DiffusionModel(nn.Module):
     if not chunk:
       return self.network(z, t, self._network_label(z, label), train=train)
     features, kernel, bias = self.network(
-        z, t, self._network_label(z, label), train=train, head_factors=True)
+        z, t, self._network_label(z, label), train=train, head_factors=True
+    )
     return chunked_logits.FactoredLogits(features, kernel, bias, chunk)
 
   def loss_logits_chunk(self, z_shape) -> int:
@@ -94,8 +98,9 @@ class DiffusionModel(nn.Module):
       return 0
     return chunk_positions(*z_shape)
 
-  def __call__(self, x, label=None, *, train: bool = False, t=None,
-               example_keys=None):
+  def __call__(
+      self, x, label=None, *, train: bool = False, t=None, example_keys=None
+  ):
     """Per-example loss terms [B] (nats) and scalar diagnostics.
 
     Args:
@@ -109,14 +114,22 @@ class DiffusionModel(nn.Module):
     """
     rng = example_keys if example_keys is not None else self.make_rng("sample")
     if self.num_classes and train and label is not None:
-      label = common.drop_labels(self.make_rng("sample"), label,
-                                 self.cond_drop_prob, self.num_classes)
+      label = common.drop_labels(
+          self.make_rng("sample"), label, self.cond_drop_prob, self.num_classes
+      )
 
     def denoise(z, tt, c, factored=False):
       return self.denoise(z, tt, c, train=train, factored=factored)
 
-    return self.process.nelbo(self.process_params, rng, x, denoise,
-                              label=label, antithetic=self.antithetic, t=t)
+    return self.process.nelbo(
+        self.process_params,
+        rng,
+        x,
+        denoise,
+        label=label,
+        antithetic=self.antithetic,
+        t=t,
+    )
 
   def unmask_probability(self, s, t):
     """The process's reveal probability (UNMASKING processes)."""
@@ -132,31 +145,47 @@ def process_params(model: DiffusionModel, params) -> dict[str, jax.Array]:
   return {name: params[name] for name in model.process.param_specs()}
 
 
-def build_model(config: ml_collections.ConfigDict,
-                num_classes: int = 0) -> DiffusionModel:
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int = 0
+) -> DiffusionModel:
   """The model a config describes; num_classes comes from the data set."""
   from md4 import networks  # pylint: disable=g-import-not-at-top
+
   conditional = config.model.class_conditional
   if conditional and num_classes <= 0:
     raise ValueError(
         "config.model.class_conditional=True but the data set "
-        f"{config.data.dataset!r} has no labels; set it to False.")
+        f"{config.data.dataset!r} has no labels; set it to False."
+    )
   classes = num_classes if conditional else 0
   process = diffusion.from_config(config)
   process.check_network(config.network)
-  network_fields = {k: v for k, v in config.network.items()
-                    if k not in ("name", "dtype")}
+  network_fields = {
+      k: v for k, v in config.network.items() if k not in ("name", "dtype")
+  }
   network = networks.build_network(
-      config.network.name, vocab_size=config.data.vocab_size,
-      data_shape=tuple(config.data.data_shape), num_classes=classes,
-      dtype=config.network.dtype, **network_fields)
-  return DiffusionModel(network=network, process=process, num_classes=classes,
-                        cond_drop_prob=config.model.cond_drop_prob,
-                        antithetic=config.model.antithetic)
+      config.network.name,
+      vocab_size=config.data.vocab_size,
+      data_shape=tuple(config.data.data_shape),
+      num_classes=classes,
+      dtype=config.network.dtype,
+      **network_fields,
+  )
+  return DiffusionModel(
+      network=network,
+      process=process,
+      num_classes=classes,
+      cond_drop_prob=config.model.cond_drop_prob,
+      antithetic=config.model.antithetic,
+  )
 
 
-def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,
-                   unbox: bool = False):
+def init_variables(
+    model: DiffusionModel,
+    rng: jax.Array,
+    batch_size: int = 1,
+    unbox: bool = False,
+):
   """Initial variables from dummy data, compiled (eager init is slow on CPU).
 
   Args:
@@ -168,11 +197,14 @@ def init_variables(model: DiffusionModel, rng: jax.Array, batch_size: int = 1,
 
   def init(rng):
     x = jnp.zeros((batch_size,) + tuple(model.data_shape), jnp.int32)
-    label = (jnp.zeros((batch_size,), jnp.int32) if model.num_classes
-             else None)
+    label = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
     params_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
-    variables = model.init({"params": params_rng, "sample": sample_rng,
-                            "dropout": dropout_rng}, x, label, train=False)
+    variables = model.init(
+        {"params": params_rng, "sample": sample_rng, "dropout": dropout_rng},
+        x,
+        label,
+        train=False,
+    )
     return nn.meta.unbox(variables) if unbox else variables
 
   return jax.jit(init)(rng)

@@ -6,8 +6,9 @@ import ml_collections
 import optax
 
 
-def learning_rate_schedule(opt: ml_collections.ConfigDict,
-                           num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+    opt: ml_collections.ConfigDict, num_steps: int
+) -> optax.Schedule:
   """Linear warm-up from 0 to the peak, then cosine (to min_lr_ratio) or flat.
 
   The rate at step k is peak * k / warmup for k <= warmup; after it the cosine
@@ -19,7 +20,8 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict,
     after = optax.constant_schedule(peak)
   else:
     after = optax.cosine_decay_schedule(
-        peak, max(num_steps - warmup, 1), alpha=opt.min_lr_ratio)
+        peak, max(num_steps - warmup, 1), alpha=opt.min_lr_ratio
+    )
   if warmup <= 0:
     return after
   return optax.join_schedules([warm, after], [warmup])
@@ -31,14 +33,17 @@ EMBEDDING_PARAM = "embedding"
 
 def embedding_mask(params):
   """True at every embedding table (a leaf named EMBEDDING_PARAM)."""
+
   def is_table(path, _):
     last = path[-1]
     return getattr(last, "key", None) == EMBEDDING_PARAM
+
   return jax.tree_util.tree_map_with_path(is_table, params)
 
 
-def build_optimizer(opt: ml_collections.ConfigDict,
-                    num_steps: int) -> optax.GradientTransformation:
+def build_optimizer(
+    opt: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
   """Global-norm clipping, AdamW with the learning-rate schedule, then the
   embedding tables' updates scaled by `embedding_lr_multiplier`.
 
@@ -55,12 +60,19 @@ def build_optimizer(opt: ml_collections.ConfigDict,
   chain = []
   if opt.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  chain.append(optax.adamw(learning_rate_schedule(opt, num_steps), b1=opt.b1,
-                           b2=opt.b2, weight_decay=opt.weight_decay,
-                           mask=decay_mask))
+  chain.append(
+      optax.adamw(
+          learning_rate_schedule(opt, num_steps),
+          b1=opt.b1,
+          b2=opt.b2,
+          weight_decay=opt.weight_decay,
+          mask=decay_mask,
+      )
+  )
   if opt.embedding_lr_multiplier != 1.0:
-    chain.append(optax.masked(optax.scale(opt.embedding_lr_multiplier),
-                              embedding_mask))
+    chain.append(
+        optax.masked(optax.scale(opt.embedding_lr_multiplier), embedding_mask)
+    )
   return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 
@@ -94,9 +106,15 @@ def ema_update(ema_params, params, decay):
   """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
   return jax.tree.map(
       lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
-      ema_params, params)
+      ema_params,
+      params,
+  )
 
 
 def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
+  return jnp.sqrt(
+      sum(
+          jnp.sum(jnp.square(x.astype(jnp.float32)))
+          for x in jax.tree.leaves(tree)
+      )
+  )

@@ -26,8 +26,14 @@ class PeriodicTrace:
   saved) and call `after_step` once a step is done.
   """
 
-  def __init__(self, workdir: str, every: int, num_steps: int,
-               last_step: int, enabled: bool = True):
+  def __init__(
+      self,
+      workdir: str,
+      every: int,
+      num_steps: int,
+      last_step: int,
+      enabled: bool = True,
+  ):
     """Traces num_steps steps after every `every`-th; every = 0 is off.
 
     Args:
@@ -53,9 +59,12 @@ class PeriodicTrace:
   def _stop(self, outputs) -> None:
     jax.block_until_ready(outputs)  # The traced steps' device work.
     jax.profiler.stop_trace()
-    logging.info("Profiler trace of steps %d-%d written to %s.",
-                 self._stop_after - self._num_steps + 1, self._stop_after,
-                 self.logdir)
+    logging.info(
+        "Profiler trace of steps %d-%d written to %s.",
+        self._stop_after - self._num_steps + 1,
+        self._stop_after,
+        self.logdir,
+    )
     self._stop_after = None
 
   def after_step(self, step: int, outputs=None) -> None:
@@ -68,7 +77,11 @@ class PeriodicTrace:
     """
     if self._stop_after is not None and step >= self._stop_after:
       self._stop(outputs)
-    if (self._every and self._stop_after is None and
-        step % self._every == 0 and step < self._last_step):
+    if (
+        self._every
+        and self._stop_after is None
+        and step % self._every == 0
+        and step < self._last_step
+    ):
       jax.profiler.start_trace(self.logdir)
       self._stop_after = step + self._num_steps

@@ -56,6 +56,7 @@ class TrainState:
 @dataclasses.dataclass
 class Setup:
   """Everything the loop needs, built from a config before any compilation."""
+
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   rules: tuple
@@ -70,8 +71,12 @@ class Setup:
 def init_state(model, optimizer, rng) -> TrainState:
   """Boxed (logically partitioned) initial state; run under eval_shape/jit."""
   params = model_lib.init_variables(model, rng)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), ema_params=params)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      ema_params=params,
+  )
 
 
 def check_workdir(workdir: str) -> None:
@@ -80,18 +85,21 @@ def check_workdir(workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     # One probe per process: processes may share the workdir.
     probe = os.path.join(
-        workdir, f".md4_write_test_{jax.process_index()}_{os.getpid()}")
+        workdir, f".md4_write_test_{jax.process_index()}_{os.getpid()}"
+    )
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
     raise ValueError(
         f"--workdir={workdir!r} is not writable ({e.strerror}); choose a "
-        "directory you can write to.") from e
+        "directory you can write to."
+    ) from e
 
 
-def build(config: ml_collections.ConfigDict, workdir: str,
-          writable: bool = True) -> Setup:
+def build(
+    config: ml_collections.ConfigDict, workdir: str, writable: bool = True
+) -> Setup:
   """Validates the config and builds model, data, mesh and shardings.
 
   Args:
@@ -107,40 +115,60 @@ def build(config: ml_collections.ConfigDict, workdir: str,
   rules = sharding.rules_from_config(config.sharding.rules)
   dp = sharding.data_parallel_size(mesh, rules)
   micro = config.train.batch_size // config.train.micro_batches
-  for name, size in (("train.batch_size", config.train.batch_size),
-                     ("train.eval_batch_size", config.train.eval_batch_size),
-                     ("train.batch_size / train.micro_batches", micro)):
+  for name, size in (
+      ("train.batch_size", config.train.batch_size),
+      ("train.eval_batch_size", config.train.eval_batch_size),
+      ("train.batch_size / train.micro_batches", micro),
+  ):
     if size % dp or size % jax.process_count():
       raise ValueError(
           f"config.{name}={size} must be divisible by the data-parallel size "
           f"{dp} (mesh {dict(mesh.shape)}) and the process count "
-          f"{jax.process_count()}.")
+          f"{jax.process_count()}."
+      )
   datasets = pipelines.build_datasets(
-      config.data, global_batch_size=config.train.batch_size,
-      eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+      config.data,
+      global_batch_size=config.train.batch_size,
+      eval_batch_size=config.train.eval_batch_size,
+      seed=config.seed,
+  )
   model = model_lib.build_model(config, datasets.info.num_classes)
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
+  optimizer = optimizers.build_optimizer(
+      config.optimizer, config.train.num_steps
+  )
   # Initialisation runs outside the mesh context: flax reshapes some boxed
   # kernels (DenseGeneral) after creating them, which a sharding constraint
   # on the flat kernel would reject; out_shardings place the result instead.
   boxed = jax.eval_shape(
-      lambda r: init_state(model, optimizer, r), jax.random.key(0))
+      lambda r: init_state(model, optimizer, r), jax.random.key(0)
+  )
   state_shardings = sharding.tree_shardings(mesh, rules, boxed)
   unboxed = nn.meta.unbox(boxed)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      unboxed, state_shardings)
+      unboxed,
+      state_shardings,
+  )
   batch_sharding = sharding.logical_sharding(mesh, rules, (sharding.BATCH,))
-  return Setup(config, mesh, rules, model, optimizer, datasets,
-               state_shardings, abstract_state, batch_sharding)
+  return Setup(
+      config,
+      mesh,
+      rules,
+      model,
+      optimizer,
+      datasets,
+      state_shardings,
+      abstract_state,
+      batch_sharding,
+  )
 
 
 def create_state(setup: Setup, rng) -> TrainState:
   """The initial state, created sharded across the mesh."""
   init = jax.jit(
       lambda r: nn.meta.unbox(init_state(setup.model, setup.optimizer, r)),
-      out_shardings=setup.state_shardings)
+      out_shardings=setup.state_shardings,
+  )
   return init(rng)
 
 
@@ -166,12 +194,21 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 # Fields that fix the shapes of the saved parameters (or what they mean).
-MODEL_SHAPE_FIELDS = ("network", "data.data_shape", "data.vocab_size",
-                      "model.process")
+MODEL_SHAPE_FIELDS = (
+    "network",
+    "data.data_shape",
+    "data.vocab_size",
+    "model.process",
+)
 # Network fields that change how the step runs, not the parameters: a
 # resumed run may change them freely.
-RUNTIME_NETWORK_FIELDS = ("dropout_rate", "dtype", "remat", "attention_impl",
-                          "logits_chunk")
+RUNTIME_NETWORK_FIELDS = (
+    "dropout_rate",
+    "dtype",
+    "remat",
+    "attention_impl",
+    "logits_chunk",
+)
 
 
 def _field(tree: dict, name: str):
@@ -192,11 +229,14 @@ def _differences(saved, given, prefix: str) -> list[str]:
     out = []
     for key in sorted(set(saved) & set(given)):
       out += _differences(saved[key], given[key], f"{prefix}.{key}")
-    out += [f"{prefix}.{key}: saved {saved[key]!r}, not given"
-            for key in sorted(set(saved) - set(given))]
+    out += [
+        f"{prefix}.{key}: saved {saved[key]!r}, not given"
+        for key in sorted(set(saved) - set(given))
+    ]
     return out
-  return [] if saved == given else [
-      f"{prefix}: saved {saved!r}, given {given!r}"]
+  return (
+      [] if saved == given else [f"{prefix}: saved {saved!r}, given {given!r}"]
+  )
 
 
 def write_parameter_table(params, workdir: str) -> str:
@@ -216,19 +256,25 @@ def log_startup_summary(setup: Setup, workdir: str) -> None:
   """The start-up summary: data and sizes, model, run, devices, workdir."""
   config = setup.config
   lines = console.startup_summary(
-      dataset=config.data.dataset, info=setup.datasets.info,
-      sizes=setup.datasets.sizes, process=config.model.process,
+      dataset=config.data.dataset,
+      info=setup.datasets.info,
+      sizes=setup.datasets.sizes,
+      process=config.model.process,
       network=config.network.name,
       num_params=networks.count_params(setup.abstract_state.params),
       table_path=os.path.join(os.path.abspath(workdir), PARAMETER_TABLE_FILE),
       devices=[d.platform for d in jax.devices()],
-      num_processes=jax.process_count(), workdir=workdir, train=config.train)
+      num_processes=jax.process_count(),
+      workdir=workdir,
+      train=config.train,
+  )
   for line in lines:
     logging.info("%s", line)
 
 
-def model_shape_changes(config: ml_collections.ConfigDict,
-                        path: str) -> list[str]:
+def model_shape_changes(
+    config: ml_collections.ConfigDict, path: str
+) -> list[str]:
   """The model-shape fields in which config differs from a saved config.json.
 
   Raises:
@@ -242,13 +288,13 @@ def model_shape_changes(config: ml_collections.ConfigDict,
       tree.get("network", {}).pop(key, None)
   changes = []
   for name in MODEL_SHAPE_FIELDS:
-    changes += _differences(_field(saved, name), _field(given, name),
-                            f"config.{name}")
+    changes += _differences(
+        _field(saved, name), _field(given, name), f"config.{name}"
+    )
   return changes
 
 
-def check_saved_config(config: ml_collections.ConfigDict,
-                       workdir: str) -> None:
+def check_saved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir saved with another model shape.
 
   With config.allow_config_change the changes are only logged; the restore
@@ -265,22 +311,32 @@ def check_saved_config(config: ml_collections.ConfigDict,
     changes = model_shape_changes(config, path)
   except (OSError, ValueError) as e:
     if config.allow_config_change:
-      logging.warning("%s cannot be read (%s); continuing with the given "
-                      "config (config.allow_config_change).", path, e)
+      logging.warning(
+          "%s cannot be read (%s); continuing with the given "
+          "config (config.allow_config_change).",
+          path,
+          e,
+      )
       return
     raise ValueError(
         f"{path} cannot be read ({e}); restore it, or pass "
-        "--config.allow_config_change=True to overwrite it.") from e
+        "--config.allow_config_change=True to overwrite it."
+    ) from e
   if changes and config.allow_config_change:
-    logging.warning("Continuing %s with a changed config "
-                    "(config.allow_config_change): %s", workdir,
-                    "; ".join(changes))
+    logging.warning(
+        "Continuing %s with a changed config (config.allow_config_change): %s",
+        workdir,
+        "; ".join(changes),
+    )
   elif changes:
     raise ValueError(
         f"--workdir={workdir} holds a run with another model shape ({path}):"
-        "\n  " + "\n  ".join(changes) + "\nUse a new --workdir, or pass "
+        "\n  "
+        + "\n  ".join(changes)
+        + "\nUse a new --workdir, or pass "
         "--config.allow_config_change=True to continue with the new config "
-        "(possible only where the parameter shapes stay the same).")
+        "(possible only where the parameter shapes stay the same)."
+    )
 
 
 def check_restore_from(config: ml_collections.ConfigDict) -> None:
@@ -303,12 +359,16 @@ def check_restore_from(config: ml_collections.ConfigDict) -> None:
   if changes:
     raise ValueError(
         f"config.restore_from={config.restore_from!r} is a run of another "
-        f"model shape ({path}):\n  " + "\n  ".join(changes) + "\nSet these "
-        "fields as that run had them, or restore from a run of this shape.")
+        f"model shape ({path}):\n  "
+        + "\n  ".join(changes)
+        + "\nSet these "
+        "fields as that run had them, or restore from a run of this shape."
+    )
 
 
-def disk_space_needed(workdir: str, abstract_state,
-                      keep_checkpoints: int) -> tuple[int, int]:
+def disk_space_needed(
+    workdir: str, abstract_state, keep_checkpoints: int
+) -> tuple[int, int]:
   """(checkpoints still to fit, bytes): keep_checkpoints + 1 in all.
 
   Orbax writes a new checkpoint before it deletes the oldest kept one, so
@@ -320,11 +380,11 @@ def disk_space_needed(workdir: str, abstract_state,
   return count, count * checkpointing.estimated_size(abstract_state)
 
 
-def check_disk_space(workdir: str, abstract_state,
-                     keep_checkpoints: int = 1) -> None:
+def check_disk_space(
+    workdir: str, abstract_state, keep_checkpoints: int = 1
+) -> None:
   """Fails up front when the workdir's disk cannot hold the checkpoints."""
-  count, needed = disk_space_needed(workdir, abstract_state,
-                                    keep_checkpoints)
+  count, needed = disk_space_needed(workdir, abstract_state, keep_checkpoints)
   free = shutil.disk_usage(workdir).free
   if free < needed:
     raise ValueError(
@@ -333,16 +393,17 @@ def check_disk_space(workdir: str, abstract_state,
         f"keep_checkpoints={keep_checkpoints}, plus the one being written) "
         f"need about {needed / 2**20:.1f} MiB; free disk space, lower "
         "config.train.keep_checkpoints, or choose a --workdir on a larger "
-        "disk.")
+        "disk."
+    )
 
 
 def preflight(setup: Setup, workdir: str) -> None:
   """Checks that need the built setup; run before anything is written."""
   check_saved_config(setup.config, workdir)
   check_restore_from(setup.config)
-  check_disk_space(workdir, setup.abstract_state,
-                   setup.config.train.keep_checkpoints)
-
+  check_disk_space(
+      workdir, setup.abstract_state, setup.config.train.keep_checkpoints
+  )
 
 
 # ------------------------------------------------------- restore ----
@@ -359,6 +420,7 @@ class RestoredRun:
     params: the EMA parameters of the checkpoint.
     step: the checkpoint's training step.
   """
+
   workdir: str
   config: ml_collections.ConfigDict
   setup: Setup
@@ -385,34 +447,43 @@ def _parse(text: str):
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   """Sets one `section.field=value` (value a Python literal or a string)."""
   if "=" not in override:
-    raise ValueError(f"--override={override!r} must look like "
-                     "section.field=value, e.g. data.data_dir=/data.")
+    raise ValueError(
+        f"--override={override!r} must look like "
+        "section.field=value, e.g. data.data_dir=/data."
+    )
   key, text = override.split("=", 1)
   *parents, field = key.strip().split(".")
   node = config
   for i, name in enumerate(parents):
-    if name not in node or not isinstance(node[name],
-                                          ml_collections.ConfigDict):
-      raise ValueError(f"--override={override!r}: config has no section "
-                       f"{'.'.join(parents[:i + 1])!r}.")
+    if name not in node or not isinstance(
+        node[name], ml_collections.ConfigDict
+    ):
+      raise ValueError(
+          f"--override={override!r}: config has no section "
+          f"{'.'.join(parents[:i + 1])!r}."
+      )
     node = node[name]
   if field not in node:
     near = difflib.get_close_matches(field, list(node.keys()), n=1)
     hint = f" Did you mean {'.'.join(parents + near)!r}?" if near else ""
-    raise ValueError(f"--override={override!r}: {key!r} is not a config "
-                     f"field.{hint}")
+    raise ValueError(
+        f"--override={override!r}: {key!r} is not a config field.{hint}"
+    )
   with node.unlocked():
     node[field] = _parse(text)
 
 
-def load_config(workdir: str, overrides: Sequence[str] = (),
-                ) -> ml_collections.ConfigDict:
+def load_config(
+    workdir: str,
+    overrides: Sequence[str] = (),
+) -> ml_collections.ConfigDict:
   """The config a run saved in its workdir, with overrides applied."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"--workdir={workdir!r} has no {CONFIG_FILE}; training writes "
-        "it at start-up (md4/main.py). Give the workdir of a training run.")
+        "it at start-up (md4/main.py). Give the workdir of a training run."
+    )
   with open(path) as f:
     saved = configuration.upgrade_saved(_tuples(json.load(f)))
   # Fields added to md4 after the run was trained take their defaults.
@@ -427,31 +498,40 @@ def load_config(workdir: str, overrides: Sequence[str] = (),
 def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
   """Saved values over the defaults, section by section (network whole)."""
   for key, value in saved.items():
-    if (isinstance(value, dict) and key != "network" and key in config
-        and isinstance(config[key], ml_collections.ConfigDict)):
+    if (
+        isinstance(value, dict)
+        and key != "network"
+        and key in config
+        and isinstance(config[key], ml_collections.ConfigDict)
+    ):
       _merge(config[key], value)
     else:
       config[key] = value
 
 
-def checkpoint_step(manager: ocp.CheckpointManager, step: int | None,
-                    workdir: str) -> int:
+def checkpoint_step(
+    manager: ocp.CheckpointManager, step: int | None, workdir: str
+) -> int:
   """The latest step, or `step` after checking that it was saved."""
   steps = sorted(manager.all_steps())
   if not steps:
     raise FileNotFoundError(
         f"--workdir={workdir!r} holds no checkpoint under "
-        f"{checkpointing.CHECKPOINT_DIR}/; train first (md4/main.py).")
+        f"{checkpointing.CHECKPOINT_DIR}/; train first (md4/main.py)."
+    )
   if step is None:
     return steps[-1]
   if step not in steps:
-    raise ValueError(f"--step={step} was not saved in {workdir!r}; saved "
-                     f"steps: {', '.join(map(str, steps))}.")
+    raise ValueError(
+        f"--step={step} was not saved in {workdir!r}; saved "
+        f"steps: {', '.join(map(str, steps))}."
+    )
   return step
 
 
-def restore(workdir: str, step: int | None = None,
-            overrides: Sequence[str] = ()) -> RestoredRun:
+def restore(
+    workdir: str, step: int | None = None, overrides: Sequence[str] = ()
+) -> RestoredRun:
   """Rebuilds a run from its workdir and restores its EMA parameters.
 
   Args:
@@ -469,12 +549,16 @@ def restore(workdir: str, step: int | None = None,
   manager = ocp.CheckpointManager(
       epath.Path(checkpointing.checkpoint_dir(workdir)).absolute(),
       item_names=("state", "data"),
-      options=ocp.CheckpointManagerOptions(read_only=True))
+      options=ocp.CheckpointManagerOptions(read_only=True),
+  )
   step = checkpoint_step(manager, step, workdir)
   manager.close()
   state = checkpointing.read_state(
-      checkpointing.checkpoint_dir(workdir), step, setup.abstract_state,
+      checkpointing.checkpoint_dir(workdir),
+      step,
+      setup.abstract_state,
       f"--workdir={workdir!r}",
       f"Its {CONFIG_FILE} no longer describes it; restore that file, "
-      "or drop the --override that changed the model shape.")
+      "or drop the --override that changed the model shape.",
+  )
   return RestoredRun(workdir, config, setup, state.ema_params, step)

@@ -60,6 +60,7 @@ class Request:
   `own_settings` holds the samplers' own flags that were given, as
   (flag, value) pairs (`sampling.own_settings()` lists them).
   """
+
   workdir: str
   step: int | None = None
   overrides: tuple[str, ...] = ()
@@ -90,33 +91,51 @@ def known_tokens(request: Request, run: run_lib.RestoredRun):
   """Known tokens from the prompt, infilling template or mask, or None."""
   info = run.setup.datasets.info
   dataset = run.config.data.dataset
-  given = {name: value for name, value in (
-      ("prompt", request.prompt), ("infill", request.infill),
-      ("inpaint", request.inpaint)) if value is not None}
+  given = {
+      name: value
+      for name, value in (
+          ("prompt", request.prompt),
+          ("infill", request.infill),
+          ("inpaint", request.inpaint),
+      )
+      if value is not None
+  }
   if len(given) > 1:
-    raise ValueError(f"give at most one of --prompt, --infill, --inpaint; "
-                     f"got {', '.join('--' + k for k in given)}.")
+    raise ValueError(
+        "give at most one of --prompt, --infill, --inpaint; "
+        f"got {', '.join('--' + k for k in given)}."
+    )
   if not given:
     return None
   if "inpaint" in given:
     if info.kind != "image":
-      raise ValueError(f"--inpaint needs an image data set, not {dataset}; "
-                       "use --prompt or --infill.")
+      raise ValueError(
+          f"--inpaint needs an image data set, not {dataset}; "
+          "use --prompt or --infill."
+      )
     split = request.inpaint_split or next(iter(run.setup.datasets.eval))
-    images = conditioning.split_examples(run.setup.datasets, split,
-                                         request.num_samples)
+    images = conditioning.split_examples(
+        run.setup.datasets, split, request.num_samples
+    )
     known = conditioning.image_known(request.inpaint, images)
     conditioning.check_known_tokens(
-        known, info.vocab_size, f"--inpaint_split={split!r}")
+        known, info.vocab_size, f"--inpaint_split={split!r}"
+    )
     return known
   if info.kind != "text":
-    raise ValueError(f"--prompt/--infill need a text data set, not "
-                     f"{dataset}; use --inpaint.")
-  (flag, template), = given.items()
-  known = conditioning.text_known(template, conditioning.encoder(info, dataset),
-                                  info.data_shape[0], request.num_samples)
-  conditioning.check_known_tokens(known, info.vocab_size,
-                                  f"--{flag}={template!r}")
+    raise ValueError(
+        f"--prompt/--infill need a text data set, not {dataset}; use --inpaint."
+    )
+  ((flag, template),) = given.items()
+  known = conditioning.text_known(
+      template,
+      conditioning.encoder(info, dataset),
+      info.data_shape[0],
+      request.num_samples,
+  )
+  conditioning.check_known_tokens(
+      known, info.vocab_size, f"--{flag}={template!r}"
+  )
   return known
 
 
@@ -132,34 +151,46 @@ def sampler_of(request: Request, config) -> sampling.Sampler:
   if reason:
     raise ValueError(reason)
   names = entry.setting_names
-  for flag, given, setting in (("steps", request.steps, "num_steps"),
-                               ("grid", request.grid, "grid")):
+  for flag, given, setting in (
+      ("steps", request.steps, "num_steps"),
+      ("grid", request.grid, "grid"),
+  ):
     if given is not None and setting not in names:
       raise ValueError(
           f"--{flag}={given} does not apply to --sampler={name}: it has no "
-          f"time grid. Drop --{flag}.")
+          f"time grid. Drop --{flag}."
+      )
   own = sampling.own_settings()
   for flag, _ in request.own_settings:
     if flag not in own:
-      raise ValueError(f"--{flag} is not a sampler setting; valid: "
-                       f"{', '.join(own)}.")
+      raise ValueError(
+          f"--{flag} is not a sampler setting; valid: {', '.join(own)}."
+      )
     if own[flag].name not in names:
-      readers = [s.name for s in sampling.SAMPLERS.values()
-                 if own[flag].name in s.setting_names]
+      readers = [
+          s.name
+          for s in sampling.SAMPLERS.values()
+          if own[flag].name in s.setting_names
+      ]
       raise ValueError(
           f"--{flag} does not apply to --sampler={name}; it is a setting of "
-          f"--sampler={' or '.join(readers)}. Drop --{flag}.")
+          f"--sampler={' or '.join(readers)}. Drop --{flag}."
+      )
   if not entry.known_tokens:
     for flag in ("prompt", "infill", "inpaint"):
       if getattr(request, flag) is not None:
         raise ValueError(
             f"--{flag} does not apply to --sampler={name} (config.model."
             f"process={process.name!r}): it cannot keep given tokens. Drop "
-            f"--{flag}.")
+            f"--{flag}."
+        )
   if request.reconstruct_from is not None:
     reason = process_lib.reason_missing(
-        process, process_lib.UNMASKING, "--reconstruct_from",
-        "Drop --reconstruct_from.")
+        process,
+        process_lib.UNMASKING,
+        "--reconstruct_from",
+        "Drop --reconstruct_from.",
+    )
     if reason:
       raise ValueError(reason)
     for flag in ("prompt", "infill", "inpaint", "label"):
@@ -168,39 +199,56 @@ def sampler_of(request: Request, config) -> sampling.Sampler:
             f"--{flag} does not apply with --reconstruct_from: the given "
             "tokens are the unmasked ones of each example, and a "
             "class-conditional model takes each example's own label. Drop "
-            f"--{flag}.")
+            f"--{flag}."
+        )
   settings_for(request, entry, config).validate()
   return entry
 
 
-def settings_for(request: Request, entry: sampling.Sampler,
-                 config) -> core.BaseSettings:
+def settings_for(
+    request: Request, entry: sampling.Sampler, config
+) -> core.BaseSettings:
   """The sampler's settings from the flags and the run's config."""
   values = dict(request.own_settings)
   given = {
       "num_steps": request.steps or config.train.sample_steps,
       "grid": request.grid or config.train.sampling_grid,
       "num_frames": request.history_frames if request.history else 0,
-      "start_time": (request.reconstruct_t
-                     if request.reconstruct_from is not None else 1.0),
+      "start_time": (
+          request.reconstruct_t if request.reconstruct_from is not None else 1.0
+      ),
   }
   own = sampling.own_settings()
   given.update({own[flag].name: value for flag, value in values.items()})
   return entry.make_settings(**given)
 
 
-def _reconstruct(request: Request, run: run_lib.RestoredRun,
-                 entry: sampling.Sampler, settings: core.BaseSettings):
+def _reconstruct(
+    request: Request,
+    run: run_lib.RestoredRun,
+    entry: sampling.Sampler,
+    settings: core.BaseSettings,
+):
   """The `Reconstruction` of the examples of --reconstruct_from."""
-  rows = conditioning.split_rows(run.setup.datasets, request.reconstruct_from,
-                                 request.num_samples,
-                                 flag="--reconstruct_from")
+  rows = conditioning.split_rows(
+      run.setup.datasets,
+      request.reconstruct_from,
+      request.num_samples,
+      flag="--reconstruct_from",
+  )
   model = run.setup.model
   labels = rows.get("label") if model.num_classes else None
   return reconstruction.reconstruct(
-      model, run.params, rows["x"], entry.name, settings,
-      batch_size=request.batch_size, seed=request.seed, labels=labels,
-      guidance=request.guidance)
+      model,
+      run.params,
+      rows["x"],
+      entry.name,
+      settings,
+      batch_size=request.batch_size,
+      seed=request.seed,
+      labels=labels,
+      guidance=request.guidance,
+  )
 
 
 def _output_dir(request: Request, run: run_lib.RestoredRun) -> str:
@@ -208,25 +256,30 @@ def _output_dir(request: Request, run: run_lib.RestoredRun) -> str:
     return request.output_dir
   name = f"{request.sampler}_step{run.step}_seed{request.seed}"
   if request.reconstruct_from is not None:
-    name = (f"reconstruct_{request.reconstruct_from}_t"
-            f"{request.reconstruct_t:g}_{name}")
+    name = (
+        f"reconstruct_{request.reconstruct_from}_t"
+        f"{request.reconstruct_t:g}_{name}"
+    )
   return os.path.join(run.workdir, sample_writing.SAMPLE_DIR, name)
 
 
 def sample_to_files(request: Request) -> dict:
   """Draws and writes the samples; returns the summary (also saved)."""
   if request.steps is not None and request.steps < 1:
-    raise ValueError(f"--steps={request.steps}: give at least 1 time step, "
-                     "or drop --steps for config.train.sample_steps.")
+    raise ValueError(
+        f"--steps={request.steps}: give at least 1 time step, "
+        "or drop --steps for config.train.sample_steps."
+    )
   config = run_lib.load_config(request.workdir, request.overrides)
   entry = sampler_of(request, config)  # Checked before the slow restore.
   settings = settings_for(request, entry, config)
   request = dataclasses.replace(request, sampler=entry.name)
   if jax.process_index() == 0:
     sample_writing.check_output_dir(
-        request.output_dir or os.path.join(request.workdir,
-                                           sample_writing.SAMPLE_DIR),
-        "--output_dir")
+        request.output_dir
+        or os.path.join(request.workdir, sample_writing.SAMPLE_DIR),
+        "--output_dir",
+    )
   run = run_lib.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
   rebuilt = known = None
@@ -238,36 +291,53 @@ def sample_to_files(request: Request) -> dict:
       drawn = rebuilt.drawn
     else:
       drawn = drawing.draw(
-          run.setup.model, run.params, entry.name, settings,
-          num_samples=request.num_samples, batch_size=request.batch_size,
-          seed=request.seed, known=known, label=request.label,
-          guidance=request.guidance)
+          run.setup.model,
+          run.params,
+          entry.name,
+          settings,
+          num_samples=request.num_samples,
+          batch_size=request.batch_size,
+          seed=request.seed,
+          known=known,
+          label=request.label,
+          guidance=request.guidance,
+      )
   summary = {
-      "request": dataclasses.asdict(request), "checkpoint_step": run.step,
+      "request": dataclasses.asdict(request),
+      "checkpoint_step": run.step,
       "settings": dataclasses.asdict(settings),
       "network_calls_per_sample": drawn.network_calls,
       "samples_per_second": drawn.samples_per_second,
-      "seconds": drawn.seconds, "compile_seconds": drawn.compile_seconds,
+      "seconds": drawn.seconds,
+      "compile_seconds": drawn.compile_seconds,
   }
   if rebuilt is not None:
     summary["reconstruction"] = {
-        "split": request.reconstruct_from, "t": request.reconstruct_t,
+        "split": request.reconstruct_from,
+        "t": request.reconstruct_t,
         "num_examples": len(rebuilt.originals),
-        **rebuilt.scores(run.setup.model.mask_id)}
+        **rebuilt.scores(run.setup.model.mask_id),
+    }
   if jax.process_index() > 0:
     return summary
   # ------------------------------------------------------- outputs --
   out = _output_dir(request, run)
   if rebuilt is not None:
     paths = []
-    for name, tokens in (("originals", rebuilt.originals),
-                         ("noised", rebuilt.noised),
-                         ("reconstructions", drawn.samples)):
+    for name, tokens in (
+        ("originals", rebuilt.originals),
+        ("noised", rebuilt.noised),
+        ("reconstructions", drawn.samples),
+    ):
       paths += sample_writing.write_sample_files(out, tokens, info, name=name)
   else:
     paths = sample_writing.write_sample_files(
-        out, drawn.samples, info, known=known,
-        prompt=request.prompt or request.infill or "")
+        out,
+        drawn.samples,
+        info,
+        known=known,
+        prompt=request.prompt or request.infill or "",
+    )
   if drawn.history is not None:
     paths += sample_writing.write_history(out, drawn.history, info)
   paths.append(os.path.join(out, "summary.json"))
@@ -285,66 +355,120 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A training run's workdir.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default latest.")
   flags.DEFINE_multi_string(
-      "override", [], "section.field=value changes to the saved config, e.g. "
-      "data.data_dir=/data.")
+      "override",
+      [],
+      "section.field=value changes to the saved config, e.g. "
+      "data.data_dir=/data.",
+  )
   flags.DEFINE_string("output_dir", None, "Where to write.")
   flags.DEFINE_integer("num_samples", 16, "Samples to draw.")
   flags.DEFINE_integer("batch_size", 16, "Samples per call.")
-  flags.DEFINE_integer("steps", None, "Time steps T of the grid samplers; "
-                       "default config.train.sample_steps.")
+  flags.DEFINE_integer(
+      "steps",
+      None,
+      "Time steps T of the grid samplers; default config.train.sample_steps.",
+  )
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_enum("sampler", None, list(sampling.NAMES),
-                    "Sampler; default config.train.sampler, or the "
-                    "process's default.")
-  flags.DEFINE_enum("grid", None, list(core.GRIDS),
-                    "Time grid; default config.train.sampling_grid.")
+  flags.DEFINE_enum(
+      "sampler",
+      None,
+      list(sampling.NAMES),
+      "Sampler; default config.train.sampler, or the process's default.",
+  )
+  flags.DEFINE_enum(
+      "grid",
+      None,
+      list(core.GRIDS),
+      "Time grid; default config.train.sampling_grid.",
+  )
   for flag, field in sampling.own_settings().items():
-    readers = [s.name for s in sampling.SAMPLERS.values()
-               if field.name in s.setting_names]
-    help_text = (f"{field.metadata['doc']} (--sampler={', '.join(readers)};"
-                 f" default {field.default})")
-    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
-              bool: flags.DEFINE_bool, str: flags.DEFINE_string}[
-                  type(field.default)]
+    readers = [
+        s.name
+        for s in sampling.SAMPLERS.values()
+        if field.name in s.setting_names
+    ]
+    help_text = (
+        f"{field.metadata['doc']} (--sampler={', '.join(readers)};"
+        f" default {field.default})"
+    )
+    define = {
+        int: flags.DEFINE_integer,
+        float: flags.DEFINE_float,
+        bool: flags.DEFINE_bool,
+        str: flags.DEFINE_string,
+    }[type(field.default)]
     define(flag, None, help_text)
   flags.DEFINE_integer("label", None, "Class id (class-conditional).")
-  flags.DEFINE_float("guidance", 0.0,
-                     "Classifier-free guidance scale (needs --label).")
+  flags.DEFINE_float(
+      "guidance", 0.0, "Classifier-free guidance scale (needs --label)."
+  )
   flags.DEFINE_string("prompt", None, "Text prefix to continue.")
   flags.DEFINE_string(
-      "infill", None, "Text template: [N] = N generated tokens, [*] = as "
-      "many as fill the sequence, e.g. 'once upon a time[*]the end'.")
+      "infill",
+      None,
+      "Text template: [N] = N generated tokens, [*] = as "
+      "many as fill the sequence, e.g. 'once upon a time[*]the end'.",
+  )
   flags.DEFINE_string(
-      "inpaint", None, f"Known region ({', '.join(conditioning.REGIONS)}) or "
-      "a PNG whose white pixels are known.")
+      "inpaint",
+      None,
+      f"Known region ({', '.join(conditioning.REGIONS)}) or "
+      "a PNG whose white pixels are known.",
+  )
   flags.DEFINE_string(
-      "inpaint_split", None, "Split whose first examples give the known "
-      "pixels; default the first evaluation split.")
+      "inpaint_split",
+      None,
+      "Split whose first examples give the known "
+      "pixels; default the first evaluation split.",
+  )
   flags.DEFINE_bool("history", False, "Write a GIF and a strip.")
   flags.DEFINE_integer("history_frames", 32, "GIF frames.")
   flags.DEFINE_string(
-      "reconstruct_from", None, "A split (an evaluation split or train): "
+      "reconstruct_from",
+      None,
+      "A split (an evaluation split or train): "
       "mask its first --num_samples examples forward to --reconstruct_t and "
-      "reconstruct them.")
+      "reconstruct them.",
+  )
   flags.DEFINE_float(
-      "reconstruct_t", 0.5, "Time in (0, 1] the examples are masked to "
-      "(each token kept with probability alpha(t)).")
+      "reconstruct_t",
+      0.5,
+      "Time in (0, 1] the examples are masked to "
+      "(each token kept with probability alpha(t)).",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
 def request_from_flags() -> Request:
   f = flags.FLAGS
-  own = tuple((flag, f[flag].value) for flag in sampling.own_settings()
-              if f[flag].value is not None)
+  own = tuple(
+      (flag, f[flag].value)
+      for flag in sampling.own_settings()
+      if f[flag].value is not None
+  )
   return Request(
-      workdir=f.workdir, step=f.step, overrides=tuple(f.override),
-      output_dir=f.output_dir, num_samples=f.num_samples,
-      batch_size=f.batch_size, steps=f.steps, seed=f.seed, sampler=f.sampler,
-      grid=f.grid, own_settings=own, label=f.label, guidance=f.guidance,
-      prompt=f.prompt, infill=f.infill, inpaint=f.inpaint,
-      inpaint_split=f.inpaint_split, history=f.history,
-      history_frames=f.history_frames, reconstruct_from=f.reconstruct_from,
-      reconstruct_t=f.reconstruct_t)
+      workdir=f.workdir,
+      step=f.step,
+      overrides=tuple(f.override),
+      output_dir=f.output_dir,
+      num_samples=f.num_samples,
+      batch_size=f.batch_size,
+      steps=f.steps,
+      seed=f.seed,
+      sampler=f.sampler,
+      grid=f.grid,
+      own_settings=own,
+      label=f.label,
+      guidance=f.guidance,
+      prompt=f.prompt,
+      infill=f.infill,
+      inpaint=f.inpaint,
+      inpaint_split=f.inpaint_split,
+      history=f.history,
+      history_frames=f.history_frames,
+      reconstruct_from=f.reconstruct_from,
+      reconstruct_t=f.reconstruct_t,
+  )
 
 
 def main(argv):
@@ -355,19 +479,26 @@ def main(argv):
   sampler = summary["request"]["sampler"]
   if "reconstruction" in summary:
     r = summary["reconstruction"]
-    masked_equal = ("n/a" if r["masked_equal_fraction"] is None
-                    else f"{r['masked_equal_fraction']:.1%}")
-    print(f"{r['num_examples']} examples of {r['split']} masked to t = "
-          f"{r['t']:g} ({r['masked_fraction']:.1%} of tokens masked, "
-          f"{r['expected_masked_fraction']:.1%} expected) and reconstructed "
-          f"with {sampler}: {r['equal_fraction']:.1%} of all tokens and "
-          f"{masked_equal} of the masked ones equal the original. Written "
-          "to:")
+    masked_equal = (
+        "n/a"
+        if r["masked_equal_fraction"] is None
+        else f"{r['masked_equal_fraction']:.1%}"
+    )
+    print(
+        f"{r['num_examples']} examples of {r['split']} masked to t = "
+        f"{r['t']:g} ({r['masked_fraction']:.1%} of tokens masked, "
+        f"{r['expected_masked_fraction']:.1%} expected) and reconstructed "
+        f"with {sampler}: {r['equal_fraction']:.1%} of all tokens and "
+        f"{masked_equal} of the masked ones equal the original. Written "
+        "to:"
+    )
   else:
-    print(f"{summary['request']['num_samples']} samples ({sampler}, "
-          f"{summary['network_calls_per_sample']:.1f} network calls per "
-          f"sample, {summary['samples_per_second']:.2f} samples/s) written "
-          "to:")
+    print(
+        f"{summary['request']['num_samples']} samples ({sampler}, "
+        f"{summary['network_calls_per_sample']:.1f} network calls per "
+        f"sample, {summary['samples_per_second']:.2f} samples/s) written "
+        "to:"
+    )
   print("\n".join(f"  {p}" for p in summary.get("files", [])))
 
 

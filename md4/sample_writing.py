@@ -86,8 +86,10 @@ def image_grid(images: np.ndarray, vocab_size: int) -> np.ndarray:
   grid = np.zeros((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.uint8)
   for i in range(n):
     r, q = divmod(i, cols)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h,
-         1 + q * (w + 1):1 + q * (w + 1) + w] = pixels[i]
+    grid[
+        1 + r * (h + 1) : 1 + r * (h + 1) + h,
+        1 + q * (w + 1) : 1 + q * (w + 1) + w,
+    ] = pixels[i]
   return grid
 
 
@@ -126,13 +128,14 @@ def render_text(texts: list[str], width: int = TEXT_WIDTH) -> np.ndarray:
   """Text blocks rendered as one white uint8 RGB image, blocks separated."""
   lines = []
   for text in texts:
-    lines += [text[i:i + width] for i in range(0, max(len(text), 1), width)]
+    lines += [text[i : i + width] for i in range(0, max(len(text), 1), width)]
     lines.append("")
   draw_size = ImageDraw.Draw(Image.new("RGB", (1, 1)))
   line_height = 12
   text_width = max(int(draw_size.textlength("M" * width)), 1)
-  image = Image.new("RGB", (text_width + 12, line_height * len(lines) + 12),
-                    "white")
+  image = Image.new(
+      "RGB", (text_width + 12, line_height * len(lines) + 12), "white"
+  )
   canvas = ImageDraw.Draw(image)
   for i, line in enumerate(lines):
     canvas.text((6, 6 + i * line_height), line, fill="black")
@@ -142,8 +145,9 @@ def render_text(texts: list[str], width: int = TEXT_WIDTH) -> np.ndarray:
 # ------------------------------------------------------ training writes ---
 
 
-def write_samples(workdir: str, step: int, samples: np.ndarray, info,
-                  writer=None) -> str:
+def write_samples(
+    workdir: str, step: int, samples: np.ndarray, info, writer=None
+) -> str:
   """Writes one batch of training-time samples; returns the file's path."""
   directory = os.path.join(workdir, SAMPLE_DIR)
   os.makedirs(directory, exist_ok=True)
@@ -166,9 +170,15 @@ def write_samples(workdir: str, step: int, samples: np.ndarray, info,
 # ------------------------------------------------------- md4.sample -------
 
 
-def write_sample_files(directory: str, samples: np.ndarray, info, *,
-                       known=None, prompt: str = "",
-                       name: str = "samples") -> list[str]:
+def write_sample_files(
+    directory: str,
+    samples: np.ndarray,
+    info,
+    *,
+    known=None,
+    prompt: str = "",
+    name: str = "samples",
+) -> list[str]:
   """Writes md4.sample's outputs (see the module docstring); their paths.
 
   Files are called `<name>.npy`, `<name>.png` or `<name>.txt` and
@@ -180,14 +190,16 @@ def write_sample_files(directory: str, samples: np.ndarray, info, *,
   if info.kind == "image":
     paths.append(os.path.join(directory, f"{name}.png"))
     masked = (np.asarray(samples) >= info.vocab_size).any()
-    grid = (masked_image_grid if masked else image_grid)(samples,
-                                                         info.vocab_size)
+    grid = (masked_image_grid if masked else image_grid)(
+        samples, info.vocab_size
+    )
     to_pil(enlarge(grid)).save(paths[-1])
     if known is not None and np.asarray(known.mask).any():
       given = np.where(known.mask, known.tokens, info.vocab_size)
       paths.append(os.path.join(directory, "known.png"))
-      to_pil(enlarge(masked_image_grid(given[:len(samples)],
-                                       info.vocab_size))).save(paths[-1])
+      to_pil(
+          enlarge(masked_image_grid(given[: len(samples)], info.vocab_size))
+      ).save(paths[-1])
     return paths
   texts = decode_all(samples, info)
   paths.append(os.path.join(directory, f"{name}.txt"))
@@ -196,21 +208,26 @@ def write_sample_files(directory: str, samples: np.ndarray, info, *,
   paths.append(os.path.join(directory, f"{name}.jsonl"))
   with open(paths[-1], "w") as f:
     for i, (text, tokens) in enumerate(zip(texts, samples)):
-      record = {"index": i, "text": text,
-                "tokens": np.asarray(tokens).reshape(-1).tolist()}
+      record = {
+          "index": i,
+          "text": text,
+          "tokens": np.asarray(tokens).reshape(-1).tolist(),
+      }
       if prompt:
         record["prompt"] = prompt
       f.write(json.dumps(record) + "\n")
   return paths
 
 
-def history_frames(history: np.ndarray, info,
-                   max_samples: int = 16) -> list[np.ndarray]:
+def history_frames(
+    history: np.ndarray, info, max_samples: int = 16
+) -> list[np.ndarray]:
   """One uint8 RGB image per frame of history [F, B, ...] (mask included)."""
-  history = history[:, :max_samples if info.kind == "image" else 4]
+  history = history[:, : max_samples if info.kind == "image" else 4]
   if info.kind == "image":
-    return [enlarge(masked_image_grid(frame, info.vocab_size))
-            for frame in history]
+    return [
+        enlarge(masked_image_grid(frame, info.vocab_size)) for frame in history
+    ]
   return [render_text(decode_all(frame, info)) for frame in history]
 
 
@@ -221,8 +238,9 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
   return np.concatenate([np.asarray(band), image], axis=0)
 
 
-def write_history(directory: str, history: np.ndarray, info,
-                  strip_frames: int = 6) -> list[str]:
+def write_history(
+    directory: str, history: np.ndarray, info, strip_frames: int = 6
+) -> list[str]:
   """Writes history.gif and history_strip.png; returns their paths.
 
   Frame k of the F frames shows the state at time t = 1 - k / (F - 1).
@@ -234,15 +252,27 @@ def write_history(directory: str, history: np.ndarray, info,
   gif = os.path.join(directory, "history.gif")
   pil_frames = [Image.fromarray(f) for f in frames]
   durations = [120] * (num - 1) + [1500]  # Hold the final samples.
-  pil_frames[0].save(gif, save_all=True, append_images=pil_frames[1:],
-                     duration=durations, loop=0)
-  chosen = np.unique(np.linspace(0, num - 1, min(strip_frames, num))
-                     .round().astype(int))
+  pil_frames[0].save(
+      gif,
+      save_all=True,
+      append_images=pil_frames[1:],
+      duration=durations,
+      loop=0,
+  )
+  chosen = np.unique(
+      np.linspace(0, num - 1, min(strip_frames, num)).round().astype(int)
+  )
   labelled = [_label(frames[k], f"t={times[k]:.2f}") for k in chosen]
   height = max(f.shape[0] for f in labelled)
   width = max(f.shape[1] for f in labelled)
-  padded = [np.pad(f, ((0, height - f.shape[0]), (0, width - f.shape[1]),
-                       (0, 0)), constant_values=255) for f in labelled]
+  padded = [
+      np.pad(
+          f,
+          ((0, height - f.shape[0]), (0, width - f.shape[1]), (0, 0)),
+          constant_values=255,
+      )
+      for f in labelled
+  ]
   # Images side by side, text panels one above the other.
   axis = 1 if info.kind == "image" else 0
   gap = np.full((height, 4, 3) if axis else (4, width, 3), 255, np.uint8)

@@ -87,25 +87,28 @@ def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   if len(shape) != len(MESH_AXES):
     raise ValueError(
         f"config.sharding.mesh must have {len(MESH_AXES)} entries "
-        f"{MESH_AXES}, got {tuple(shape)}.")
+        f"{MESH_AXES}, got {tuple(shape)}."
+    )
   if shape.count(-1) > 1:
     raise ValueError(
-        f"config.sharding.mesh may contain at most one -1, got {tuple(shape)}.")
+        f"config.sharding.mesh may contain at most one -1, got {tuple(shape)}."
+    )
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if known <= 0 or len(devices) % known:
       raise ValueError(
           f"config.sharding.mesh={tuple(shape)} cannot be completed for "
-          f"{len(devices)} devices: the fixed sizes must divide the count.")
+          f"{len(devices)} devices: the fixed sizes must divide the count."
+      )
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
     raise ValueError(
         f"config.sharding.mesh={tuple(shape)} uses {math.prod(shape)} devices "
         f"but {len(devices)} are available; use -1 for one axis to take the "
-        "rest.")
+        "rest."
+    )
   try:
-    device_array = mesh_utils.create_device_mesh(
-        shape, devices=devices)
+    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception:  # pylint: disable=broad-except
     # Fake CPU devices and odd shapes have no topology to optimise for.
     device_array = np.asarray(devices).reshape(shape)
@@ -155,8 +158,9 @@ def bytes_per_device(abstract_tree) -> int:
   """Bytes one device holds of a tree of ShapeDtypeStructs with shardings."""
   total = 0
   for leaf in jax.tree.leaves(abstract_tree):
-    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding else (
-        leaf.shape)
+    shape = (
+        leaf.sharding.shard_shape(leaf.shape) if leaf.sharding else (leaf.shape)
+    )
     total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
   return total
 
@@ -196,7 +200,8 @@ def planned_shard_shape(shape, spec, mesh_shape) -> tuple[int, ...]:
           f"mesh {dict(mesh_shape)} splits a dimension of {dim} (array "
           f"shape {tuple(shape)}) {size} ways along {axes}; choose sizes "
           "that divide it or map its logical axis to None in "
-          "config.sharding.rules.")
+          "config.sharding.rules."
+      )
   return tuple(dim // size for dim, size in zip(shape, sizes))
 
 
@@ -214,16 +219,21 @@ def planned_bytes_per_device(boxed_tree, rules, mesh_shape) -> int:
   """
   logical_specs = nn.get_partition_spec(boxed_tree)
   mesh_specs = jax.tree.map(
-      lambda s: nn.logical_to_mesh_axes(s, rules), logical_specs,
-      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+      lambda s: nn.logical_to_mesh_axes(s, rules),
+      logical_specs,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+  )
   leaves = jax.tree.leaves(nn.meta.unbox(boxed_tree))
   specs = jax.tree.leaves(
-      mesh_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+      mesh_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
   if len(leaves) != len(specs):
     raise ValueError(f"{len(leaves)} arrays but {len(specs)} partition specs.")
   return sum(
       math.prod(planned_shard_shape(leaf.shape, spec, mesh_shape))
-      * np.dtype(leaf.dtype).itemsize for leaf, spec in zip(leaves, specs))
+      * np.dtype(leaf.dtype).itemsize
+      for leaf, spec in zip(leaves, specs)
+  )
 
 
 MIB = 2**20
@@ -256,12 +266,23 @@ def memory_report(compiled_step, abstract_state) -> str:
   stats = compiled_step.memory_analysis()
   if stats is None:
     parts_text = ", ".join(f"{n} {b / MIB:.1f} MiB" for n, b in parts)
-    return (f"Per device: {parts_text}; activations and temporaries: not "
-            "reported by this backend.")
-  peak = (stats.argument_size_in_bytes + stats.temp_size_in_bytes
-          + stats.output_size_in_bytes - stats.alias_size_in_bytes)
-  parts += [("activations and temporaries", stats.temp_size_in_bytes),
-            ("step arguments (state + batch)", stats.argument_size_in_bytes),
-            ("estimated peak", peak)]
-  return "Per device: " + ", ".join(f"{n} {b / MIB:.1f} MiB"
-                                    for n, b in parts) + "."
+    return (
+        f"Per device: {parts_text}; activations and temporaries: not "
+        "reported by this backend."
+    )
+  peak = (
+      stats.argument_size_in_bytes
+      + stats.temp_size_in_bytes
+      + stats.output_size_in_bytes
+      - stats.alias_size_in_bytes
+  )
+  parts += [
+      ("activations and temporaries", stats.temp_size_in_bytes),
+      ("step arguments (state + batch)", stats.argument_size_in_bytes),
+      ("estimated peak", peak),
+  ]
+  return (
+      "Per device: "
+      + ", ".join(f"{n} {b / MIB:.1f} MiB" for n, b in parts)
+      + "."
+  )

@@ -34,14 +34,14 @@ from md4 import workdir_lock
 from md4.diffusion import common
 from md4.sampling import drawing
 
-
 # -------------------------------------------------------------- steps -----
 
 
 def _split_micro(tree, k: int):
   """[B, ...] leaves -> [k, B / k, ...]."""
-  return jax.tree.map(lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]),
-                      tree)
+  return jax.tree.map(
+      lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:]), tree
+  )
 
 
 FINITE = "all_finite"  # The metric train_step adds with check_nans.
@@ -65,15 +65,21 @@ def make_train_step(model, optimizer, config):
   ema_decay = config.optimizer.ema_decay
   ema_warmup = config.optimizer.ema_warmup
   check_nans = config.train.check_nans
-  lr_fn = optimizers.learning_rate_schedule(config.optimizer,
-                                            config.train.num_steps)
+  lr_fn = optimizers.learning_rate_schedule(
+      config.optimizer, config.train.num_steps
+  )
 
   def loss_fn(params, mb, rng):
     sample_rng, dropout_rng = jax.random.split(rng)
     terms, scalars = model.apply(
-        {"params": params}, mb["x"], mb.get("label"), train=True, t=mb["t"],
+        {"params": params},
+        mb["x"],
+        mb.get("label"),
+        train=True,
+        t=mb["t"],
         example_keys=mb["keys"],
-        rngs={"sample": sample_rng, "dropout": dropout_rng})
+        rngs={"sample": sample_rng, "dropout": dropout_rng},
+    )
     return terms["loss"].mean() / num_elements, (terms, scalars)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -88,14 +94,18 @@ def make_train_step(model, optimizer, config):
     if k == 1:
       (_, (terms, scalars)), grads = grad_fn(state.params, batch, micro_rng)
     else:
+
       def body(acc, inputs):
         mb, i = inputs
-        (_, aux), g = grad_fn(state.params, mb,
-                              jax.random.fold_in(micro_rng, i))
+        (_, aux), g = grad_fn(
+            state.params, mb, jax.random.fold_in(micro_rng, i)
+        )
         return jax.tree.map(lambda a, b: a + b / k, acc, g), aux
+
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       grads, (terms, scalars) = jax.lax.scan(
-          body, zeros, (_split_micro(batch, k), jnp.arange(k)))
+          body, zeros, (_split_micro(batch, k), jnp.arange(k))
+      )
       terms = jax.tree.map(lambda a: a.reshape(-1), terms)
       scalars = jax.tree.map(lambda a: a[-1], scalars)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -110,15 +120,22 @@ def make_train_step(model, optimizer, config):
       ema = params
     metrics["grad_norm"] = optimizers.global_norm(grads)
     metrics["learning_rate"] = lr_fn(state.step)
-    new_state = run.TrainState(step=state.step + 1, params=params,
-                           opt_state=opt_state, ema_params=ema)
+    new_state = run.TrainState(
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+    )
     if check_nans:
       # A non-finite step keeps the old parameters, optimizer state and EMA
       # (the step counter still moves on, to the next batch and rng).
-      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v))
-                                  for v in jax.tree.leaves(metrics)]))
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                               new_state, state.replace(step=new_state.step))
+      finite = jnp.all(
+          jnp.stack(
+              [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]
+          )
+      )
+      new_state = jax.tree.map(
+          lambda new, old: jnp.where(finite, new, old),
+          new_state,
+          state.replace(step=new_state.step),
+      )
       metrics[FINITE] = finite
     return new_state, metrics
 
@@ -133,15 +150,22 @@ def jit_train_step(setup: run.Setup):
   return jax.jit(
       make_train_step(setup.model, setup.optimizer, setup.config),
       in_shardings=(setup.state_shardings, setup.batch_sharding, None),
-      out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+      out_shardings=(setup.state_shardings, None),
+      donate_argnums=(0,),
+  )
 
 
 def make_eval_step(model):
   """(params, batch, rng) -> weighted sums of every per-example term."""
 
   def eval_step(params, batch, rng):
-    terms, _ = model.apply({"params": params}, batch["x"], batch.get("label"),
-                           train=False, rngs={"sample": rng})
+    terms, _ = model.apply(
+        {"params": params},
+        batch["x"],
+        batch.get("label"),
+        train=False,
+        rngs={"sample": rng},
+    )
     weight = batch["weight"]
     sums = {k: (v * weight).sum() for k, v in terms.items()}
     sums["weight"] = weight.sum()
@@ -155,23 +179,29 @@ def make_eval_step(model):
 
 def _global_batch(setup: run.Setup, local: dict) -> dict:
   """Assembles this process's numpy shard into global sharded arrays."""
-  return {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
-          for k, v in local.items()}
+  return {
+      k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
+      for k, v in local.items()
+  }
 
 
-def _bound_units(means: dict[str, float], info, suffix: str = ""
-                 ) -> dict[str, float]:
+def _bound_units(
+    means: dict[str, float], info, suffix: str = ""
+) -> dict[str, float]:
   """bits_per_dim, and the data set's own unit (`DataInfo.unit`), of the
   bound in `means`."""
   bound = means.get("loss_nelbo", means["loss"])
-  units = metrics_lib.in_units(bound, 0.0, math.prod(info.data_shape),
-                               info.unit)
-  return {f"{k}{suffix}": v["mean"] for k, v in units.items()
-          if k != "nelbo_nats"}
+  units = metrics_lib.in_units(
+      bound, 0.0, math.prod(info.data_shape), info.unit
+  )
+  return {
+      f"{k}{suffix}": v["mean"] for k, v in units.items() if k != "nelbo_nats"
+  }
 
 
-def evaluate(setup: run.Setup, eval_step, params, step: int,
-             raw_params=None) -> dict[str, float]:
+def evaluate(
+    setup: run.Setup, eval_step, params, step: int, raw_params=None
+) -> dict[str, float]:
   """Negative ELBO on every eval split, in one pass over each split's data.
 
   Every variant below sees the same batches, times and masks, so their
@@ -220,14 +250,17 @@ def evaluate(setup: run.Setup, eval_step, params, step: int,
       means = {k: v / count for k, v in sums.items()}
       if not suffix:
         results.update({f"{split}/{k}": v for k, v in means.items()})
-      results.update({f"{split}/{k}": v for k, v in
-                      _bound_units(means, info, suffix).items()})
+      results.update({
+          f"{split}/{k}": v
+          for k, v in _bound_units(means, info, suffix).items()
+      })
   logging.debug("step %d eval: %s", step, results)
   return results
 
 
-def _check_finite(metrics, step: int, bad_steps: int, max_bad_steps: int,
-                  manager) -> int:
+def _check_finite(
+    metrics, step: int, bad_steps: int, max_bad_steps: int, manager
+) -> int:
   """Counts a non-finite step; raises NonFiniteError past max_bad_steps.
 
   Returns:
@@ -236,28 +269,38 @@ def _check_finite(metrics, step: int, bad_steps: int, max_bad_steps: int,
   if bool(metrics[FINITE]):
     return bad_steps
   values = jax.device_get(metrics)
-  bad = sorted(k for k, v in values.items()
-               if k != FINITE and not np.all(np.isfinite(v)))
+  bad = sorted(
+      k for k, v in values.items() if k != FINITE and not np.all(np.isfinite(v))
+  )
   bad_steps += 1
-  logging.warning("Step %d: non-finite %s; the update was discarded (%d "
-                  "non-finite steps, config.train.max_bad_steps=%d).", step,
-                  ", ".join(f"train/{k}" for k in bad), bad_steps,
-                  max_bad_steps)
+  logging.warning(
+      "Step %d: non-finite %s; the update was discarded (%d "
+      "non-finite steps, config.train.max_bad_steps=%d).",
+      step,
+      ", ".join(f"train/{k}" for k in bad),
+      bad_steps,
+      max_bad_steps,
+  )
   if bad_steps > max_bad_steps:
     latest = manager.latest_step()
-    good = ("none (no checkpoint was saved yet)" if latest is None else
-            os.path.join(str(manager.directory), str(latest)))
+    good = (
+        "none (no checkpoint was saved yet)"
+        if latest is None
+        else os.path.join(str(manager.directory), str(latest))
+    )
     raise NonFiniteError(
         f"training diverged: step {step} has non-finite "
         f"{', '.join(f'train/{k}' for k in bad)} ({bad_steps} non-finite "
         f"steps > config.train.max_bad_steps={max_bad_steps}). Last good "
         f"checkpoint: {good}. Lower config.optimizer.learning_rate or check "
-        "the data, then rerun (it resumes from that checkpoint).")
+        "the data, then rerun (it resumes from that checkpoint)."
+    )
   return bad_steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """Trains, evaluates, samples and checkpoints; resumes from the workdir.
 
   Returns:
@@ -288,8 +331,9 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
     checkpointing.remove_partial_saves(workdir)
     run.log_startup_summary(setup, workdir)
   info = setup.datasets.info
-  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
-                                       config.train.keep_period)
+  manager = checkpointing.make_manager(
+      workdir, config.train.keep_checkpoints, config.train.keep_period
+  )
   train_iter = iter(setup.datasets.train)
   rng = jax.random.key(config.seed)
   init_rng, train_rng, sample_rng = jax.random.split(rng, 3)
@@ -297,34 +341,49 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
   # ------------------------------------------------ state: resume/init --
   set_aside = []
   if manager.latest_step() is not None:
-    state = checkpointing.restore(manager, setup.abstract_state, train_iter,
-                                  moved=set_aside)
-    logging.info("Resumed from %s at step %d.", manager.directory,
-                 int(state.step))
+    state = checkpointing.restore(
+        manager, setup.abstract_state, train_iter, moved=set_aside
+    )
+    logging.info(
+        "Resumed from %s at step %d.", manager.directory, int(state.step)
+    )
   else:
     state = run.create_state(setup, init_rng)
     if config.restore_from:
-      loaded = checkpointing.restore_params(config.restore_from,
-                                            setup.abstract_state)
+      loaded = checkpointing.restore_params(
+          config.restore_from, setup.abstract_state
+      )
       state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
       logging.info("Initialised parameters from %s.", config.restore_from)
-  outputs: dict[str, Any] = {"tensorboard": workdir,
-                             "checkpoints": checkpointing.checkpoint_dir(
-                                 workdir),
-                             "set_aside": set_aside, "bad_steps": 0}
+  outputs: dict[str, Any] = {
+      "tensorboard": workdir,
+      "checkpoints": checkpointing.checkpoint_dir(workdir),
+      "set_aside": set_aside,
+      "bad_steps": 0,
+  }
   num_steps = config.train.num_steps
   if int(state.step) >= num_steps:
-    logging.warning("Nothing to train: the checkpoint is at step %d and "
-                    "config.train.num_steps=%d.", int(state.step), num_steps)
+    logging.warning(
+        "Nothing to train: the checkpoint is at step %d and "
+        "config.train.num_steps=%d.",
+        int(state.step),
+        num_steps,
+    )
     manager.close()
-    return {"eval": {}, "step": int(state.step), "preempted": False,
-            "trained_steps": 0, **outputs}
+    return {
+        "eval": {},
+        "step": int(state.step),
+        "preempted": False,
+        "trained_steps": 0,
+        **outputs,
+    }
   if jax.process_index() == 0:
     # Only now: a config that cannot resume leaves the saved one intact.
     run.save_config(config, workdir)
     run.write_parameter_table(state.params, workdir)
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+      workdir, just_logging=jax.process_index() > 0
+  )
   writer.write_hparams({k: str(v) for k, v in _flatten(config).items()})
 
   # ---------------------------------------------------- compiled steps --
@@ -332,10 +391,12 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
     train_step = jit_train_step(setup)
     eval_step = jax.jit(make_eval_step(setup.model))
     sample_fn = jax.jit(
-        lambda params, r: _draw_samples(setup.model, params, r, config))
+        lambda params, r: _draw_samples(setup.model, params, r, config)
+    )
 
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                           writer=writer)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer
+  )
   step = first_step = int(state.step)
   unit = info.unit
   progress = console.Progress(num_steps, unit)
@@ -343,11 +404,18 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
   eval_metrics: dict[str, float] = {}
   preempted = False
   bad_steps = 0
-  with (jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules),
-        preemption.PreemptionGuard() as guard,
-        profiling.PeriodicTrace(
-            workdir, config.train.profile_every, config.train.profile_steps,
-            num_steps, enabled=jax.process_index() == 0) as trace):
+  with (
+      jax.set_mesh(setup.mesh),
+      nn.logical_axis_rules(setup.rules),
+      preemption.PreemptionGuard() as guard,
+      profiling.PeriodicTrace(
+          workdir,
+          config.train.profile_every,
+          config.train.profile_steps,
+          num_steps,
+          enabled=jax.process_index() == 0,
+      ) as trace,
+  ):
     while step < num_steps:
       # ------------------------------------------------------ one step --
       local = next(train_iter)
@@ -356,7 +424,8 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
       if step == first_step:  # jit reuses this executable: no 2nd compile.
         memory = sharding.memory_report(
             train_step.lower(state, batch, train_rng).compile(),
-            setup.abstract_state)
+            setup.abstract_state,
+        )
         if jax.process_index() == 0:
           logging.info("%s Mesh %s.", memory, dict(setup.mesh.shape))
       with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
@@ -365,50 +434,73 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
       if step == first_step + 1:  # Rates are measured from after compiling.
         progress.start(step)
       if config.train.check_nans:
-        bad_steps = _check_finite(metrics, step, bad_steps,
-                                  config.train.max_bad_steps, manager)
+        bad_steps = _check_finite(
+            metrics, step, bad_steps, config.train.max_bad_steps, manager
+        )
         metrics = {k: v for k, v in metrics.items() if k != FINITE}
       report(step)
       last = step == num_steps
       # ------------------------------------------------ periodic work --
       if step % config.train.log_every == 0 or last:
         scalars = {k: float(v) for k, v in metrics.items()}
-        writer.write_scalars(step, {f"train/{k}": v
-                                    for k, v in scalars.items()})
+        writer.write_scalars(
+            step, {f"train/{k}": v for k, v in scalars.items()}
+        )
         if talk:
           logging.info("%s", progress.line(step, scalars))
       if step % config.train.eval_every == 0 or last:
         eval_metrics = evaluate(
-            setup, eval_step, state.ema_params, step,
-            raw_params=state.params if config.optimizer.ema_decay else None)
+            setup,
+            eval_step,
+            state.ema_params,
+            step,
+            raw_params=state.params if config.optimizer.ema_decay else None,
+        )
         writer.write_scalars(step, eval_metrics)
         if talk:
           logging.info("%s", console.eval_line(step, eval_metrics, unit))
       if step % config.train.sample_every == 0 or last:
-        samples = np.asarray(jax.device_get(sample_fn(
-            state.ema_params, jax.random.fold_in(sample_rng, step))))
+        samples = np.asarray(
+            jax.device_get(
+                sample_fn(
+                    state.ema_params, jax.random.fold_in(sample_rng, step)
+                )
+            )
+        )
         if jax.process_index() == 0:
           outputs["samples"] = sample_writing.write_samples(
-              workdir, step, samples, info, writer)
+              workdir, step, samples, info, writer
+          )
           logging.info("step %d samples: %s", step, outputs["samples"])
       if step % config.train.checkpoint_every == 0 or last:
         checkpointing.save(manager, step, state, train_iter)
         if talk:
-          logging.info("step %d checkpoint: %s", step,
-                       os.path.join(outputs["checkpoints"], str(step)))
+          logging.info(
+              "step %d checkpoint: %s",
+              step,
+              os.path.join(outputs["checkpoints"], str(step)),
+          )
       trace.after_step(step, state)
       if guard.requested:
         checkpointing.save(manager, step, state, train_iter)
-        logging.warning("Stop requested by a signal: saved step %d to %s; "
-                        "rerun with the same --workdir to resume.", step,
-                        manager.directory)
+        logging.warning(
+            "Stop requested by a signal: saved step %d to %s; "
+            "rerun with the same --workdir to resume.",
+            step,
+            manager.directory,
+        )
         preempted = True
         break
   writer.flush()
   manager.close()
   outputs["bad_steps"] = bad_steps
-  return {"eval": eval_metrics, "step": step, "preempted": preempted,
-          "trained_steps": step - first_step, **outputs}
+  return {
+      "eval": eval_metrics,
+      "step": step,
+      "preempted": preempted,
+      "trained_steps": step - first_step,
+      **outputs,
+  }
 
 
 def _draw_samples(model, params, rng, config):
@@ -422,9 +514,11 @@ def _draw_samples(model, params, rng, config):
   labels = drawing.cycled_labels(num_samples, model.num_classes)
   name = configuration.periodic_sampler(config)
   settings = sampling.get(name).make_settings(
-      num_steps=config.train.sample_steps, grid=config.train.sampling_grid)
-  return drawing.sample_batch(model, {"params": params}, rng, name, settings,
-                              num_samples, labels)
+      num_steps=config.train.sample_steps, grid=config.train.sampling_grid
+  )
+  return drawing.sample_batch(
+      model, {"params": params}, rng, name, settings, num_samples, labels
+  )
 
 
 def _flatten(config, prefix=""):

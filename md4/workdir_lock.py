@@ -77,15 +77,18 @@ def owner_record() -> dict[str, Any]:
       "host": socket.gethostname(),
       "pid": os.getpid(),
       "process_start": _process_start(os.getpid()),
-      "started": datetime.datetime.now().astimezone().isoformat(
-          timespec="seconds"),
+      "started": (
+          datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+      ),
       "command": " ".join(sys.argv),
   }
 
 
 def describe(owner: dict[str, Any]) -> str:
-  return (f"PID {owner.get('pid')} on host {owner.get('host')}, started "
-          f"{owner.get('started')}")
+  return (
+      f"PID {owner.get('pid')} on host {owner.get('host')}, started "
+      f"{owner.get('started')}"
+  )
 
 
 def _read_owner(fd: int) -> dict[str, Any] | None:
@@ -102,7 +105,8 @@ def _refuse(path: str, owner: dict[str, Any] | None) -> WorkdirLockedError:
   who = describe(owner) if owner else "another process"
   return WorkdirLockedError(
       f"the workdir is in use by another md4 run ({who}; lock {path}); wait "
-      "for it to finish or stop it, or choose another --workdir.")
+      "for it to finish or stop it, or choose another --workdir."
+  )
 
 
 class WorkdirLock:
@@ -138,10 +142,13 @@ class WorkdirLock:
           os.close(fd)
           continue
         owner = _read_owner(fd)
-        if (owner and owner.get("host") == socket.gethostname()
+        if (
+            owner
+            and owner.get("host") == socket.gethostname()
             and owner.get("pid") != os.getpid()
             and isinstance(owner.get("pid"), int)
-            and _alive(owner["pid"], owner.get("process_start"))):
+            and _alive(owner["pid"], owner.get("process_start"))
+        ):
           raise _refuse(self.path, owner)
       except BaseException:
         with contextlib.suppress(OSError):
@@ -153,7 +160,9 @@ class WorkdirLock:
       logging.warning(
           "Took over the stale lock %s of a run that ended without releasing "
           "it (%s). If that run is in fact still running, stop this one.",
-          self.path, describe(owner))
+          self.path,
+          describe(owner),
+      )
     record = json.dumps(owner_record(), indent=1).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, record + b"\n", 0)
@@ -177,10 +186,12 @@ class WorkdirLock:
 def _agree(ok: bool) -> bool:
   """True on every process when `ok` holds on every process."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
@@ -213,12 +224,14 @@ def held(workdir: str, process_index: int = 0):
       lock.release()
     raise WorkdirLockedError(
         f"process 0 could not lock the workdir {workdir!r}: another md4 run "
-        "uses it (see process 0's message).")
+        "uses it (see process 0's message)."
+    )
   start = time.monotonic()
   try:
     yield lock
   finally:
     if lock is not None:
       lock.release()
-      logging.info("Released %s after %.0f s.", lock.path,
-                   time.monotonic() - start)
+      logging.info(
+          "Released %s after %.0f s.", lock.path, time.monotonic() - start
+      )

@@ -100,7 +100,8 @@ needs_mnist = pytest.mark.skipif(
 
 def mnist_config(dataset="mnist", **overrides):
   fields = dict(
-      data_dir=str(SHARED_MNIST.parent), data_shape=(28, 28, 1),
+      data_dir=str(SHARED_MNIST.parent),
+      data_shape=(28, 28, 1),
       vocab_size=2 if dataset == "binarized_mnist" else 256,
   )
   fields.update(overrides)

@@ -14,15 +14,16 @@ import numpy as np
 VOCAB = 3
 LENGTH = 5
 INITIAL = np.array([0.6, 0.3, 0.1])
-TRANSITION = np.array([[0.70, 0.20, 0.10],
-                       [0.15, 0.05, 0.80],
-                       [0.30, 0.60, 0.10]])
+TRANSITION = np.array(
+    [[0.70, 0.20, 0.10], [0.15, 0.05, 0.80], [0.30, 0.60, 0.10]]
+)
 
 
 def all_states() -> np.ndarray:
   """Every sequence, [V**L, L] int32."""
-  return np.array(list(itertools.product(range(VOCAB), repeat=LENGTH)),
-                  np.int32)
+  return np.array(
+      list(itertools.product(range(VOCAB), repeat=LENGTH)), np.int32
+  )
 
 
 def log_probs(states: np.ndarray) -> np.ndarray:
@@ -66,10 +67,11 @@ def oracle(alpha_tokens):
     t_s = t[:, None, None]  # [B, 1, 1]
     keep = alpha_tokens(states[None], t_s)  # [B, S, L]
     keep = jnp.broadcast_to(keep, (z.shape[0],) + states.shape)
-    masked = (z[:, None, :] == mask_id)  # [B, 1, L]
-    agrees = (z[:, None, :] == states[None])  # [B, S, L]
-    log_obs = jnp.where(masked, jnp.log1p(-keep),
-                        jnp.where(agrees, jnp.log(keep), -jnp.inf))
+    masked = z[:, None, :] == mask_id  # [B, 1, L]
+    agrees = z[:, None, :] == states[None]  # [B, S, L]
+    log_obs = jnp.where(
+        masked, jnp.log1p(-keep), jnp.where(agrees, jnp.log(keep), -jnp.inf)
+    )
     log_post = log_p[None] + log_obs.sum(-1)  # [B, S]
     post = jax.nn.softmax(log_post, axis=-1)  # [B, S]
     one_hot_states = jax.nn.one_hot(states, VOCAB)  # [S, L, V], tiny

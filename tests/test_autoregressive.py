@@ -37,12 +37,14 @@ def tiny_ar_config(length: int = 12, vocab_size: int = 7):
 def random_variables(model, seed: int = 0):
   """The model's variables with every leaf random (no zero-initialised
   gates: a zero gate would hide what attention does)."""
-  variables = model_lib.init_variables(model, jax.random.key(seed),
-                                       batch_size=2, unbox=True)
+  variables = model_lib.init_variables(
+      model, jax.random.key(seed), batch_size=2, unbox=True
+  )
   leaves, tree = jax.tree.flatten(variables)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [0.3 * jax.random.normal(k, l.shape, l.dtype)
-            for l, k in zip(leaves, keys)]
+  leaves = [
+      0.3 * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)
+  ]
   return jax.tree.unflatten(tree, leaves)
 
 
@@ -65,12 +67,14 @@ def test_loss_is_the_exact_negative_log_likelihood_of_an_explicit_loop():
     # junk that causal attention must never read.
     inputs = np.asarray(junk.integers(0, vocab, (3, length)))
     inputs[:, 0] = start
-    inputs[:, 1:i + 1] = np.asarray(x)[:, :i]
-    logits = model.apply(variables, jnp.asarray(inputs, jnp.int32), time,
-                         method=model.denoise)  # [3, L, V]
+    inputs[:, 1 : i + 1] = np.asarray(x)[:, :i]
+    logits = model.apply(
+        variables, jnp.asarray(inputs, jnp.int32), time, method=model.denoise
+    )  # [3, L, V]
     log_p = jax.nn.log_softmax(np.asarray(logits, np.float64)[:, i], -1)
-    expected -= np.take_along_axis(np.asarray(log_p),
-                                   np.asarray(x)[:, i:i + 1], -1)[:, 0]
+    expected -= np.take_along_axis(
+        np.asarray(log_p), np.asarray(x)[:, i : i + 1], -1
+    )[:, 0]
   np.testing.assert_allclose(terms["loss"], expected, rtol=2e-5)
   # The same for every call: the likelihood draws nothing.
   again, _ = model.apply(variables, x, rngs={"sample": jax.random.key(9)})
@@ -80,8 +84,9 @@ def test_loss_is_the_exact_negative_log_likelihood_of_an_explicit_loop():
 def test_the_network_must_be_causal_and_time_free():
   config = tiny_ar_config()
   config.network.causal = False
-  with pytest.raises(ValueError, match="needs a causal network.*"
-                     "config.network.causal=True"):
+  with pytest.raises(
+      ValueError, match="needs a causal network.*config.network.causal=True"
+  ):
     configuration.validate(config)
   config = tiny_ar_config()
   config.network.time_features = "t"
@@ -91,8 +96,10 @@ def test_the_network_must_be_causal_and_time_free():
 
 def test_causal_attention_equals_attention_masked_by_an_explicit_loop():
   b, length, heads, dim = 2, 9, 3, 4
-  q, k, v = (jax.random.normal(key, (b, length, heads, dim)) for key in
-             jax.random.split(jax.random.key(0), 3))
+  q, k, v = (
+      jax.random.normal(key, (b, length, heads, dim))
+      for key in jax.random.split(jax.random.key(0), 3)
+  )
   cotangent = jax.random.normal(jax.random.key(1), (b, length, heads, dim))
 
   def dense_masked(q, k, v):
@@ -107,11 +114,13 @@ def test_causal_attention_equals_attention_masked_by_an_explicit_loop():
   def lean(q, k, v):
     return lean_attention.lean_attention(q, k, v, True)
 
-  np.testing.assert_allclose(lean(q, k, v), dense_masked(q, k, v),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      lean(q, k, v), dense_masked(q, k, v), rtol=1e-5, atol=1e-6
+  )
   ours = jax.grad(lambda *a: (lean(*a) * cotangent).sum(), (0, 1, 2))(q, k, v)
-  theirs = jax.grad(lambda *a: (dense_masked(*a) * cotangent).sum(),
-                    (0, 1, 2))(q, k, v)
+  theirs = jax.grad(lambda *a: (dense_masked(*a) * cotangent).sum(), (0, 1, 2))(
+      q, k, v
+  )
   for a, e in zip(ours, theirs):
     np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
   # Not causal: the first position sees the last one.
@@ -125,6 +134,7 @@ def test_causal_attention_equals_attention_masked_by_an_explicit_loop():
 class MarkovTable(nn.Module):
   """A 'network' whose logits at position i depend on input i only: with
   the shifted input, p(x_i | x_{<i}) = softmax(table[x_{i-1}])."""
+
   table: np.ndarray
 
   def __call__(self, z, t, label=None, *, train=False):
@@ -161,18 +171,24 @@ def test_autoregressive_sampler_draws_the_exact_chain_rule_distribution():
   entry = sampling.get("autoregressive")
   settings = entry.make_settings(temperature=1.0, topp=1.0)
   result = jax.jit(lambda r: entry.draw(reverse, r, n, settings))(
-      jax.random.key(1))
+      jax.random.key(1)
+  )
   assert int(result.network_calls) == length
   states, probs = markov_probs(table, length)
   index = {s: i for i, s in enumerate(states)}
-  counts = np.bincount([index[tuple(s)] for s in np.asarray(result.samples)],
-                       minlength=len(states))
+  counts = np.bincount(
+      [index[tuple(s)] for s in np.asarray(result.samples)],
+      minlength=len(states),
+  )
   tv = 0.5 * np.abs(counts / n - probs).sum()
   assert tv < 0.02, tv
   # A low temperature concentrates on the most likely sequence.
   cold = entry.make_settings(temperature=0.05, topp=1.0)
-  samples = np.asarray(jax.jit(lambda r: entry.draw(reverse, r, 500, cold))(
-      jax.random.key(2)).samples)
+  samples = np.asarray(
+      jax.jit(lambda r: entry.draw(reverse, r, 500, cold))(
+          jax.random.key(2)
+      ).samples
+  )
   best = states[int(np.argmax(probs))]
   assert (samples == np.array(best)).all(-1).mean() > 0.95
 
@@ -187,10 +203,12 @@ def test_autoregressive_sampler_keeps_a_prompt_and_conditions_on_it():
   tokens[:, 0] = 2
   known = core.Known(jnp.asarray(given), jnp.asarray(tokens))
   entry = sampling.get("autoregressive")
-  result = entry.draw(reverse, jax.random.key(0), 8,
-                      entry.make_settings(num_frames=3), known)
-  np.testing.assert_array_equal(np.asarray(result.samples),
-                                np.tile([2, 0, 1, 2, 0], (8, 1)))
+  result = entry.draw(
+      reverse, jax.random.key(0), 8, entry.make_settings(num_frames=3), known
+  )
+  np.testing.assert_array_equal(
+      np.asarray(result.samples), np.tile([2, 0, 1, 2, 0], (8, 1))
+  )
   history = np.asarray(result.history)
   assert history.shape == (3, 8, 5)
   assert (history[0][:, 1:] == 3).all() and (history[0][:, 0] == 2).all()
@@ -225,8 +243,7 @@ def trained_ar(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_autoregressive_run_trains_evaluates_and_samples(trained_ar,
-                                                         tmp_path):
+def test_autoregressive_run_trains_evaluates_and_samples(trained_ar, tmp_path):
   workdir, result = trained_ar
   length = 32
   bpc = result["eval"]["valid/bits_per_char"]
@@ -237,18 +254,28 @@ def test_autoregressive_run_trains_evaluates_and_samples(trained_ar,
   assert os.path.exists(result["samples"])
   # md4.evaluate: the same number whatever the time samples (none drawn).
   run = run_lib.restore(workdir)
-  one = evaluate.negative_elbo(run, "valid", num_examples=8,
-                               num_time_samples=1, progress=False)
-  two = evaluate.negative_elbo(run, "valid", num_examples=8,
-                               num_time_samples=2, seed=3, progress=False)
+  one = evaluate.negative_elbo(
+      run, "valid", num_examples=8, num_time_samples=1, progress=False
+  )
+  two = evaluate.negative_elbo(
+      run, "valid", num_examples=8, num_time_samples=2, seed=3, progress=False
+  )
   assert one["headline"] == "bits_per_char"
   assert one["bits_per_char"]["mean"] == pytest.approx(
-      two["bits_per_char"]["mean"], rel=1e-6)
+      two["bits_per_char"]["mean"], rel=1e-6
+  )
   # md4.sample: the process's own sampler by default, with its settings.
   out = str(tmp_path / "out")
-  summary = sample_command.sample_to_files(sample_command.Request(
-      workdir=workdir, output_dir=out, num_samples=3, batch_size=2,
-      prompt="the ", own_settings=(("temperature", 0.8),)))
+  summary = sample_command.sample_to_files(
+      sample_command.Request(
+          workdir=workdir,
+          output_dir=out,
+          num_samples=3,
+          batch_size=2,
+          prompt="the ",
+          own_settings=(("temperature", 0.8),),
+      )
+  )
   assert summary["request"]["sampler"] == "autoregressive"
   assert summary["settings"]["temperature"] == 0.8
   assert summary["network_calls_per_sample"] == length
@@ -260,9 +287,16 @@ def test_autoregressive_run_trains_evaluates_and_samples(trained_ar,
       ("steps", 8, "--steps=8 does not apply to --sampler=autoregressive"),
       ("sampler", "ancestral", "'unmasking' capability"),
       ("reconstruct_from", "valid", "--reconstruct_from needs a process"),
-      ("own_settings", (("remask_strength", 0.1),),
-       "--remask_strength does not apply to --sampler=autoregressive")):
+      (
+          "own_settings",
+          (("remask_strength", 0.1),),
+          "--remask_strength does not apply to --sampler=autoregressive",
+      ),
+  ):
     with pytest.raises(ValueError, match=message):
-      sample_command.sample_to_files(sample_command.Request(
-          workdir=workdir, output_dir=str(tmp_path / "no"), **{flag: value}))
+      sample_command.sample_to_files(
+          sample_command.Request(
+              workdir=workdir, output_dir=str(tmp_path / "no"), **{flag: value}
+          )
+      )
   assert not os.path.exists(tmp_path / "no")

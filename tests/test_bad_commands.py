@@ -43,13 +43,23 @@ def command_env():
 
 def subprocess_command(*args, module=None, script=None):
   """A command as a process: md4/main.py, `-m module` or a script's path."""
+
   def call(env):
-    target = (["-m", module] if module else
-              [os.path.join(ROOT, script or os.path.join("md4", "main.py"))])
+    target = (
+        ["-m", module]
+        if module
+        else [os.path.join(ROOT, script or os.path.join("md4", "main.py"))]
+    )
     argv = [a.format(env=env, digits=DIGITS) for a in args]
     return subprocess.run(
-        [sys.executable, *target, *argv], capture_output=True, text=True,
-        cwd=ROOT, timeout=300, env=command_env())
+        [sys.executable, *target, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=command_env(),
+    )
+
   return call
 
 
@@ -99,29 +109,46 @@ def disk_full_during_save(env):
   run = os.path.join(env.tmp, "run")
   shutil.copytree(env.workdir, run)
   checkpoints = os.path.join(run, "checkpoints")
-  kept = tree_hashes(os.path.join(checkpoints, "3"),
-                     os.path.join(checkpoints, "6"))
+  kept = tree_hashes(
+      os.path.join(checkpoints, "3"), os.path.join(checkpoints, "6")
+  )
   result = subprocess.run(
-      [sys.executable, "-c", FULL_DISK_SAVE.format(root=ROOT),
-       f"--config={DIGITS}:tiny", f"--workdir={run}",
-       "--config.train.num_steps=9"],
-      capture_output=True, text=True, cwd=ROOT, timeout=300,
-      env=command_env())
+      [
+          sys.executable,
+          "-c",
+          FULL_DISK_SAVE.format(root=ROOT),
+          f"--config={DIGITS}:tiny",
+          f"--workdir={run}",
+          "--config.train.num_steps=9",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=300,
+      env=command_env(),
+  )
   output = (result.stdout + result.stderr).strip()
   assert result.returncode == 1, output[-3000:]
   assert sorted(os.listdir(checkpoints)) == ["3", "6"], output[-3000:]
-  assert not glob.glob(os.path.join(run, "**", "*orbax-checkpoint-tmp*"),
-                       recursive=True)
-  assert tree_hashes(os.path.join(checkpoints, "3"),
-                     os.path.join(checkpoints, "6")) == kept
+  assert not glob.glob(
+      os.path.join(run, "**", "*orbax-checkpoint-tmp*"), recursive=True
+  )
+  assert (
+      tree_hashes(
+          os.path.join(checkpoints, "3"), os.path.join(checkpoints, "6")
+      )
+      == kept
+  )
   assert f"the last checkpoint, {checkpoints}/6, is kept" in output
-  noise = [line for line in output.splitlines()
-           if not _PROGRESS_LINE.match(line)]
+  noise = [
+      line for line in output.splitlines() if not _PROGRESS_LINE.match(line)
+  ]
   assert len(noise) == 1 and noise[0].startswith("md4 error: "), noise
   # The kept checkpoint restores, its arrays matching their checksums.
   setup = run_lib.build(trained_digits.digits_config(), run, writable=False)
-  state = checkpointing.read_state(checkpoints, 6, setup.abstract_state,
-                                   "the kept checkpoint", "")
+  state = checkpointing.read_state(
+      checkpoints, 6, setup.abstract_state, "the kept checkpoint", ""
+  )
   assert int(state.step) == 6
   assert checkpoint_integrity.verify(os.path.join(checkpoints, "6"), state)
   return result
@@ -130,63 +157,82 @@ def disk_full_during_save(env):
 CASES = {
     # Each command as a process.
     "main.py process": Case(
-        subprocess_command("--config={digits}:tiny",
-                           "--workdir={env.tmp}/run",
-                           "--config.train.num_step=4"),
-        "did you mean --config.train.num_steps?"),
+        subprocess_command(
+            "--config={digits}:tiny",
+            "--workdir={env.tmp}/run",
+            "--config.train.num_step=4",
+        ),
+        "did you mean --config.train.num_steps?",
+    ),
     "main.py: wrong-typed flag": Case(
-        subprocess_command("--config={digits}:tiny",
-                           "--workdir={env.tmp}/run",
-                           "--config.train.num_steps=abc"),
-        "Run with --helpshort to list the flags."),
+        subprocess_command(
+            "--config={digits}:tiny",
+            "--workdir={env.tmp}/run",
+            "--config.train.num_steps=abc",
+        ),
+        "Run with --helpshort to list the flags.",
+    ),
     "md4.sample process": Case(
         subprocess_command("--workdir={env.tmp}", module="md4.sample"),
-        "Give the workdir of a training run."),
+        "Give the workdir of a training run.",
+    ),
     "md4.evaluate process": Case(
         subprocess_command("--workdir={env.tmp}", module="md4.evaluate"),
-        "Give the workdir of a training run."),
+        "Give the workdir of a training run.",
+    ),
     "prepare process": Case(
-        subprocess_command("--input={env.tmp}/nope",
-                           "--data_dir={env.tmp}/out",
-                           module="prepare_openwebtext_data"),
-        "give the directory or file of the corpus."),
+        subprocess_command(
+            "--input={env.tmp}/nope",
+            "--data_dir={env.tmp}/out",
+            module="prepare_openwebtext_data",
+        ),
+        "give the directory or file of the corpus.",
+    ),
     # The benchmarks' command lines.
     "train_step benchmark: unknown shape": Case(
         benchmark("train_step.py", "--shapes=text8,owt2"),
-        "valid: text8, owt, cifar; run with --helpshort to list the flags."),
+        "valid: text8, owt, cifar; run with --helpshort to list the flags.",
+    ),
     "accelerator benchmark: unknown flag": Case(
         benchmark("accelerator.py", "--dryrun"),
-        "Run with --helpshort to list the flags."),
+        "Run with --helpshort to list the flags.",
+    ),
     "sampling benchmark: unknown part": Case(
         benchmark("sampling.py", "--parts=nope"),
-        "valid: speed, exactness; run with --helpshort to list the flags."),
+        "valid: speed, exactness; run with --helpshort to list the flags.",
+    ),
     "sampling benchmark: unknown sampler": Case(
         benchmark("sampling.py", "--samplers=ancestral,fast"),
-        "run with --helpshort to list the flags."),
+        "run with --helpshort to list the flags.",
+    ),
     "families benchmark: unknown family": Case(
         benchmark("families.py", "--families=md4,sedd"),
-        "valid: md4, d3pm_uniform, d3pm_absorbing, multinomial, "
-        "d3pm_gaussian."),
+        "valid: md4, d3pm_uniform, d3pm_absorbing, multinomial, d3pm_gaussian.",
+    ),
     "mesh benchmark: bad choice": Case(
         benchmark("mesh.py", "--part=speed"),
-        "Run with --helpshort to list the flags."),
+        "Run with --helpshort to list the flags.",
+    ),
     "data benchmark: unknown argument": Case(
-        benchmark("data.py", "--batchs=5"),
-        "run with --help to list the flags."),
+        benchmark("data.py", "--batchs=5"), "run with --help to list the flags."
+    ),
     "data benchmark: unknown source": Case(
         benchmark("data.py", "--sources=digits,cifar"),
-        "give a comma-separated subset."),
+        "give a comma-separated subset.",
+    ),
     # A disk that fills during a save.
     "disk full during a checkpoint save": Case(
         disk_full_during_save,
         "Raise the file-size limit (ulimit -f), then rerun the same command "
-        "to resume."),
+        "to resume.",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_command_gives_one_clear_error_and_changes_nothing(
-    name, env, tmp_path, capsys):  # pylint: disable=redefined-outer-name
+    name, env, tmp_path, capsys
+):  # pylint: disable=redefined-outer-name
   output = bad.check_case(CASES[name], env, tmp_path, capsys)
   # check_case: status 1, no traceback and no native banner
   # (bad.NATIVE_BANNERS), the message from `md4 error:` on at most
@@ -195,8 +241,11 @@ def test_command_gives_one_clear_error_and_changes_nothing(
 
 
 def test_every_benchmark_script_has_a_case():
-  scripts = {os.path.basename(p) for p in glob.glob(
-      os.path.join(ROOT, "benchmarks", "*.py"))} - {"compiled_step.py"}
-  cased = {name.split(" ", 1)[0] + ".py" for name in CASES
-           if " benchmark: " in name}
+  scripts = {
+      os.path.basename(p)
+      for p in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+  } - {"compiled_step.py"}
+  cased = {
+      name.split(" ", 1)[0] + ".py" for name in CASES if " benchmark: " in name
+  }
   assert scripts <= cased, scripts - cased

@@ -53,8 +53,9 @@ MAX_LINES = 10
 
 def _load_prepare_script():
   spec = importlib.util.spec_from_file_location(
-      "prepare_openwebtext_data", os.path.join(ROOT,
-                                               "prepare_openwebtext_data.py"))
+      "prepare_openwebtext_data",
+      os.path.join(ROOT, "prepare_openwebtext_data.py"),
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -66,6 +67,7 @@ prepare_script = _load_prepare_script()
 @dataclasses.dataclass
 class Env:
   """What the cases share: the trained workdir (a copy), a data dir."""
+
   workdir: str
   data: str
   tmp: str = ""  # The case's own directory, made fresh for each case.
@@ -88,16 +90,19 @@ def tiny():
 
 def run_main(mutate=None, workdir=None):
   """main.run (training) on a mutated digits:tiny config."""
+
   def call(env):
     config = tiny()
     if mutate:
       mutate(config, env)
     return main.run(config, workdir(env) if workdir else env.workdir)
+
   return call
 
 
 def set_fields(**fields):
   """A mutation setting "section__field" (or top-level) values."""
+
   def mutate(config, unused_env):
     for key, value in fields.items():
       *sections, field = key.split("__")
@@ -105,6 +110,7 @@ def set_fields(**fields):
       for section in sections:
         node = node[section]
       node[field] = value
+
   return mutate
 
 
@@ -117,19 +123,26 @@ def in_tmp(name):
 
 def config_arguments(*args, config=DIGITS + ":tiny"):
   def call(env):
-    argv = ["main.py", f"--config={config(env) if callable(config) else config}",
-            f"--workdir={env.tmp}/run", *args]
+    argv = [
+        "main.py",
+        f"--config={config(env) if callable(config) else config}",
+        f"--workdir={env.tmp}/run",
+        *args,
+    ]
     error_boundary.check_call(main.check_config_arguments, argv)
+
   return call
 
 
 def config_file(text):
   """A config file of the given text in the case's directory."""
+
   def path(env):
     file = os.path.join(env.tmp, "my_config.py")
     with open(file, "w") as f:
       f.write(textwrap.dedent(text))
     return file
+
   return path
 
 
@@ -139,7 +152,8 @@ def config_file(text):
 def text_network(config):
   """The text8:tiny network, for text data in a digits config."""
   config.network = train.configuration.load_file(
-      os.path.join(ROOT, "configs", "md4", "text8.py"), "tiny").network
+      os.path.join(ROOT, "configs", "md4", "text8.py"), "tiny"
+  ).network
 
 
 def tokens_data(config, env):
@@ -164,8 +178,9 @@ def md4_evaluate_of_bad_tokens(env):
   tokens_data(config, env)
   setup = run_lib.build(config, env.tmp, writable=False)
   run = run_lib.RestoredRun(env.tmp, config, setup, None, 0)
-  error_boundary.check_call(evaluate.negative_elbo, run, "valid",
-                            progress=False)
+  error_boundary.check_call(
+      evaluate.negative_elbo, run, "valid", progress=False
+  )
 
 
 def text_chars(text, **fields):
@@ -177,6 +192,7 @@ def text_chars(text, **fields):
     config.data.data_shape = (16,)
     config.data.vocab_size = fields.get("vocab_size", 3)
     text_network(config)
+
   return mutate
 
 
@@ -185,12 +201,15 @@ def text_chars(text, **fields):
 
 def sample(workdir=None, **fields):
   """md4.sample's logic with the given flags; callables get the Env."""
+
   def call(env):
     given = {"num_samples": 2, "batch_size": 2, "steps": 2, **fields}
     given = {k: v(env) if callable(v) else v for k, v in given.items()}
-    request = sample_command.Request(workdir=workdir(env) if workdir else
-                              env.workdir, **given)
+    request = sample_command.Request(
+        workdir=workdir(env) if workdir else env.workdir, **given
+    )
     error_boundary.check_call(sample_command.sample_to_files, request)
+
   return call
 
 
@@ -203,6 +222,7 @@ def mask_png(size, valid=True):
       with open(file, "w") as f:
         f.write("not a png")
     return file
+
   return path
 
 
@@ -224,8 +244,10 @@ def damaged_copy(env):
   shutil.copytree(env.workdir, directory)
   checkpoints = os.path.join(directory, "checkpoints")
   shutil.rmtree(os.path.join(checkpoints, "6", "state"))
-  shutil.copytree(os.path.join(checkpoints, "3", "state"),
-                  os.path.join(checkpoints, "6", "state"))
+  shutil.copytree(
+      os.path.join(checkpoints, "3", "state"),
+      os.path.join(checkpoints, "6", "state"),
+  )
   return directory
 
 
@@ -234,12 +256,15 @@ def damaged_copy(env):
 
 def live_lock(env):
   """main.run while another process holds the workdir's lock."""
-  code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); "
-          "from md4 import workdir_lock; "
-          f"workdir_lock.WorkdirLock({env.workdir!r}).acquire(); "
-          "print('locked', flush=True); time.sleep(120)")
-  holder = subprocess.Popen([sys.executable, "-c", code],
-                            stdout=subprocess.PIPE, text=True)
+  code = (
+      f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+      "from md4 import workdir_lock; "
+      f"workdir_lock.WorkdirLock({env.workdir!r}).acquire(); "
+      "print('locked', flush=True); time.sleep(120)"
+  )
+  holder = subprocess.Popen(
+      [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     main.run(tiny(), env.workdir)
@@ -257,8 +282,10 @@ def restore_from_other_shape(config, env):
 def prepare(*args):
   def call(env):
     given = args[0](env) if callable(args[0]) else list(args)
-    prepare_script.main([f"--data_dir={env.data}/prepared", "--num_proc=1",
-                         *given])
+    prepare_script.main(
+        [f"--data_dir={env.data}/prepared", "--num_proc=1", *given]
+    )
+
   return call
 
 
@@ -285,18 +312,25 @@ def nan_state_not_saved(env):
 
 def leaves_no_workdir(call):
   """The call, then a check that the workdir it was given is not left."""
+
   def checked(env):
     try:
       return call(env)
     finally:
       assert not os.path.exists(os.path.join(env.tmp, "run")), os.listdir(
-          os.path.join(env.tmp, "run"))
+          os.path.join(env.tmp, "run")
+      )
+
   return checked
 
 
 # What TensorFlow and XLA print at start-up unless the command quiets them.
-NATIVE_BANNERS = ("oneDNN custom operations", "absl::InitializeLog",
-                  "cpu_feature_guard", "This TensorFlow binary")
+NATIVE_BANNERS = (
+    "oneDNN custom operations",
+    "absl::InitializeLog",
+    "cpu_feature_guard",
+    "This TensorFlow binary",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,157 +342,242 @@ class Case:
 
 CASES = {
     # main.py: the command line and the config file.
-    "misspelt field": Case(config_arguments("--config.train.num_step=4"),
-                           "did you mean --config.train.num_steps?"),
-    "misspelt section": Case(config_arguments("--config.trian.num_steps=4"),
-                             "did you mean --config.train?"),
-    "field below a value": Case(config_arguments("--config.seed.x=1"),
-                                "config.seed is a value, not a section."),
-    "config file missing": Case(config_arguments(config="nope/digits.py"),
-                                "e.g. configs/md4/digits.py."),
-    "unknown variant": Case(config_arguments(config=DIGITS + ":huge"),
-                            "valid: default, tiny."),
+    "misspelt field": Case(
+        config_arguments("--config.train.num_step=4"),
+        "did you mean --config.train.num_steps?",
+    ),
+    "misspelt section": Case(
+        config_arguments("--config.trian.num_steps=4"),
+        "did you mean --config.train?",
+    ),
+    "field below a value": Case(
+        config_arguments("--config.seed.x=1"),
+        "config.seed is a value, not a section.",
+    ),
+    "config file missing": Case(
+        config_arguments(config="nope/digits.py"), "e.g. configs/md4/digits.py."
+    ),
+    "unknown variant": Case(
+        config_arguments(config=DIGITS + ":huge"), "valid: default, tiny."
+    ),
     "config syntax error": Case(
         config_arguments(config=config_file("def get_config(:\n")),
-        "is not valid Python (invalid syntax); fix the config file."),
+        "is not valid Python (invalid syntax); fix the config file.",
+    ),
     "config without get_config": Case(
         config_arguments(config=config_file("X = 1\n")),
-        "returns its ConfigDict from get_config."),
+        "returns its ConfigDict from get_config.",
+    ),
     "get_config raises": Case(
-        config_arguments(config=config_file(
-            "def get_config(arg=None):\n  return {}['model']\n")),
-        "my_config.py line 2); fix the config file."),
+        config_arguments(
+            config=config_file(
+                "def get_config(arg=None):\n  return {}['model']\n"
+            )
+        ),
+        "my_config.py line 2); fix the config file.",
+    ),
     "config import fails": Case(
         config_arguments(config=config_file("import no_such_module\n")),
-        "fix the config file."),
+        "fix the config file.",
+    ),
     # main.py: config values.
-    "zero checkpoints kept": Case(run_main(set_fields(
-        train__keep_checkpoints=0)), "it must lie in [1, inf]."),
-    "unknown data set": Case(run_main(set_fields(data__dataset="nope")),
-                             "tokens, text_chars."),
-    "unknown network": Case(run_main(set_fields(network__name="nope")),
-                            "valid: transformer, unet, uvit."),
-    "unknown schedule": Case(run_main(set_fields(model__md4__schedule="cosinee")),
-                             "polyK (e.g. poly3, poly0.5)."),
+    "zero checkpoints kept": Case(
+        run_main(set_fields(train__keep_checkpoints=0)),
+        "it must lie in [1, inf].",
+    ),
+    "unknown data set": Case(
+        run_main(set_fields(data__dataset="nope")), "tokens, text_chars."
+    ),
+    "unknown network": Case(
+        run_main(set_fields(network__name="nope")),
+        "valid: transformer, unet, uvit.",
+    ),
+    "unknown schedule": Case(
+        run_main(set_fields(model__md4__schedule="cosinee")),
+        "polyK (e.g. poly3, poly0.5).",
+    ),
     # main.py: the workdir and its run.
     "model shape changed": Case(
         run_main(set_fields(network__ch=8)),
-        "(possible only where the parameter shapes stay the same)."),
+        "(possible only where the parameter shapes stay the same).",
+    ),
     "allowed shape change": Case(
         run_main(set_fields(network__ch=8, allow_config_change=True)),
-        "The checkpoints are intact; nothing was changed."),
+        "The checkpoints are intact; nothing was changed.",
+    ),
     "restore_from another shape": Case(
         run_main(restore_from_other_shape, in_tmp("run")),
-        "or restore from a run of this shape."),
+        "or restore from a run of this shape.",
+    ),
     "restore_from nothing": Case(
-        run_main(lambda c, env: setattr(c, "restore_from", env.tmp),
-                 in_tmp("run")),
-        "or one of its checkpoints/<step> directories."),
+        run_main(
+            lambda c, env: setattr(c, "restore_from", env.tmp), in_tmp("run")
+        ),
+        "or one of its checkpoints/<step> directories.",
+    ),
     "workdir is a file": Case(
-        run_main(workdir=lambda env: os.path.join(
-            env.workdir, "config.json", "run")),
-        "choose a directory you can write to."),
-    "disk too small": Case(run_main(set_fields(network__ch=1 << 17),
-                                    in_tmp("run")),
-                           "or choose a --workdir on a larger disk."),
+        run_main(
+            workdir=lambda env: os.path.join(env.workdir, "config.json", "run")
+        ),
+        "choose a directory you can write to.",
+    ),
+    "disk too small": Case(
+        run_main(set_fields(network__ch=1 << 17), in_tmp("run")),
+        "or choose a --workdir on a larger disk.",
+    ),
     "workdir in use": Case(live_lock, "or choose another --workdir."),
     "num_steps below the saved step": Case(
         run_main(set_fields(train__num_steps=4)),
-        "Raise config.train.num_steps to train further.", code=0),
+        "Raise config.train.num_steps to train further.",
+        code=0,
+    ),
     "error after the workdir probe": Case(
-        leaves_no_workdir(run_main(set_fields(data__data_shape=(9, 9, 1)),
-                                   in_tmp("run"))),
-        "set data_config.data_shape = (8, 8, 1)."),
+        leaves_no_workdir(
+            run_main(set_fields(data__data_shape=(9, 9, 1)), in_tmp("run"))
+        ),
+        "set data_config.data_shape = (8, 8, 1).",
+    ),
     "NaN state with check_nans=False": Case(
-        nan_state_not_saved, "or check the data, then rerun."),
+        nan_state_not_saved, "or check the data, then rerun."
+    ),
     # Data.
-    "eval split token beyond vocab": Case(eval_of_bad_tokens,
-                                          "if the ids are right."),
-    "md4.evaluate token beyond vocab": Case(md4_evaluate_of_bad_tokens,
-                                            "if the ids are right."),
-    "empty text file": Case(run_main(text_chars("empty.txt"), in_tmp("run")),
-                            "or set data_config.path to another file."),
+    "eval split token beyond vocab": Case(
+        eval_of_bad_tokens, "if the ids are right."
+    ),
+    "md4.evaluate token beyond vocab": Case(
+        md4_evaluate_of_bad_tokens, "if the ids are right."
+    ),
+    "empty text file": Case(
+        run_main(text_chars("empty.txt"), in_tmp("run")),
+        "or set data_config.path to another file.",
+    ),
     "text grew new characters": Case(
         run_main(text_chars("grown.txt"), in_tmp("run")),
-        "to rebuild it from the text."),
+        "to rebuild it from the text.",
+    ),
     "tokens directory missing": Case(
-        run_main(lambda c, env: (tokens_data(c, env), setattr(
-            c.data, "path", os.path.join(env.tmp, "none"))), in_tmp("run")),
-        "to their directory."),
+        run_main(
+            lambda c, env: (
+                tokens_data(c, env),
+                setattr(c.data, "path", os.path.join(env.tmp, "none")),
+            ),
+            in_tmp("run"),
+        ),
+        "to their directory.",
+    ),
     # md4.sample.
-    "sample: empty workdir": Case(sample(empty_workdir),
-                                  "Give the workdir of a training run."),
-    "sample: no checkpoint": Case(sample(config_only),
-                                  "train first (md4/main.py)."),
-    "sample: step not saved": Case(sample(step=5),
-                                   "saved steps: 3, 6."),
-    "sample: prompt on images": Case(sample(prompt="the"),
-                                     "use --inpaint."),
-    "sample: two conditions": Case(sample(prompt="a", inpaint="top"),
-                                   "got --prompt, --inpaint."),
-    "sample: unknown region": Case(sample(inpaint="middle"),
-                                   "nor a .png file."),
+    "sample: empty workdir": Case(
+        sample(empty_workdir), "Give the workdir of a training run."
+    ),
+    "sample: no checkpoint": Case(
+        sample(config_only), "train first (md4/main.py)."
+    ),
+    "sample: step not saved": Case(sample(step=5), "saved steps: 3, 6."),
+    "sample: prompt on images": Case(sample(prompt="the"), "use --inpaint."),
+    "sample: two conditions": Case(
+        sample(prompt="a", inpaint="top"), "got --prompt, --inpaint."
+    ),
+    "sample: unknown region": Case(
+        sample(inpaint="middle"), "nor a .png file."
+    ),
     "sample: mask not an image": Case(
         sample(inpaint=mask_png((8, 8), valid=False)),
-        "or a region (top, bottom, left, right, center, border)."),
+        "or a region (top, bottom, left, right, center, border).",
+    ),
     "sample: mask of another shape": Case(
         sample(inpaint=mask_png((8, 20))),
-        "give a mask of that size (or a multiple of it)."),
+        "give a mask of that size (or a multiple of it).",
+    ),
     "sample: unknown inpaint split": Case(
-        sample(inpaint="top", inpaint_split="valid"), "valid: train, test."),
-    "sample: zero steps": Case(sample(steps=0),
-                               "or drop --steps for config.train.sample_steps."),
+        sample(inpaint="top", inpaint_split="valid"), "valid: train, test."
+    ),
+    "sample: zero steps": Case(
+        sample(steps=0), "or drop --steps for config.train.sample_steps."
+    ),
     "sample: label of an unconditional model": Case(
-        sample(label=3), "drop --label."),
+        sample(label=3), "drop --label."
+    ),
     "sample: misspelt override": Case(
-        sample(overrides=("data.data_dri=/x",)),
-        "Did you mean 'data.data_dir'?"),
+        sample(overrides=("data.data_dri=/x",)), "Did you mean 'data.data_dir'?"
+    ),
     "sample: override without a value": Case(
-        sample(overrides=("data.data_dir",)), "e.g. data.data_dir=/data."),
+        sample(overrides=("data.data_dir",)), "e.g. data.data_dir=/data."
+    ),
     "sample: output under a file": Case(
-        sample(output_dir=lambda env: os.path.join(env.workdir, "config.json",
-                                                   "out")),
-        "(a run's workdir may be read-only)."),
-    "sample: damaged checkpoint": Case(sample(damaged_copy),
-                                       "or restore the files from a copy."),
+        sample(
+            output_dir=lambda env: os.path.join(
+                env.workdir, "config.json", "out"
+            )
+        ),
+        "(a run's workdir may be read-only).",
+    ),
+    "sample: damaged checkpoint": Case(
+        sample(damaged_copy), "or restore the files from a copy."
+    ),
     # md4.evaluate.
     "evaluate: unknown split": Case(
         lambda env: error_boundary.check_call(
-            evaluate.negative_elbo, run_lib.restore(env.workdir),
-            "valid", progress=False), "valid: test."),
+            evaluate.negative_elbo,
+            run_lib.restore(env.workdir),
+            "valid",
+            progress=False,
+        ),
+        "valid: test.",
+    ),
     "evaluate: zero time samples": Case(
         lambda env: error_boundary.check_call(
-            evaluate.negative_elbo, run_lib.restore(env.workdir),
-            "test", num_time_samples=0, progress=False),
-        "give --num_time_samples >= 1 and --num_examples >= 0."),
+            evaluate.negative_elbo,
+            run_lib.restore(env.workdir),
+            "test",
+            num_time_samples=0,
+            progress=False,
+        ),
+        "give --num_time_samples >= 1 and --num_examples >= 0.",
+    ),
     "evaluate: output under a file": Case(
         lambda env: error_boundary.check_call(
             sample_writing.check_output_dir,
-            os.path.join(env.workdir, "config.json"), "--output"),
-        "(a run's workdir may be read-only)."),
+            os.path.join(env.workdir, "config.json"),
+            "--output",
+        ),
+        "(a run's workdir may be read-only).",
+    ),
     "prompt longer than the sequence": Case(
         lambda env: error_boundary.check_call(
-            conditioning.text_known, "abcdefghi", lambda t: np.zeros(
-                len(t), np.int32), 8, 1),
-        "(config.data.data_shape); shorten it."),
+            conditioning.text_known,
+            "abcdefghi",
+            lambda t: np.zeros(len(t), np.int32),
+            8,
+            1,
+        ),
+        "(config.data.data_shape); shorten it.",
+    ),
     "prompt token beyond vocab": Case(
         lambda env: error_boundary.check_call(
             conditioning.check_known_tokens,
-            core.Known(np.ones((1, 4), bool), np.full((1, 4), 99)), 17,
-            "--prompt='99'"),
-        "give only ids the run was trained on."),
+            core.Known(np.ones((1, 4), bool), np.full((1, 4), 99)),
+            17,
+            "--prompt='99'",
+        ),
+        "give only ids the run was trained on.",
+    ),
     # prepare_openwebtext_data.py.
     "prepare: input missing": Case(
         prepare(lambda env: [f"--input={env.tmp}/nope"]),
-        "give the directory or file of the corpus."),
-    "prepare: input without corpus": Case(prepare(corpus_without_files),
-                                          ".txt.gz, .jsonl.gz."),
-    "prepare: zero seq_len": Case(prepare("--seq_len=0"),
-                                  "run with --help to list the flags."),
-    "prepare: unknown flag": Case(prepare("--sequence_length=8"),
-                                  "run with --help to list the flags."),
-    "prepare: eval fraction of 1": Case(prepare("--eval_fraction=1"),
-                                        "run with --help to list the flags."),
+        "give the directory or file of the corpus.",
+    ),
+    "prepare: input without corpus": Case(
+        prepare(corpus_without_files), ".txt.gz, .jsonl.gz."
+    ),
+    "prepare: zero seq_len": Case(
+        prepare("--seq_len=0"), "run with --help to list the flags."
+    ),
+    "prepare: unknown flag": Case(
+        prepare("--sequence_length=8"), "run with --help to list the flags."
+    ),
+    "prepare: eval fraction of 1": Case(
+        prepare("--eval_fraction=1"), "run with --help to list the flags."
+    ),
 }
 
 
@@ -514,17 +633,22 @@ def check_case(case, env, tmp_path, capsys) -> str:
   before = tree_hashes(env.workdir, env.data)
   try:
     called = case.call(env)
-    result = (called if isinstance(called, subprocess.CompletedProcess)
-              else (0, called or ""))
+    result = (
+        called
+        if isinstance(called, subprocess.CompletedProcess)
+        else (0, called or "")
+    )
   except SystemExit as e:
-    result = (1 if isinstance(e.code, str) else e.code,
-              e.code if isinstance(e.code, str) else "")
+    result = (
+        1 if isinstance(e.code, str) else e.code,
+        e.code if isinstance(e.code, str) else "",
+    )
   code, output = _outcome(result, capsys)
   output = output.strip()
   assert code == case.code, output[-3000:]
   assert "Traceback" not in output, output[-3000:]
   assert not [b for b in NATIVE_BANNERS if b in output], output[-3000:]
-  message = output[output.rfind("md4 error: "):] if case.code else output
+  message = output[output.rfind("md4 error: ") :] if case.code else output
   assert 0 < len(message.splitlines()) <= MAX_LINES, output[-3000:]
   assert message.endswith(case.fix), message
   after = tree_hashes(env.workdir, env.data)
@@ -536,7 +660,8 @@ def check_case(case, env, tmp_path, capsys) -> str:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_clear_error_and_changes_nothing(
-    name, env, tmp_path, capsys):
+    name, env, tmp_path, capsys
+):
   check_case(CASES[name], env, tmp_path, capsys)
 
 
@@ -547,6 +672,7 @@ def test_there_are_at_least_forty_cases():
 def test_verbosity_1_prints_the_traceback_above_the_message(capsys):
   def fail():
     raise ValueError("config.x is wrong; set it right.")
+
   with pytest.raises(SystemExit) as exit_info:
     error_boundary.check_call(fail, argv=["cmd", "--verbosity=1"])
   assert exit_info.value.code == "md4 error: config.x is wrong; set it right."
@@ -565,19 +691,24 @@ def test_an_internal_error_keeps_its_traceback():
 
 
 def test_a_read_only_run_samples_into_an_output_dir_elsewhere(
-    env, tmp_path, monkeypatch):
+    env, tmp_path, monkeypatch
+):
   archived = str(tmp_path / "archived")
   shutil.copytree(env.workdir, archived)
   before = tree_hashes(archived)
 
   def read_only(workdir):
-    raise ValueError(f"--workdir={workdir!r} is not writable (Read-only "
-                     "file system)")
+    raise ValueError(
+        f"--workdir={workdir!r} is not writable (Read-only file system)"
+    )
 
   monkeypatch.setattr(run_lib, "check_workdir", read_only)
   out = str(tmp_path / "out")
-  summary = sample_command.sample_to_files(sample_command.Request(
-      archived, output_dir=out, num_samples=2, batch_size=2, steps=2))
+  summary = sample_command.sample_to_files(
+      sample_command.Request(
+          archived, output_dir=out, num_samples=2, batch_size=2, steps=2
+      )
+  )
   assert os.path.exists(os.path.join(out, "samples.png"))
   assert summary["checkpoint_step"] == 6
   assert tree_hashes(archived) == before  # Nothing added or changed.
@@ -594,8 +725,19 @@ def test_the_summary_says_how_many_steps_were_discarded():
   config = tiny()
   config.train.max_bad_steps = 100
   summary = main.summarize(
-      {"preempted": False, "step": 6, "trained_steps": 6, "bad_steps": 4,
-       "eval": {}, "set_aside": [], "tensorboard": "w",
-       "checkpoints": "w/checkpoints"}, config)
-  assert ("  non-finite:  4 of 6 steps had NaN/Inf and were discarded "
-          "(config.train.max_bad_steps=100)") in summary
+      {
+          "preempted": False,
+          "step": 6,
+          "trained_steps": 6,
+          "bad_steps": 4,
+          "eval": {},
+          "set_aside": [],
+          "tensorboard": "w",
+          "checkpoints": "w/checkpoints",
+      },
+      config,
+  )
+  assert (
+      "  non-finite:  4 of 6 steps had NaN/Inf and were discarded "
+      "(config.train.max_bad_steps=100)"
+  ) in summary

@@ -21,9 +21,19 @@ def test_accelerator_dry_run_writes_every_figure(tmp_path):
   out = tmp_path / "accelerator.json"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
-      [sys.executable, "benchmarks/accelerator.py", "--dry_run",
-       f"--json={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=600, check=False)
+      [
+          sys.executable,
+          "benchmarks/accelerator.py",
+          "--dry_run",
+          f"--json={out}",
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(out.read_text())
   assert r["dry_run"] is True

@@ -60,11 +60,14 @@ def test_any_single_element_change_alters_the_checksum():
       changed = flat.copy()
       changed[i] = (not changed[i]) if name == "bool" else changed[i] + 1
       digests = checkpoint_integrity.summarize(
-          {**arrays, name: jnp.asarray(changed.reshape(x.shape))}).digests
+          {**arrays, name: jnp.asarray(changed.reshape(x.shape))}
+      ).digests
       assert digests[name] != base[name], (name, i)
   swapped = np.array(arrays["f32"])[::-1]  # Same values, other places.
-  assert checkpoint_integrity.summarize({**arrays, "f32": swapped}).digests[
-      "f32"] != base["f32"]
+  assert (
+      checkpoint_integrity.summarize({**arrays, "f32": swapped}).digests["f32"]
+      != base["f32"]
+  )
 
 
 def test_every_saved_step_holds_digests_that_its_arrays_match(trained):
@@ -74,28 +77,37 @@ def test_every_saved_step_holds_digests_that_its_arrays_match(trained):
     with open(os.path.join(step_dir, checkpoint_integrity.DIGEST_FILE)) as f:
       saved = json.load(f)
     assert len(saved["arrays"]) == len(jax.tree.leaves(setup.abstract_state))
-    state = checkpointing.read_state(checkpointing.checkpoint_dir(workdir),
-                                     step, setup.abstract_state, "test", "")
+    state = checkpointing.read_state(
+        checkpointing.checkpoint_dir(workdir),
+        step,
+        setup.abstract_state,
+        "test",
+        "",
+    )
     assert checkpoint_integrity.verify(step_dir, state)
 
 
 def _restore(workdir, setup, moved):
   manager = checkpointing.make_manager(workdir, 3, 0)
-  state = checkpointing.restore(manager, setup.abstract_state,
-                                iter(setup.datasets.train), moved=moved)
+  state = checkpointing.restore(
+      manager, setup.abstract_state, iter(setup.datasets.train), moved=moved
+  )
   manager.close()
   return state
 
 
 def test_arrays_changed_on_disk_are_moved_aside_and_the_previous_restored(
-    trained, copy):
+    trained, copy
+):
   _, setup = trained
   checkpoints = checkpointing.checkpoint_dir(copy)
   # Step 6's arrays replaced by step 3's: files orbax reads without a
   # complaint, values that differ from the checksums saved with step 6.
   shutil.rmtree(os.path.join(checkpoints, "6", "state"))
-  shutil.copytree(os.path.join(checkpoints, "3", "state"),
-                  os.path.join(checkpoints, "6", "state"))
+  shutil.copytree(
+      os.path.join(checkpoints, "3", "state"),
+      os.path.join(checkpoints, "6", "state"),
+  )
   damaged = tree_hashes(os.path.join(checkpoints, "6"))
   moved = []
   state = _restore(copy, setup, moved)
@@ -105,19 +117,31 @@ def test_arrays_changed_on_disk_are_moved_aside_and_the_previous_restored(
   assert checkpointing.saved_steps(copy) == [3]
   assert len(moved) == 1 and "fails its integrity check" in moved[0]
   summary = main.summarize(
-      {"preempted": False, "step": 6, "trained_steps": 3, "eval": {},
-       "set_aside": moved, "bad_steps": 0, "tensorboard": copy,
-       "checkpoints": checkpoints}, trained_digits.digits_config())
+      {
+          "preempted": False,
+          "step": 6,
+          "trained_steps": 3,
+          "eval": {},
+          "set_aside": moved,
+          "bad_steps": 0,
+          "tensorboard": copy,
+          "checkpoints": checkpoints,
+      },
+      trained_digits.digits_config(),
+  )
   assert summary.splitlines()[1].startswith(f"  moved aside: {checkpoints}/6")
 
 
 def test_flipped_bytes_in_the_largest_array_file_never_restore_silently(
-    trained, copy):
+    trained, copy
+):
   _, setup = trained
-  data = os.path.join(checkpointing.checkpoint_dir(copy), "6", "state",
-                      "ocdbt.process_0", "d")
-  largest = max((os.path.join(data, n) for n in os.listdir(data)),
-                key=os.path.getsize)
+  data = os.path.join(
+      checkpointing.checkpoint_dir(copy), "6", "state", "ocdbt.process_0", "d"
+  )
+  largest = max(
+      (os.path.join(data, n) for n in os.listdir(data)), key=os.path.getsize
+  )
   with open(largest, "r+b") as f:  # 64 bytes flipped, same size.
     f.seek(os.path.getsize(largest) // 2)
     chunk = f.read(64)
@@ -133,16 +157,22 @@ def test_a_non_finite_state_is_never_saved(trained, copy):
   state = _restore(copy, setup, [])
   poisoned = state.replace(
       step=state.step + 10,
-      params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan)
-                          if p.dtype == jnp.float32 else p, state.params))
+      params=jax.tree.map(
+          lambda p: p.at[(0,) * p.ndim].set(jnp.nan)
+          if p.dtype == jnp.float32
+          else p,
+          state.params,
+      ),
+  )
   manager = checkpointing.make_manager(copy, 3, 0)
   before = tree_hashes(checkpointing.checkpoint_dir(copy))
   with pytest.raises(checkpointing.NonFiniteStateError) as error:
     checkpointing.save(manager, 13, poisoned, iter(setup.datasets.train))
   manager.close()
   message = str(error.value)
-  assert message.startswith("step 13: the train state holds NaN or Inf in "
-                            "params/")
+  assert message.startswith(
+      "step 13: the train state holds NaN or Inf in params/"
+  )
   assert f"{checkpointing.checkpoint_dir(copy)}/6 is kept" in message
   assert tree_hashes(checkpointing.checkpoint_dir(copy)) == before
 
@@ -150,39 +180,63 @@ def test_a_non_finite_state_is_never_saved(trained, copy):
 def test_a_full_disk_is_recognised_in_orbax_and_python_errors():
   tensorstore = ValueError(
       'OUT_OF_RANGE: Error writing "w/0.0" ...: Failed to write 869396 bytes'
-      " to file 7: No space left on device [os_error_code='28']")
+      " to file 7: No space left on device [os_error_code='28']"
+  )
   assert checkpointing.no_room_errno(tensorstore) == errno.ENOSPC
   wrapped = RuntimeError("save failed")
   wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
   assert checkpointing.no_room_errno(wrapped) == errno.EDQUOT
-  assert checkpointing.no_room_errno(
-      "[os_error_code='27'] File too large") == errno.EFBIG
+  assert (
+      checkpointing.no_room_errno("[os_error_code='27'] File too large")
+      == errno.EFBIG
+  )
   assert checkpointing.no_room_errno(ValueError("os_error_code='2'")) is None
   assert checkpointing.no_room_errno(KeyError("w")) is None
 
 
 def test_orbax_and_asyncio_reports_of_a_full_disk_are_hidden():
   hide = checkpointing._HideNoRoomLogs()  # pylint: disable=protected-access
-  text = ('Error writing "w/0.0": Failed to write 1504203 bytes to file 18: '
-          "File too large [os_error_code='27']")
+  text = (
+      'Error writing "w/0.0": Failed to write 1504203 bytes to file 18: '
+      "File too large [os_error_code='27']"
+  )
 
   def record(name, pathname, message, exc=None):
-    return logging.LogRecord(name, logging.ERROR, pathname, 1, message, (),
-                             (type(exc), exc, None) if exc else None)
+    return logging.LogRecord(
+        name,
+        logging.ERROR,
+        pathname,
+        1,
+        message,
+        (),
+        (type(exc), exc, None) if exc else None,
+    )
 
   orbax = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
   assert not hide.filter(record("absl", orbax, text))
   # asyncio's report of an abandoned write holds the error's repr, quotes
   # backslashed; its traceback is the exception's.
-  task = ("Task exception was never retrieved\nfuture: <Task finished "
-          f"exception=ValueError({text!r})>")
+  task = (
+      "Task exception was never retrieved\nfuture: <Task finished "
+      f"exception=ValueError({text!r})>"
+  )
   assert "\\'27\\'" in task
   assert not hide.filter(record("asyncio", "/asyncio/base_events.py", task))
-  assert not hide.filter(record("asyncio", "/asyncio/base_events.py",
-                                "Task exception was never retrieved",
-                                ValueError(text)))
+  assert not hide.filter(
+      record(
+          "asyncio",
+          "/asyncio/base_events.py",
+          "Task exception was never retrieved",
+          ValueError(text),
+      )
+  )
   # Other errors, and a full disk's error from anyone else, still show.
-  assert hide.filter(record("asyncio", "/asyncio/base_events.py",
-                            "Task exception was never retrieved",
-                            ValueError("something else")))
+  assert hide.filter(
+      record(
+          "asyncio",
+          "/asyncio/base_events.py",
+          "Task exception was never retrieved",
+          ValueError("something else"),
+      )
+  )
   assert hide.filter(record("absl", "/md4/train.py", text))

@@ -32,23 +32,34 @@ WIDTH = 16
 
 def tiny_model(logits_chunk: int, num_steps: int) -> model_lib.DiffusionModel:
   network = networks.build_network(
-      "transformer", vocab_size=VOCAB, data_shape=(LENGTH,), num_layers=1,
-      width=WIDTH, num_heads=2, cond_width=8, mlp_type="gelu",
-      logits_chunk=logits_chunk)
+      "transformer",
+      vocab_size=VOCAB,
+      data_shape=(LENGTH,),
+      num_layers=1,
+      width=WIDTH,
+      num_heads=2,
+      cond_width=8,
+      mlp_type="gelu",
+      logits_chunk=logits_chunk,
+  )
   return model_lib.DiffusionModel(
-      network=network, process=masked.MD4(VOCAB, (LENGTH,), schedule="linear",
-                                          eps=EPS, num_steps=num_steps))
+      network=network,
+      process=masked.MD4(
+          VOCAB, (LENGTH,), schedule="linear", eps=EPS, num_steps=num_steps
+      ),
+  )
 
 
 def random_params(model):
   """Parameters of the model's shapes, all random (no zero gates/biases)."""
   shapes = jax.eval_shape(
       lambda r: model_lib.init_variables(model, r, unbox=True),
-      jax.random.key(0))["params"]
+      jax.random.key(0),
+  )["params"]
   rng = np.random.default_rng(1)  # host draws: no compile per shape
   return jax.tree.map(
-      lambda p: jnp.asarray(0.3 * rng.standard_normal(p.shape), p.dtype),
-      shapes)
+      lambda p: jnp.asarray(0.3 * rng.standard_normal(p.shape), p.dtype), shapes
+  )
 
 
 def fixed_batch():
@@ -96,12 +107,14 @@ def assert_trees_close(got, expected):
   assert len(flat) == len(flat_expected)
   for (path, g), e in zip(flat, flat_expected):
     scale = float(jnp.abs(e).max())
-    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * scale,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        g, e, rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def mean_and_grad(loss_fn, params):
   """(per-example loss [B], gradient of its mean) of loss_fn(params)."""
+
   def mean_loss(p):
     per_example = loss_fn(p)  # [B]
     return per_example.mean(), per_example
@@ -116,22 +129,30 @@ def toy_features(params, z, t):
   return jnp.tanh(params["embed"][z] + t[:, None, None])
 
 
-@pytest.mark.parametrize("num_steps,chunk", [(0, 5), (8, 4)],
-                         ids=["continuous-chunk5", "discrete-chunk4"])
+@pytest.mark.parametrize(
+    "num_steps,chunk",
+    [(0, 5), (8, 4)],
+    ids=["continuous-chunk5", "discrete-chunk4"],
+)
 def test_md4_nelbo_and_gradient_with_chunked_logits_equal_full_reference(
-    num_steps, chunk):
+    num_steps, chunk
+):
   x, t, keys = fixed_batch()
   e_rng, k_rng, b_rng = jax.random.split(jax.random.key(2), 3)
-  params = {"embed": jax.random.normal(e_rng, (VOCAB + 1, WIDTH)),
-            "kernel": 0.5 * jax.random.normal(k_rng, (WIDTH, VOCAB)),
-            "bias": jax.random.normal(b_rng, (VOCAB,))}
+  params = {
+      "embed": jax.random.normal(e_rng, (VOCAB + 1, WIDTH)),
+      "kernel": 0.5 * jax.random.normal(k_rng, (WIDTH, VOCAB)),
+      "bias": jax.random.normal(b_rng, (VOCAB,)),
+  }
   schedule = schedules.MaskingSchedule("linear", EPS)
 
   def ours(p):
     denoise = lambda z, tt, _: chunked_logits.FactoredLogits(
-        toy_features(p, z, tt), p["kernel"], p["bias"], chunk)
-    return masked.nelbo(keys, x, denoise, schedule, vocab_size=VOCAB,
-                     num_steps=num_steps, t=t)["loss"]
+        toy_features(p, z, tt), p["kernel"], p["bias"], chunk
+    )
+    return masked.nelbo(
+        keys, x, denoise, schedule, vocab_size=VOCAB, num_steps=num_steps, t=t
+    )["loss"]
 
   def theirs(p):
     logits_fn = lambda z, tt: toy_features(p, z, tt) @ p["kernel"] + p["bias"]
@@ -150,17 +171,19 @@ def test_transformer_training_loss_equals_full_logits_reference():
   model = tiny_model(logits_chunk=transformer.AUTO_LOGITS_CHUNK, num_steps=0)
   x, t, keys = fixed_batch()
   params = random_params(model)
-  assert model.apply({"params": params}, x.shape,
-                     method=model.loss_logits_chunk) == LENGTH
+  assert (
+      model.apply({"params": params}, x.shape, method=model.loss_logits_chunk)
+      == LENGTH
+  )
 
   def ours(p):
-    terms, _ = model.apply({"params": p}, x, train=True, t=t,
-                           example_keys=keys)
+    terms, _ = model.apply({"params": p}, x, train=True, t=t, example_keys=keys)
     return terms["loss"]  # [B]
 
   def theirs(p):
-    logits_fn = lambda z, tt: model.apply({"params": p}, z, tt,
-                                          method=model.denoise)
+    logits_fn = lambda z, tt: model.apply(
+        {"params": p}, z, tt, method=model.denoise
+    )
     return reference_nelbo(logits_fn, x, t, keys, 0)
 
   both = jax.jit(lambda p: (mean_and_grad(ours, p), mean_and_grad(theirs, p)))
@@ -192,11 +215,13 @@ def test_chunked_step_never_holds_the_full_logits_or_their_gradient():
     model = tiny_model(logits_chunk, 0)
     params = jax.eval_shape(
         lambda r: model_lib.init_variables(model, r, unbox=True),
-        jax.random.key(0))["params"]
+        jax.random.key(0),
+    )["params"]
 
     def loss(p):
-      terms, _ = model.apply({"params": p}, x, train=True, t=t,
-                             example_keys=keys)
+      terms, _ = model.apply(
+          {"params": p}, x, train=True, t=t, example_keys=keys
+      )
       return terms["loss"].mean()
 
     return _largest_value(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
@@ -239,6 +264,7 @@ def test_lean_attention_and_gradient_equal_jax_xla_attention():
     return out, vjp(cotangent)
 
   ours = value_and_grads(transformer.lean_attention)
-  theirs = value_and_grads(functools.partial(
-      jax.nn.dot_product_attention, implementation="xla"))
+  theirs = value_and_grads(
+      functools.partial(jax.nn.dot_product_attention, implementation="xla")
+  )
   assert_trees_close(ours, theirs)

@@ -31,8 +31,13 @@ VARIANTS = {
     "autoregressive/text8": ["small", "cpu", "tiny"],
     "autoregressive/openwebtext": ["small", "medium", "cpu"],
 }
-NUM_CLASSES = {"cifar10": 10, "class_cond_imagenet64": 1000, "mnist": 10,
-               "binarized_mnist": 10, "digits": 10}
+NUM_CLASSES = {
+    "cifar10": 10,
+    "class_cond_imagenet64": 1000,
+    "mnist": 10,
+    "binarized_mnist": 10,
+    "digits": 10,
+}
 
 
 def load(path, arg=None):
@@ -63,12 +68,13 @@ def test_every_config_file_is_covered():
 def test_config_validates_and_builds_its_train_state_abstractly(path, arg):
   config = load(path, arg)
   configuration.validate(config)
-  model = model_lib.build_model(config,
-                                NUM_CLASSES.get(config.data.dataset, 0))
-  optimizer = optimizers.build_optimizer(config.optimizer,
-                                         config.train.num_steps)
-  state = jax.eval_shape(lambda r: run_lib.init_state(model, optimizer, r),
-                         jax.random.key(0))
+  model = model_lib.build_model(config, NUM_CLASSES.get(config.data.dataset, 0))
+  optimizer = optimizers.build_optimizer(
+      config.optimizer, config.train.num_steps
+  )
+  state = jax.eval_shape(
+      lambda r: run_lib.init_state(model, optimizer, r), jax.random.key(0)
+  )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   assert num_params > 1000
   assert config.train.batch_size % config.train.micro_batches == 0
@@ -92,14 +98,19 @@ def abstract_param_count(config, num_classes=0) -> int:
   model = model_lib.build_model(config, num_classes)
   shape = (1, *config.data.data_shape)
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0),
-                          "sample": jax.random.key(1)},
-                         jax.numpy.zeros(shape, jax.numpy.int32)))
+      lambda: model.init(
+          {"params": jax.random.key(0), "sample": jax.random.key(1)},
+          jax.numpy.zeros(shape, jax.numpy.int32),
+      )
+  )
   return sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 
-@pytest.mark.parametrize("path,arg,expected", REFERENCE_PARAMS,
-                         ids=[p for p, _, _ in REFERENCE_PARAMS])
+@pytest.mark.parametrize(
+    "path,arg,expected",
+    REFERENCE_PARAMS,
+    ids=[p for p, _, _ in REFERENCE_PARAMS],
+)
 def test_paper_config_has_the_reference_parameter_count(path, arg, expected):
   config = load(os.path.join(ROOT, path), arg)
   assert abstract_param_count(config) == expected
@@ -113,10 +124,16 @@ def test_paper_configs_train_without_gradient_clipping_as_the_reference():
 def test_paper_sizes_of_the_openwebtext_configs():
   small = load(os.path.join(ROOT, "configs/md4/openwebtext.py"))
   medium = load(os.path.join(ROOT, "configs/md4/openwebtext.py"), "medium")
-  assert (small.network.num_layers, small.network.width,
-          small.network.num_heads) == (12, 768, 12)
-  assert (medium.network.num_layers, medium.network.width,
-          medium.network.num_heads) == (24, 1024, 16)
+  assert (
+      small.network.num_layers,
+      small.network.width,
+      small.network.num_heads,
+  ) == (12, 768, 12)
+  assert (
+      medium.network.num_layers,
+      medium.network.width,
+      medium.network.num_heads,
+  ) == (24, 1024, 16)
   assert small.data.vocab_size == 50257 and small.data.data_shape == (1024,)
   assert small.optimizer.warmup_steps == 2000
   assert small.train.batch_size == 512
@@ -160,18 +177,23 @@ def _all_keys(config, prefix=""):
 def test_every_config_field_is_read_by_the_code():
   """A field nothing reads is a bug: each must appear as an attribute read."""
   sources = ""
-  for path in glob.glob(os.path.join(ROOT, "md4", "**", "*.py"),
-                        recursive=True):
+  for path in glob.glob(
+      os.path.join(ROOT, "md4", "**", "*.py"), recursive=True
+  ):
     if not path.endswith("configuration.py"):
       with open(path) as f:
         sources += f.read()
-  unread = [k for k in _all_keys(configuration.default_config())
-            if not re.search(rf"\.{k}\b", sources)]
+  unread = [
+      k
+      for k in _all_keys(configuration.default_config())
+      if not re.search(rf"\.{k}\b", sources)
+  ]
   assert not unread, f"config fields nothing reads: {unread}"
 
 
 def test_every_d3pm_transition_passes_validation():
   from md4.diffusion import d3pm  # pylint: disable=g-import-not-at-top
+
   for transition in d3pm.TRANSITIONS:
     config = configuration.default_config()
     config.model.process = "d3pm"
@@ -208,14 +230,16 @@ def test_periodic_sampler_is_checked_against_the_process():
     configuration.validate(config)
 
 
-@pytest.mark.parametrize("field,value,reason", [
-    ("train.sample_steps", 50, "'reverse_chain'.*no 'num_steps' setting"),
-    ("train.sampling_grid", "uniform", "no 'grid' setting"),
-    ("model.md4.schedule", "cosine", "does not read the md4 section"),
-    ("model.genmd4.t1", 1e-3, "does not read the genmd4 section"),
-])
-def test_a_field_the_run_ignores_is_rejected_with_the_fix(field, value,
-                                                          reason):
+@pytest.mark.parametrize(
+    "field,value,reason",
+    [
+        ("train.sample_steps", 50, "'reverse_chain'.*no 'num_steps' setting"),
+        ("train.sampling_grid", "uniform", "no 'grid' setting"),
+        ("model.md4.schedule", "cosine", "does not read the md4 section"),
+        ("model.genmd4.t1", 1e-3, "does not read the genmd4 section"),
+    ],
+)
+def test_a_field_the_run_ignores_is_rejected_with_the_fix(field, value, reason):
   config = load(os.path.join(ROOT, "configs/d3pm/text8.py"), "tiny")
   configuration.validate(config)
   section, key = field.rsplit(".", 1)
@@ -223,16 +247,19 @@ def test_a_field_the_run_ignores_is_rejected_with_the_fix(field, value,
   for part in section.split("."):
     node = node[part]
   node[key] = value
-  with pytest.raises(ValueError, match=(
-      rf"config.{re.escape(field)}=.* is ignored: .*{reason}.*Remove it")):
+  with pytest.raises(
+      ValueError,
+      match=rf"config.{re.escape(field)}=.* is ignored: .*{reason}.*Remove it",
+  ):
     configuration.validate(config)
 
 
 def test_antithetic_and_cond_drop_are_rejected_where_nothing_reads_them():
   config = load(os.path.join(ROOT, "configs/autoregressive/text8.py"), "tiny")
   config.model.antithetic = False
-  with pytest.raises(ValueError,
-                     match="antithetic=False is ignored.*draws no times"):
+  with pytest.raises(
+      ValueError, match="antithetic=False is ignored.*draws no times"
+  ):
     configuration.validate(config)
   config = configuration.default_config()
   config.model.cond_drop_prob = 0.2
@@ -251,16 +278,28 @@ def test_switch_process_resets_the_other_sections_and_ignored_fields():
 
 
 def test_a_config_json_of_the_flat_layout_is_upgraded():
-  saved = {"model": {"process": "d3pm", "schedule": "jsd", "num_steps": 40,
-                     "transition": "absorbing", "eps": 1e-4,
-                     "d3pm_parameterization": "posterior_mixture",
-                     "power_init": 1.0},
-           "train": {"sampler": "ancestral", "sample_steps": 40}}
+  saved = {
+      "model": {
+          "process": "d3pm",
+          "schedule": "jsd",
+          "num_steps": 40,
+          "transition": "absorbing",
+          "eps": 1e-4,
+          "d3pm_parameterization": "posterior_mixture",
+          "power_init": 1.0,
+      },
+      "train": {"sampler": "ancestral", "sample_steps": 40},
+  }
   upgraded = configuration.upgrade_saved(saved)
   assert upgraded["model"] == {
-      "process": "d3pm", "d3pm": {
-          "schedule": "jsd", "num_steps": 40, "transition": "absorbing",
-          "parameterization": "posterior_mixture"}}
+      "process": "d3pm",
+      "d3pm": {
+          "schedule": "jsd",
+          "num_steps": 40,
+          "transition": "absorbing",
+          "parameterization": "posterior_mixture",
+      },
+  }
   config = configuration.default_config()
   config.model.process = "d3pm"
   config.model.d3pm.update(upgraded["model"]["d3pm"])

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def paper_gaussian_matrix(beta, k):
   """Austin et al.'s discretised Gaussian, written out in probability space."""
-  weight = lambda n: np.exp(-4.0 * n ** 2 / ((k - 1) ** 2 * beta))
+  weight = lambda n: np.exp(-4.0 * n**2 / ((k - 1) ** 2 * beta))
   norm = sum(weight(n) for n in range(-(k - 1), k))
   q = np.array([[weight(i - j) / norm for j in range(k)] for i in range(k)])
   np.fill_diagonal(q, 0.0)
@@ -47,8 +47,10 @@ def explicit_step_matrices(process):
   """Q_t[i, j] = q(x_t = j | x_{t-1} = i) as dense float64 matrices."""
   s = process.num_states
   if process.transition == "gaussian":
-    return [paper_gaussian_matrix(beta, s)
-            for beta in d3pm.betas(process.schedule, process.num_steps)]
+    return [
+        paper_gaussian_matrix(beta, s)
+        for beta in d3pm.betas(process.schedule, process.num_steps)
+    ]
   u = np.zeros(s)
   if process.transition == "uniform":
     u[:] = 1.0 / process.vocab_size
@@ -80,8 +82,9 @@ def reference_reverse_step(parameterization, step, before, p0, x_t):
   out = np.zeros(num_states)
   if parameterization == "soft_x0":
     for j in range(num_states):
-      out[j] = step[j, x_t] * sum(p0[k] * before[k, j]
-                                  for k in range(num_values))
+      out[j] = step[j, x_t] * sum(
+          p0[k] * before[k, j] for k in range(num_values)
+      )
     return out / out.sum()
   after = before @ step  # Qbar_t
   reach = np.array([after[k, x_t] > 0 for k in range(num_values)])
@@ -96,13 +99,20 @@ def reference_reverse_step(parameterization, step, before, p0, x_t):
 def uniform_matrices(abar_prev, abar_t, k):
   """Qbar_{t-1} and Q_t of uniform noise from two abar values [K, K]."""
   alpha = abar_t / abar_prev
-  return (abar_prev * np.eye(k) + (1 - abar_prev) / k,
-          alpha * np.eye(k) + (1 - alpha) / k)
+  return (
+      abar_prev * np.eye(k) + (1 - abar_prev) / k,
+      alpha * np.eye(k) + (1 - alpha) / k,
+  )
 
 
-CASES = [("uniform", "linear"), ("uniform", "cosine"),
-         ("absorbing", "jsd"), ("absorbing", "cosine"),
-         ("gaussian", "linear"), ("gaussian", "cosine")]
+CASES = [
+    ("uniform", "linear"),
+    ("uniform", "cosine"),
+    ("absorbing", "jsd"),
+    ("absorbing", "cosine"),
+    ("gaussian", "linear"),
+    ("gaussian", "cosine"),
+]
 
 
 def reference_cosine_abar(t, num_steps, s=0.008):
@@ -129,10 +139,12 @@ def test_cosine_abar_is_the_unsquared_curve_of_the_reference_code():
 
 
 def test_linear_betas_are_the_reference_range_at_every_num_steps():
-  np.testing.assert_allclose(d3pm.betas("linear", 200),
-                             np.linspace(1e-4, 0.02, 200), rtol=0, atol=0)
-  np.testing.assert_allclose(d3pm.betas("linear", 1000),
-                             np.linspace(1e-4, 0.02, 1000), rtol=0, atol=0)
+  np.testing.assert_allclose(
+      d3pm.betas("linear", 200), np.linspace(1e-4, 0.02, 200), rtol=0, atol=0
+  )
+  np.testing.assert_allclose(
+      d3pm.betas("linear", 1000), np.linspace(1e-4, 0.02, 1000), rtol=0, atol=0
+  )
 
 
 @pytest.mark.parametrize("k", [2, 5, 17])
@@ -143,47 +155,60 @@ def test_gaussian_steps_are_symmetric_doubly_stochastic_paper_matrices(k):
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-12)
     np.testing.assert_array_equal(q, q.T)
     assert q.min() >= 0.0
-    np.testing.assert_allclose(q, paper_gaussian_matrix(beta, k), rtol=1e-9,
-                               atol=1e-300)
+    np.testing.assert_allclose(
+        q, paper_gaussian_matrix(beta, k), rtol=1e-9, atol=1e-300
+    )
     # Ordinal: from the middle value, moving further is less likely.
-    row = q[k // 2, k // 2:]
+    row = q[k // 2, k // 2 :]
     assert (np.diff(row[1:]) <= 0).all()
 
 
 @pytest.mark.parametrize("transition,schedule", CASES)
-def test_cumulative_marginals_equal_repeated_matrix_products(transition,
-                                                             schedule):
+def test_cumulative_marginals_equal_repeated_matrix_products(
+    transition, schedule
+):
   process = d3pm.D3PM(transition, K, T, schedule)
   cumulative = np.eye(process.num_states)
   x0 = jnp.arange(K)
   for t, q in enumerate(explicit_step_matrices(process), start=1):
     cumulative = cumulative @ q
-    got = np.exp(np.asarray(process.log_q_marginal(
-        x0[:, None], jnp.full((K,), t))))[:, 0]  # [K, S]
+    got = np.exp(
+        np.asarray(process.log_q_marginal(x0[:, None], jnp.full((K,), t)))
+    )[
+        :, 0
+    ]  # [K, S]
     np.testing.assert_allclose(got, cumulative[:K], atol=1e-6)
 
 
 @pytest.mark.parametrize("parameterization", d3pm.PARAMETERIZATIONS)
 @pytest.mark.parametrize("transition,schedule", CASES)
-def test_reverse_step_equals_explicit_sums_over_x0(transition, schedule,
-                                                   parameterization):
+def test_reverse_step_equals_explicit_sums_over_x0(
+    transition, schedule, parameterization
+):
   process = d3pm.D3PM(transition, K, T, schedule, parameterization)
   mats = explicit_step_matrices(process)
   rng = np.random.default_rng(0)
   for t in (1, 2, 5, T):
     before = np.eye(process.num_states)
-    for q in mats[:t - 1]:
+    for q in mats[: t - 1]:
       before = before @ q
     logits = rng.normal(size=K) * 2
     p0 = np.exp(logits) / np.exp(logits).sum()
     for x_t in range(process.num_states):
       if not (before @ mats[t - 1])[:K, x_t].any():
         continue
-      expected = reference_reverse_step(parameterization, mats[t - 1],
-                                        before, p0, x_t)
-      got = np.exp(np.asarray(process.log_posterior(
-          jnp.asarray(logits, jnp.float32)[None], jnp.array([x_t]),
-          jnp.array([t]))))[0]
+      expected = reference_reverse_step(
+          parameterization, mats[t - 1], before, p0, x_t
+      )
+      got = np.exp(
+          np.asarray(
+              process.log_posterior(
+                  jnp.asarray(logits, jnp.float32)[None],
+                  jnp.array([x_t]),
+                  jnp.array([t]),
+              )
+          )
+      )[0]
       np.testing.assert_allclose(got, expected, atol=1e-5)
       # A one-hot x_0 gives the true posterior under both forms.
       for x0 in range(K):
@@ -192,8 +217,11 @@ def test_reverse_step_equals_explicit_sums_over_x0(transition, schedule,
           continue
         bayes = mats[t - 1][:, x_t] * before[x0] / after[x0, x_t]
         one_hot = jnp.where(jnp.arange(K) == x0, 0.0, -jnp.inf)[None]
-        got = np.exp(np.asarray(process.log_posterior(
-            one_hot, jnp.array([x_t]), jnp.array([t]))))[0]
+        got = np.exp(
+            np.asarray(
+                process.log_posterior(one_hot, jnp.array([x_t]), jnp.array([t]))
+            )
+        )[0]
         np.testing.assert_allclose(got, bayes, atol=1e-5)
 
 
@@ -207,36 +235,45 @@ def test_reverse_step_is_the_papers_form_by_default_on_the_issue_example():
   before, step = uniform_matrices(f(t - 1) / f(0), f(t) / f(0), K)
   np.testing.assert_allclose(
       reference_reverse_step("soft_x0", step, before, p0, x_t),
-      [0.849, 0.038, 0.113], atol=1e-3)
+      [0.849, 0.038, 0.113],
+      atol=1e-3,
+  )
   np.testing.assert_allclose(
       reference_reverse_step("posterior_mixture", step, before, p0, x_t),
-      [0.694, 0.073, 0.233], atol=1e-3)
+      [0.694, 0.073, 0.233],
+      atol=1e-3,
+  )
   # The process, every t and x_t, against the same sums on its schedule
   # (the unsquared cosine, written out).
   steps = np.repeat(np.arange(1, T + 1), K)  # [T K]
   states = np.tile(np.arange(K), T)
   batch_logits = jnp.asarray(np.tile(logits, (T * K, 1)), jnp.float32)
+
   def reverse_step(*parameterization):
     process = d3pm.D3PM("uniform", K, T, "cosine", *parameterization)
-    return np.exp(np.asarray(process.log_posterior(
-        batch_logits, jnp.asarray(states), jnp.asarray(steps))))  # [T K, K]
+    return np.exp(
+        np.asarray(
+            process.log_posterior(
+                batch_logits, jnp.asarray(states), jnp.asarray(steps)
+            )
+        )
+    )  # [T K, K]
 
   def expected(name):
     rows = []
     for t, x_t in zip(steps, states):
       abar_t = 0.0 if t == T else reference_cosine_abar(t, T)
-      before, step = uniform_matrices(reference_cosine_abar(t - 1, T),
-                                      abar_t, K)
+      before, step = uniform_matrices(
+          reference_cosine_abar(t - 1, T), abar_t, K
+      )
       rows.append(reference_reverse_step(name, step, before, p0, x_t))
     return np.array(rows)
 
   # The default is the papers' form.
   np.testing.assert_allclose(reverse_step(), expected("soft_x0"), atol=2e-5)
-  got = {name: reverse_step(name)
-         for name in ("soft_x0", "posterior_mixture")}
+  got = {name: reverse_step(name) for name in ("soft_x0", "posterior_mixture")}
   for name, value in got.items():
-    np.testing.assert_allclose(value, expected(name), atol=2e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(value, expected(name), atol=2e-5, err_msg=name)
   # The two forms are different models of the same logits.
   assert np.abs(got["soft_x0"] - got["posterior_mixture"]).max() > 0.05
 
@@ -251,7 +288,9 @@ def test_absorbing_d3pm_loss_equals_md4_discrete_time_loss():
   x_t = process.sample_marginal(jax.random.key(2), x, step)
   logits = jax.random.normal(jax.random.key(3), (batch, length, v)) * 2
   ours = steps * d3pm.step_loss(process, x, x_t, step, logits)
-  weight, t_query = masked.diffusion_weight(schedule, (step - 0.5) / steps, steps)
+  weight, t_query = masked.diffusion_weight(
+      schedule, (step - 0.5) / steps, steps
+  )
   np.testing.assert_allclose(t_query, step / steps, rtol=1e-6)
   theirs = weight * common.masked_cross_entropy(x, x_t, logits, v)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -275,14 +314,22 @@ def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
     for x_t in range(K):
       logits = rng.normal(size=K) * 2
       x0_hat = np.exp(logits) / np.exp(logits).sum()
-      theta = ((a_t * (np.arange(K) == x_t) + (1 - a_t) / K)
-               * (abar_prev * x0_hat + (1 - abar_prev) / K))
+      theta = (a_t * (np.arange(K) == x_t) + (1 - a_t) / K) * (
+          abar_prev * x0_hat + (1 - abar_prev) / K
+      )
       theta /= theta.sum()
-      got = np.exp(np.asarray(process.log_posterior(
-          jnp.asarray(logits, jnp.float32)[None], jnp.array([x_t]),
-          jnp.array([t]))))[0]
-      np.testing.assert_allclose(got, theta, atol=1e-5,
-                                 err_msg=f"t={t} x_t={x_t}")
+      got = np.exp(
+          np.asarray(
+              process.log_posterior(
+                  jnp.asarray(logits, jnp.float32)[None],
+                  jnp.array([x_t]),
+                  jnp.array([t]),
+              )
+          )
+      )[0]
+      np.testing.assert_allclose(
+          got, theta, atol=1e-5, err_msg=f"t={t} x_t={x_t}"
+      )
 
 
 # The schedules the reference code pairs with each transition, at its T:
@@ -290,22 +337,26 @@ def test_multinomial_diffusion_is_uniform_d3pm_with_the_cosine_schedule():
 # Linear at T = 200 (abar_T ~ 0.13) and Gaussian with cosine (~0.005 nats per
 # dimension left at T = 200) stop short of the prior; the bound's prior
 # term reports it.
-PRIOR_CASES = [("uniform", "linear", 1000), ("uniform", "cosine", 200),
-               ("absorbing", "jsd", 200), ("absorbing", "cosine", 200),
-               ("gaussian", "linear", 1000)]
+PRIOR_CASES = [
+    ("uniform", "linear", 1000),
+    ("uniform", "cosine", 200),
+    ("absorbing", "jsd", 200),
+    ("absorbing", "cosine", 200),
+    ("gaussian", "linear", 1000),
+]
 
 
 @pytest.mark.parametrize("transition,schedule,steps", PRIOR_CASES)
 def test_forward_process_reaches_the_prior_sampling_starts_from(
-    transition, schedule, steps):
+    transition, schedule, steps
+):
   # Gaussian noise is for ordinal values: digits' 17 grey levels.
   vocab = 17 if transition == "gaussian" else 2
   process = d3pm.D3PM(transition, vocab, steps, schedule)
   x = jnp.ones((4096, 16), jnp.int32)
   prior = d3pm.prior_loss(process, x)
   assert float(prior.max()) / 16 < 1e-3  # nats per dimension
-  x_T = process.sample_marginal(jax.random.key(0), x,
-                                jnp.full((4096,), steps))
+  x_T = process.sample_marginal(jax.random.key(0), x, jnp.full((4096,), steps))
   if transition == "absorbing":
     assert bool((x_T == process.mask_id).all())
   else:
@@ -344,8 +395,12 @@ def _oracle_logits(log_obs, parameterization):
   top = log_joint.max(-1, keepdims=True)  # [B, L or 1, 1]
   weights = jnp.exp(log_joint - top)
   marginal = jnp.stack(
-      [jnp.where(STATES_BY_POSITION == v, weights, 0.0).sum(-1)
-       for v in range(kd.VOCAB)], -1)  # [B, L, K]
+      [
+          jnp.where(STATES_BY_POSITION == v, weights, 0.0).sum(-1)
+          for v in range(kd.VOCAB)
+      ],
+      -1,
+  )  # [B, L, K]
   # The top state gives its value weight 1; the floor keeps the CE finite
   # for values the oracle rules out.
   return jnp.log(jnp.maximum(marginal, 1e-30)) + top
@@ -371,8 +426,9 @@ def _uniform_oracle(process):
     same = z[:, None, :] == states[None]
     log_obs = jnp.where(same, jnp.logaddexp(la, noise), noise)  # [B, S, L]
     post = jax.nn.softmax(log_p[None] + log_obs.sum(-1), -1)  # [B, S]
-    marginal = jnp.einsum("bs,slv->blv", post,
-                          jax.nn.one_hot(states, kd.VOCAB))  # [B, L, K]
+    marginal = jnp.einsum(
+        "bs,slv->blv", post, jax.nn.one_hot(states, kd.VOCAB)
+    )  # [B, L, K]
     logits = jnp.log(jnp.maximum(marginal, 1e-30))
     if process.parameterization == "posterior_mixture":
       return logits
@@ -389,32 +445,45 @@ def _matrix_oracle(process):
     cumulative.append(cumulative[-1] @ q)
   with np.errstate(divide="ignore"):
     # [T + 1, x_t, x_0]
-    log_cum = jnp.asarray(np.log(np.stack(cumulative)).swapaxes(1, 2),
-                          jnp.float32)
+    log_cum = jnp.asarray(
+        np.log(np.stack(cumulative)).swapaxes(1, 2), jnp.float32
+    )
 
   def denoise(z, t, label=None):
     del label
     step = jnp.round(t * process.num_steps).astype(jnp.int32)
     lq = log_cum[step[:, None], z]  # [B, L, K]: log q(z_l | x_0 = k)
     log_obs = jnp.take_along_axis(
-        lq, jnp.broadcast_to(STATES_BY_POSITION, (z.shape[0],) +
-                             STATES_BY_POSITION.shape), axis=-1)  # [B, L, S]
+        lq,
+        jnp.broadcast_to(
+            STATES_BY_POSITION, (z.shape[0],) + STATES_BY_POSITION.shape
+        ),
+        axis=-1,
+    )  # [B, L, S]
     return _oracle_logits(log_obs, process.parameterization)
 
   return denoise
 
 
-@pytest.mark.parametrize("transition,parameterization", [
-    ("uniform", "soft_x0"), ("uniform", "posterior_mixture"),
-    ("absorbing", "soft_x0"), ("gaussian", "soft_x0")])
+@pytest.mark.parametrize(
+    "transition,parameterization",
+    [
+        ("uniform", "soft_x0"),
+        ("uniform", "posterior_mixture"),
+        ("absorbing", "soft_x0"),
+        ("gaussian", "soft_x0"),
+    ],
+)
 def test_d3pm_nelbo_with_the_true_posterior_is_near_the_entropy(
-    transition, parameterization):
+    transition, parameterization
+):
   schedule = "jsd" if transition == "absorbing" else "cosine"
   process = d3pm.D3PM(transition, kd.VOCAB, 200, schedule, parameterization)
   if transition == "absorbing":
     _, _, log_abar, _ = process.log_tables()
-    denoise = kd.oracle(lambda v, t: jnp.exp(
-        log_abar[jnp.round(t * 200).astype(jnp.int32)]))
+    denoise = kd.oracle(
+        lambda v, t: jnp.exp(log_abar[jnp.round(t * 200).astype(jnp.int32)])
+    )
   elif transition == "uniform":
     denoise = _uniform_oracle(process)
   else:
@@ -448,8 +517,13 @@ def test_gaussian_loss_gradients_are_finite_where_states_are_unreachable():
   x0 = jnp.tile(jnp.arange(17), (2, 1))  # [2, 17]
   x_t = jnp.minimum(x0 + 1, 16)  # Reachable from x0 in one step.
   noise = jax.random.normal(jax.random.key(1), (2, 17, 17))
-  grad = jax.jit(jax.grad(lambda w: d3pm.step_loss(
-      process, x0, x_t, jnp.array([1, 2]), w * noise).sum()))(1.0)
+  grad = jax.jit(
+      jax.grad(
+          lambda w: d3pm.step_loss(
+              process, x0, x_t, jnp.array([1, 2]), w * noise
+          ).sum()
+      )
+  )(1.0)
   assert np.isfinite(float(grad)) and float(grad) != 0.0
 
 
@@ -457,14 +531,17 @@ def test_hybrid_loss_includes_the_variational_term_and_the_scaled_ce():
   process = d3pm.D3PM("uniform", 4, 10, "linear")
   x = jax.random.randint(jax.random.key(0), (8, 6), 0, 4)
   logits_fn = lambda z, t, c: jax.nn.one_hot(z, 4) * 2.0
-  terms, _ = d3pm.nelbo(jax.random.key(1), x, logits_fn, process,
-                        hybrid_coeff=0.01)
+  terms, _ = d3pm.nelbo(
+      jax.random.key(1), x, logits_fn, process, hybrid_coeff=0.01
+  )
   np.testing.assert_allclose(
-      terms["loss"], terms["loss_nelbo"] + 0.01 * 10 * terms["loss_ce"],
-      rtol=1e-6)
+      terms["loss"],
+      terms["loss_nelbo"] + 0.01 * 10 * terms["loss_ce"],
+      rtol=1e-6,
+  )
   np.testing.assert_allclose(
-      terms["loss_nelbo"], terms["loss_diff"] + terms["loss_prior"],
-      rtol=1e-6)
+      terms["loss_nelbo"], terms["loss_diff"] + terms["loss_prior"], rtol=1e-6
+  )
   assert float(terms["loss_diff"].min()) > 0
 
 
@@ -504,10 +581,14 @@ def test_absorbing_noise_with_a_schedule_that_leaves_tokens_is_rejected():
   abar_T = np.prod(1 - np.linspace(1e-4, 0.02, 200))
   assert abar_T > 0.1
   config = _d3pm_config(transition="absorbing", schedule="linear")
-  with pytest.raises(ValueError, match=(
-      r"config.model.d3pm.schedule='linear' with config.model.d3pm."
-      r"transition='absorbing'.*prior KL is infinite.*set "
-      r"config.model.d3pm.schedule='jsd'")):
+  with pytest.raises(
+      ValueError,
+      match=(
+          r"config.model.d3pm.schedule='linear' with config.model.d3pm."
+          r"transition='absorbing'.*prior KL is infinite.*set "
+          r"config.model.d3pm.schedule='jsd'"
+      ),
+  ):
     configuration.validate(config)
   for schedule in ("jsd", "cosine"):  # Both end with beta_T = 1.
     config.model.d3pm.schedule = schedule
@@ -517,9 +598,14 @@ def test_absorbing_noise_with_a_schedule_that_leaves_tokens_is_rejected():
 def test_gaussian_noise_on_binary_data_is_rejected():
   config = _d3pm_config(transition="gaussian", schedule="linear")
   config.data.vocab_size = 2
-  with pytest.raises(ValueError, match=(
-      r"config.model.d3pm.transition='gaussian' needs config.data.vocab_size"
-      r" >= 3.*set config.model.d3pm.transition='uniform'")):
+  with pytest.raises(
+      ValueError,
+      match=(
+          r"config.model.d3pm.transition='gaussian' needs"
+          r" config.data.vocab_size"
+          r" >= 3.*set config.model.d3pm.transition='uniform'"
+      ),
+  ):
     configuration.validate(config)
   config.data.vocab_size = 3
   configuration.validate(config)
@@ -527,20 +613,26 @@ def test_gaussian_noise_on_binary_data_is_rejected():
   # 2 exp(-4/beta)) <= 0.018 per step (beta <= 1).
   move = math.exp(-4.0) / (1 + 2 * math.exp(-4.0))
   assert move < 0.018
-  np.testing.assert_allclose(np.exp(d3pm.gaussian_log_step(1.0, 2))[0, 1],
-                             move, rtol=1e-12)
+  np.testing.assert_allclose(
+      np.exp(d3pm.gaussian_log_step(1.0, 2))[0, 1], move, rtol=1e-12
+  )
 
 
 def test_unknown_d3pm_parameterization_is_rejected_by_validate():
   config = _d3pm_config(parameterization="x0_posterior")
-  with pytest.raises(ValueError, match=(
-      "config.model.d3pm.parameterization='x0_posterior' is not valid; "
-      "valid: soft_x0, posterior_mixture")):
+  with pytest.raises(
+      ValueError,
+      match=(
+          "config.model.d3pm.parameterization='x0_posterior' is not valid; "
+          "valid: soft_x0, posterior_mixture"
+      ),
+  ):
     configuration.validate(config)
 
 
 class _OracleNetwork(nn.Module):
   """A parameter-free 'network' returning the oracle's logits."""
+
   denoise: Any
 
   def __call__(self, z, t, label=None, *, train=False):
@@ -549,24 +641,33 @@ class _OracleNetwork(nn.Module):
 
 @pytest.mark.parametrize("transition", ["absorbing", "uniform"])
 def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
-    transition):
+    transition,
+):
   steps = 200
   schedule = "cosine" if transition == "uniform" else "jsd"
   process = d3pm.D3PM(transition, kd.VOCAB, steps, schedule)
   if transition == "absorbing":
     _, _, log_abar, _ = process.log_tables()
-    denoise = kd.oracle(lambda v, t: jnp.exp(
-        log_abar[jnp.round(t * steps).astype(jnp.int32)]))
+    denoise = kd.oracle(
+        lambda v, t: jnp.exp(log_abar[jnp.round(t * steps).astype(jnp.int32)])
+    )
   else:
     denoise = _uniform_oracle(process)
   model = model_lib.DiffusionModel(
-      network=_OracleNetwork(denoise), process=d3pm.D3PMProcess(
-          kd.VOCAB, (kd.LENGTH,), transition=transition, num_steps=steps,
-          schedule=schedule))
+      network=_OracleNetwork(denoise),
+      process=d3pm.D3PMProcess(
+          kd.VOCAB,
+          (kd.LENGTH,),
+          transition=transition,
+          num_steps=steps,
+          schedule=schedule,
+      ),
+  )
   entry = sampling.get("reverse_chain")
   settings = entry.make_settings(num_frames=5)
-  result = jax.jit(lambda r: entry.draw(core.from_model(model, {}), r, 20000,
-                                        settings))(jax.random.key(0))
+  result = jax.jit(
+      lambda r: entry.draw(core.from_model(model, {}), r, 20000, settings)
+  )(jax.random.key(0))
   samples, history = result.samples, result.history
   assert int(result.network_calls) == steps
   samples = np.asarray(samples)
@@ -574,35 +675,43 @@ def test_d3pm_sampler_with_the_true_posterior_draws_the_distribution(
   assert history.shape == (5, 20000, kd.LENGTH)
   states = kd.all_states()
   index = {tuple(s): i for i, s in enumerate(states)}
-  counts = np.bincount([index[tuple(s)] for s in samples],
-                       minlength=len(states))
+  counts = np.bincount(
+      [index[tuple(s)] for s in samples], minlength=len(states)
+  )
   truth = np.exp(kd.log_probs(states))
   tv = 0.5 * np.abs(counts / counts.sum() - truth).sum()
   assert tv < 0.05, tv
 
 
 @pytest.mark.parametrize("parameterization", d3pm.PARAMETERIZATIONS)
-def test_sampler_reverse_step_uses_the_loss_parameterization(
-    parameterization):
+def test_sampler_reverse_step_uses_the_loss_parameterization(parameterization):
   logits = jax.random.normal(jax.random.key(0), (4, 6, K)) * 2
   model = model_lib.DiffusionModel(
-      network=_OracleNetwork(lambda z, t, c: logits), process=d3pm.D3PMProcess(
-          K, (6,), transition="uniform", num_steps=T, schedule="cosine",
-          parameterization=parameterization))
+      network=_OracleNetwork(lambda z, t, c: logits),
+      process=d3pm.D3PMProcess(
+          K,
+          (6,),
+          transition="uniform",
+          num_steps=T,
+          schedule="cosine",
+          parameterization=parameterization,
+      ),
+  )
   z = jax.random.randint(jax.random.key(1), (4, 6), 0, K)
   step = jnp.array([1, 4, 7, T])
   reverse = core.from_model(model, {})
-  got = reverse.process.log_posterior(
-      reverse.denoise(z, step / T), z, step)
+  got = reverse.process.log_posterior(reverse.denoise(z, step / T), z, step)
   process = d3pm.D3PM("uniform", K, T, "cosine", parameterization)
   np.testing.assert_array_equal(got, process.log_posterior(logits, z, step))
   # build_model reads the field from the config.
   config = configuration.load_file(
       os.path.join(ROOT, "configs", "multinomial", "binarized_mnist.py"),
-      "digits")
+      "digits",
+  )
   config.model.d3pm.parameterization = parameterization
-  assert (model_lib.build_model(config).process.parameterization
-          == parameterization)
+  assert (
+      model_lib.build_model(config).process.parameterization == parameterization
+  )
 
 
 # ------------------------------------------------- python -m md4.sample ----
@@ -618,17 +727,21 @@ def d3pm_workdir(tmp_path_factory):
   initialisation (the whole loss) would cost more than the test."""
   workdir = str(tmp_path_factory.mktemp("d3pm_run"))
   config = configuration.load_file(
-      os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits")
-  config.network = configuration.unet(ch=16, num_res_blocks=1,
-                                      dropout_rate=0.0, embed_dim=8)
+      os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits"
+  )
+  config.network = configuration.unet(
+      ch=16, num_res_blocks=1, dropout_rate=0.0, embed_dim=8
+  )
   config.model.d3pm.num_steps = SAMPLE_STEPS
   setup = run_lib.build(config, workdir)
   run_lib.save_config(config, workdir)
   rng = np.random.default_rng(0)
   state = jax.tree.map(
       lambda a: jax.device_put(
-          (rng.normal(size=a.shape) * 0.1).astype(a.dtype), a.sharding),
-      setup.abstract_state)
+          (rng.normal(size=a.shape) * 0.1).astype(a.dtype), a.sharding
+      ),
+      setup.abstract_state,
+  )
   manager = checkpointing.make_manager(workdir, 1, 0)
   checkpointing.save(manager, 1, state, iter(setup.datasets.train))
   manager.close()
@@ -636,14 +749,26 @@ def d3pm_workdir(tmp_path_factory):
 
 
 def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
-    d3pm_workdir, tmp_path):
+    d3pm_workdir, tmp_path
+):
   out = str(tmp_path / "out")
-  summary = sample_command.sample_to_files(sample_command.Request(
-      workdir=d3pm_workdir, output_dir=out, num_samples=5, batch_size=4,
-      history=True, history_frames=4))
-  assert sorted(os.listdir(out)) == ["history.gif", "history_strip.png",
-                                     "samples.npy", "samples.png",
-                                     "summary.json"]
+  summary = sample_command.sample_to_files(
+      sample_command.Request(
+          workdir=d3pm_workdir,
+          output_dir=out,
+          num_samples=5,
+          batch_size=4,
+          history=True,
+          history_frames=4,
+      )
+  )
+  assert sorted(os.listdir(out)) == [
+      "history.gif",
+      "history_strip.png",
+      "samples.npy",
+      "samples.png",
+      "summary.json",
+  ]
   samples = np.load(os.path.join(out, "samples.npy"))
   assert samples.shape == (5, 8, 8, 1)
   # The final step is taken: no mask (id 17) is left.
@@ -665,28 +790,56 @@ def test_sample_command_runs_the_d3pm_chain_and_writes_png_gif_and_strip(
   with open(os.path.join(out, "summary.json")) as f:
     saved = json.load(f)
   # One network call per step, T in all.
-  assert saved["network_calls_per_sample"] == summary[
-      "network_calls_per_sample"] == SAMPLE_STEPS
+  assert (
+      saved["network_calls_per_sample"]
+      == summary["network_calls_per_sample"]
+      == SAMPLE_STEPS
+  )
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("sampler", "cached", "--sampler=cached needs a process with the "
-     "'unmasking' capability.*Use --sampler=reverse_chain"),
-    ("sampler", "topp", "--sampler=topp needs"),
-    ("steps", 3, "--steps=3 does not apply to --sampler=reverse_chain"),
-    ("grid", "cosine", "--grid=cosine does not apply"),
-    ("own_settings", (("topp", 0.5),),
-     "--topp does not apply to --sampler=reverse_chain; it is a setting of "
-     "--sampler=topp or autoregressive"),
-    ("inpaint", "left", "--inpaint does not apply to --sampler="
-     "reverse_chain"),
-    ("reconstruct_from", "test", "--reconstruct_from needs a process with "
-     "the 'unmasking' capability")])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        (
+            "sampler",
+            "cached",
+            (
+                "--sampler=cached needs a process with the "
+                "'unmasking' capability.*Use --sampler=reverse_chain"
+            ),
+        ),
+        ("sampler", "topp", "--sampler=topp needs"),
+        ("steps", 3, "--steps=3 does not apply to --sampler=reverse_chain"),
+        ("grid", "cosine", "--grid=cosine does not apply"),
+        (
+            "own_settings",
+            (("topp", 0.5),),
+            (
+                "--topp does not apply to --sampler=reverse_chain; it is a"
+                " setting of --sampler=topp or autoregressive"
+            ),
+        ),
+        (
+            "inpaint",
+            "left",
+            "--inpaint does not apply to --sampler=reverse_chain",
+        ),
+        (
+            "reconstruct_from",
+            "test",
+            (
+                "--reconstruct_from needs a process with "
+                "the 'unmasking' capability"
+            ),
+        ),
+    ],
+)
 def test_sample_command_names_the_flag_that_does_not_apply_to_d3pm(
-    d3pm_workdir, tmp_path, flag, value, message):
-  request = sample_command.Request(workdir=d3pm_workdir,
-                                   output_dir=str(tmp_path / "out"),
-                                   **{flag: value})
+    d3pm_workdir, tmp_path, flag, value, message
+):
+  request = sample_command.Request(
+      workdir=d3pm_workdir, output_dir=str(tmp_path / "out"), **{flag: value}
+  )
   with pytest.raises(ValueError, match=message):
     sample_command.sample_to_files(request)
   assert not os.path.exists(tmp_path / "out")

@@ -34,9 +34,9 @@ def test_mnist_from_idx_files_has_60000_train_and_10000_test_images():
 @needs_mnist
 def test_binarized_mnist_thresholds_mnist_at_half_intensity():
   grey = mnist.load(mnist_config(), binarized=False).train[0]["x"]
-  binary = mnist.load(
-      mnist_config("binarized_mnist"), binarized=True
-  ).train[0]["x"]
+  binary = mnist.load(mnist_config("binarized_mnist"), binarized=True).train[0][
+      "x"
+  ]
   assert set(np.unique(binary).tolist()) == {0, 1}
   np.testing.assert_array_equal(binary, (grey / 255 > 0.5).astype(np.int32))
 
@@ -53,8 +53,9 @@ def test_mnist_pad_to_32_centres_the_image_in_a_zero_border():
 
 
 def test_mnist_falls_back_to_tfds_when_no_idx_files_exist(tmp_path):
-  config = mnist_config(data_dir=str(tmp_path), pad_to=32,
-                        data_shape=(32, 32, 1))
+  config = mnist_config(
+      data_dir=str(tmp_path), pad_to=32, data_shape=(32, 32, 1)
+  )
   with tfds.testing.mock_data(num_examples=6):
     datasets = build(config, batch=4, eval_batch=4)
     batch = next(iter(datasets.train))
@@ -68,9 +69,7 @@ def test_mnist_missing_everywhere_raises_file_not_found(tmp_path, monkeypatch):
   def offline(*args, **kwargs):
     raise OSError("network unreachable")
 
-  monkeypatch.setattr(
-      tfds.core.DatasetBuilder, "download_and_prepare", offline
-  )
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
   with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
     build(mnist_config(data_dir=str(tmp_path)))
 
@@ -96,7 +95,9 @@ def test_idx_reader_rejects_a_truncated_file(tmp_path):
 
 def test_cifar10_from_tfds_gives_labelled_32x32x3_batches(tmp_path):
   config = make_config(
-      "cifar10", data_dir=str(tmp_path), data_shape=(32, 32, 3),
+      "cifar10",
+      data_dir=str(tmp_path),
+      data_shape=(32, 32, 3),
       vocab_size=256,
   )
   with tfds.testing.mock_data(num_examples=10):
@@ -165,15 +166,17 @@ def test_area_resize_weights_edge_pixels_by_the_share_they_cover():
 
 def test_class_cond_imagenet64_crops_resizes_and_keeps_the_labels(tmp_path):
   config = configuration.load_file(
-      str(ROOT / "configs/md4/imagenet64.py"), "cond")
+      str(ROOT / "configs/md4/imagenet64.py"), "cond"
+  )
   assert config.model.class_conditional
   config.data.data_dir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=6):
     datasets = build(config.data, batch=4, eval_batch=4)
     batch = next(iter(datasets.train))
     valid = list(datasets.eval["valid"]())
-    raw = tfds.builder("imagenet2012", data_dir=str(tmp_path / "tfds")
-                       ).as_data_source(split="validation")
+    raw = tfds.builder(
+        "imagenet2012", data_dir=str(tmp_path / "tfds")
+    ).as_data_source(split="validation")
     raw = [raw[i] for i in range(len(raw))]
   assert datasets.info.num_classes == 1000 and datasets.info.kind == "image"
   assert batch["x"].shape == (4, 64, 64, 3) and batch["x"].dtype == np.int32

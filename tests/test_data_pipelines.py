@@ -13,7 +13,6 @@ from data_setup import real_examples, take
 from md4.data import digits
 from md4.data import pipelines
 
-
 # --- digits ------------------------------------------------------------------
 
 
@@ -27,8 +26,12 @@ def test_digits_batches_have_int32_images_in_vocab_range_and_labels():
   assert batch["x"].max() == 16  # the full grey range is used
   assert set(batch["label"].tolist()) <= set(range(10))
   assert datasets.info == pipelines.DataInfo(
-      data_shape=(8, 8, 1), vocab_size=17, num_classes=10, kind="image",
-      unit="bits_per_dim")
+      data_shape=(8, 8, 1),
+      vocab_size=17,
+      num_classes=10,
+      kind="image",
+      unit="bits_per_dim",
+  )
 
 
 def test_digits_split_into_1497_train_and_300_disjoint_test_images():
@@ -64,8 +67,9 @@ def test_each_epoch_is_a_different_permutation_of_the_training_split():
 
 
 def test_restored_iterator_reproduces_the_following_batches():
-  assert_restore_continues(lambda: build(make_config()).train,
-                           keys=("x", "label"))
+  assert_restore_continues(
+      lambda: build(make_config()).train, keys=("x", "label")
+  )
 
 
 def test_eval_iterators_are_fresh_finite_and_deterministic():
@@ -127,14 +131,17 @@ def test_batch_sizes_not_divisible_by_process_count_raise():
         (make_config(data_shape=(8, 8)), "data_config.data_shape is (8, 8)"),
         (make_config("mnist_typo"), "data_config.dataset is 'mnist_typo'"),
         (make_config(pad_to=32), "data_config.pad_to is 32"),
-        (make_config("cifar10", data_shape=(32, 32, 3)),
-         "data_config.vocab_size is 17"),
+        (
+            make_config("cifar10", data_shape=(32, 32, 3)),
+            "data_config.vocab_size is 17",
+        ),
         (mnist_config(pad_to=32), "pad_to"),
         (mnist_config(pad_to=20, data_shape=(20, 20, 1)), "pad_to is 20"),
     ],
 )
 def test_config_that_does_not_match_the_data_raises_naming_the_field(
-    config, field,
+    config,
+    field,
 ):
   with pytest.raises(ValueError) as error:
     build(config)
@@ -182,7 +189,8 @@ class _BadSource:
     ],
 )
 def test_sample_check_names_the_file_the_value_and_the_field(
-    bad_x, expected,
+    bad_x,
+    expected,
 ):
   config = make_config("tokens", data_shape=(4,), vocab_size=7)
   with pytest.raises(ValueError) as error:

@@ -9,7 +9,6 @@ from data_setup import SHARED_DATA, SHARED_PROTEIN, assert_restore_continues
 from data_setup import build, make_config
 from md4.data import protein
 
-
 needs_proteome = pytest.mark.skipif(
     not SHARED_PROTEIN.is_dir(),
     reason=f"the E. coli proteome FASTA not found in {SHARED_PROTEIN}",
@@ -52,8 +51,8 @@ def test_fasta_records_become_amino_acid_tokens_of_plain_and_gzipped_files(
   tokens, offsets = protein.read_proteins(files)
   assert np.diff(offsets).tolist() == [8, 65, 6]
   tokenizer = protein.Tokenizer()
-  assert tokenizer.decode(tokens[offsets[2]:]) == "MKVLAA"
-  assert tokens[offsets[1]:offsets[2]][-5:].tolist() == [20, 21, 22, 23, 24]
+  assert tokenizer.decode(tokens[offsets[2] :]) == "MKVLAA"
+  assert tokens[offsets[1] : offsets[2]][-5:].tolist() == [20, 21, 22, 23, 24]
 
 
 def test_protein_training_examples_are_random_crops_or_padded_proteins(
@@ -70,8 +69,7 @@ def test_protein_training_examples_are_random_crops_or_padded_proteins(
   for seed in range(20):
     x = crop.random_map(long, np.random.default_rng(seed))["x"]
     assert x.shape == (32,) and x.dtype == np.int32
-    start = [i for i in range(len(long) - 31)
-             if (long[i : i + 32] == x).all()]
+    start = [i for i in range(len(long) - 31) if (long[i : i + 32] == x).all()]
     starts.add(start[0])
   assert len(starts) > 5
   short = crop.random_map(long[:8], np.random.default_rng(0))["x"]
@@ -82,8 +80,9 @@ def test_protein_training_examples_are_random_crops_or_padded_proteins(
 def test_protein_eval_examples_are_the_first_residues_then_padding(tmp_path):
   (tmp_path / "protein").mkdir()
   write_fasta(tmp_path / "protein/p.fasta", PROTEINS)
-  datasets = build(protein_config(tmp_path, eval_fraction=0.3), batch=2,
-                   eval_batch=2)
+  datasets = build(
+      protein_config(tmp_path, eval_fraction=0.3), batch=2, eval_batch=2
+  )
   (batch,) = list(datasets.eval["valid"]())
   text = datasets.info.decode(batch["x"][0])
   assert text in {s.upper().rstrip("*")[:32] for s in PROTEINS.values()}
@@ -128,8 +127,9 @@ def test_ecoli_proteome_restored_iterator_redraws_the_same_crops():
 def test_protein_info_encode_inverts_decode(tmp_path):
   (tmp_path / "protein").mkdir()
   write_fasta(tmp_path / "protein/p.fasta", PROTEINS)
-  info = build(protein_config(tmp_path, eval_fraction=0.3), batch=2,
-               eval_batch=2).info
+  info = build(
+      protein_config(tmp_path, eval_fraction=0.3), batch=2, eval_batch=2
+  ).info
   residues = PROTEINS["sp|P2|LONG"]
   ids = info.encode(residues)
   assert ids.dtype == np.int32 and len(ids) == len(residues)

@@ -63,7 +63,8 @@ def test_text8_tokenizer_maps_space_to_0_letters_to_1_26_and_round_trips():
 
 
 def test_text8_eval_chunks_are_the_consecutive_complete_pieces_of_each_split(
-    text8_dir, text8_text,
+    text8_dir,
+    text8_text,
 ):
   datasets = build(text8_config(text8_dir), batch=8, eval_batch=4)
   assert set(datasets.eval) == {"valid", "test"}
@@ -83,7 +84,8 @@ def test_text8_eval_chunks_are_the_consecutive_complete_pieces_of_each_split(
 
 
 def test_text8_training_crops_come_from_the_train_split_at_random_offsets(
-    text8_dir, text8_text,
+    text8_dir,
+    text8_text,
 ):
   datasets = build(text8_config(text8_dir), batch=16)
   batches = take(iter(datasets.train), 4)
@@ -99,12 +101,14 @@ def test_text8_training_crops_come_from_the_train_split_at_random_offsets(
 
 def test_text8_restored_iterator_redraws_the_same_crops(text8_dir):
   assert_restore_continues(
-      lambda: build(text8_config(text8_dir), batch=8).train)
+      lambda: build(text8_config(text8_dir), batch=8).train
+  )
 
 
 @pytest.mark.slow
 def test_text8_loader_with_a_worker_process_matches_the_in_process_loader(
-    text8_dir, parsed_flags,
+    text8_dir,
+    parsed_flags,
 ):
   del parsed_flags
   in_process = take(iter(build(text8_config(text8_dir), batch=8).train), 3)
@@ -121,7 +125,8 @@ def test_text8_characters_outside_the_vocabulary_raise(tmp_path):
 
 
 def test_missing_text8_raises_file_not_found_naming_the_path(
-    tmp_path, monkeypatch,
+    tmp_path,
+    monkeypatch,
 ):
   def offline(path):
     raise OSError(f"network unreachable, cannot fetch {path.name}")
@@ -133,7 +138,9 @@ def test_missing_text8_raises_file_not_found_naming_the_path(
 
 
 def test_missing_text8_is_downloaded_to_the_data_dir(
-    tmp_path, monkeypatch, text8_text,
+    tmp_path,
+    monkeypatch,
+    text8_text,
 ):
   def fake_download(path):
     write_text8(path.parent.parent, text8_text)

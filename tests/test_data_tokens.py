@@ -19,8 +19,12 @@ needs_gpt2 = pytest.mark.skipif(
 
 
 def tokens_config(path, **overrides):
-  fields = dict(data_dir=str(path.parent), path=path.name,
-                data_shape=(16,), vocab_size=100)
+  fields = dict(
+      data_dir=str(path.parent),
+      path=path.name,
+      data_shape=(16,),
+      vocab_size=100,
+  )
   fields.update(overrides)
   return make_config("tokens", **fields)
 
@@ -53,7 +57,8 @@ def test_token_directory_with_split_files_reads_npy_and_array_record(
   np.testing.assert_array_equal(loaded.train[6 + 3]["x"], rows[1, 16:32])
   datasets = build(tokens_config(directory), batch=4, eval_batch=4)
   np.testing.assert_array_equal(
-      all_real(datasets.eval["valid"]()), rows[:3, :32].reshape(6, 16))
+      all_real(datasets.eval["valid"]()), rows[:3, :32].reshape(6, 16)
+  )
   assert datasets.info.decode(np.array([1, 2, 30])) == "1 2 30"
   assert datasets.info.unit == "perplexity"
 
@@ -144,28 +149,42 @@ def write_prepared(data_dir, tokenizer, kind, tokenizer_files, seq_len=16):
     shutil.copy(file, directory / token_files.TOKENIZER_SUBDIR)
   tokens = tokenizer.encode(PREPARED_TEXT).astype("<u2")
   blocks = tokens[: len(tokens) // seq_len * seq_len].reshape(-1, seq_len)
-  files = {"train": ["train-00000.array_record"],
-           "valid": ["valid-00000.array_record"]}
+  files = {
+      "train": ["train-00000.array_record"],
+      "valid": ["valid-00000.array_record"],
+  }
   for split, rows in (("train", blocks[2:]), ("valid", blocks[:2])):
     writer = array_record_module.ArrayRecordWriter(
-        str(directory / files[split][0]), "group_size:1")
+        str(directory / files[split][0]), "group_size:1"
+    )
     for row in rows:
       writer.write(row.tobytes())
     writer.close()
-  metadata = {"complete": True, "vocab_size": tokenizer.vocab_size,
-              "tokenizer": {"kind": kind}, "seq_len": seq_len,
-              "dtype": "uint16", "files": files}
+  metadata = {
+      "complete": True,
+      "vocab_size": tokenizer.vocab_size,
+      "tokenizer": {"kind": kind},
+      "seq_len": seq_len,
+      "dtype": "uint16",
+      "files": files,
+  }
   (directory / token_files.METADATA_FILE).write_text(json.dumps(metadata))
-  return make_config("openwebtext", data_dir=str(data_dir),
-                     data_shape=(seq_len,), vocab_size=tokenizer.vocab_size)
+  return make_config(
+      "openwebtext",
+      data_dir=str(data_dir),
+      data_shape=(seq_len,),
+      vocab_size=tokenizer.vocab_size,
+  )
 
 
 def test_prepared_corpus_info_encodes_with_its_sentencepiece_copy(tmp_path):
   model = tokenizers.train_sentencepiece(
-      PREPARED_TEXT.split(". "), tmp_path / "spm/model", vocab_size=40)
+      PREPARED_TEXT.split(". "), tmp_path / "spm/model", vocab_size=40
+  )
   tokenizer = tokenizers.SentencePieceTokenizer(model)
-  config = write_prepared(tmp_path / "data", tokenizer, "sentencepiece",
-                          [model])
+  config = write_prepared(
+      tmp_path / "data", tokenizer, "sentencepiece", [model]
+  )
   info = build(config, batch=4, eval_batch=4).info
   prompt = "the lazy fox"
   np.testing.assert_array_equal(info.encode(prompt), tokenizer.encode(prompt))
@@ -175,8 +194,12 @@ def test_prepared_corpus_info_encodes_with_its_sentencepiece_copy(tmp_path):
 @needs_gpt2
 def test_prepared_corpus_info_encodes_with_gpt2_ids(tmp_path):
   tokenizer = tokenizers.GPT2Tokenizer(SHARED_GPT2)
-  config = write_prepared(tmp_path, tokenizer, "gpt2",
-                          [SHARED_GPT2 / f for f in tokenizers.GPT2_FILES])
+  config = write_prepared(
+      tmp_path,
+      tokenizer,
+      "gpt2",
+      [SHARED_GPT2 / f for f in tokenizers.GPT2_FILES],
+  )
   info = build(config, batch=4, eval_batch=4).info
   assert info.encode("Hello world").tolist() == [15496, 995]
   assert info.decode(info.encode(" the lazy dog.")) == " the lazy dog."

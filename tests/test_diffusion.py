@@ -26,15 +26,19 @@ from md4.diffusion import schedules
 
 jax.config.update("jax_enable_x64", False)
 
-X_CASES = [np.array([0, 0, 0, 0, 0]), np.array([0, 1, 2, 1, 2]),
-           np.array([2, 2, 2, 2, 2])]
+X_CASES = [
+    np.array([0, 0, 0, 0, 0]),
+    np.array([0, 1, 2, 1, 2]),
+    np.array([2, 2, 2, 2, 2]),
+]
 
 
 def _pattern_probs(keep):
   """P(mask pattern) for each pattern, keep: [n, L] -> [n, P]."""
   masked = jnp.asarray(kd.mask_patterns())  # [P, L]
-  logp = jnp.where(masked[None], jnp.log1p(-keep[:, None]),
-                   jnp.log(keep[:, None]))  # [n, P, L]
+  logp = jnp.where(
+      masked[None], jnp.log1p(-keep[:, None]), jnp.log(keep[:, None])
+  )  # [n, P, L]
   return jnp.exp(logp.sum(-1))
 
 
@@ -47,7 +51,7 @@ def _patterns_as_z(x, num_times):
 @functools.partial(jax.jit, static_argnums=(1,))
 def _expected_md4_ce(x, schedule, t):
   """E_{z ~ q(z_t|x)} masked cross-entropy under the oracle, [n]."""
-  n, num_patterns = t.shape[0], 2 ** kd.LENGTH
+  n, num_patterns = t.shape[0], 2**kd.LENGTH
   denoise = kd.oracle(lambda v, tt: schedule.alpha(tt))
   z = _patterns_as_z(x, 1)
   z = jnp.tile(z, (n, 1))  # [n*P, L]
@@ -82,7 +86,8 @@ def exact_md4_nelbo(x, schedule, num_steps=0, nodes=400):
 def test_md4_continuous_nelbo_is_tight_with_the_true_posterior(name, x):
   schedule = schedules.MaskingSchedule(name, eps=1e-6)
   assert exact_md4_nelbo(x, schedule) == pytest.approx(
-      kd.neg_log_prob(x), abs=2e-3)
+      kd.neg_log_prob(x), abs=2e-3
+  )
 
 
 @pytest.mark.slow
@@ -90,8 +95,9 @@ def test_md4_discrete_nelbo_is_above_continuous_and_converges_to_it():
   schedule = schedules.MaskingSchedule("linear", eps=1e-6)
   x = X_CASES[1]
   continuous = exact_md4_nelbo(x, schedule)
-  discrete = [exact_md4_nelbo(x, schedule, num_steps=T)
-              for T in (2, 8, 32, 128, 1024)]
+  discrete = [
+      exact_md4_nelbo(x, schedule, num_steps=T) for T in (2, 8, 32, 128, 1024)
+  ]
   gaps = np.array(discrete) - continuous
   assert np.all(gaps > 0), gaps
   assert np.all(np.diff(gaps) < 0), gaps  # More steps, tighter bound.
@@ -113,8 +119,9 @@ def test_md4_monte_carlo_nelbo_matches_the_exact_value(num_steps):
 
   @jax.jit
   def loss_fn(rng, batch):
-    return masked.nelbo(rng, batch, denoise, schedule, vocab_size=kd.VOCAB,
-                     num_steps=num_steps)["loss"]
+    return masked.nelbo(
+        rng, batch, denoise, schedule, vocab_size=kd.VOCAB, num_steps=num_steps
+    )["loss"]
 
   for i, x in enumerate(X_CASES):
     exact = exact_md4_nelbo(x, schedule, num_steps=num_steps)
@@ -128,17 +135,21 @@ def test_md4_loss_terms_add_up_and_bits_per_dim_is_loss_over_n_ln2():
   schedule = schedules.MaskingSchedule("linear")
   denoise = kd.oracle(lambda v, t: schedule.alpha(t))
   batch = jnp.asarray(kd.sample(np.random.default_rng(0), 64))
-  terms = masked.nelbo(jax.random.key(0), batch, denoise, schedule,
-                    vocab_size=kd.VOCAB)
+  terms = masked.nelbo(
+      jax.random.key(0), batch, denoise, schedule, vocab_size=kd.VOCAB
+  )
   np.testing.assert_allclose(
       terms["loss"],
       terms["loss_diff"] + terms["loss_recon"] + terms["loss_prior"],
-      rtol=1e-6)
+      rtol=1e-6,
+  )
   np.testing.assert_allclose(
-      terms["loss_prior"], kd.LENGTH * 1e-4 * math.log(kd.VOCAB), rtol=1e-3)
+      terms["loss_prior"], kd.LENGTH * 1e-4 * math.log(kd.VOCAB), rtol=1e-3
+  )
   summary = common.summarize(terms, kd.LENGTH)
   assert summary["bits_per_dim"] == pytest.approx(
-      float(terms["loss"].mean()) / (kd.LENGTH * kd.LN2), rel=1e-5)
+      float(terms["loss"].mean()) / (kd.LENGTH * kd.LN2), rel=1e-5
+  )
 
 
 def test_md4_weighted_summary_ignores_padding_examples():
@@ -150,10 +161,12 @@ def test_md4_weighted_summary_ignores_padding_examples():
 def test_target_log_prob_equals_log_softmax_gather():
   logits = jax.random.normal(jax.random.key(1), (4, 7, 11)) * 5
   x = jax.random.randint(jax.random.key(2), (4, 7), 0, 11)
-  expected = jnp.take_along_axis(jax.nn.log_softmax(logits), x[..., None],
-                                 -1)[..., 0]
-  np.testing.assert_allclose(chunked_logits.target_log_prob(logits, x), expected,
-                             rtol=1e-5, atol=1e-6)
+  expected = jnp.take_along_axis(jax.nn.log_softmax(logits), x[..., None], -1)[
+      ..., 0
+  ]
+  np.testing.assert_allclose(
+      chunked_logits.target_log_prob(logits, x), expected, rtol=1e-5, atol=1e-6
+  )
   bf16 = chunked_logits.target_log_prob(logits.astype(jnp.bfloat16), x)
   assert bf16.dtype == jnp.float32
 
@@ -170,8 +183,14 @@ _F32 = np.finfo(np.float32)
 # What a float32 U[0, 1) draw can be at its ends: 0, the smallest positive
 # (subnormal) and normal floats, and the largest float below 1.
 EXTREME_DRAWS = np.array(
-    [0.0, _F32.smallest_subnormal, _F32.tiny,
-     np.nextafter(np.float32(1.0), np.float32(0.0))], np.float32)
+    [
+        0.0,
+        _F32.smallest_subnormal,
+        _F32.tiny,
+        np.nextafter(np.float32(1.0), np.float32(0.0)),
+    ],
+    np.float32,
+)
 ENDPOINT_SCHEDULES = ["linear", "cosine", "poly0.5", "poly2"]
 _EP_VOCAB, _EP_LENGTH = 7, 256
 
@@ -182,8 +201,9 @@ def _table_denoiser(table):
 
 
 def _endpoint_batch(num_draws):
-  x = jax.random.randint(jax.random.key(11), (num_draws, _EP_LENGTH), 0,
-                         _EP_VOCAB)
+  x = jax.random.randint(
+      jax.random.key(11), (num_draws, _EP_LENGTH), 0, _EP_VOCAB
+  )
   keys = jax.random.split(jax.random.key(12), num_draws)
   table = jax.random.normal(jax.random.key(13), (_EP_VOCAB + 1, _EP_VOCAB))
   return x, keys, table
@@ -192,14 +212,18 @@ def _endpoint_batch(num_draws):
 def _assert_finite(tree, what):
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     assert np.all(np.isfinite(np.asarray(leaf))), (
-        what, jax.tree_util.keystr(path), leaf)
+        what,
+        jax.tree_util.keystr(path),
+        leaf,
+    )
 
 
 @pytest.mark.parametrize("eps", [1e-4, 0.05])
 @pytest.mark.parametrize("num_steps", [0, 16])
 @pytest.mark.parametrize("name", ENDPOINT_SCHEDULES)
 def test_md4_loss_and_gradient_are_finite_at_the_extreme_float32_draws(
-    name, num_steps, eps):
+    name, num_steps, eps
+):
   # eps = 0.05 masks about 13 of the 256 tokens even at the smallest time,
   # so the weight there multiplies a non-zero cross-entropy.
   schedule = schedules.MaskingSchedule(name, eps=eps)
@@ -210,8 +234,15 @@ def test_md4_loss_and_gradient_are_finite_at_the_extreme_float32_draws(
   assert np.all(np.asarray(t_query) > 0) and np.all(np.asarray(weight) >= 0)
 
   def loss(p):
-    terms = masked.nelbo(keys, x, _table_denoiser(p), schedule,
-                      vocab_size=_EP_VOCAB, num_steps=num_steps, t=u)
+    terms = masked.nelbo(
+        keys,
+        x,
+        _table_denoiser(p),
+        schedule,
+        vocab_size=_EP_VOCAB,
+        num_steps=num_steps,
+        t=u,
+    )
     return terms["loss"].sum(), terms
 
   (_, terms), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(table)
@@ -222,16 +253,26 @@ def test_md4_loss_and_gradient_are_finite_at_the_extreme_float32_draws(
 def test_genmd4_loss_and_gradients_are_finite_at_the_extreme_float32_draws(t1):
   u = jnp.asarray(EXTREME_DRAWS)
   x, keys, table = _endpoint_batch(len(u))
-  param = _power_param(np.array([0.5, 1.0, 2.5, 0.2, 3.0, 1.0, 1.0],
-                                np.float32))
+  param = _power_param(
+      np.array([0.5, 1.0, 2.5, 0.2, 3.0, 1.0, 1.0], np.float32)
+  )
 
   def loss(p, pp):
-    terms, _ = genmd4.nelbo(keys, x, _table_denoiser(p), pp,
-                            vocab_size=_EP_VOCAB, eps=0.05, t1=t1, t=u)
+    terms, _ = genmd4.nelbo(
+        keys,
+        x,
+        _table_denoiser(p),
+        pp,
+        vocab_size=_EP_VOCAB,
+        eps=0.05,
+        t1=t1,
+        t=u,
+    )
     return terms["loss"].sum(), terms
 
-  (_, terms), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1),
-                                                 has_aux=True))(table, param)
+  (_, terms), grads = jax.jit(
+      jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+  )(table, param)
   _assert_finite({"terms": terms, "grads": grads}, t1)
 
 
@@ -258,7 +299,8 @@ def test_antithetic_draws_never_leave_the_interval_whose_loss_is_finite():
   assert times.min() >= 2.0**-24 and times.max() <= 1.0
   for name in ENDPOINT_SCHEDULES:
     weight, _ = masked.diffusion_weight(
-        schedules.MaskingSchedule(name), jnp.asarray(draws), 0)
+        schedules.MaskingSchedule(name), jnp.asarray(draws), 0
+    )
     assert np.all(np.isfinite(np.asarray(weight))), name
   t1 = 1e-4  # GenMD4's time never falls below t1.
   genmd4_times = np.float32(t1) + np.float32(1.0 - t1) * draws
@@ -267,17 +309,34 @@ def test_antithetic_draws_never_leave_the_interval_whose_loss_is_finite():
 
 def test_genmd4_and_the_config_reject_t1_zero_naming_the_field():
   x, keys, table = _endpoint_batch(2)
-  with pytest.raises(ValueError, match=r"config\.model\.genmd4\.t1 must be in \(0, 1"):
-    genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
-                 vocab_size=_EP_VOCAB, t1=0.0, t=jnp.zeros(2))
+  with pytest.raises(
+      ValueError, match=r"config\.model\.genmd4\.t1 must be in \(0, 1"
+  ):
+    genmd4.nelbo(
+        keys,
+        x,
+        _table_denoiser(table),
+        _power_param(np.ones(7)),
+        vocab_size=_EP_VOCAB,
+        t1=0.0,
+        t=jnp.zeros(2),
+    )
   with pytest.raises(ValueError, match="config.model.genmd4.t1"):
-    genmd4.nelbo(keys, x, _table_denoiser(table), _power_param(np.ones(7)),
-                 vocab_size=_EP_VOCAB, t1=1e-50, t=jnp.zeros(2))  # 0 in f32
+    genmd4.nelbo(
+        keys,
+        x,
+        _table_denoiser(table),
+        _power_param(np.ones(7)),
+        vocab_size=_EP_VOCAB,
+        t1=1e-50,
+        t=jnp.zeros(2),
+    )  # 0 in f32
   config = configuration.default_config()
   config.model.process = "genmd4"
   config.model.genmd4.t1 = 0.0
-  with pytest.raises(ValueError,
-                     match=r"config\.model\.genmd4\.t1=0\.0 .*\(0, 1"):
+  with pytest.raises(
+      ValueError, match=r"config\.model\.genmd4\.t1=0\.0 .*\(0, 1"
+  ):
     configuration.validate(config)
 
 
@@ -300,8 +359,9 @@ def test_label_dropout_uses_the_reserved_no_label_id():
   dropped = common.drop_labels(jax.random.key(5), label, 0.25, num_classes=10)
   is_null = np.asarray(dropped == 10)
   assert is_null.mean() == pytest.approx(0.25, abs=0.02)
-  np.testing.assert_array_equal(np.asarray(dropped)[~is_null],
-                                np.asarray(label)[~is_null])
+  np.testing.assert_array_equal(
+      np.asarray(dropped)[~is_null], np.asarray(label)[~is_null]
+  )
 
 
 # ----------------------------------------------------------------- GenMD4 --
@@ -322,12 +382,13 @@ def exact_genmd4_diff(x, w, eps, t1, denoise, nodes=400):
   x = jnp.asarray(x)
   s, gw = kd.gauss_legendre(math.log(t1), 0.0, nodes)
   t = jnp.asarray(np.exp(s), jnp.float32)  # [n]
-  n, num_patterns = t.shape[0], 2 ** kd.LENGTH
+  n, num_patterns = t.shape[0], 2**kd.LENGTH
   z = jnp.tile(_patterns_as_z(x, 1), (n, 1))  # [n*P, L]
   t_rep = jnp.repeat(t, num_patterns)
   x_rep = jnp.broadcast_to(x, z.shape)
-  f = genmd4.diffusion_integrand(x_rep, z, denoise(z, t_rep, None), w,
-                                 t_rep, kd.VOCAB)  # [n*P]
+  f = genmd4.diffusion_integrand(
+      x_rep, z, denoise(z, t_rep, None), w, t_rep, kd.VOCAB
+  )  # [n*P]
   keep = genmd4.alpha(w[x][None], t[:, None], eps)  # [n, L]
   expected = (f.reshape(n, num_patterns) * _pattern_probs(keep)).sum(-1)
   return (jnp.asarray(gw, jnp.float32) * expected * t).sum()
@@ -340,8 +401,14 @@ def test_genmd4_nelbo_is_tight_with_the_true_posterior(x):
   w = jnp.asarray(POWERS)
   diff = exact_genmd4_diff(x, w, eps, t1, _genmd4_oracle(POWERS, eps))
   terms, _ = genmd4.nelbo(
-      jax.random.key(0), jnp.asarray(x)[None], _genmd4_oracle(POWERS, eps),
-      _power_param(POWERS), vocab_size=kd.VOCAB, eps=eps, t1=t1)
+      jax.random.key(0),
+      jnp.asarray(x)[None],
+      _genmd4_oracle(POWERS, eps),
+      _power_param(POWERS),
+      vocab_size=kd.VOCAB,
+      eps=eps,
+      t1=t1,
+  )
   total = float(diff + terms["loss_recon"][0] + terms["loss_prior"][0])
   assert total == pytest.approx(kd.neg_log_prob(x), abs=2e-3)
 
@@ -353,8 +420,9 @@ def test_genmd4_with_equal_powers_reduces_to_the_md4_weighted_cross_entropy():
   z = jnp.where(jax.random.bernoulli(rng, 0.5, x.shape), kd.VOCAB, x)
   t = jnp.linspace(0.05, 1.0, 16)
   for k in (0.5, 1.0, 3.0):
-    gen = genmd4.diffusion_integrand(x, z, logits, jnp.full((kd.VOCAB,), k),
-                                     t, kd.VOCAB)
+    gen = genmd4.diffusion_integrand(
+        x, z, logits, jnp.full((kd.VOCAB,), k), t, kd.VOCAB
+    )
     # For alpha = 1 - t^k, -alpha' / (1 - alpha) = k / t.
     md = k / t * common.masked_cross_entropy(x, z, logits, kd.VOCAB)
     np.testing.assert_allclose(gen, md, rtol=2e-5, atol=1e-5)
@@ -367,15 +435,26 @@ def test_genmd4_monte_carlo_nelbo_matches_the_exact_value():
 
   @jax.jit
   def loss_fn(rng, batch):
-    terms, _ = genmd4.nelbo(rng, batch, denoise, param, vocab_size=kd.VOCAB,
-                            eps=eps, t1=t1)
+    terms, _ = genmd4.nelbo(
+        rng, batch, denoise, param, vocab_size=kd.VOCAB, eps=eps, t1=t1
+    )
     return terms["loss_nelbo"]
 
   for i, x in enumerate(X_CASES):
-    terms, _ = genmd4.nelbo(jax.random.key(0), jnp.asarray(x)[None], denoise,
-                            param, vocab_size=kd.VOCAB, eps=eps, t1=t1)
-    exact = float(exact_genmd4_diff(x, jnp.asarray(POWERS), eps, t1, denoise)
-                  + terms["loss_recon"][0] + terms["loss_prior"][0])
+    terms, _ = genmd4.nelbo(
+        jax.random.key(0),
+        jnp.asarray(x)[None],
+        denoise,
+        param,
+        vocab_size=kd.VOCAB,
+        eps=eps,
+        t1=t1,
+    )
+    exact = float(
+        exact_genmd4_diff(x, jnp.asarray(POWERS), eps, t1, denoise)
+        + terms["loss_recon"][0]
+        + terms["loss_prior"][0]
+    )
     # The bound is above -log p(x) by the uniform decoder's cost at t1.
     assert exact >= kd.neg_log_prob(x) - 1e-3  # quadrature error
     mean, se = _mc(loss_fn, x, 20000, jax.random.key(10 + i))
@@ -402,18 +481,30 @@ def test_genmd4_reinforce_gradient_is_unbiased_for_the_schedule():
     batch = jnp.tile(jnp.asarray(x)[None], (4000, 1))
 
     def per_example(p):
-      terms, _ = genmd4.nelbo(rng, batch, denoise, p, vocab_size=kd.VOCAB,
-                              eps=eps, t1=t1, antithetic=False)
+      terms, _ = genmd4.nelbo(
+          rng,
+          batch,
+          denoise,
+          p,
+          vocab_size=kd.VOCAB,
+          eps=eps,
+          t1=t1,
+          antithetic=False,
+      )
       return terms["loss"] - terms["loss_recon"] - terms["loss_prior"]
 
     return jax.jacrev(per_example)(param)  # [N, V]
 
-  grads = np.concatenate([np.asarray(surrogate_grads(jax.random.key(s)))
-                          for s in range(5)])
+  grads = np.concatenate(
+      [np.asarray(surrogate_grads(jax.random.key(s))) for s in range(5)]
+  )
   mean = grads.mean(0)
   se = grads.std(0) / math.sqrt(len(grads))
   assert np.all(np.abs(mean - expected_grad) < 4 * se + 1e-3), (
-      mean, se, expected_grad)
+      mean,
+      se,
+      expected_grad,
+  )
   # The score-function part matters: without it the estimate is biased.
   assert np.abs(expected_grad).max() > 10 * se.max()
 
@@ -421,15 +512,20 @@ def test_genmd4_reinforce_gradient_is_unbiased_for_the_schedule():
 def test_genmd4_reports_its_powers_and_the_surrogate_differs_from_the_bound():
   x = jnp.asarray(kd.sample(np.random.default_rng(1), 32))
   terms, scalars = genmd4.nelbo(
-      jax.random.key(0), x, _genmd4_oracle(POWERS, 1e-4),
-      _power_param(POWERS), vocab_size=kd.VOCAB)
+      jax.random.key(0),
+      x,
+      _genmd4_oracle(POWERS, 1e-4),
+      _power_param(POWERS),
+      vocab_size=kd.VOCAB,
+  )
   assert float(scalars["power_min"]) == pytest.approx(0.5, rel=1e-5)
   assert float(scalars["power_max"]) == pytest.approx(2.5, rel=1e-5)
   assert float(scalars["power_mean"]) == pytest.approx(4.0 / 3, rel=1e-5)
   np.testing.assert_allclose(
       terms["loss_nelbo"],
       terms["loss_diff"] + terms["loss_recon"] + terms["loss_prior"],
-      rtol=1e-6)
+      rtol=1e-6,
+  )
   assert not np.allclose(terms["loss"], terms["loss_nelbo"])
 
 

@@ -31,22 +31,27 @@ def test_evaluate_matches_the_training_time_eval_within_its_standard_error():
 
   def bits(rng):
     sums = eval_step(run.params, batch, rng)
-    return float(sums.get("loss_nelbo", sums["loss"])) / float(
-        sums["weight"]) * to_bits
+    return (
+        float(sums.get("loss_nelbo", sums["loss"]))
+        / float(sums["weight"])
+        * to_bits
+    )
 
   loop_rng = jax.random.fold_in(jax.random.key(setup.config.seed + 1), 0)
   assert bits(loop_rng) == pytest.approx(
-      result["eval"]["test/bits_per_dim"], rel=1e-5)
+      result["eval"]["test/bits_per_dim"], rel=1e-5
+  )
   # One training-time evaluation is a single noisy draw (its sd here is
   # about 0.1 bits/dim); its mean over many draws is what md4.evaluate
   # estimates with many time samples per example.
   draws = np.array([bits(jax.random.key(1000 + i)) for i in range(24)])
-  repeated = evaluate.negative_elbo(run, "test", num_examples=100,
-                                    num_time_samples=8, progress=False)
-  single = evaluate.negative_elbo(run, "test", num_examples=100,
-                                  num_time_samples=1, seed=1, progress=False)
-  mean, se = (repeated["bits_per_dim"]["mean"],
-              repeated["bits_per_dim"]["se"])
+  repeated = evaluate.negative_elbo(
+      run, "test", num_examples=100, num_time_samples=8, progress=False
+  )
+  single = evaluate.negative_elbo(
+      run, "test", num_examples=100, num_time_samples=1, seed=1, progress=False
+  )
+  mean, se = (repeated["bits_per_dim"]["mean"], repeated["bits_per_dim"]["se"])
   se_draws = draws.std(ddof=1) / math.sqrt(len(draws))
   assert abs(mean - draws.mean()) < 3 * math.hypot(se, se_draws)
   assert 0 < se < single["bits_per_dim"]["se"]
@@ -77,11 +82,22 @@ def test_evaluate_command_writes_json_for_a_subset(tmp_path):
   output = str(tmp_path / "eval.json")
   root = os.path.dirname(trained_digits.ROOT + "/")
   out = subprocess.run(
-      [sys.executable, "-m", "md4.evaluate", f"--workdir={workdir}",
-       "--num_examples=30", "--num_time_samples=2", "--batch_size=20",
-       f"--output={output}"],
-      cwd=root, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      [
+          sys.executable,
+          "-m",
+          "md4.evaluate",
+          f"--workdir={workdir}",
+          "--num_examples=30",
+          "--num_time_samples=2",
+          "--batch_size=20",
+          f"--output={output}",
+      ],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   with open(output) as f:
     result = json.load(f)
@@ -99,7 +115,8 @@ def test_unknown_split_is_rejected_with_the_valid_ones():
 
 
 def test_class_conditional_run_reports_the_bound_given_and_without_labels(
-    tmp_path):
+    tmp_path,
+):
   config = trained_digits.digits_config()
   config.model.class_conditional = True
   # Four steps: the output conv starts at zero (as the reference's) and the
@@ -110,19 +127,25 @@ def test_class_conditional_run_reports_the_bound_given_and_without_labels(
   config.train.sample_every = 4
   workdir = str(tmp_path / "cond")
   trained = train.train_and_evaluate(config, workdir)["eval"]
-  assert {"test/bits_per_dim", "test/bits_per_dim_uncond",
-          "test/bits_per_dim_raw"} <= set(trained)
+  assert {
+      "test/bits_per_dim",
+      "test/bits_per_dim_uncond",
+      "test/bits_per_dim_raw",
+  } <= set(trained)
   run = run_lib.restore(workdir)
-  result = evaluate.negative_elbo(run, "test", num_examples=20,
-                                  num_time_samples=2, progress=False)
+  result = evaluate.negative_elbo(
+      run, "test", num_examples=20, num_time_samples=2, progress=False
+  )
   assert result["class_conditional"] and result["num_examples"] == 20
   for key in ("nelbo_nats", "bits_per_dim"):
     assert set(result[f"{key}_uncond"]) == {"mean", "se"}
     assert np.isfinite(result[f"{key}_uncond"]["mean"])
-  assert (result["bits_per_dim_uncond"]["mean"]
-          != result["bits_per_dim"]["mean"])
+  assert result["bits_per_dim_uncond"]["mean"] != result["bits_per_dim"]["mean"]
   plain = evaluate.negative_elbo(
-      run_lib.restore(trained_digits.trained_run()[0]), "test",
-      num_examples=20, progress=False)
+      run_lib.restore(trained_digits.trained_run()[0]),
+      "test",
+      num_examples=20,
+      progress=False,
+  )
   assert not plain["class_conditional"]
   assert not any(k.endswith("_uncond") for k in plain)

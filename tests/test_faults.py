@@ -51,7 +51,9 @@ TINY = {
 }
 KILL_SEED = 8
 NUM_KILLS = 5
-STEP_LINE = re.compile(r"\bstep (\d+)/\d+ +loss ")  # the console's progress line
+STEP_LINE = re.compile(
+    r"\bstep (\d+)/\d+ +loss "
+)  # the console's progress line
 RESUMED = re.compile(r"Resumed from \S+ at step (\d+)")
 TIMEOUT_S = 300
 
@@ -66,7 +68,8 @@ def tiny_config():
 
 def tiny_flags():
   return [f"--config={CONFIG_FILE}:tiny"] + [
-      f"--config.{name}={value}" for name, value in TINY.items()]
+      f"--config.{name}={value}" for name, value in TINY.items()
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +77,18 @@ def child_env(tmp_path_factory):
   cache = str(tmp_path_factory.mktemp("xla_cache"))
   # Every child compiles the same programs with the same flags, so results
   # stay bitwise comparable; optimisation level 0 halves the compile time.
-  xla_flags = (os.environ.get("XLA_FLAGS", "") +
-               " --xla_backend_optimization_level=0").strip()
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-              XLA_FLAGS=xla_flags, JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  xla_flags = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  ).strip()
+  return dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL="3",
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=xla_flags,
+      JAX_COMPILATION_CACHE_DIR=cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+  )
 
 
 def start(workdir, env, log_path, extra=()):
@@ -87,7 +96,11 @@ def start(workdir, env, log_path, extra=()):
   log = open(log_path, "w")  # pylint: disable=consider-using-with
   proc = subprocess.Popen(
       [sys.executable, MAIN, *tiny_flags(), f"--workdir={workdir}", *extra],
-      env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   log.close()
   return proc
 
@@ -102,8 +115,10 @@ def wait_until(proc, condition, log_path):
   deadline = time.time() + TIMEOUT_S
   while not condition():
     if proc.poll() is not None:
-      pytest.fail(f"process ended (rc {proc.returncode}) before the awaited "
-                  f"moment:\n{read(log_path)[-3000:]}")
+      pytest.fail(
+          f"process ended (rc {proc.returncode}) before the awaited "
+          f"moment:\n{read(log_path)[-3000:]}"
+      )
     assert time.time() < deadline, read(log_path)[-3000:]
     time.sleep(0.002)
 
@@ -112,13 +127,15 @@ def partial_saves(workdir):
   directory = checkpointing.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
-  return [n for n in os.listdir(directory)
-          if checkpointing.PARTIAL_SAVE.match(n)]
+  return [
+      n for n in os.listdir(directory) if checkpointing.PARTIAL_SAVE.match(n)
+  ]
 
 
 def saved_steps(workdir):
-  return sorted(ocp.utils.checkpoint_steps(
-      checkpointing.checkpoint_dir(workdir)))
+  return sorted(
+      ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(workdir))
+  )
 
 
 def tree_hashes(path):
@@ -134,17 +151,25 @@ def tree_hashes(path):
 
 def saved_tree(workdir, step):
   """The saved state as nested dicts of numpy arrays."""
-  manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
-                                  item_names=("state", "data"))
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore())).state
+  manager = ocp.CheckpointManager(
+      checkpointing.checkpoint_dir(workdir), item_names=("state", "data")
+  )
+  return manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  ).state
 
 
 def saved_state(workdir, step):
   """(state leaves as numpy, data iterator JSON) of one checkpoint."""
   state = saved_tree(workdir, step)
-  data = read(os.path.join(checkpointing.checkpoint_dir(workdir), str(step),
-                           "data", "process_0-of-1.json"))
+  data = read(
+      os.path.join(
+          checkpointing.checkpoint_dir(workdir),
+          str(step),
+          "data",
+          "process_0-of-1.json",
+      )
+  )
   return [np.asarray(x) for x in jax.tree.leaves(state)], data
 
 
@@ -154,8 +179,9 @@ def assert_bitwise_equal(workdir, reference, step):
   assert data == ref_data, f"data iterator differs at step {step}"
   assert len(leaves) == len(ref_leaves)
   for a, b in zip(leaves, ref_leaves):
-    assert a.dtype == b.dtype and np.array_equal(a, b), (
-        f"state differs at step {step}")
+    assert a.dtype == b.dtype and np.array_equal(
+        a, b
+    ), f"state differs at step {step}"
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +222,13 @@ def _segment(workdir, env, log_path, kill_at, sig, during_save=False):
   """Runs until step kill_at is logged (or being saved), then sends sig."""
   proc = start(workdir, env, log_path)
   if during_save:
-    wait_until(proc, lambda: any(int(n.split(".")[0]) >= kill_at
-                                 for n in partial_saves(workdir)), log_path)
+    wait_until(
+        proc,
+        lambda: any(
+            int(n.split(".")[0]) >= kill_at for n in partial_saves(workdir)
+        ),
+        log_path,
+    )
   else:
     watcher = _StepWatcher(log_path)
     wait_until(proc, lambda: watcher.poll() >= kill_at, log_path)
@@ -206,9 +237,12 @@ def _segment(workdir, env, log_path, kill_at, sig, during_save=False):
 
 
 def _step_hashes(workdir):
-  return {s: tree_hashes(os.path.join(checkpointing.checkpoint_dir(workdir),
-                                      str(s)))
-          for s in saved_steps(workdir)}
+  return {
+      s: tree_hashes(
+          os.path.join(checkpointing.checkpoint_dir(workdir), str(s))
+      )
+      for s in saved_steps(workdir)
+  }
 
 
 def _chain(workdir, env, logs, plan):
@@ -231,9 +265,17 @@ def _chain(workdir, env, logs, plan):
     log = os.path.join(logs, f"run{i}.log")
     rc = _segment(workdir, env, log, step, sig, during_save)
     resumed = RESUMED.search(read(log))
-    facts["runs"].append(dict(
-        step=step, sig=sig, rc=rc, before=before, after=saved_steps(workdir),
-        resumed=int(resumed.group(1)) if resumed else None, log=read(log)))
+    facts["runs"].append(
+        dict(
+            step=step,
+            sig=sig,
+            rc=rc,
+            before=before,
+            after=saved_steps(workdir),
+            resumed=int(resumed.group(1)) if resumed else None,
+            log=read(log),
+        )
+    )
     if facts["partial"] is not None:
       facts["later_logs"] += read(log)
     if during_save:
@@ -253,13 +295,13 @@ def _run_chains(tmp_path, env, plans):
   def work(name, plan):
     try:
       (tmp_path / name).mkdir()
-      results[name] = _chain(str(tmp_path / name / "run"), env,
-                             str(tmp_path / name), plan)
+      results[name] = _chain(
+          str(tmp_path / name / "run"), env, str(tmp_path / name), plan
+      )
     except BaseException as e:  # pylint: disable=broad-except
       errors.append(e)
 
-  threads = [threading.Thread(target=work, args=item)
-             for item in plans.items()]
+  threads = [threading.Thread(target=work, args=item) for item in plans.items()]
   for thread in threads:
     thread.start()
   for thread in threads:
@@ -270,15 +312,23 @@ def _run_chains(tmp_path, env, plans):
 
 
 def test_sigterm_and_sigkills_at_seeded_steps_resume_bitwise_identically(
-    reference, child_env, tmp_path):
-  points = sorted(random.Random(KILL_SEED).sample(range(1, NUM_STEPS),
-                                                  NUM_KILLS + 1))
+    reference, child_env, tmp_path
+):
+  points = sorted(
+      random.Random(KILL_SEED).sample(range(1, NUM_STEPS), NUM_KILLS + 1)
+  )
   kill, term = signal.SIGKILL, signal.SIGTERM
   plans = {  # Two chains of interrupted runs; one kill lands inside a save.
-      "a": [(points[0], term, False), (points[2], kill, False),
-            (points[4], kill, False)],
-      "b": [(points[1], kill, False), (points[3], kill, True),
-            (points[5], kill, False)],
+      "a": [
+          (points[0], term, False),
+          (points[2], kill, False),
+          (points[4], kill, False),
+      ],
+      "b": [
+          (points[1], kill, False),
+          (points[3], kill, True),
+          (points[5], kill, False),
+      ],
   }
   results = _run_chains(tmp_path, child_env, plans)
   for name, facts in results.items():
@@ -286,8 +336,9 @@ def test_sigterm_and_sigkills_at_seeded_steps_resume_bitwise_identically(
     for i, run in enumerate(facts["runs"]):
       if run["sig"] == term:  # Finishes the step, saves it, exits 0.
         assert run["rc"] == 0, run["log"][-3000:]
-        stopped = int(re.search(r"Stopped by a signal at step (\d+)",
-                                run["log"]).group(1))
+        stopped = int(
+            re.search(r"Stopped by a signal at step (\d+)", run["log"]).group(1)
+        )
         assert stopped >= run["step"] and run["after"][-1] == stopped
       else:
         assert run["rc"] == -signal.SIGKILL, run["log"][-3000:]
@@ -299,8 +350,10 @@ def test_sigterm_and_sigkills_at_seeded_steps_resume_bitwise_identically(
       assert facts["partial"], "the kill was meant to interrupt a save"
       partial_step = int(facts["partial"][0].split(".")[0])
       assert partial_step not in facts["finalized"]
-      assert (f"{partial_step}.orbax-checkpoint-tmp: a checkpoint save that "
-              "was interrupted") in facts["later_logs"]
+      assert (
+          f"{partial_step}.orbax-checkpoint-tmp: a checkpoint save that "
+          "was interrupted"
+      ) in facts["later_logs"]
       current = _step_hashes(workdir)
       for step, hashes in facts["finalized"].items():  # Never rewritten.
         assert current[step] == hashes
@@ -314,7 +367,8 @@ def test_sigterm_and_sigkills_at_seeded_steps_resume_bitwise_identically(
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
-    reference, tmp_path, caplog):
+    reference, tmp_path, caplog
+):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
   latest = os.path.join(checkpointing.checkpoint_dir(workdir), str(NUM_STEPS))
@@ -329,8 +383,9 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
   setup = run_lib.build(config, workdir)
   manager = checkpointing.make_manager(workdir, NUM_STEPS + 1, 0)
   with caplog.at_level("WARNING"):
-    state = checkpointing.restore(manager, setup.abstract_state,
-                                  iter(setup.datasets.train))
+    state = checkpointing.restore(
+        manager, setup.abstract_state, iter(setup.datasets.train)
+    )
   assert int(state.step) == NUM_STEPS - 1
   assert f"Checkpoint {latest} cannot be read" in caplog.text
   assert manager.latest_step() == NUM_STEPS - 1
@@ -338,8 +393,9 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
   assert tree_hashes(kept) == damaged  # Moved aside, byte for byte.
   ref = saved_tree(reference, NUM_STEPS - 1)
   for name in ("params", "ema_params"):
-    for a, b in zip(jax.tree.leaves(getattr(state, name)),
-                    jax.tree.leaves(ref[name])):
+    for a, b in zip(
+        jax.tree.leaves(getattr(state, name)), jax.tree.leaves(ref[name])
+    ):
       assert np.array_equal(np.asarray(a), np.asarray(b))
   manager.close()
 
@@ -349,6 +405,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
 
 def _set(**fields):
   """A mutation setting dotted fields ("train__num_steps" style)."""
+
   def mutate(config, unused_tmp):
     for key, value in fields.items():
       *sections, field = key.split("__")
@@ -356,6 +413,7 @@ def _set(**fields):
       for section in sections:
         node = node[section]
       node[field] = value
+
   return mutate
 
 
@@ -366,6 +424,7 @@ def _misspelt(config, unused_tmp):
 
 def _tokens(make_files):
   """Points the config at a tokens directory made by make_files(dir)."""
+
   def mutate(config, tmp):
     directory = tmp / f"tokens_{make_files.__name__}"
     directory.mkdir()
@@ -373,6 +432,7 @@ def _tokens(make_files):
     config.data.dataset = "tokens"
     config.data.path = str(directory)
     config.data.data_shape = (16,)
+
   return mutate
 
 
@@ -396,7 +456,8 @@ def _wrong_metadata(directory):
   np.save(directory / "train.npy", np.zeros(400, np.int32))
   (directory / "metadata.json").write_text(
       '{"vocab_size": 50257, "seq_len": 1024, "dtype": "uint16", '
-      '"tokenizer": {"kind": "gpt2"}}')
+      '"tokenizer": {"kind": "gpt2"}}'
+  )
 
 
 def _unprepared_openwebtext(config, tmp):
@@ -409,24 +470,35 @@ def _unprepared_openwebtext(config, tmp):
 BAD_INPUTS = {
     "misspelt field": (_misspelt, "did you mean config.train.batch_size"),
     "zero steps": (_set(train__num_steps=0), "config.train.num_steps"),
-    "negative lr": (_set(optimizer__learning_rate=-1.0),
-                    "config.optimizer.learning_rate"),
+    "negative lr": (
+        _set(optimizer__learning_rate=-1.0),
+        "config.optimizer.learning_rate",
+    ),
     "b2 of one": (_set(optimizer__b2=1.0), "config.optimizer.b2"),
     "eps too big": (_set(model__md4__eps=0.7), "config.model.md4.eps"),
     "negative seed": (_set(seed=-1), "config.seed"),
-    "negative max_bad_steps": (_set(train__max_bad_steps=-1),
-                               "config.train.max_bad_steps"),
+    "negative max_bad_steps": (
+        _set(train__max_bad_steps=-1),
+        "config.train.max_bad_steps",
+    ),
     "unknown process": (_set(model__process="md5"), "config.model.process"),
     "MD4 section under GenMD4": (
         _set(model__process="genmd4", model__md4__num_steps=10),
-        "config.model.md4.num_steps=10 is ignored"),
-    "D3PM without T": (_set(model__process="d3pm", model__d3pm__num_steps=0),
-                       "config.model.d3pm.num_steps"),
-    "zero in data_shape": (_set(data__data_shape=(8, 0, 1)),
-                           "config.data.data_shape"),
+        "config.model.md4.num_steps=10 is ignored",
+    ),
+    "D3PM without T": (
+        _set(model__process="d3pm", model__d3pm__num_steps=0),
+        "config.model.d3pm.num_steps",
+    ),
+    "zero in data_shape": (
+        _set(data__data_shape=(8, 0, 1)),
+        "config.data.data_shape",
+    ),
     "two-axis mesh": (_set(sharding__mesh=(2, 2)), "config.sharding.mesh"),
-    "micro batches": (_set(train__batch_size=10, train__micro_batches=3),
-                      "config.train.micro_batches"),
+    "micro batches": (
+        _set(train__batch_size=10, train__micro_batches=3),
+        "config.train.micro_batches",
+    ),
     "vocab differs from data": (_set(data__vocab_size=20), "vocab_size"),
     "model shape changed": (_set(network__ch=16), "config.network.ch: saved 8"),
     "tokens beyond vocab": (_tokens(_out_of_vocab), "train.npy"),
@@ -434,13 +506,16 @@ BAD_INPUTS = {
     "no token files": (_tokens(_no_files), "no .npy or .array_record"),
     "rows too short": (_tokens(_short_rows), "train.npy has rows of 4"),
     "metadata vocab": (_tokens(_wrong_metadata), "metadata.json"),
-    "unprepared data": (_unprepared_openwebtext, "metadata.json does not "
-                        "exist"),
+    "unprepared data": (
+        _unprepared_openwebtext,
+        "metadata.json does not exist",
+    ),
 }
 
 
 def test_bad_configs_and_data_exit_naming_the_problem_workdir_untouched(
-    reference, tmp_path):
+    reference, tmp_path
+):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
   before = tree_hashes(workdir)
@@ -451,7 +526,9 @@ def test_bad_configs_and_data_exit_naming_the_problem_workdir_untouched(
       main.run(config, workdir)
     message = str(exit_info.value.code)
     assert message.startswith("md4 error: ") and expected in message, (
-        name, message)
+        name,
+        message,
+    )
     assert tree_hashes(workdir) == before, name
 
 
@@ -469,17 +546,28 @@ def test_unwritable_workdir_and_full_disk_are_reported_up_front(tmp_path):
 
 
 def test_bad_config_on_the_command_line_exits_1_with_one_clear_line(
-    tmp_path, child_env):
+    tmp_path, child_env
+):
   workdir = str(tmp_path / "run")
   out = subprocess.run(
-      [sys.executable, MAIN, *tiny_flags(), f"--workdir={workdir}",
-       "--config.optimizer.b2=1.5"],
-      env=child_env, capture_output=True, text=True, timeout=TIMEOUT_S)
+      [
+          sys.executable,
+          MAIN,
+          *tiny_flags(),
+          f"--workdir={workdir}",
+          "--config.optimizer.b2=1.5",
+      ],
+      env=child_env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   assert out.returncode == 1
   errors = [l for l in out.stderr.splitlines() if "optimizer.b2" in l]
   assert len(errors) == 1, out.stderr
   assert errors[0].startswith(
-      "md4 error: config.optimizer.b2=1.5 is out of range")
+      "md4 error: config.optimizer.b2=1.5 is out of range"
+  )
   assert "Traceback" not in out.stderr
   assert not os.path.exists(workdir)  # Refused before anything was made.
 
@@ -491,12 +579,14 @@ MAX_BAD_STEPS = 2
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops_naming_them(
-    reference, child_env, tmp_path):
+    reference, child_env, tmp_path
+):
   """Parameters scaled by 1e30 are finite but overflow in the forward pass."""
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
-  step_dir = lambda s: os.path.join(checkpointing.checkpoint_dir(workdir),
-                                    str(s))
+  step_dir = lambda s: os.path.join(
+      checkpointing.checkpoint_dir(workdir), str(s)
+  )
   for step in saved_steps(workdir):
     if step > POISON_STEP:
       shutil.rmtree(step_dir(step))
@@ -505,23 +595,27 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_naming_them(
   data = iter(setup.datasets.train)
   state = checkpointing.restore(manager, setup.abstract_state, data)
   assert int(state.step) == POISON_STEP
-  poisoned = state.replace(params=jax.tree.map(lambda p: p * 1e30,
-                                               state.params))
+  poisoned = state.replace(
+      params=jax.tree.map(lambda p: p * 1e30, state.params)
+  )
   shutil.rmtree(step_dir(POISON_STEP))
   manager.reload()
   checkpointing.save(manager, POISON_STEP, poisoned, data)
   manager.close()
 
   log = str(tmp_path / "nan.log")
-  proc = start(workdir, child_env, log,
-               [f"--config.train.max_bad_steps={MAX_BAD_STEPS}"])
+  proc = start(
+      workdir, child_env, log, [f"--config.train.max_bad_steps={MAX_BAD_STEPS}"]
+  )
   assert proc.wait(timeout=TIMEOUT_S) == 1
   text = read(log)
   stop = POISON_STEP + MAX_BAD_STEPS + 1
-  last_good = os.path.join(checkpointing.checkpoint_dir(workdir),
-                           str(stop - 1))
-  assert re.search(rf"md4 error: training diverged: step {stop} has "
-                   r"non-finite [^\n]*train/loss", text), text[-3000:]
+  last_good = os.path.join(checkpointing.checkpoint_dir(workdir), str(stop - 1))
+  assert re.search(
+      rf"md4 error: training diverged: step {stop} has "
+      r"non-finite [^\n]*train/loss",
+      text,
+  ), text[-3000:]
   assert f"Last good checkpoint: {last_good}." in text
   assert f"({MAX_BAD_STEPS} non-finite steps" in text  # The counter.
   # The skipped steps kept the poisoned (finite) state; the failing step

@@ -16,13 +16,24 @@ pytestmark = pytest.mark.slow
 
 def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
   network = networks.build_network(
-      "transformer", vocab_size=kd.VOCAB, data_shape=(kd.LENGTH,),
-      num_classes=0, dtype="float32", num_layers=2, width=64, num_heads=4,
-      cond_width=32, use_rope=True)
-  model = model_lib.DiffusionModel(network=network, process=masked.MD4(
-      kd.VOCAB, (kd.LENGTH,), schedule="linear"))
-  params = model_lib.init_variables(model, jax.random.key(0),
-                                    unbox=True)["params"]
+      "transformer",
+      vocab_size=kd.VOCAB,
+      data_shape=(kd.LENGTH,),
+      num_classes=0,
+      dtype="float32",
+      num_layers=2,
+      width=64,
+      num_heads=4,
+      cond_width=32,
+      use_rope=True,
+  )
+  model = model_lib.DiffusionModel(
+      network=network,
+      process=masked.MD4(kd.VOCAB, (kd.LENGTH,), schedule="linear"),
+  )
+  params = model_lib.init_variables(model, jax.random.key(0), unbox=True)[
+      "params"
+  ]
   optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 600))
   opt_state = optimizer.init(params)
   data = jnp.asarray(kd.sample(np.random.default_rng(0), 200_000))
@@ -34,8 +45,9 @@ def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
   @jax.jit
   def step(params, opt_state, i):
     idx = jax.random.randint(jax.random.key(1 + i), (256,), 0, data.shape[0])
-    value, grads = jax.value_and_grad(loss)(params, data[idx],
-                                            jax.random.key(10_000 + i))
+    value, grads = jax.value_and_grad(loss)(
+        params, data[idx], jax.random.key(10_000 + i)
+    )
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, value
 
@@ -47,7 +59,9 @@ def test_transformer_md4_reaches_within_5_percent_of_the_entropy():
   entropy = kd.entropy()
   # Any model's NELBO is >= the entropy in expectation; the trained one is
   # within 5% of it.
-  print(f"test NELBO {nelbo:.4f} nats, entropy {entropy:.4f} nats, gap "
-        f"{100 * (nelbo / entropy - 1):.2f}%")
+  print(
+      f"test NELBO {nelbo:.4f} nats, entropy {entropy:.4f} nats, gap "
+      f"{100 * (nelbo / entropy - 1):.2f}%"
+  )
   assert nelbo > entropy - 0.05
   assert nelbo < 1.05 * entropy, (nelbo, entropy)

@@ -22,12 +22,15 @@ def load(name, arg):
 def _loss_and_logits(config, x):
   model = model_lib.build_model(config)
   variables = model_lib.init_variables(model, jax.random.key(0), unbox=True)
-  terms, _ = jax.jit(lambda v, x: model.apply(
-      v, x, rngs={"sample": jax.random.key(1)}))(variables, x)
+  terms, _ = jax.jit(
+      lambda v, x: model.apply(v, x, rngs={"sample": jax.random.key(1)})
+  )(variables, x)
   z = jnp.full_like(x, model.mask_id)
-  logits = jax.jit(lambda v, z: model.apply(
-      v, z, jnp.full((z.shape[0],), 0.5), None, method=model.denoise))(
-          variables, z)
+  logits = jax.jit(
+      lambda v, z: model.apply(
+          v, z, jnp.full((z.shape[0],), 0.5), None, method=model.denoise
+      )
+  )(variables, z)
   return terms, logits
 
 
@@ -90,16 +93,19 @@ def test_class_conditional_model_changes_its_output_with_the_label():
   # Perturb the zero-initialised layers so conditioning can show.
   leaves, tree = jax.tree.flatten(variables)
   keys = jax.random.split(jax.random.key(4), len(leaves))
-  leaves = [l + 0.05 * jax.random.normal(k, l.shape) for l, k in
-            zip(leaves, keys)]
+  leaves = [
+      l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)
+  ]
   variables = jax.tree.unflatten(tree, leaves)
   z = jnp.full((2, 8, 8, 1), model.mask_id)
   t = jnp.full((2,), 0.5)
-  denoise = jax.jit(lambda label: model.apply(variables, z, t, label,
-                                              method=model.denoise))
+  denoise = jax.jit(
+      lambda label: model.apply(variables, z, t, label, method=model.denoise)
+  )
   a = denoise(jnp.array([1, 1]))
   b = denoise(jnp.array([7, 7]))
-  c = jax.jit(lambda: model.apply(variables, z, t, None,
-                                  method=model.denoise))()  # no label
+  c = jax.jit(
+      lambda: model.apply(variables, z, t, None, method=model.denoise)
+  )()  # no label
   assert not np.allclose(a, b)
   assert not np.allclose(a, c)

@@ -27,16 +27,36 @@ NUM_CLASSES = 3
 
 # name -> (data_shape, fields of a tiny network)
 TINY = {
-    "transformer": ((8,), dict(num_layers=2, width=32, num_heads=4,
-                               cond_width=16)),
+    "transformer": (
+        (8,),
+        dict(num_layers=2, width=32, num_heads=4, cond_width=16),
+    ),
     # One resolution level keeps compilation short; the shape tests below
     # cover down- and upsampling.
-    "unet": ((8, 8, 1), dict(ch=8, ch_mult=(1,), num_res_blocks=1,
-                             attn_resolutions=(8,), cond_width=16,
-                             embed_dim=4)),
-    "uvit": ((8, 8, 3), dict(ch=8, ch_mult=(1,), num_res_blocks=1,
-                             num_transformer_layers=2, transformer_width=32,
-                             num_heads=4, cond_width=16, embed_dim=4)),
+    "unet": (
+        (8, 8, 1),
+        dict(
+            ch=8,
+            ch_mult=(1,),
+            num_res_blocks=1,
+            attn_resolutions=(8,),
+            cond_width=16,
+            embed_dim=4,
+        ),
+    ),
+    "uvit": (
+        (8, 8, 3),
+        dict(
+            ch=8,
+            ch_mult=(1,),
+            num_res_blocks=1,
+            num_transformer_layers=2,
+            transformer_width=32,
+            num_heads=4,
+            cond_width=16,
+            embed_dim=4,
+        ),
+    ),
 }
 
 # Every logical axis name that md4.sharding has a rule for.
@@ -45,9 +65,12 @@ LOGICAL_AXIS_NAMES = {name for name, _ in sharding.DEFAULT_RULES}
 
 def tiny_network(name, data_shape=None, **overrides):
   default_shape, fields = TINY[name]
-  return build_network(name, vocab_size=VOCAB,
-                       data_shape=data_shape or default_shape,
-                       **{**fields, **overrides})
+  return build_network(
+      name,
+      vocab_size=VOCAB,
+      data_shape=data_shape or default_shape,
+      **{**fields, **overrides},
+  )
 
 
 def inputs(data_shape, seed=0):
@@ -90,7 +113,8 @@ def abstract_init(net, data_shape, label=None):
   """Boxed ShapeDtypeStructs of the variables; nothing is computed."""
   z, t, _ = inputs(data_shape)
   return jax.eval_shape(
-      lambda: net.init(jax.random.key(0), z, t, label, train=False))
+      lambda: net.init(jax.random.key(0), z, t, label, train=False)
+  )
 
 
 def random_variables(net, data_shape, label=None, seed=2):
@@ -113,7 +137,8 @@ def random_variables(net, data_shape, label=None, seed=2):
     return noise / np.sqrt(np.prod(leaf.shape[:-1]))
 
   return jax.tree_util.tree_map_with_path(
-      draw, abstract_init(net, data_shape, label))
+      draw, abstract_init(net, data_shape, label)
+  )
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -143,14 +168,18 @@ def test_transformer_logits_have_shape_batch_length_vocab(length):
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize("data_shape, ch_mult", [
-    # 8x8x1 digits: see TINY.
-    ((28, 28, 1), (1, 2, 2)),  # MNIST, 28 -> 14 -> 7
-    ((32, 32, 3), (1,)),  # CIFAR-10, no downsampling
-    ((64, 64, 3), (1, 2, 2, 2)),  # ImageNet 64, 64 -> 8
-])
+@pytest.mark.parametrize(
+    "data_shape, ch_mult",
+    [
+        # 8x8x1 digits: see TINY.
+        ((28, 28, 1), (1, 2, 2)),  # MNIST, 28 -> 14 -> 7
+        ((32, 32, 3), (1,)),  # CIFAR-10, no downsampling
+        ((64, 64, 3), (1, 2, 2, 2)),  # ImageNet 64, 64 -> 8
+    ],
+)
 def test_unet_logits_have_shape_batch_height_width_channels_vocab(
-    data_shape, ch_mult):
+    data_shape, ch_mult
+):
   net = tiny_network("unet", data_shape, ch_mult=ch_mult)
   z, t, _ = inputs(data_shape)
   logits = apply(net, random_variables(net, data_shape), z, t, train=False)
@@ -159,11 +188,15 @@ def test_unet_logits_have_shape_batch_height_width_channels_vocab(
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-@pytest.mark.parametrize("data_shape, ch_mult", [
-    ((64, 64, 3), (1, 1, 2)),  # 64 -> 16: 8 x 8 = 64 patches of 2 x 2
-])
+@pytest.mark.parametrize(
+    "data_shape, ch_mult",
+    [
+        ((64, 64, 3), (1, 1, 2)),  # 64 -> 16: 8 x 8 = 64 patches of 2 x 2
+    ],
+)
 def test_uvit_logits_have_shape_batch_height_width_channels_vocab(
-    data_shape, ch_mult):
+    data_shape, ch_mult
+):
   net = tiny_network("uvit", data_shape, ch_mult=ch_mult)
   z, t, _ = inputs(data_shape)
   variables = random_variables(net, data_shape)
@@ -195,12 +228,16 @@ def test_remat_gives_the_same_logits_and_parameters():
   plain = tiny_network("transformer")
   remat = tiny_network("transformer", remat=True)
   variables = random_variables(plain, data_shape)
-  assert (jax.tree.structure(variables)
-          == jax.tree.structure(abstract_init(remat, data_shape)))
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      abstract_init(remat, data_shape)
+  )
   z, t, _ = inputs(data_shape)
-  np.testing.assert_allclose(apply(plain, variables, z, t, train=False),
-                             apply(remat, variables, z, t, train=False),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      apply(plain, variables, z, t, train=False),
+      apply(remat, variables, z, t, train=False),
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
 
 def test_learned_position_embeddings_replace_rope_when_asked():
@@ -222,19 +259,25 @@ def test_mlp_hidden_width_is_two_thirds_rounded_up_to_32_when_gated():
 
 def test_glu_is_sigmoid_gated_geglu_gelu_gated_swiglu_silu_gated():
   from md4.networks.transformer import Mlp  # pylint: disable=g-import-not-at-top
+
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 2, 4)), jnp.float32)
-  for mlp_type, act in (("glu", jax.nn.sigmoid), ("geglu", jax.nn.gelu),
-                        ("swiglu", jax.nn.silu)):
+  for mlp_type, act in (
+      ("glu", jax.nn.sigmoid),
+      ("geglu", jax.nn.gelu),
+      ("swiglu", jax.nn.silu),
+  ):
     net = Mlp(hidden=8, mlp_type=mlp_type)
     params = random_variables_of(net, x)
     p = params["params"]
     assert set(p) == {"wi_gate", "wi_up", "wo"}
     assert all(set(p[k]) == {"kernel"} for k in p)  # no biases
     kernel = lambda k: np.asarray(nn.unbox(p[k]["kernel"]))
-    expected = (act(x @ kernel("wi_gate")) * (x @ kernel("wi_up"))
-                ) @ kernel("wo")
-    np.testing.assert_allclose(net.apply(params, x), expected, rtol=1e-5,
-                               atol=1e-6)
+    expected = (act(x @ kernel("wi_gate")) * (x @ kernel("wi_up"))) @ kernel(
+        "wo"
+    )
+    np.testing.assert_allclose(
+        net.apply(params, x), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def random_variables_of(module, *args):
@@ -243,12 +286,22 @@ def random_variables_of(module, *args):
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))
   return jax.tree.map(
       lambda leaf: jnp.asarray(rng.standard_normal(leaf.shape), jnp.float32),
-      nn.unbox(shapes))
+      nn.unbox(shapes),
+  )
 
 
 def test_group_norm_keeps_four_channels_per_group_below_128_channels():
   assert [num_groups(c) for c in (1, 3, 8, 12, 48, 64, 96, 128, 256)] == [
-      1, 1, 2, 3, 12, 16, 24, 32, 32]
+      1,
+      1,
+      2,
+      3,
+      12,
+      16,
+      24,
+      32,
+      32,
+  ]
 
 
 # ------------------------------------------------------- parameter counts
@@ -258,12 +311,14 @@ def abstract_params(net, data_shape):
   z = jnp.zeros((1, *data_shape), jnp.int32)
   t = jnp.zeros((1,), jnp.float32)
   variables = jax.eval_shape(
-      lambda: net.init(jax.random.key(0), z, t, train=False))
+      lambda: net.init(jax.random.key(0), z, t, train=False)
+  )
   return variables["params"]
 
 
-def transformer_param_count(vocab, width, layers, hidden, cond, embed=0,
-                            num_classes=0):
+def transformer_param_count(
+    vocab, width, layers, hidden, cond, embed=0, num_classes=0
+):
   """Hand-derived parameter count of the reference MD4 text transformer."""
   if embed:  # embedded `embed` wide, then a Dense (with bias) to the width
     embedding = (vocab + 1) * embed + embed * width + width
@@ -282,36 +337,56 @@ def transformer_param_count(vocab, width, layers, hidden, cond, embed=0,
 def test_transformer_owt_small_parameter_count_matches_formula():
   # The reference's 165,857,344: 38.6M in each (untied) embedding, 7.38M per
   # block (2.36M attention, 4.72M gated MLP, 0.30M adaLN from a 64-wide c).
-  net = build_network("transformer", vocab_size=50257, data_shape=(1024,),
-                      cond_width=64)
+  net = build_network(
+      "transformer", vocab_size=50257, data_shape=(1024,), cond_width=64
+  )
   n = count_params(abstract_params(net, (8,)))  # RoPE: independent of L
   assert n == transformer_param_count(50257, 768, 12, 2048, cond=64)
   assert n == 165_857_344
 
 
 def test_transformer_text8_parameter_count_matches_formula():
-  net = build_network("transformer", vocab_size=27, data_shape=(256,),
-                      cond_width=64, embed_dim=64)
+  net = build_network(
+      "transformer",
+      vocab_size=27,
+      data_shape=(256,),
+      cond_width=64,
+      embed_dim=64,
+  )
   n = count_params(abstract_params(net, (8,)))
   assert n == transformer_param_count(27, 768, 12, 2048, cond=64, embed=64)
   assert n == 88_734_272
 
 
 def test_transformer_medium_parameter_count_matches_formula():
-  net = build_network("transformer", vocab_size=50257, data_shape=(1024,),
-                      num_layers=24, width=1024, num_heads=16, cond_width=64)
+  net = build_network(
+      "transformer",
+      vocab_size=50257,
+      data_shape=(1024,),
+      num_layers=24,
+      width=1024,
+      num_heads=16,
+      cond_width=64,
+  )
   n = count_params(abstract_params(net, (8,)))
   assert n == transformer_param_count(50257, 1024, 24, 2752, cond=64)
 
 
 def test_class_conditional_transformer_concatenates_the_label_embedding():
-  net = build_network("transformer", vocab_size=11, data_shape=(8,),
-                      num_layers=1, width=32, num_heads=4, cond_width=8,
-                      num_classes=3)
+  net = build_network(
+      "transformer",
+      vocab_size=11,
+      data_shape=(8,),
+      num_layers=1,
+      width=32,
+      num_heads=4,
+      cond_width=8,
+      num_classes=3,
+  )
   n = count_params(abstract_params(net, (8,)))
-  assert n == transformer_param_count(11, 32, 1, mlp_hidden_width(32, 4.0,
-                                                                 "glu"),
-                                      cond=8, num_classes=3)
+  assert n == transformer_param_count(
+      11, 32, 1, mlp_hidden_width(32, 4.0, "glu"), cond=8, num_classes=3
+  )
 
 
 def unet_res_block_count(cin, cout, cond):
@@ -329,14 +404,22 @@ def test_unet_cifar10_parameter_count_matches_formula():
   n = count_params(abstract_params(net, (32, 32, 3)))
   ch, cond, vocab, embed = 128, 128, 256, 128
   expected = (
-      cond * 4 * cond + 4 * cond + 4 * cond * cond + cond  # time MLP
+      cond * 4 * cond
+      + 4 * cond
+      + 4 * cond * cond
+      + cond  # time MLP
       + (vocab + 1) * embed  # shared channel embedding
-      + 9 * 3 * embed * ch + ch  # conv in
+      + 9 * 3 * embed * ch
+      + ch  # conv in
       + 32 * unet_res_block_count(ch, ch, cond)  # down
       + 2 * unet_res_block_count(ch, ch, cond)  # middle
-      + 2 * ch + 4 * (ch * ch + ch)  # middle attention (with biases)
+      + 2 * ch
+      + 4 * (ch * ch + ch)  # middle attention (with biases)
       + 33 * unet_res_block_count(2 * ch, ch, cond)  # up
-      + 2 * ch + 9 * ch * 3 * vocab + 3 * vocab)  # output head
+      + 2 * ch
+      + 9 * ch * 3 * vocab
+      + 3 * vocab
+  )  # output head
   assert n == expected
   assert n == 28_427_520
 
@@ -348,24 +431,51 @@ def test_uvit_imagenet64_parameter_count_matches_formula():
   width, cond, ch, embed, vocab = 768, 256, 256, 256, 256
   # DiT block: q, k, v with biases, out without; plain GELU MLP with biases;
   # adaLN-zero from the 256-wide c.
-  block = (3 * (width * width + width) + width * width
-           + 2 * width * 4 * width + 4 * width + width
-           + cond * 6 * width + 6 * width)
+  block = (
+      3 * (width * width + width)
+      + width * width
+      + 2 * width * 4 * width
+      + 4 * width
+      + width
+      + cond * 6 * width
+      + 6 * width
+  )
   assert count_params(params["transformer_block_0"]) == block
+
   # ResBlock with modulated GroupNorms: each norm's scale and shift come
   # from a Dense of c (with bias) instead of its own affine.
   def res_block(cin, cout):
     norms = (cond * 2 * cin + 2 * cin) + (cond * 2 * cout + 2 * cout)
     skip = cin * cout + cout if cin != cout else 0
     return norms + 9 * cin * cout + cout + 9 * cout * cout + cout + skip
+
   patches = (64 // 2) ** 2
-  dit = (4 * ch * width + width + patches * width + 20 * block
-         + cond * 2 * width + 2 * width + width * 4 * ch + 4 * ch)
+  dit = (
+      4 * ch * width
+      + width
+      + patches * width
+      + 20 * block
+      + cond * 2 * width
+      + 2 * width
+      + width * 4 * ch
+      + 4 * ch
+  )
   expected = (
-      cond * 4 * cond + 4 * cond + 4 * cond * cond + cond
-      + (vocab + 1) * embed + 9 * 3 * embed * ch + ch
-      + 8 * res_block(ch, ch) + dit + 9 * res_block(2 * ch, ch)
-      + cond * 2 * ch + 2 * ch + 9 * ch * 3 * vocab + 3 * vocab)
+      cond * 4 * cond
+      + 4 * cond
+      + 4 * cond * cond
+      + cond
+      + (vocab + 1) * embed
+      + 9 * 3 * embed * ch
+      + ch
+      + 8 * res_block(ch, ch)
+      + dit
+      + 9 * res_block(2 * ch, ch)
+      + cond * 2 * ch
+      + 2 * ch
+      + 9 * ch * 3 * vocab
+      + 3 * vocab
+  )
   assert n == expected
   assert n == 204_595_712
 
@@ -384,10 +494,10 @@ def test_different_times_give_different_logits(conditional):
 def test_different_labels_give_different_logits(conditional):
   _, net, data_shape, variables = conditional
   z, t, _ = inputs(data_shape)
-  zeros = apply(net, variables, z, t, jnp.zeros((BATCH,), jnp.int32),
-                    train=False)
-  ones = apply(net, variables, z, t, jnp.ones((BATCH,), jnp.int32),
-                   train=False)
+  zeros = apply(
+      net, variables, z, t, jnp.zeros((BATCH,), jnp.int32), train=False
+  )
+  ones = apply(net, variables, z, t, jnp.ones((BATCH,), jnp.int32), train=False)
   assert_not_close(zeros, ones)
 
 
@@ -396,8 +506,10 @@ def test_missing_label_means_the_no_label_id():
   t = jnp.full((BATCH,), 0.5)
   no_label = jnp.full((BATCH,), NUM_CLASSES)
   variables = cond.init(key(0), t, no_label, BATCH)
-  np.testing.assert_array_equal(cond.apply(variables, t, None, BATCH),
-                                cond.apply(variables, t, no_label, BATCH))
+  np.testing.assert_array_equal(
+      cond.apply(variables, t, None, BATCH),
+      cond.apply(variables, t, no_label, BATCH),
+  )
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -423,11 +535,15 @@ def test_a_label_without_num_classes_is_rejected(name):
 # ------------------------------------------------------ adaLN-zero init
 
 
-@pytest.mark.parametrize("fields", [
-    dict(num_classes=NUM_CLASSES),
-    # Unconditional: the modulation is a learned constant.
-    dict(time_features="none", use_rope=False, remat=True),
-], ids=["conditional", "unconditional_learned_positions_remat"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(num_classes=NUM_CLASSES),
+        # Unconditional: the modulation is a learned constant.
+        dict(time_features="none", use_rope=False, remat=True),
+    ],
+    ids=["conditional", "unconditional_learned_positions_remat"],
+)
 def test_every_transformer_block_starts_as_the_identity(fields):
   data_shape = TINY["transformer"][0]
   net = tiny_network("transformer", **fields)
@@ -435,9 +551,14 @@ def test_every_transformer_block_starts_as_the_identity(fields):
   label = label if fields.get("num_classes") else None
   variables = init(net, data_shape, label)
   is_block = lambda mdl, _: isinstance(mdl, TransformerBlock)
-  _, state = jax.jit(functools.partial(
-      net.apply, train=False, capture_intermediates=is_block,
-      mutable=["intermediates"]))(variables, z, t, label)
+  _, state = jax.jit(
+      functools.partial(
+          net.apply,
+          train=False,
+          capture_intermediates=is_block,
+          mutable=["intermediates"],
+      )
+  )(variables, z, t, label)
   captured = state["intermediates"]
   num_layers = TINY["transformer"][1]["num_layers"]
   assert sorted(captured) == [f"block_{i}" for i in range(num_layers)]
@@ -457,9 +578,12 @@ def test_every_transformer_block_starts_as_the_identity(fields):
 def test_dropout_differs_between_rngs_in_training(conditional):
   _, net, data_shape, variables = conditional
   z, t, label = inputs(data_shape)
-  a, b = [apply(net, variables, z, t, label, train=True,
-                    rngs={"dropout": key(seed)})
-          for seed in (0, 1)]
+  a, b = [
+      apply(
+          net, variables, z, t, label, train=True, rngs={"dropout": key(seed)}
+      )
+      for seed in (0, 1)
+  ]
   assert_not_close(a, b)
 
 
@@ -484,20 +608,23 @@ def test_build_network_rejects_an_unknown_name():
 
 def test_build_network_rejects_an_unknown_field_and_suggests_the_closest():
   with pytest.raises(ValueError) as err:
-    build_network("transformer", vocab_size=VOCAB, data_shape=(8,),
-                  num_layer=2)
+    build_network("transformer", vocab_size=VOCAB, data_shape=(8,), num_layer=2)
   assert "'num_layer'" in str(err.value)
   assert "Did you mean 'num_layers'?" in str(err.value)
   assert "width" in str(err.value)  # lists the valid fields
 
 
-@pytest.mark.parametrize("name, data_shape, valid", [
-    ("transformer", (8, 8, 1), "(length,)"),
-    ("unet", (8,), "(height, width, channels)"),
-    ("uvit", (64, 64), "(height, width, channels)"),
-])
+@pytest.mark.parametrize(
+    "name, data_shape, valid",
+    [
+        ("transformer", (8, 8, 1), "(length,)"),
+        ("unet", (8,), "(height, width, channels)"),
+        ("uvit", (64, 64), "(height, width, channels)"),
+    ],
+)
 def test_build_network_rejects_a_data_shape_of_the_wrong_rank(
-    name, data_shape, valid):
+    name, data_shape, valid
+):
   with pytest.raises(ValueError) as err:
     build_network(name, vocab_size=VOCAB, data_shape=data_shape)
   assert str(data_shape) in str(err.value) and valid in str(err.value)
@@ -505,8 +632,9 @@ def test_build_network_rejects_a_data_shape_of_the_wrong_rank(
 
 def test_build_network_rejects_an_unknown_dtype():
   with pytest.raises(ValueError) as err:
-    build_network("transformer", vocab_size=VOCAB, data_shape=(8,),
-                  dtype="float8")
+    build_network(
+        "transformer", vocab_size=VOCAB, data_shape=(8,), dtype="float8"
+    )
   assert "'float8'" in str(err.value) and "bfloat16" in str(err.value)
 
 
@@ -527,9 +655,14 @@ def test_unet_rejects_sizes_its_downsampling_cannot_halve():
     abstract_init(net, (28, 28, 1))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("mlp_type", "relu"), ("attention_impl", "flash"),
-    ("time_features", "log_snr")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("mlp_type", "relu"),
+        ("attention_impl", "flash"),
+        ("time_features", "log_snr"),
+    ],
+)
 def test_transformer_rejects_unknown_choices(field, value):
   net = tiny_network("transformer", **{field: value})
   with pytest.raises(ValueError) as err:
@@ -543,8 +676,11 @@ def test_transformer_rejects_unknown_choices(field, value):
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_every_parameter_has_logical_axis_names_from_sharding(name):
   data_shape = TINY[name][0]
-  variables = abstract_init(tiny_network(name, num_classes=NUM_CLASSES),
-                            data_shape, label=jnp.zeros((BATCH,), jnp.int32))
+  variables = abstract_init(
+      tiny_network(name, num_classes=NUM_CLASSES),
+      data_shape,
+      label=jnp.zeros((BATCH,), jnp.int32),
+  )
   boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
   leaves = jax.tree.leaves(variables, is_leaf=boxed)
   assert leaves and all(boxed(leaf) for leaf in leaves)

@@ -31,8 +31,10 @@ SHARED_GPT2 = ROOT.parent / "shared/data/gpt2"
 NUM_DOCUMENTS = 200
 SEQ_LEN = 32
 BPE_VOCAB = 300  # the test BPE: 256 bytes, end-of-text, 43 merges
-WORDS = ("the of and to in data model token diffusion mask sample text web"
-         " page open über café 42 1,000 (note) — end.").split()
+WORDS = (
+    "the of and to in data model token diffusion mask sample text web"
+    " page open über café 42 1,000 (note) — end."
+).split()
 
 needs_gpt2 = pytest.mark.skipif(
     not SHARED_GPT2.is_dir(),
@@ -41,8 +43,9 @@ needs_gpt2 = pytest.mark.skipif(
 
 
 def _load_script():
-  spec = importlib.util.spec_from_file_location("prepare_openwebtext_data",
-                                                SCRIPT)
+  spec = importlib.util.spec_from_file_location(
+      "prepare_openwebtext_data", SCRIPT
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -79,9 +82,13 @@ def bpe_dir(tmp_path_factory, corpus):
   """A GPT-2-format BPE (vocab.json + merges.txt) trained on the corpus."""
   directory = tmp_path_factory.mktemp("bpe")
   bpe = hf_tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator(corpus, vocab_size=BPE_VOCAB, min_frequency=2,
-                          special_tokens=["<|endoftext|>"],
-                          show_progress=False)
+  bpe.train_from_iterator(
+      corpus,
+      vocab_size=BPE_VOCAB,
+      min_frequency=2,
+      special_tokens=["<|endoftext|>"],
+      show_progress=False,
+  )
   bpe.save_model(str(directory))
   return directory
 
@@ -89,16 +96,23 @@ def bpe_dir(tmp_path_factory, corpus):
 def reference_ids(tokenizer_dir, texts):
   """Each document's ids from tokenizers' GPT-2 class, then end-of-text."""
   bpe = hf_tokenizers.ByteLevelBPETokenizer(
-      str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"))
+      str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt")
+  )
   eot = bpe.token_to_id("<|endoftext|>")
   return [bpe.encode(t).ids + [eot] for t in texts]
 
 
 def flags_for(input_dir, data_dir, tokenizer_dir, **overrides):
-  values = dict(input=input_dir, data_dir=data_dir,
-                tokenizer_dir=tokenizer_dir, seq_len=SEQ_LEN,
-                shard_documents=50, batch_documents=8, num_proc=1,
-                eval_fraction=0.1)
+  values = dict(
+      input=input_dir,
+      data_dir=data_dir,
+      tokenizer_dir=tokenizer_dir,
+      seq_len=SEQ_LEN,
+      shard_documents=50,
+      batch_documents=8,
+      num_proc=1,
+      eval_fraction=0.1,
+  )
   values.update(overrides)
   return [f"--{k}={v}" for k, v in values.items()]
 
@@ -110,7 +124,11 @@ def run_in_process(*args, **overrides):
 def run_subprocess(*args, **overrides):
   result = subprocess.run(
       [sys.executable, str(SCRIPT), *flags_for(*args, **overrides)],
-      capture_output=True, text=True, timeout=120, check=False)
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -131,8 +149,11 @@ def shard_streams(out_dir):
   streams = []
   for shard in metadata["shards"]:
     blocks = {
-        split: iter(read_records(out_dir / shard["files"][split], "<u2"))
-        if split in shard["files"] else iter(())
+        split: (
+            iter(read_records(out_dir / shard["files"][split], "<u2"))
+            if split in shard["files"]
+            else iter(())
+        )
         for split in ("train", "valid")
     }
     num = shard["train_blocks"] + shard["valid_blocks"]
@@ -146,22 +167,35 @@ def shard_streams(out_dir):
 def all_files(directory):
   return {
       str(p.relative_to(directory)): p.read_bytes()
-      for p in sorted(directory.rglob("*")) if p.is_file()
+      for p in sorted(directory.rglob("*"))
+      if p.is_file()
   }
 
 
 def packed_config(data_dir, dataset="openwebtext", **overrides):
-  fields = dict(dataset=dataset, data_dir=str(data_dir),
-                data_shape=(SEQ_LEN,), vocab_size=BPE_VOCAB, num_workers=0,
-                pad_to=0, path="", characters="", eval_fraction=0.05)
+  fields = dict(
+      dataset=dataset,
+      data_dir=str(data_dir),
+      data_shape=(SEQ_LEN,),
+      vocab_size=BPE_VOCAB,
+      num_workers=0,
+      pad_to=0,
+      path="",
+      characters="",
+      eval_fraction=0.05,
+  )
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
 
 def build(config, *, batch=8, eval_batch=8, seed=0, **kwargs):
-  return pipelines.build_datasets(config, global_batch_size=batch,
-                                  eval_batch_size=eval_batch, seed=seed,
-                                  **kwargs)
+  return pipelines.build_datasets(
+      config,
+      global_batch_size=batch,
+      eval_batch_size=eval_batch,
+      seed=seed,
+      **kwargs,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +209,9 @@ def prepared(tmp_path_factory, input_dir, bpe_dir):
 
 
 def test_prepare_packs_each_document_and_an_end_of_text_into_blocks(
-    prepared, bpe_dir, corpus,
+    prepared,
+    bpe_dir,
+    corpus,
 ):
   out_dir = prepared / "openwebtext"
   metadata, streams = shard_streams(out_dir)
@@ -193,15 +229,21 @@ def test_prepare_packs_each_document_and_an_end_of_text_into_blocks(
   assert metadata["vocab_size"] == BPE_VOCAB and metadata["dtype"] == "uint16"
   assert metadata["tokenizer"]["kind"] == "gpt2"
   assert metadata["tokenizer"]["separator_id"] == 0  # first special token
-  assert sorted(os.listdir(out_dir / "tokenizer")) == ["merges.txt",
-                                                       "vocab.json"]
+  assert sorted(os.listdir(out_dir / "tokenizer")) == [
+      "merges.txt",
+      "vocab.json",
+  ]
 
 
 def test_prepare_holds_out_a_seeded_share_of_the_blocks(
-    prepared, input_dir, bpe_dir, tmp_path,
+    prepared,
+    input_dir,
+    bpe_dir,
+    tmp_path,
 ):
-  totals = json.loads((prepared / "openwebtext/metadata.json").read_text()
-                      )["totals"]
+  totals = json.loads((prepared / "openwebtext/metadata.json").read_text())[
+      "totals"
+  ]
   num_blocks = totals["train_blocks"] + totals["valid_blocks"]
   assert 0.03 < totals["valid_blocks"] / num_blocks < 0.2  # 0.1 expected
   run_in_process(input_dir, tmp_path / "same", bpe_dir)
@@ -212,7 +254,9 @@ def test_prepare_holds_out_a_seeded_share_of_the_blocks(
 
 @needs_gpt2
 def test_prepare_with_the_shared_gpt2_files_gives_the_tokenizers_gpt2_ids(
-    input_dir, tmp_path, corpus,
+    input_dir,
+    tmp_path,
+    corpus,
 ):
   run_in_process(input_dir, tmp_path, SHARED_GPT2, max_documents=60)
   metadata, streams = shard_streams(tmp_path / "openwebtext")
@@ -253,7 +297,9 @@ def _wait_for_shards(out_dir, count, process, timeout_s=60.0):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_prepare_killed_half_way_and_rerun_writes_the_files_of_one_run(
-    tmp_path, bpe_dir, corpus,
+    tmp_path,
+    bpe_dir,
+    corpus,
 ):
   lines = jsonl_lines(corpus)
   input_dir = tmp_path / "input"
@@ -265,8 +311,12 @@ def test_prepare_killed_half_way_and_rerun_writes_the_files_of_one_run(
   # The corpus arrives through a pipe: after 2.8 shards the script waits
   # for more input in the middle of shard 2, and is killed there.
   with open(tmp_path / "log.txt", "w") as log:
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *args],
-                               stdout=log, stderr=log, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
   try:
     with _open_fifo_for_writing(fifo) as pipe:
       pipe.writelines(lines[:140])
@@ -290,7 +340,10 @@ def test_prepare_killed_half_way_and_rerun_writes_the_files_of_one_run(
 
 
 def test_prepare_grows_a_max_documents_run_to_the_whole_corpus(
-    prepared, input_dir, bpe_dir, tmp_path,
+    prepared,
+    input_dir,
+    bpe_dir,
+    tmp_path,
 ):
   run_in_process(input_dir, tmp_path, bpe_dir, max_documents=70)
   metadata = json.loads((tmp_path / "openwebtext/metadata.json").read_text())
@@ -303,16 +356,25 @@ def test_prepare_grows_a_max_documents_run_to_the_whole_corpus(
 
 
 def test_prepare_input_error_with_worker_processes_exits_with_its_message(
-    tmp_path, bpe_dir,
+    tmp_path,
+    bpe_dir,
 ):
   input_dir = tmp_path / "bad"
   input_dir.mkdir()
-  (input_dir / "a.jsonl").write_text(jsonl_lines(["fine"] * 30)[0] * 30
-                                     + '{"body": "no text field"}\n')
+  (input_dir / "a.jsonl").write_text(
+      jsonl_lines(["fine"] * 30)[0] * 30 + '{"body": "no text field"}\n'
+  )
   result = subprocess.run(
-      [sys.executable, str(SCRIPT),
-       *flags_for(input_dir, tmp_path / "out", bpe_dir, num_proc=2)],
-      capture_output=True, text=True, timeout=60, check=False)
+      [
+          sys.executable,
+          str(SCRIPT),
+          *flags_for(input_dir, tmp_path / "out", bpe_dir, num_proc=2),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+  )
   assert result.returncode != 0
   assert "a.jsonl:31 has no field 'text'" in result.stderr
 
@@ -329,8 +391,9 @@ class _FakeDatasets(types.ModuleType):
     pass
 
   def load_dataset(self, path, name=None, split=None, streaming=False):
-    self.calls.append(dict(path=path, name=name, split=split,
-                           streaming=streaming))
+    self.calls.append(
+        dict(path=path, name=name, split=split, streaming=streaming)
+    )
     return ({"text": t} for t in self.texts)
 
   def load_from_disk(self, path):
@@ -340,35 +403,51 @@ class _FakeDatasets(types.ModuleType):
 
 @pytest.mark.parametrize(
     "dataset, hub_name, hub_config",
-    [("openwebtext", "Skylion007/openwebtext", None),
-     ("fineweb_edu", "HuggingFaceFW/fineweb-edu", "sample-10BT")],
+    [
+        ("openwebtext", "Skylion007/openwebtext", None),
+        ("fineweb_edu", "HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    ],
 )
 def test_prepare_without_input_streams_the_corpus_from_the_hub(
-    tmp_path, bpe_dir, corpus, monkeypatch, dataset, hub_name, hub_config,
+    tmp_path,
+    bpe_dir,
+    corpus,
+    monkeypatch,
+    dataset,
+    hub_name,
+    hub_config,
 ):
   fake = _FakeDatasets(corpus[:30])
   monkeypatch.setitem(sys.modules, "datasets", fake)
-  prepare_script.main([f"--dataset={dataset}", f"--data_dir={tmp_path}",
-                       f"--tokenizer_dir={bpe_dir}", f"--seq_len={SEQ_LEN}",
-                       "--num_proc=1"])
-  assert fake.calls == [dict(path=hub_name, name=hub_config, split="train",
-                             streaming=True)]
+  prepare_script.main([
+      f"--dataset={dataset}",
+      f"--data_dir={tmp_path}",
+      f"--tokenizer_dir={bpe_dir}",
+      f"--seq_len={SEQ_LEN}",
+      "--num_proc=1",
+  ])
+  assert fake.calls == [
+      dict(path=hub_name, name=hub_config, split="train", streaming=True)
+  ]
   metadata = json.loads((tmp_path / dataset / "metadata.json").read_text())
   assert metadata["totals"]["documents"] == 30
   assert metadata["source"] == f"hub:{hub_name}" + (
-      f"/{hub_config}" if hub_config else "")
+      f"/{hub_config}" if hub_config else ""
+  )
 
 
 def test_prepare_reads_the_train_split_of_a_saved_hf_dataset(
-    tmp_path, bpe_dir, corpus, monkeypatch,
+    tmp_path,
+    bpe_dir,
+    corpus,
+    monkeypatch,
 ):
   fake = _FakeDatasets(corpus[:6])
   monkeypatch.setitem(sys.modules, "datasets", fake)
   saved = tmp_path / "saved"
   saved.mkdir()
   (saved / "dataset_dict.json").write_text('{"splits": ["train"]}')
-  run_in_process(saved, tmp_path / "out", bpe_dir, seq_len=4,
-                 eval_fraction=0.0)
+  run_in_process(saved, tmp_path / "out", bpe_dir, seq_len=4, eval_fraction=0.0)
   assert fake.calls == [dict(load_from_disk=str(saved))]
   _, (stream,) = shard_streams(tmp_path / "out/openwebtext")
   expected = np.concatenate(reference_ids(bpe_dir, corpus[:6]))
@@ -376,16 +455,21 @@ def test_prepare_reads_the_train_split_of_a_saved_hf_dataset(
 
 
 def test_prepare_from_the_hub_without_datasets_says_how_to_install_it(
-    tmp_path, bpe_dir, monkeypatch,
+    tmp_path,
+    bpe_dir,
+    monkeypatch,
 ):
   monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
   with pytest.raises(SystemExit, match="pip install datasets"):
-    prepare_script.main([f"--data_dir={tmp_path}",
-                         f"--tokenizer_dir={bpe_dir}", "--num_proc=1"])
+    prepare_script.main(
+        [f"--data_dir={tmp_path}", f"--tokenizer_dir={bpe_dir}", "--num_proc=1"]
+    )
 
 
 def test_prepare_refuses_to_resume_with_other_settings(
-    input_dir, bpe_dir, tmp_path,
+    input_dir,
+    bpe_dir,
+    tmp_path,
 ):
   run_in_process(input_dir, tmp_path, bpe_dir, max_documents=10)
   with pytest.raises(SystemExit, match="seq_len"):
@@ -394,7 +478,9 @@ def test_prepare_refuses_to_resume_with_other_settings(
 
 @pytest.mark.slow
 def test_prepare_reads_txt_and_gzipped_jsonl_and_parquet_files(
-    tmp_path, bpe_dir, corpus,
+    tmp_path,
+    bpe_dir,
+    corpus,
 ):
   pq = pytest.importorskip("pyarrow.parquet")
   pa = pytest.importorskip("pyarrow")
@@ -406,18 +492,27 @@ def test_prepare_reads_txt_and_gzipped_jsonl_and_parquet_files(
   with gzip.open(input_dir / "b" / "c.jsonl.gz", "wt") as f:
     f.writelines(jsonl_lines(corpus[1:3]))
   pq.write_table(pa.table({"text": corpus[3:6]}), input_dir / "b" / "d.parquet")
-  run_in_process(input_dir, tmp_path / "out", bpe_dir, seq_len=4,
-                 eval_fraction=0.0)
+  run_in_process(
+      input_dir, tmp_path / "out", bpe_dir, seq_len=4, eval_fraction=0.0
+  )
   _, (stream,) = shard_streams(tmp_path / "out/openwebtext")
   expected = np.concatenate(reference_ids(bpe_dir, corpus[:6]))
   np.testing.assert_array_equal(stream, expected[: len(stream)])
 
 
 def test_prepare_trains_a_sentencepiece_model_when_asked(
-    input_dir, tmp_path, corpus,
+    input_dir,
+    tmp_path,
+    corpus,
 ):
-  run_in_process(input_dir, tmp_path, "", tokenizer="sentencepiece",
-                 sentencepiece_vocab_size=120, max_documents=40)
+  run_in_process(
+      input_dir,
+      tmp_path,
+      "",
+      tokenizer="sentencepiece",
+      sentencepiece_vocab_size=120,
+      max_documents=40,
+  )
   out_dir = tmp_path / "openwebtext"
   metadata = json.loads((out_dir / "metadata.json").read_text())
   assert metadata["vocab_size"] == 120
@@ -427,7 +522,9 @@ def test_prepare_trains_a_sentencepiece_model_when_asked(
 
 
 def test_prepare_without_tokenizer_files_offline_says_where_to_put_them(
-    input_dir, tmp_path, monkeypatch,
+    input_dir,
+    tmp_path,
+    monkeypatch,
 ):
   def offline(*args, **kwargs):
     raise OSError("network unreachable")
@@ -443,7 +540,8 @@ def test_prepare_without_tokenizer_files_offline_says_where_to_put_them(
 
 
 def test_openwebtext_loader_reads_the_prepared_blocks_and_decodes_them(
-    prepared, corpus,
+    prepared,
+    corpus,
 ):
   datasets = build(packed_config(prepared))
   batch = next(iter(datasets.train))
@@ -455,23 +553,28 @@ def test_openwebtext_loader_reads_the_prepared_blocks_and_decodes_them(
   metadata = json.loads((prepared / "openwebtext/metadata.json").read_text())
   valid = [b for b in datasets.eval["valid"]()]
   assert sum(b["weight"].sum() for b in valid) == (
-      metadata["totals"]["valid_blocks"])
+      metadata["totals"]["valid_blocks"]
+  )
 
 
 def test_a_shorter_data_shape_cuts_each_block_into_pieces(prepared):
   full = build(packed_config(prepared)).eval["valid"]
-  half = build(packed_config(prepared, data_shape=(SEQ_LEN // 2,))
-               ).eval["valid"]
+  half = build(packed_config(prepared, data_shape=(SEQ_LEN // 2,))).eval[
+      "valid"
+  ]
   whole = np.concatenate([b["x"][b["weight"] > 0] for b in full()])
   pieces = np.concatenate([b["x"][b["weight"] > 0] for b in half()])
   np.testing.assert_array_equal(pieces.reshape(-1, SEQ_LEN), whole)
 
 
 def test_fineweb_edu_loads_from_its_own_directory(
-    input_dir, bpe_dir, tmp_path,
+    input_dir,
+    bpe_dir,
+    tmp_path,
 ):
-  run_in_process(input_dir, tmp_path, bpe_dir, dataset="fineweb_edu",
-                 max_documents=50)
+  run_in_process(
+      input_dir, tmp_path, bpe_dir, dataset="fineweb_edu", max_documents=50
+  )
   datasets = build(packed_config(tmp_path, "fineweb_edu"))
   assert next(iter(datasets.train))["x"].shape == (8, SEQ_LEN)
   with pytest.raises(FileNotFoundError):
@@ -485,11 +588,13 @@ def test_two_processes_read_disjoint_blocks_that_cover_the_training_split(
   num = len(loaded.train) // 2 * 2
   keys = []
   for p in range(2):
-    datasets = build(packed_config(prepared), batch=num, process_index=p,
-                     process_count=2)
+    datasets = build(
+        packed_config(prepared), batch=num, process_index=p, process_count=2
+    )
     keys.append({x.tobytes() for x in next(iter(datasets.train))["x"]})
-  everything = {loaded.train[i]["x"].tobytes()
-                for i in range(len(loaded.train))}
+  everything = {
+      loaded.train[i]["x"].tobytes() for i in range(len(loaded.train))
+  }
   assert len(keys[0]) == len(keys[1]) == num // 2
   assert not keys[0] & keys[1]
   assert keys[0] | keys[1] <= everything
@@ -529,7 +634,8 @@ def test_missing_openwebtext_names_the_command_that_prepares_it(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
     build(packed_config(tmp_path))
   assert "python prepare_openwebtext_data.py --dataset=openwebtext" in str(
-      error.value)
+      error.value
+  )
 
 
 @pytest.mark.parametrize(
@@ -541,7 +647,9 @@ def test_missing_openwebtext_names_the_command_that_prepares_it(tmp_path):
     ],
 )
 def test_openwebtext_config_that_does_not_match_the_metadata_raises(
-    prepared, overrides, message,
+    prepared,
+    overrides,
+    message,
 ):
   with pytest.raises(ValueError) as error:
     build(packed_config(prepared, **overrides))
@@ -549,7 +657,8 @@ def test_openwebtext_config_that_does_not_match_the_metadata_raises(
 
 
 def test_unfinished_preparation_says_to_rerun_the_command(
-    prepared, tmp_path,
+    prepared,
+    tmp_path,
 ):
   metadata = json.loads((prepared / "openwebtext/metadata.json").read_text())
   metadata["complete"] = False
@@ -560,7 +669,9 @@ def test_unfinished_preparation_says_to_rerun_the_command(
 
 
 def test_an_attempt_that_failed_before_its_first_shard_never_blocks_the_fix(
-    input_dir, bpe_dir, tmp_path,
+    input_dir,
+    bpe_dir,
+    tmp_path,
 ):
   with pytest.raises(SystemExit, match=r"^md4 error: .*set --text_field\.$"):
     run_in_process(input_dir, tmp_path, bpe_dir, text_field="body")

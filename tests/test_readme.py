@@ -23,15 +23,32 @@ _ALIASES = (
     (r"python md4/main\.py|python -m md4\.main|md4-train", "md4-train"),
     (r"python -m md4\.sample|md4-sample", "md4-sample"),
     (r"python -m md4\.evaluate|md4-evaluate", "md4-evaluate"),
-    (r"python prepare_openwebtext_data\.py|md4-prepare-openwebtext",
-     "md4-prepare-openwebtext"),
+    (
+        r"python prepare_openwebtext_data\.py|md4-prepare-openwebtext",
+        "md4-prepare-openwebtext",
+    ),
 )
 # absl's own flags (logging, help), accepted by every absl program.
-ABSL_FLAGS = ("verbosity", "v", "help", "helpfull", "helpshort", "helpxml",
-              "flagfile", "undefok", "logtostderr", "alsologtostderr",
-              "log_dir", "stderrthreshold", "only_check_args", "pdb",
-              "pdb_post_mortem", "run_with_pdb", "run_with_profiling",
-              "logger_levels")
+ABSL_FLAGS = (
+    "verbosity",
+    "v",
+    "help",
+    "helpfull",
+    "helpshort",
+    "helpxml",
+    "flagfile",
+    "undefok",
+    "logtostderr",
+    "alsologtostderr",
+    "log_dir",
+    "stderrthreshold",
+    "only_check_args",
+    "pdb",
+    "pdb_post_mortem",
+    "run_with_pdb",
+    "run_with_profiling",
+    "logger_levels",
+)
 
 
 def read(name):
@@ -73,9 +90,10 @@ def commands(text: str) -> list[tuple[str, str]]:
         found.append((last, line.lstrip()[3:]))
         continue
       for match in re.finditer(pattern, line):
-        program = next(p for a, p in _ALIASES
-                       if re.fullmatch(a, match.group(0)))
-        found.append((program, line[match.end():]))
+        program = next(
+            p for a, p in _ALIASES if re.fullmatch(a, match.group(0))
+        )
+        found.append((program, line[match.end() :]))
         last = program
   return found
 
@@ -84,9 +102,12 @@ def defined_flags(path: str) -> set[str]:
   """Names passed to flags.DEFINE_* / DEFINE_config_file / add_argument."""
   names = set()
   for node in ast.walk(ast.parse(read(path))):
-    if not (isinstance(node, ast.Call) and node.args and
-            isinstance(node.args[0], ast.Constant) and
-            isinstance(node.args[0].value, str)):
+    if not (
+        isinstance(node, ast.Call)
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
       continue
     func = node.func
     name = getattr(func, "attr", getattr(func, "id", ""))
@@ -128,28 +149,29 @@ def test_readme_command_uses_existing_flags_and_config_fields(program, args):
   for match in re.finditer(r"(?:^|\s|\")--([A-Za-z_][\w.]*)(=(\S+))?", args):
     name, value = match.group(1), match.group(3)
     if name.startswith("config."):
-      assert config_field_exists(name[len("config."):]), (name, args)
+      assert config_field_exists(name[len("config.") :]), (name, args)
       continue
     assert name in flags, (program, name, args)
     if name == "override":
       assert config_field_exists(value.split("=")[0]), (value, args)
     if name == "config" and program == "md4-train":
       path, _, variant = config_files.resolve(
-          os.path.join(ROOT, value.strip("\"'"))).partition(":")
+          os.path.join(ROOT, value.strip("\"'"))
+      ).partition(":")
       assert os.path.exists(path), value
       configuration.load_file(path, variant or None)
 
 
 def test_quickstart_commands_are_make_targets_and_ci_runs_the_test_command():
   readme = read("README.md")
-  quickstart = readme[readme.index("## Quickstart"):]
-  quickstart = quickstart[:quickstart.index("\n## ", 3)]
+  quickstart = readme[readme.index("## Quickstart") :]
+  quickstart = quickstart[: quickstart.index("\n## ", 3)]
   targets = re.findall(r"^    make (\w+)", quickstart, re.M)
   assert targets == ["demo", "test"]
   makefile = read("Makefile")
   for target in targets:
     assert re.search(rf"^{target}:", makefile, re.M), target
-  tests = readme[readme.index("## Tests"):]
+  tests = readme[readme.index("## Tests") :]
   test_command = code_lines(tests)[0][0]
   assert test_command == 'python -m pytest -q -m "" tests'
   assert test_command in read(".ci/run")
@@ -158,8 +180,10 @@ def test_quickstart_commands_are_make_targets_and_ci_runs_the_test_command():
 
 def test_table_of_contents_links_name_headings():
   readme = read("README.md")
-  anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-             for h in re.findall(r"^#+ (.*)$", readme, re.M)}
+  anchors = {
+      re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+      for h in re.findall(r"^#+ (.*)$", readme, re.M)
+  }
   links = re.findall(r"\]\(#([\w\-]+)\)", readme)
   assert links and set(links) <= anchors, set(links) - anchors
 
@@ -167,16 +191,16 @@ def test_table_of_contents_links_name_headings():
 def _between(text: str, name: str) -> str:
   start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
   assert start in text and end in text, name
-  return text[text.index(start) + len(start):text.index(end)]
+  return text[text.index(start) + len(start) : text.index(end)]
 
 
 def test_readme_field_table_is_the_one_the_declarations_generate():
   """python -c 'from md4 import configuration; print(configuration.field_table())'
   prints the table to paste between the README's markers."""
-  assert _between(read("README.md"), "fields") == (
-      configuration.field_table())
+  assert _between(read("README.md"), "fields") == (configuration.field_table())
 
 
 def test_readme_sampler_table_is_the_one_the_registry_generates():
   assert _between(read("README.md"), "samplers") == (
-      sampling.markdown_table() + "\n")
+      sampling.markdown_table() + "\n"
+  )

@@ -64,8 +64,9 @@ MASK = kd.VOCAB
 
 def oracle_reverse() -> core.Reverse:
   denoise = kd.oracle(lambda values, t: SCHEDULE.alpha(t))
-  return core.from_schedule(lambda z, t: denoise(z, t), SCHEDULE, kd.VOCAB,
-                            (kd.LENGTH,))
+  return core.from_schedule(
+      lambda z, t: denoise(z, t), SCHEDULE, kd.VOCAB, (kd.LENGTH,)
+  )
 
 
 # GenMD4: one schedule per value, alpha_v(t) = 1 - (1 - eps) t^{w_v}.
@@ -85,8 +86,11 @@ def genmd4_reverse() -> core.Reverse:
   # softplus(power_param) = POWERS; the process forms the reveal
   # probabilities, the test's own alpha the exact target.
   power_param = jnp.log(jnp.expm1(jnp.asarray(POWERS, jnp.float32)))
-  return core.Reverse(denoise, genmd4.GenMD4(kd.VOCAB, (kd.LENGTH,)),
-                      {"power_param": power_param})
+  return core.Reverse(
+      denoise,
+      genmd4.GenMD4(kd.VOCAB, (kd.LENGTH,)),
+      {"power_param": power_param},
+  )
 
 
 def known_probs() -> np.ndarray:
@@ -95,8 +99,12 @@ def known_probs() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def step_distribution(num_steps: int, remask_strength: float = 0.0,
-                      genmd4: bool = False, grid: str = "uniform"):
+def step_distribution(
+    num_steps: int,
+    remask_strength: float = 0.0,
+    genmd4: bool = False,
+    grid: str = "uniform",
+):
   """Exact distribution over all_states() of T reverse steps and the fill.
 
   From each of the 4**L partially masked sequences, a masked token is
@@ -104,8 +112,9 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0,
   and a revealed one is masked again with probability sigma (ReMDM; 0
   otherwise), independently per position.
   """
-  partial = np.array(list(itertools.product(range(MASK + 1),
-                                            repeat=kd.LENGTH)))  # [S', L]
+  partial = np.array(
+      list(itertools.product(range(MASK + 1), repeat=kd.LENGTH))
+  )  # [S', L]
   if genmd4:
     reverse = genmd4_reverse()
     denoise = jax.jit(reverse.denoise)
@@ -117,17 +126,20 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0,
   masked = partial == MASK  # [S', L]
 
   def transition(t, reveal, sigma):
-    logits = denoise(jnp.asarray(partial),
-                     jnp.full((len(partial),), t, jnp.float32))
+    logits = denoise(
+        jnp.asarray(partial), jnp.full((len(partial),), t, jnp.float32)
+    )
     mu = np.exp(np.asarray(logits, np.float64))
     mu /= mu.sum(-1, keepdims=True)  # [S', L, V]
     # GenMD4 at t = 0: a masked token is impossible (alpha_v(0) = 1), so the
     # oracle is undefined there; those states have probability 0.
     mu = np.nan_to_num(mu)
     factor = np.zeros(partial.shape + (MASK + 1,))  # [S', L, V + 1]
-    factor[..., :MASK] = np.where(masked[..., None], reveal * mu,
-                                  (1 - sigma) * np.eye(MASK + 1)[
-                                      partial][..., :MASK])
+    factor[..., :MASK] = np.where(
+        masked[..., None],
+        reveal * mu,
+        (1 - sigma) * np.eye(MASK + 1)[partial][..., :MASK],
+    )
     stay = 1 - (reveal * mu).sum(-1)  # [S', L]
     factor[..., MASK] = np.where(masked, stay, sigma)
     # [S', S', L]: the factor of position j for target state s'.
@@ -138,8 +150,9 @@ def step_distribution(num_steps: int, remask_strength: float = 0.0,
   dist[-1] = 1.0  # Everything masked.
   for i in range(num_steps):
     a_t, a_s = alpha(times[i]), alpha(times[i + 1])
-    sigma = (remask_strength * min(1.0, (1 - a_s) / a_t)
-             if remask_strength else 0.0)
+    sigma = (
+        remask_strength * min(1.0, (1 - a_s) / a_t) if remask_strength else 0.0
+    )
     reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)
     dist = dist @ transition(times[i], reveal, sigma)
   dist = dist @ transition(0.0, 1.0, 0.0)
@@ -157,19 +170,28 @@ def assert_matches(samples: np.ndarray, target: np.ndarray) -> None:
   n = len(samples)
   counts = np.bincount(state_indices(samples), minlength=len(target))
   tv = 0.5 * np.abs(counts / n - target).sum()
-  bound = (0.5 * np.sqrt(target * (1 - target) / n).sum()
-           + math.sqrt(math.log(1e6) / (2 * n)))
+  bound = 0.5 * np.sqrt(target * (1 - target) / n).sum() + math.sqrt(
+      math.log(1e6) / (2 * n)
+  )
   assert tv < bound, f"total variation {tv:.4f} >= bound {bound:.4f}"
   log_p = kd.log_probs(kd.all_states())  # [S]
   expected = (target * log_p).sum()
   se = math.sqrt((target * (log_p - expected) ** 2).sum() / n)
   mean = log_p[state_indices(samples)].mean()
-  assert abs(mean - expected) < 5 * se, (
-      f"mean log p {mean:.4f} vs expected {expected:.4f} (se {se:.4f})")
+  assert (
+      abs(mean - expected) < 5 * se
+  ), f"mean log p {mean:.4f} vs expected {expected:.4f} (se {se:.4f})"
 
 
-def draw(name: str, settings: core.Settings, known=None, seed: int = 0,
-         num_samples: int = NUM_SAMPLES, reverse=None, **own) -> core.Result:
+def draw(
+    name: str,
+    settings: core.Settings,
+    known=None,
+    seed: int = 0,
+    num_samples: int = NUM_SAMPLES,
+    reverse=None,
+    **own,
+) -> core.Result:
   """The named sampler, with the grid settings and its own (`own`)."""
   reverse = reverse or oracle_reverse()
   entry = sampling.get(name)
@@ -197,8 +219,9 @@ def test_sampler_on_the_cosine_grid_matches_the_exact_distribution(name):
 
 @pytest.mark.parametrize("name", ["ancestral", "mean"])
 def test_genmd4_sampler_matches_the_exact_distribution_of_its_steps(name):
-  result = draw(name, core.Settings(num_steps=20), seed=8,
-                reverse=genmd4_reverse())
+  result = draw(
+      name, core.Settings(num_steps=20), seed=8, reverse=genmd4_reverse()
+  )
   target = step_distribution(20, genmd4=True)
   assert 0.5 * np.abs(target - step_distribution(20)).sum() > 0.01
   assert_matches(np.asarray(result.samples), target)
@@ -248,16 +271,16 @@ MD4_SAMPLERS = sampling.names_for(masked.MD4(kd.VOCAB, (kd.LENGTH,)))
 
 
 @pytest.mark.parametrize("name", MD4_SAMPLERS)
-def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(
-    name):
+def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(name):
   rng = np.random.default_rng(1)
   given = rng.random((2000, kd.LENGTH)) < 0.4
   tokens = rng.integers(0, kd.VOCAB, given.shape).astype(np.int32)
   known = core.Known(jnp.asarray(given), jnp.asarray(tokens))
   # Frames at tau = 1, .75, .5, .25, 0; the process starts at t = 0.6.
   settings = core.Settings(num_steps=7, num_frames=5, start_time=0.6)
-  history = np.asarray(draw(name, settings, known=known, num_samples=2000,
-                            seed=4).history)
+  history = np.asarray(
+      draw(name, settings, known=known, num_samples=2000, seed=4).history
+  )
   start = np.where(given, tokens, MASK)
   np.testing.assert_array_equal(history[1], start)
   if name != "remask":  # ReMDM started below 1 masks a little more.
@@ -265,7 +288,7 @@ def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(
     # (1 - alpha(s)) / (1 - alpha(0.6)) of the unknown tokens are masked.
     ends = core.sampler_times(settings)[1:]
     s = ends[ends >= 0.25].min()
-    expected = ((1.0 - SCHEDULE.alpha(s)) / (1.0 - SCHEDULE.alpha(0.6)))
+    expected = (1.0 - SCHEDULE.alpha(s)) / (1.0 - SCHEDULE.alpha(0.6))
     still = (history[3][~given] == MASK).mean()
     assert abs(still - expected) < 0.05, (still, expected)
   assert not (history[-1] == MASK).any()
@@ -273,10 +296,14 @@ def test_sampler_started_at_t_reveals_nothing_before_t_then_follows_alpha(
 
 def test_sampler_times_scale_the_grid_to_the_start_time():
   settings = core.Settings(num_steps=4, grid="cosine", start_time=0.5)
-  np.testing.assert_allclose(core.sampler_times(settings),
-                             0.5 * core.grid_times(4, "cosine"), rtol=1e-6)
-  with pytest.raises(ValueError,
-                     match=r"--reconstruct_t=0.0 must be in \(0, 1\]"):
+  np.testing.assert_allclose(
+      core.sampler_times(settings),
+      0.5 * core.grid_times(4, "cosine"),
+      rtol=1e-6,
+  )
+  with pytest.raises(
+      ValueError, match=r"--reconstruct_t=0.0 must be in \(0, 1\]"
+  ):
     core.Settings(start_time=0.0).validate()
 
 
@@ -295,8 +322,9 @@ def test_genmd4_keep_probability_is_alpha_of_each_tokens_value():
   t = jnp.array([0.2, 0.5, 0.9])
   w = jax.nn.softplus(params["power_param"])[x]  # [3, 8]
   expected = 1.0 - (1.0 - config.model.genmd4.eps) * t[:, None] ** w
-  np.testing.assert_allclose(reverse.keep_probability(x, t), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      reverse.keep_probability(x, t), expected, rtol=1e-5
+  )
 
 
 # ------------------------------------------------------- fewer calls ------
@@ -311,7 +339,8 @@ def time_agnostic_model(vocab_size=7, length=32):
   config.network.time_features = "none"
   model = model_lib.build_model(config)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(
-      jax.random.key(0))["params"]
+      jax.random.key(0)
+  )["params"]
   # Sharper than at init, so the draws depend on the context.
   params = jax.tree.map(lambda w: 3.0 * w, params)
   return model, params
@@ -323,8 +352,11 @@ def test_cached_sampler_returns_the_uncached_samples_when_the_model_ignores_time
   settings = core.Settings(num_steps=200)
   runs = {}
   for skip in (True, False):
-    fn = jax.jit(lambda r, skip=skip: cached.sample_cached(
-        reverse, r, 4, settings, skip=skip))
+    fn = jax.jit(
+        lambda r, skip=skip: cached.sample_cached(
+            reverse, r, 4, settings, skip=skip
+        )
+    )
     runs[skip] = jax.device_get(fn(jax.random.key(4)))
   np.testing.assert_array_equal(runs[True].samples, runs[False].samples)
   assert int(runs[False].network_calls) == 201
@@ -335,9 +367,16 @@ def test_cached_sampler_returns_the_uncached_samples_when_the_model_ignores_time
 def test_cached_sampler_skips_only_unused_calls_of_a_time_conditioned_model():
   reverse = oracle_reverse()
   settings = core.Settings(num_steps=100)
-  results = [jax.device_get(jax.jit(lambda r, skip=skip: cached.sample_cached(
-      reverse, r, 500, settings, skip=skip))(jax.random.key(5)))
-             for skip in (True, False)]
+  results = [
+      jax.device_get(
+          jax.jit(
+              lambda r, skip=skip: cached.sample_cached(
+                  reverse, r, 500, settings, skip=skip
+              )
+          )(jax.random.key(5))
+      )
+      for skip in (True, False)
+  ]
   np.testing.assert_array_equal(results[0].samples, results[1].samples)
   assert int(results[0].network_calls) <= kd.LENGTH + 1 < 101
 
@@ -345,12 +384,18 @@ def test_cached_sampler_skips_only_unused_calls_of_a_time_conditioned_model():
 def test_cached_and_first_hitting_samplers_report_far_fewer_network_calls():
   vocab_size, length = 4, 64
   reverse = core.from_schedule(
-      lambda z, t: jnp.zeros(z.shape + (vocab_size,)), SCHEDULE, vocab_size,
-      (length,))
+      lambda z, t: jnp.zeros(z.shape + (vocab_size,)),
+      SCHEDULE,
+      vocab_size,
+      (length,),
+  )
   settings = core.Settings(num_steps=1000)
-  calls = {name: int(draw(name, settings, num_samples=4,
-                          reverse=reverse).network_calls)
-           for name in ("ancestral", "cached", "first_hitting")}
+  calls = {
+      name: int(
+          draw(name, settings, num_samples=4, reverse=reverse).network_calls
+      )
+      for name in ("ancestral", "cached", "first_hitting")
+  }
   assert calls["ancestral"] == 1001
   assert calls["first_hitting"] == length
   assert calls["cached"] <= length + 1
@@ -368,13 +413,15 @@ def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
   configuration.validate(config)
   rng = jax.random.key(3)
   got = jax.jit(lambda p, r: train._draw_samples(model, p, r, config))(
-      params, rng)
+      params, rng
+  )
 
   def direct(name, grid):
     reverse = core.from_model(model, {"params": params})
     settings = sampling.get(name).make_settings(num_steps=6, grid=grid)
-    return jax.jit(lambda r: sampling.get(name).draw(reverse, r, 4, settings)
-                   )(rng).samples
+    return jax.jit(lambda r: sampling.get(name).draw(reverse, r, 4, settings))(
+        rng
+    ).samples
 
   np.testing.assert_array_equal(got, direct("confidence", "cosine"))
   # The same key gives other samples with another sampler or grid.
@@ -384,16 +431,21 @@ def test_training_samples_are_the_configured_sampler_on_the_configured_grid():
 
 def test_training_samples_of_a_class_conditional_model_cycle_the_labels():
   num_classes, vocab_size = 3, 5
-  model = model_lib.DiffusionModel(LabelTable(vocab_size, num_classes),
-                                   masked.MD4(vocab_size, (6,)),
-                                   num_classes=num_classes)
+  model = model_lib.DiffusionModel(
+      LabelTable(vocab_size, num_classes),
+      masked.MD4(vocab_size, (6,)),
+      num_classes=num_classes,
+  )
   # Class c always predicts value c; "no label" (row 3) predicts value 4.
   table = 50.0 * jax.nn.one_hot([0, 1, 2, 4], vocab_size)
   params = {"network": {"table": table}}
   config = configuration.default_config()
   config.train.sample_steps, config.train.num_samples = 4, 7
-  samples = np.asarray(jax.jit(lambda p, r: train._draw_samples(
-      model, p, r, config))(params, jax.random.key(0)))
+  samples = np.asarray(
+      jax.jit(lambda p, r: train._draw_samples(model, p, r, config))(
+          params, jax.random.key(0)
+      )
+  )
   expected = np.arange(7)[:, None] % num_classes
   np.testing.assert_array_equal(samples, np.broadcast_to(expected, (7, 6)))
 
@@ -461,8 +513,7 @@ def test_image_masks_name_the_known_region_and_read_pngs(tmp_path):
   png[:, :8] = 255
   Image.fromarray(png).save(tmp_path / "mask.png")
   from_png = conditioning.pixel_mask(str(tmp_path / "mask.png"), 8, 8)
-  np.testing.assert_array_equal(from_png, conditioning.pixel_mask("left", 8,
-                                                                  8))
+  np.testing.assert_array_equal(from_png, conditioning.pixel_mask("left", 8, 8))
   with pytest.raises(ValueError, match="neither a region"):
     conditioning.pixel_mask("middle", 8, 8)
 
@@ -474,14 +525,13 @@ def test_cosine_grid_is_the_references_fine_near_t_equal_one():
   # The reference's t = sin(pi u / 2) on u = 1, 7/8, ..., 0 (MaskGIT's order):
   # [1, .981, .924, .832, .707, .556, .383, .195, 0].
   expected = np.sin(0.5 * np.pi * np.arange(8, -1, -1) / 8)
-  np.testing.assert_allclose(core.grid_times(8, "cosine"), expected,
-                             atol=1e-6)
-  np.testing.assert_allclose(core.grid_times(8, "cosine")[[1, 4, 7]],
-                             [0.981, 0.707, 0.195], atol=5e-4)
+  np.testing.assert_allclose(core.grid_times(8, "cosine"), expected, atol=1e-6)
+  np.testing.assert_allclose(
+      core.grid_times(8, "cosine")[[1, 4, 7]], [0.981, 0.707, 0.195], atol=5e-4
+  )
   steps = -np.diff(core.grid_times(8, "cosine"))
   assert (np.diff(steps) > 0).all()  # finest steps first, near t = 1
   np.testing.assert_allclose(core.grid_times(8), np.linspace(1, 0, 9))
-
 
 
 def test_nucleus_keeps_the_smallest_set_of_values_reaching_topp():
@@ -500,9 +550,16 @@ def test_confidence_step_reveals_the_most_confident_masked_tokens():
   log_mu = jnp.log(jnp.stack([1 - p_other, p_other], -1))[None]  # [1, L, 2]
   reverse = core.from_schedule(lambda z, t: log_mu, SCHEDULE, 2, (length,))
   z = jnp.full((1, length), 2, jnp.int32)
-  step = core.Step(jax.random.key(0), jnp.int32(0), 4, z, log_mu,
-                   jnp.ones(1), jnp.full((1,), 0.75), core.no_known(1,
-                                                                   (length,)))
+  step = core.Step(
+      jax.random.key(0),
+      jnp.int32(0),
+      4,
+      z,
+      log_mu,
+      jnp.ones(1),
+      jnp.full((1,), 0.75),
+      core.no_known(1, (length,)),
+  )
   out = np.asarray(confidence.confidence_step(reverse, step, 0.0))[0]
   # round(8 * masked_fraction(0.75)) = 6 stay masked: the 2 most confident go.
   np.testing.assert_array_equal(out, [2, 2, 2, 2, 2, 2, 0, 0])
@@ -510,18 +567,24 @@ def test_confidence_step_reveals_the_most_confident_masked_tokens():
 
 def test_samplers_needing_an_md4_schedule_reject_genmd4_with_the_fix():
   process = genmd4.GenMD4(3, (5,))
-  reverse = core.Reverse(lambda z, t: z, process,
-                         {"power_param": jnp.zeros(3)})
+  reverse = core.Reverse(lambda z, t: z, process, {"power_param": jnp.zeros(3)})
   for name in ("cached", "first_hitting", "remask"):
     entry = sampling.get(name)
     reason = entry.reason_not_applicable(process)
-    assert re.search(f"--sampler={name} needs a process with the "
-                     "'value_independent' capability.*Use --sampler="
-                     "ancestral", reason), reason
+    assert re.search(
+        f"--sampler={name} needs a process with the "
+        "'value_independent' capability.*Use --sampler="
+        "ancestral",
+        reason,
+    ), reason
     with pytest.raises(ValueError, match="'value_independent' capability"):
       entry.draw(reverse, jax.random.key(0), 2, entry.settings())
-  assert sampling.names_for(process) == ("ancestral", "topp", "mean",
-                                         "confidence")
+  assert sampling.names_for(process) == (
+      "ancestral",
+      "topp",
+      "mean",
+      "confidence",
+  )
   with pytest.raises(ValueError, match="valid: ancestral, topp"):
     sampling.get("beam")
 
@@ -541,34 +604,47 @@ def test_label_and_guidance_are_checked_against_the_model():
 
 class LabelTable(nn.Module):
   """A rigged class-conditional denoiser: logits = table[label], per token."""
+
   vocab_size: int
   num_classes: int
 
   @nn.compact
   def __call__(self, z, t, label, train=False):
     del t, train
-    table = self.param("table", nn.initializers.normal(1.0),
-                       (self.num_classes + 1, self.vocab_size))
-    return jnp.broadcast_to(table[label][:, None, :],
-                            z.shape + (self.vocab_size,))
+    table = self.param(
+        "table",
+        nn.initializers.normal(1.0),
+        (self.num_classes + 1, self.vocab_size),
+    )
+    return jnp.broadcast_to(
+        table[label][:, None, :], z.shape + (self.vocab_size,)
+    )
 
 
 def test_guided_logits_extrapolate_from_unconditional_to_conditional():
-  model = model_lib.DiffusionModel(LabelTable(5, 10), masked.MD4(5, (4,)),
-                                   num_classes=10)
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32),
-                         jnp.zeros((2,), jnp.int32))
+  model = model_lib.DiffusionModel(
+      LabelTable(5, 10), masked.MD4(5, (4,)), num_classes=10
+  )
+  variables = model.init(
+      jax.random.key(0),
+      jnp.zeros((2, 4), jnp.int32),
+      jnp.zeros((2,), jnp.int32),
+  )
   z, t = jnp.full((2, 4), 5, jnp.int32), jnp.full((2,), 0.5)
   table = variables["params"]["network"]["table"]
   cond = jax.nn.log_softmax(table[3])
   uncond = jax.nn.log_softmax(table[10])  # the "no label" row
   guided = core.from_model(model, variables, label=3, guidance=1.5)
   expected = jnp.broadcast_to(2.5 * cond - 1.5 * uncond, (2, 4, 5))
-  np.testing.assert_allclose(guided.denoise(z, t), expected, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      guided.denoise(z, t), expected, rtol=1e-5, atol=1e-5
+  )
   plain = core.from_model(model, variables, label=3)
-  np.testing.assert_allclose(jax.nn.log_softmax(plain.denoise(z, t)),
-                             jnp.broadcast_to(cond, (2, 4, 5)), atol=1e-5)
+  np.testing.assert_allclose(
+      jax.nn.log_softmax(plain.denoise(z, t)),
+      jnp.broadcast_to(cond, (2, 4, 5)),
+      atol=1e-5,
+  )
 
 
 # --------------------------------------------------------- exact draws ----
@@ -579,9 +655,9 @@ def test_uniform_keeps_resolving_values_far_below_float32_spacing():
   n = 100_000
   # Bits whose top 24 are zero: the event u < 2**-24 of a 24-bit uniform.
   high = jnp.asarray(rng.integers(0, 256, n, dtype=np.uint32))
-  low = jnp.asarray(rng.integers(0, 2 ** 32, n, dtype=np.uint32))
+  low = jnp.asarray(rng.integers(0, 2**32, n, dtype=np.uint32))
   u = np.sort(np.asarray(core.uniform_from_bits(high, low), np.float64))
-  scaled = u * 2.0 ** 24  # should be U[0, 1)
+  scaled = u * 2.0**24  # should be U[0, 1)
   # float32 keeps 24 significant bits here: ~2**24 values, a few collide.
   assert scaled.max() < 1.0 and len(np.unique(u)) > 0.99 * n
   ks = np.abs(scaled - np.arange(1, n + 1) / n).max()
@@ -589,16 +665,21 @@ def test_uniform_keeps_resolving_values_far_below_float32_spacing():
   assert u[0] < 1e-12
   # jax's float32 uniform has 23 bits: all such draws would be exactly 0.
   plain = np.asarray(jax.random.uniform(jax.random.key(0), (n,)), np.float64)
-  np.testing.assert_array_equal(plain * 2 ** 23, np.round(plain * 2 ** 23))
+  np.testing.assert_array_equal(plain * 2**23, np.round(plain * 2**23))
 
 
 def test_categorical_matches_a_distribution_spanning_four_decades():
   probs = np.array([0.5, 0.3, 0.19, 0.0089, 1e-3, 1e-4])
   probs /= probs.sum()
   n = 2_000_000
-  draws = jax.jit(lambda r: core.categorical(
-      r, jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)),
-                          (n, len(probs)))))(jax.random.key(7))
+  draws = jax.jit(
+      lambda r: core.categorical(
+          r,
+          jnp.broadcast_to(
+              jnp.log(jnp.asarray(probs, jnp.float32)), (n, len(probs))
+          ),
+      )
+  )(jax.random.key(7))
   counts = np.bincount(np.asarray(draws), minlength=len(probs))
   expected = n * probs
   chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -608,8 +689,11 @@ def test_categorical_matches_a_distribution_spanning_four_decades():
 
 def test_categorical_never_draws_impossible_outcomes():
   log_probs = jnp.log(jnp.array([0.0, 1e-30, 1.0], jnp.float32))
-  draws = np.asarray(core.categorical(
-      jax.random.key(0), jnp.broadcast_to(log_probs, (1_000_000, 3))))
+  draws = np.asarray(
+      core.categorical(
+          jax.random.key(0), jnp.broadcast_to(log_probs, (1_000_000, 3))
+      )
+  )
   assert (draws == 2).mean() > 0.999999 and (draws != 0).all()
   single = jnp.array([[-jnp.inf, -jnp.inf, 3.0, -jnp.inf]] * 1000)
   assert (np.asarray(core.categorical(jax.random.key(1), single)) == 2).all()
@@ -619,26 +703,42 @@ def test_categorical_never_draws_impossible_outcomes():
 
 
 def test_draw_gives_each_sample_its_own_label_across_batches():
-  model = model_lib.DiffusionModel(LabelTable(5, 3), masked.MD4(5, (4,)),
-                                   num_classes=3)
+  model = model_lib.DiffusionModel(
+      LabelTable(5, 3), masked.MD4(5, (4,)), num_classes=3
+  )
   params = {"network": {"table": 50.0 * jax.nn.one_hot([0, 1, 2, 4], 5)}}
   labels = np.array([2, 0, 1, 1, 2])
-  drawn = drawing.draw(model, params, "ancestral", core.Settings(num_steps=3),
-                       num_samples=5, batch_size=2, seed=0, label=labels)
-  np.testing.assert_array_equal(drawn.samples,
-                                np.broadcast_to(labels[:, None], (5, 4)))
+  drawn = drawing.draw(
+      model,
+      params,
+      "ancestral",
+      core.Settings(num_steps=3),
+      num_samples=5,
+      batch_size=2,
+      seed=0,
+      label=labels,
+  )
+  np.testing.assert_array_equal(
+      drawn.samples, np.broadcast_to(labels[:, None], (5, 4))
+  )
 
 
 def test_text_samples_are_written_as_txt_and_jsonl_that_decode(tmp_path):
   tokenizer = text8.Tokenizer()
-  info = sources.DataInfo((12,), 27, 0, "text", decode=tokenizer.decode,
-                          encode=tokenizer.encode)
-  known = conditioning.text_known("the[*]end", conditioning.encoder(
-      info, "text8"), 12, 3)
-  samples = np.where(known.mask, known.tokens,
-                     np.random.default_rng(0).integers(0, 27, (3, 12)))
-  paths = sample_writing.write_sample_files(str(tmp_path), samples, info,
-                                            known=known, prompt="the[*]end")
+  info = sources.DataInfo(
+      (12,), 27, 0, "text", decode=tokenizer.decode, encode=tokenizer.encode
+  )
+  known = conditioning.text_known(
+      "the[*]end", conditioning.encoder(info, "text8"), 12, 3
+  )
+  samples = np.where(
+      known.mask,
+      known.tokens,
+      np.random.default_rng(0).integers(0, 27, (3, 12)),
+  )
+  paths = sample_writing.write_sample_files(
+      str(tmp_path), samples, info, known=known, prompt="the[*]end"
+  )
   with open(os.path.join(tmp_path, "samples.txt")) as f:
     paragraphs = f.read().strip("\n").split("\n\n")
   with open(os.path.join(tmp_path, "samples.jsonl")) as f:
@@ -658,8 +758,9 @@ def test_text_samples_are_written_as_txt_and_jsonl_that_decode(tmp_path):
 
 def test_training_saves_its_config_and_overrides_are_checked():
   workdir, _ = trained_digits.trained_run()
-  config = run_lib.load_config(workdir, ["data.data_dir=/elsewhere",
-                                              "train.eval_batch_size=50"])
+  config = run_lib.load_config(
+      workdir, ["data.data_dir=/elsewhere", "train.eval_batch_size=50"]
+  )
   assert config.data.data_shape == (8, 8, 1)
   assert config.data.data_dir == "/elsewhere"
   assert config.train.eval_batch_size == 50

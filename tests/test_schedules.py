@@ -40,8 +40,7 @@ def test_loss_weight_is_dalpha_over_one_minus_alpha(name):
   s = schedules.MaskingSchedule(name)
   t = jnp.linspace(0.01, 0.99, 57)
   # 1 - alpha agrees up to the float32 rounding of alpha itself.
-  np.testing.assert_allclose(s.mask_prob(t), 1 - s.alpha(t), rtol=0,
-                             atol=2e-7)
+  np.testing.assert_allclose(s.mask_prob(t), 1 - s.alpha(t), rtol=0, atol=2e-7)
   expected = s.dalpha(t) / s.mask_prob(t)
   np.testing.assert_allclose(s.loss_weight(t), expected, rtol=1e-6)
   assert np.all(np.asarray(s.loss_weight(t)) < 0)
@@ -50,8 +49,12 @@ def test_loss_weight_is_dalpha_over_one_minus_alpha(name):
 def test_mask_probability_keeps_its_digits_near_t_zero():
   t = np.array([1e-7, 1e-5, 1e-3], np.float32)
   t64 = t.astype(np.float64)
-  for name, exact in [("linear", t64), ("cosine", np.sin(np.pi / 2 * t64)),
-                      ("poly3", t64**3), ("poly0.5", t64**0.5)]:
+  for name, exact in [
+      ("linear", t64),
+      ("cosine", np.sin(np.pi / 2 * t64)),
+      ("poly3", t64**3),
+      ("poly0.5", t64**0.5),
+  ]:
     got = schedules.MaskingSchedule(name, eps=0.0).mask_prob(jnp.asarray(t))
     np.testing.assert_allclose(got, exact, rtol=1e-5, err_msg=name)
 
@@ -69,8 +72,9 @@ def test_log_snr_is_log_odds_of_alpha():
   s = schedules.MaskingSchedule("cosine")
   t = jnp.linspace(0.0, 1.0, 11)
   alpha = np.asarray(s.alpha(t), np.float64)
-  np.testing.assert_allclose(s.log_snr(t), np.log(alpha / (1 - alpha)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      s.log_snr(t), np.log(alpha / (1 - alpha)), rtol=1e-4, atol=1e-4
+  )
 
 
 def test_closed_forms_of_linear_and_cosine():
@@ -78,8 +82,9 @@ def test_closed_forms_of_linear_and_cosine():
   lin = schedules.MaskingSchedule("linear", eps=0.0)
   np.testing.assert_allclose(lin.alpha(t), [0.75, 0.5], rtol=1e-6)
   cos = schedules.MaskingSchedule("cosine", eps=0.0)
-  np.testing.assert_allclose(cos.alpha(t), 1 - np.cos(np.pi / 2 * (1 - t)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      cos.alpha(t), 1 - np.cos(np.pi / 2 * (1 - t)), rtol=1e-6
+  )
   poly = schedules.MaskingSchedule("poly3", eps=0.0)
   np.testing.assert_allclose(poly.alpha(t), 1 - np.asarray(t) ** 3, rtol=1e-6)
 

@@ -86,25 +86,41 @@ for mesh in {meshes!r}:
 
 def _run(tmp_path, meshes, devices):
   """One process with `devices` CPU devices; a result per mesh."""
-  code = RUN.format(root=ROOT, config=os.path.join(ROOT, "configs/md4/text8.py"),
-                    data=str(tmp_path / "data"), meshes=tuple(meshes),
-                    workdir=str(tmp_path / "run"))
+  code = RUN.format(
+      root=ROOT,
+      config=os.path.join(ROOT, "configs/md4/text8.py"),
+      data=str(tmp_path / "data"),
+      meshes=tuple(meshes),
+      workdir=str(tmp_path / "run"),
+  )
   # Backend optimisation level 0 skips LLVM's code optimisation, which is
   # most of the CPU compile time (4 train steps, eval steps and samplers);
   # the SPMD partitioning under test runs all the same.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0")
-  out = subprocess.run([sys.executable, "-c", code], env=env,
-                       capture_output=True, text=True, timeout=900)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="3",
+      XLA_FLAGS=(
+          f"--xla_force_host_platform_device_count={devices} "
+          "--xla_backend_optimization_level=0"
+      ),
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
-  return [json.loads(l[len("RESULT"):]) for l in lines]
+  return [json.loads(l[len("RESULT") :]) for l in lines]
 
 
 @pytest.mark.multiprocess
 def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
-    tmp_path):
+    tmp_path,
+):
   generated_data.write_text8(str(tmp_path / "data"))
   [single] = _run(tmp_path, [(1, 1, 1)], devices=1)
   results = _run(tmp_path, MESHES, devices=8)
@@ -122,10 +138,14 @@ def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
     # Tolerances and why: see tree_tolerance.
     for key in ("params", "ema"):
       tree_tolerance.assert_leaves_close(
-          (mesh, key), sharded[key], single[key], tree_tolerance.PARAM_FLOOR)
+          (mesh, key), sharded[key], single[key], tree_tolerance.PARAM_FLOOR
+      )
     tree_tolerance.assert_leaves_close(
-        (mesh, "opt_state"), sharded["opt_state"], single["opt_state"],
-        tree_tolerance.MOMENT_FLOOR)
+        (mesh, "opt_state"),
+        sharded["opt_state"],
+        single["opt_state"],
+        tree_tolerance.MOMENT_FLOOR,
+    )
     # FSDP splits the model width, tensor parallelism the MLP and the heads:
     # text8's embedding projection [E, W] (its 16-wide table stays whole),
     # MLP kernel [W, M], query kernel [W, N, H].
@@ -133,8 +153,9 @@ def test_mesh_runs_match_one_device_after_three_steps_and_shard_weights(
     shards = sharded["shards"]
     assert all(s == [16, 64 // fsdp] for s in shards["embedding"]), mesh
     assert all(s == [64 // fsdp, 192 // tensor] for s in shards["mlp"]), mesh
-    assert all(s == [64 // fsdp, 4 // tensor, 16]
-               for s in shards["query"]), mesh
+    assert all(
+        s == [64 // fsdp, 4 // tensor, 16] for s in shards["query"]
+    ), mesh
 
 
 def test_leaf_error_is_relative_to_the_larger_of_the_leaf_and_the_floor():
@@ -150,41 +171,52 @@ def test_leaf_error_is_relative_to_the_larger_of_the_leaf_and_the_floor():
 
 def test_planned_bytes_match_real_shardings_and_split_by_the_rules():
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  boxed = {"w": _boxed((8, 12), (sharding.EMBED, sharding.MLP)),
-           "b": _boxed((12,), (sharding.MLP,)),
-           "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  boxed = {
+      "w": _boxed((8, 12), (sharding.EMBED, sharding.MLP)),
+      "b": _boxed((12,), (sharding.MLP,)),
+      "step": jax.ShapeDtypeStruct((), jnp.int32),
+  }
   real = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      _unbox(boxed), sharding.tree_shardings(mesh, sharding.DEFAULT_RULES,
-                                             boxed))
+      _unbox(boxed),
+      sharding.tree_shardings(mesh, sharding.DEFAULT_RULES, boxed),
+  )
   one = {"data": 1, "fsdp": 1, "tensor": 1}
-  assert sharding.planned_bytes_per_device(
-      boxed, sharding.DEFAULT_RULES, one) == sharding.bytes_per_device(
-          real) == (8 * 12 + 12 + 1) * 4
+  assert (
+      sharding.planned_bytes_per_device(boxed, sharding.DEFAULT_RULES, one)
+      == sharding.bytes_per_device(real)
+      == (8 * 12 + 12 + 1) * 4
+  )
   # fsdp 4 splits the width (8 -> 2), tensor 3 the MLP (12 -> 4); data
   # replicates; the scalar step stays whole.
   planned = sharding.planned_bytes_per_device(
-      boxed, sharding.DEFAULT_RULES, {"data": 16, "fsdp": 4, "tensor": 3})
+      boxed, sharding.DEFAULT_RULES, {"data": 16, "fsdp": 4, "tensor": 3}
+  )
   assert planned == (2 * 4 + 4 + 1) * 4
   with pytest.raises(ValueError, match=r"splits a dimension of 12 .* 8 ways"):
     sharding.planned_bytes_per_device(
-        boxed, sharding.DEFAULT_RULES, {"data": 1, "fsdp": 1, "tensor": 8})
+        boxed, sharding.DEFAULT_RULES, {"data": 1, "fsdp": 1, "tensor": 8}
+    )
 
 
 def _boxed(shape, names):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  return nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32),
-                                 names)
+
+  return nn.LogicallyPartitioned(
+      jax.ShapeDtypeStruct(shape, jnp.float32), names
+  )
 
 
 def _unbox(tree):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   return nn.meta.unbox(tree)
 
 
 @flax.struct.dataclass
 class _TrainState:
   """The fields of `md4.run_lib.TrainState` (importing train costs seconds)."""
+
   step: jax.Array
   params: dict
   opt_state: tuple
@@ -195,9 +227,12 @@ def test_memory_report_gives_state_bytes_and_the_compiled_temporaries():
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   w = jax.ShapeDtypeStruct((512, 512), jnp.float32, sharding=replicated)
-  state = _TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
-                           params={"w": w}, opt_state=(w, w),
-                           ema_params={"w": w})
+  state = _TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params={"w": w},
+      opt_state=(w, w),
+      ema_params={"w": w},
+  )
   x = jax.ShapeDtypeStruct((512, 512), jnp.float32, sharding=replicated)
 
   def step(state, x):
@@ -206,14 +241,26 @@ def test_memory_report_gives_state_bytes_and_the_compiled_temporaries():
 
   compiled = jax.jit(step).lower(state, x).compile()
   report = sharding.memory_report(compiled, state)
-  mib = {name.strip(): float(value) for name, value in
-         re.findall(r"([A-Za-z ()+]+?) ([\d.]+) MiB", report)}
+  mib = {
+      name.strip(): float(value)
+      for name, value in re.findall(r"([A-Za-z ()+]+?) ([\d.]+) MiB", report)
+  }
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp > 0
   assert mib == {
-      "parameters": 1.0, "optimizer state": 2.0, "EMA": 1.0,
+      "parameters": 1.0,
+      "optimizer state": 2.0,
+      "EMA": 1.0,
       "activations and temporaries": round(temp / 2**20, 1),
       "step arguments (state + batch)": 5.0,
       "estimated peak": pytest.approx(
-          (5 * 2**20 + 4 + temp + compiled.memory_analysis()
-           .output_size_in_bytes) / 2**20, abs=0.05)}, report
+          (
+              5 * 2**20
+              + 4
+              + temp
+              + compiled.memory_analysis().output_size_in_bytes
+          )
+          / 2**20,
+          abs=0.05,
+      ),
+  }, report

@@ -37,8 +37,11 @@ def build_bpe(directory, texts, vocab_size=300):
   """A small GPT-2-format byte-level BPE (vocab.json + merges.txt)."""
   bpe = hf_tokenizers.ByteLevelBPETokenizer()
   bpe.train_from_iterator(
-      texts, vocab_size=vocab_size, min_frequency=2,
-      special_tokens=[tokenizers.GPT2_END_OF_TEXT], show_progress=False,
+      texts,
+      vocab_size=vocab_size,
+      min_frequency=2,
+      special_tokens=[tokenizers.GPT2_END_OF_TEXT],
+      show_progress=False,
   )
   directory.mkdir(parents=True, exist_ok=True)
   bpe.save_model(str(directory))
@@ -102,7 +105,8 @@ def test_gpt2_tokenizer_gives_the_reference_gpt2_ids():
 def test_gpt2_ids_equal_those_of_the_tokenizers_library_from_the_same_files():
   ours = tokenizers.GPT2Tokenizer(SHARED_GPT2)
   reference = hf_tokenizers.ByteLevelBPETokenizer(
-      str(SHARED_GPT2 / "vocab.json"), str(SHARED_GPT2 / "merges.txt"))
+      str(SHARED_GPT2 / "vocab.json"), str(SHARED_GPT2 / "merges.txt")
+  )
   for text in TEXTS:
     assert ours.encode(text).tolist() == reference.encode(text).ids, text
   assert ours.encode_batch(TEXTS) == [reference.encode(t).ids for t in TEXTS]
@@ -146,10 +150,12 @@ def test_sentencepiece_trained_on_a_corpus_round_trips_and_loads_by_path(
     tmp_path,
 ):
   rng = np.random.default_rng(0)
-  corpus = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 60))
-            for _ in range(300)]
+  corpus = [
+      "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 60)) for _ in range(300)
+  ]
   model = tokenizers.train_sentencepiece(
-      corpus, tmp_path / "spm" / "protein", vocab_size=60)
+      corpus, tmp_path / "spm" / "protein", vocab_size=60
+  )
   assert model == tmp_path / "spm" / "protein.model" and model.is_file()
   by_file = tokenizers.load("sentencepiece", model)
   by_dir = tokenizers.load("sentencepiece", tmp_path / "spm")

@@ -30,11 +30,13 @@ def load(name, arg):
 
 
 def final_state(workdir):
-  manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
-                                  item_names=("state", "data"))
+  manager = ocp.CheckpointManager(
+      checkpointing.checkpoint_dir(workdir), item_names=("state", "data")
+  )
   step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )
   return step, restored.state
 
 
@@ -45,8 +47,11 @@ def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path, caplog):
   caplog.set_level(logging.INFO)
   config = load("md4/digits.py", "tiny")
   result = train.train_and_evaluate(config, str(tmp_path))
-  report = [r.getMessage() for r in caplog.records
-            if r.getMessage().startswith("Per device:")]
+  report = [
+      r.getMessage()
+      for r in caplog.records
+      if r.getMessage().startswith("Per device:")
+  ]
   assert len(report) == 1 and "activations and temporaries" in report[0]
   assert result["step"] == config.train.num_steps
   assert np.isfinite(result["eval"]["test/bits_per_dim"])
@@ -55,7 +60,8 @@ def test_digits_run_writes_eval_samples_and_checkpoints(tmp_path, caplog):
   assert np.isfinite(result["eval"]["test/bits_per_dim_raw"])
   assert not any(k.endswith("_uncond") for k in result["eval"])
   assert result["samples"].endswith(".png") and os.path.exists(
-      result["samples"])
+      result["samples"]
+  )
   steps = ocp.utils.checkpoint_steps(checkpointing.checkpoint_dir(tmp_path))
   assert sorted(steps) == [3, 6]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
@@ -71,15 +77,14 @@ def test_restore_from_initialises_params_from_another_run(tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "second"))
   _, first = final_state(str(tmp_path / "first"))
   _, second = final_state(str(tmp_path / "second"))
-  for a, b in zip(jax.tree.leaves(first["params"]),
-                  jax.tree.leaves(second["params"])):
+  for a, b in zip(
+      jax.tree.leaves(first["params"]), jax.tree.leaves(second["params"])
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
 
 
-
 @pytest.mark.parametrize("config_name", ["md4/text8.py", "genmd4/text8.py"])
-def test_text8_run_writes_text_samples_and_bits_per_char(tmp_path,
-                                                         config_name):
+def test_text8_run_writes_text_samples_and_bits_per_char(tmp_path, config_name):
   generated_data.write_text8(str(tmp_path / "data"))
   config = load(config_name, "tiny")
   config.data.data_dir = str(tmp_path / "data")
@@ -89,11 +94,16 @@ def test_text8_run_writes_text_samples_and_bits_per_char(tmp_path,
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   # text8 reports bits/char (DataInfo.unit), the same number as bits/dim;
   # perplexity is for token data.
-  assert {"valid/bits_per_dim", "test/bits_per_dim",
-          "test/bits_per_char"} <= set(result["eval"])
+  assert {
+      "valid/bits_per_dim",
+      "test/bits_per_dim",
+      "test/bits_per_char",
+  } <= set(result["eval"])
   assert "test/perplexity" not in result["eval"]
-  assert result["eval"]["test/bits_per_char"] == result["eval"][
-      "test/bits_per_dim"]
+  assert (
+      result["eval"]["test/bits_per_char"]
+      == result["eval"]["test/bits_per_dim"]
+  )
   with open(result["samples"]) as f:
     text = f.read()
   assert set(text) <= set(" abcdefghijklmnopqrstuvwxyz\n")
@@ -122,12 +132,12 @@ def test_ema_is_decay_times_ema_plus_rest_times_params():
 
 
 @pytest.mark.parametrize("decay", [0.995, 0.999, 0.9999])
-def test_ema_decay_at_step_k_is_min_of_decay_and_1_plus_k_over_10_plus_k(
-    decay):
+def test_ema_decay_at_step_k_is_min_of_decay_and_1_plus_k_over_10_plus_k(decay):
   steps = np.array([0, 1, 2, 9, 100, 1799, 1800, 1801, 8990, 89_990, 10**6])
   expected = np.minimum(decay, (1.0 + steps) / (10.0 + steps))
   got = jax.vmap(lambda k: optimizers.ema_decay_at(k, decay, True))(
-      jnp.asarray(steps, jnp.int32))
+      jnp.asarray(steps, jnp.int32)
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   assert float(got[0]) == pytest.approx(0.1)
   assert float(got[-1]) == pytest.approx(decay)
@@ -143,16 +153,19 @@ def test_warmed_up_ema_keeps_a_vanishing_share_of_the_initial_params():
   zero = {"w": jnp.zeros(())}
   for k in range(n):
     ema = optimizers.ema_update(
-        ema, zero, optimizers.ema_decay_at(jnp.int32(k), decay, True))
+        ema, zero, optimizers.ema_decay_at(jnp.int32(k), decay, True)
+    )
     plain = optimizers.ema_update(
-        plain, zero, optimizers.ema_decay_at(jnp.int32(k), decay, False))
+        plain, zero, optimizers.ema_decay_at(jnp.int32(k), decay, False)
+    )
   assert float(ema["w"]) == pytest.approx(1 / math.comb(n + 9, 9), rel=1e-4)
   assert float(plain["w"]) == pytest.approx(decay**n, rel=1e-5)
 
 
 @pytest.mark.parametrize("warmup", [True, False])
 def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
-    tmp_path, warmup):
+    tmp_path, warmup
+):
   config = load("md4/digits.py", "tiny")
   config.optimizer.ema_decay = 0.9999
   config.optimizer.ema_warmup = warmup
@@ -165,10 +178,13 @@ def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
     batch = {key: jnp.asarray(v) for key, v in next(batches).items()}
     state, metrics = step(state, batch, jax.random.key(1))
     expected_decay = min(0.9999, (1 + k) / (10 + k)) if warmup else 0.9999
-    assert float(metrics["ema_decay"]) == pytest.approx(expected_decay,
-                                                        rel=1e-6)
+    assert float(metrics["ema_decay"]) == pytest.approx(
+        expected_decay, rel=1e-6
+    )
+
   def distance(a, b):
     return float(optimizers.global_norm(jax.tree.map(jnp.subtract, a, b)))
+
   moved = distance(state.params, initial)
   lag = distance(state.ema_params, state.params)
   assert moved > 0
@@ -181,21 +197,27 @@ def test_train_step_ema_is_close_to_the_params_after_a_few_steps_with_warmup(
 def _perturbed(params, scale, seed):
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [
-      p + scale * jax.random.normal(k, p.shape, p.dtype)
-      for p, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+      tree,
+      [
+          p + scale * jax.random.normal(k, p.shape, p.dtype)
+          for p, k in zip(leaves, keys)
+      ],
+  )
 
 
 def test_class_conditional_eval_reports_bounds_with_and_without_labels(
-    tmp_path):
+    tmp_path,
+):
   config = load("md4/digits.py", "tiny")
   config.model.class_conditional = True
   setup = run_lib.build(config, str(tmp_path))
   num_classes = setup.model.num_classes
   assert num_classes == 10
   # Random weights everywhere, so that the label changes the logits.
-  params = _perturbed(run_lib.create_state(setup, jax.random.key(0)).params,
-                      0.05, 1)
+  params = _perturbed(
+      run_lib.create_state(setup, jax.random.key(0)).params, 0.05, 1
+  )
   raw = _perturbed(params, 0.05, 2)
   eval_step = jax.jit(train.make_eval_step(setup.model))
   with jax.set_mesh(setup.mesh):
@@ -215,7 +237,8 @@ def test_class_conditional_eval_reports_bounds_with_and_without_labels(
   assert result["test/bits_per_dim_uncond"] == pytest.approx(uncond, rel=1e-6)
   assert result["test/bits_per_dim"] != pytest.approx(uncond, rel=1e-4)
   assert result["test/bits_per_dim_raw"] != pytest.approx(
-      result["test/bits_per_dim"], rel=1e-4)
+      result["test/bits_per_dim"], rel=1e-4
+  )
   assert same["test/bits_per_dim_raw"] == same["test/bits_per_dim"]
   assert same["test/bits_per_dim"] == result["test/bits_per_dim"]
 
@@ -238,11 +261,14 @@ def test_micro_batches_give_the_same_update_as_one_full_batch(tmp_path):
     updated.append((new_state, metrics))
   (a, ma), (b, mb) = updated
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6
+    )
   assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-5)
-  changed = [not np.allclose(np.asarray(x), np.asarray(y)) for x, y in
-             zip(jax.tree.leaves(a.params), jax.tree.leaves(state.params))]
+  changed = [
+      not np.allclose(np.asarray(x), np.asarray(y))
+      for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(state.params))
+  ]
   assert any(changed)
 
 
@@ -263,17 +289,28 @@ def test_batch_not_divisible_by_data_parallel_size_is_reported_early(tmp_path):
       "c.train.eval_batch_size = 8;"
       "run_lib.build(c, %r)"
   ) % (ROOT, os.path.join(ROOT, "configs/md4/digits.py"), str(tmp_path))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", code], env=env,
-                       capture_output=True, text=True, timeout=300)
+  env = dict(
+      os.environ,
+      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      JAX_PLATFORMS="cpu",
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode != 0
-  assert "config.train.batch_size=6 must be divisible by the data-parallel " \
-         "size 4" in out.stderr
+  assert (
+      "config.train.batch_size=6 must be divisible by the data-parallel size 4"
+      in out.stderr
+  )
 
 
-@pytest.mark.parametrize("config_name", ["d3pm/binarized_mnist.py",
-                                         "d3pm/text8.py"])
+@pytest.mark.parametrize(
+    "config_name", ["d3pm/binarized_mnist.py", "d3pm/text8.py"]
+)
 def test_d3pm_digits_variants_train_evaluate_and_sample(tmp_path, config_name):
   config = load(config_name, "digits")
   config.network = load("md4/digits.py", "tiny").network
@@ -290,7 +327,8 @@ def test_d3pm_digits_variants_train_evaluate_and_sample(tmp_path, config_name):
 
 
 def test_saved_config_check_ignores_runtime_fields_and_fields_added_later(
-    tmp_path):
+    tmp_path,
+):
   config = load("md4/digits.py", "tiny")
   saved = config.copy_and_resolve_references()
   del saved.network["dropout_rate"]  # As if saved before the field existed.

@@ -27,14 +27,14 @@ def holder(workdir, then):
       print("locked", flush=True)
       {then}
   """)
-  proc = subprocess.Popen([sys.executable, "-c", code],
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+  )
   assert proc.stdout.readline().strip() == "locked"
   return proc
 
 
-def test_the_lock_file_names_host_pid_and_start_and_goes_at_release(
-    tmp_path):
+def test_the_lock_file_names_host_pid_and_start_and_goes_at_release(tmp_path):
   with workdir_lock.held(str(tmp_path)) as lock:
     with open(lock.path) as f:
       owner = json.load(f)
@@ -59,7 +59,8 @@ def test_a_live_run_is_refused_in_one_line_naming_its_owner(tmp_path):
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(
-    tmp_path, caplog):
+    tmp_path, caplog
+):
   proc = holder(tmp_path, "os.kill(os.getpid(), 9)")  # SIGKILL: no clean-up.
   proc.wait()
   assert os.path.exists(workdir_lock.lock_path(str(tmp_path)))
@@ -72,15 +73,20 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(
 
 def test_a_live_pid_recorded_on_this_host_is_refused_without_flock(tmp_path):
   # As on a file system whose locks are not shared: only the record is left.
-  sleeper = subprocess.Popen([sys.executable, "-c",
-                              "import time; time.sleep(60)"])
+  sleeper = subprocess.Popen(
+      [sys.executable, "-c", "import time; time.sleep(60)"]
+  )
   try:
-    record = dict(workdir_lock.owner_record(), pid=sleeper.pid,
-                  process_start=workdir_lock._process_start(sleeper.pid))
+    record = dict(
+        workdir_lock.owner_record(),
+        pid=sleeper.pid,
+        process_start=workdir_lock._process_start(sleeper.pid),
+    )
     with open(workdir_lock.lock_path(str(tmp_path)), "w") as f:
       json.dump(record, f)
-    with pytest.raises(workdir_lock.WorkdirLockedError,
-                       match=f"PID {sleeper.pid}"):
+    with pytest.raises(
+        workdir_lock.WorkdirLockedError, match=f"PID {sleeper.pid}"
+    ):
       workdir_lock.WorkdirLock(str(tmp_path)).acquire()
     # The same PID with another start time is a reused PID: stale.
     record["process_start"] = "1"

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def digits_config():
   spec = importlib.util.spec_from_file_location(
-      "digits_config", os.path.join(ROOT, "configs", "md4", "digits.py"))
+      "digits_config", os.path.join(ROOT, "configs", "md4", "digits.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config("tiny")

@@ -24,7 +24,8 @@ from md4 import configuration
 def get_config(arg=None):
   size = configuration.variant(arg, ("small", "cpu", "tiny"))
   c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/text8.py"), size)
+      configuration.sibling(__file__, "../md4/text8.py"), size
+  )
   configuration.switch_process(c, "autoregressive")
   c.network.causal = True
   c.network.time_features = "none"

@@ -25,7 +25,8 @@ def get_config(arg=None):
   name = configuration.variant(arg, ("default", "cpu", "digits"))
   c = configuration.load_file(
       configuration.sibling(__file__, "../md4/binarized_mnist.py"),
-      "cpu" if name == "cpu" else "default")
+      "cpu" if name == "cpu" else "default",
+  )
   configuration.switch_process(c, "d3pm")
   c.model.d3pm.transition = "uniform"
   c.model.d3pm.schedule = "cosine"  # Reaches the uniform prior exactly at T.

@@ -24,7 +24,8 @@ def get_config(arg=None):
   name = configuration.variant(arg, ("small", "cpu", "tiny", "digits"))
   c = configuration.load_file(
       configuration.sibling(__file__, "../md4/text8.py"),
-      "small" if name == "digits" else name)
+      "small" if name == "digits" else name,
+  )
   configuration.switch_process(c, "d3pm")
   c.model.d3pm.transition = "absorbing"
   c.model.d3pm.schedule = "jsd"

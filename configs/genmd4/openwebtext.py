@@ -10,8 +10,11 @@ from md4 import configuration
 
 def get_config(arg=None):
   c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/openwebtext.py"), arg)
+      configuration.sibling(__file__, "../md4/openwebtext.py"), arg
+  )
   configuration.switch_process(c, "genmd4")
-  c.model.genmd4.power_init = 1.0  # softplus(param) starts here for every value.
+  c.model.genmd4.power_init = (
+      1.0  # softplus(param) starts here for every value.
+  )
   c.model.genmd4.t1 = 1e-4  # Start of the diffusion integral.
   return c

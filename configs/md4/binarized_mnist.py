@@ -16,9 +16,14 @@ def get_config(arg=None):
   c.data.vocab_size = 2
   c.data.pad_to = 32
   c.model.md4.schedule = "cosine"
-  c.network = configuration.unet(ch=64, num_res_blocks=2, dropout_rate=0.1,
-                                 ch_mult=(1, 2, 2), attn_resolutions=(16,),
-                                 embed_dim=32)
+  c.network = configuration.unet(
+      ch=64,
+      num_res_blocks=2,
+      dropout_rate=0.1,
+      ch_mult=(1, 2, 2),
+      attn_resolutions=(16,),
+      embed_dim=32,
+  )
   c.optimizer.learning_rate = 2e-4
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99

@@ -32,9 +32,15 @@ def get_config(arg=None):
   c.data.vocab_size = 256
   c.model.md4.schedule = "linear"
   c.model.md4.num_steps = 256 if name == "discrete" else 0
-  c.network = configuration.unet(ch=128, num_res_blocks=32, dropout_rate=0.1,
-                                 ch_mult=(1,), attn_resolutions=(),
-                                 embed_dim=128, cond_width=128)
+  c.network = configuration.unet(
+      ch=128,
+      num_res_blocks=32,
+      dropout_rate=0.1,
+      ch_mult=(1,),
+      attn_resolutions=(),
+      embed_dim=128,
+      cond_width=128,
+  )
   c.optimizer.learning_rate = 2e-4
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99
@@ -51,8 +57,9 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 256
   if name == "cpu":
-    c.network = configuration.unet(ch=64, num_res_blocks=4, dropout_rate=0.0,
-                                   embed_dim=64, cond_width=64)
+    c.network = configuration.unet(
+        ch=64, num_res_blocks=4, dropout_rate=0.0, embed_dim=64, cond_width=64
+    )
     c.train.batch_size = c.train.eval_batch_size = 8
     c.train.eval_max_batches = 4
     c.train.num_steps = 1000

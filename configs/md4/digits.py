@@ -15,8 +15,13 @@ def get_config(arg=None):
   c.model.md4.schedule = "linear"
   c.train.sample_steps = 64
   if size == "tiny":
-    c.network = configuration.unet(ch=16, num_res_blocks=1, dropout_rate=0.0,
-                                   attn_resolutions=(), embed_dim=8)
+    c.network = configuration.unet(
+        ch=16,
+        num_res_blocks=1,
+        dropout_rate=0.0,
+        attn_resolutions=(),
+        embed_dim=8,
+    )
     c.train.batch_size = 16
     c.train.eval_batch_size = 100
     c.train.eval_max_batches = 1

@@ -10,6 +10,7 @@ from md4 import configuration
 
 def get_config(arg=None):
   c = configuration.load_file(
-      configuration.sibling(__file__, "openwebtext.py"), arg)
+      configuration.sibling(__file__, "openwebtext.py"), arg
+  )
   c.data.dataset = "fineweb_edu"
   return c

@@ -44,23 +44,27 @@ def get_config(arg=None):
   c.model.md4.schedule = "cosine" if name == "cond" else "linear"
   c.model.class_conditional = name == "cond"
   c.model.cond_drop_prob = 0.1
-  c.network = ml_collections.ConfigDict(dict(
-      name="uvit",
-      dtype="float32",
-      embed_dim=256,  # Per-channel token embedding width.
-      ch=256,  # U-Net base channels.
-      ch_mult=(1,),  # One level: the DiT reads the 64x64 map in 2x2 patches.
-      num_res_blocks=8,  # U-Net residual blocks (see md4/networks/uvit.py).
-      num_transformer_layers=20,  # DiT blocks.
-      transformer_width=768,
-      num_heads=12,
-      mlp_type="gelu",  # DiT's plain MLP with biases.
-      patch_size=2,
-      cond_width=256,  # Time/label conditioning vector width.
-      dropout_rate=0.1,
-      time_features="t",
-      remat=False,
-  ))
+  c.network = ml_collections.ConfigDict(
+      dict(
+          name="uvit",
+          dtype="float32",
+          embed_dim=256,  # Per-channel token embedding width.
+          ch=256,  # U-Net base channels.
+          ch_mult=(
+              1,
+          ),  # One level: the DiT reads the 64x64 map in 2x2 patches.
+          num_res_blocks=8,  # U-Net residual blocks (see md4/networks/uvit.py).
+          num_transformer_layers=20,  # DiT blocks.
+          transformer_width=768,
+          num_heads=12,
+          mlp_type="gelu",  # DiT's plain MLP with biases.
+          patch_size=2,
+          cond_width=256,  # Time/label conditioning vector width.
+          dropout_rate=0.1,
+          time_features="t",
+          remat=False,
+      )
+  )
   c.optimizer.learning_rate = 2e-4
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99

@@ -10,8 +10,13 @@ def get_config(arg=None):
   c.data.data_shape = (28, 28, 1)
   c.data.vocab_size = 256
   c.model.md4.schedule = "linear"
-  c.network = configuration.unet(ch=64, num_res_blocks=2, dropout_rate=0.1,
-                                 ch_mult=(1, 2), attn_resolutions=(14,))
+  c.network = configuration.unet(
+      ch=64,
+      num_res_blocks=2,
+      dropout_rate=0.1,
+      ch_mult=(1, 2),
+      attn_resolutions=(14,),
+  )
   c.optimizer.learning_rate = 2e-4
   c.optimizer.warmup_steps = 100
   c.optimizer.b2 = 0.99

@@ -36,7 +36,8 @@ def get_config(arg=None):
   c.data.vocab_size = 50257  # GPT-2 BPE.
   c.model.md4.schedule = "cosine" if size == "medium" else "linear"
   c.network = configuration.transformer(
-      size, dropout_rate=0.0 if size == "medium" else 0.02)
+      size, dropout_rate=0.0 if size == "medium" else 0.02
+  )
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 2000
   c.optimizer.b2 = 0.999

@@ -43,8 +43,9 @@ def get_config(arg=None):
   c.data.data_shape = (256,)
   c.data.vocab_size = 27  # a-z and space.
   c.model.md4.schedule = "linear"
-  c.network = configuration.transformer(size, dropout_rate=0.05,
-                                        embed_dim=width // heads)
+  c.network = configuration.transformer(
+      size, dropout_rate=0.05, embed_dim=width // heads
+  )
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 2000
   c.optimizer.b2 = 0.999

@@ -24,7 +24,8 @@ from md4 import configuration
 
 def get_config(arg=None):
   c = configuration.load_file(
-      configuration.sibling(__file__, "../d3pm/binarized_mnist.py"), arg)
+      configuration.sibling(__file__, "../d3pm/binarized_mnist.py"), arg
+  )
   c.model.d3pm.hybrid_coeff = 0.0  # The bound alone.
   c.model.d3pm.parameterization = "soft_x0"  # Their posterior form.
   c.model.d3pm.num_steps = 1000 if arg in (None, "default") else 200

@@ -64,9 +64,7 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
         f" {data[:4].hex()}); replace it with the original MNIST file."
     )
   ndim = data[3]
-  dims = tuple(
-      int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4)
-  )
+  dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
   offset = 4 + 4 * ndim
   if len(data) - offset != int(np.prod(dims)):
     raise ValueError(

@@ -129,7 +129,8 @@ def build_datasets(
   loaded = load(data_config)
   # Start-up validation: a sample of every split against the config.
   sources.check_sample(
-      loaded.train, data_config, finished=not loaded.train_transforms)
+      loaded.train, data_config, finished=not loaded.train_transforms
+  )
   for source in loaded.eval.values():
     sources.check_sample(source, data_config, finished=True)
   augmentations = _augmentations(data_config, loaded.info)
@@ -155,8 +156,9 @@ def build_datasets(
       operations=[
           *loaded.train_transforms,
           *augmentations,
-          grain.transforms.Batch(batch_size=global_batch_size,
-                                 drop_remainder=True),
+          grain.transforms.Batch(
+              batch_size=global_batch_size, drop_remainder=True
+          ),
           ProcessSlice(process_index, train_batch),
       ],
       worker_count=int(data_config.num_workers),
@@ -175,8 +177,10 @@ def build_datasets(
       )
       for split, source in loaded.eval.items()
   }
-  sizes = {"train": len(loaded.train),
-           **{split: len(source) for split, source in loaded.eval.items()}}
+  sizes = {
+      "train": len(loaded.train),
+      **{split: len(source) for split, source in loaded.eval.items()},
+  }
   return Datasets(train=train, eval=evals, info=loaded.info, sizes=sizes)
 
 
@@ -217,7 +221,7 @@ class ProcessSlice(grain.transforms.Map):
     self._stop = self._start + batch_size
 
   def map(self, element: Batch) -> Batch:
-    return {k: v[self._start:self._stop] for k, v in element.items()}
+    return {k: v[self._start : self._stop] for k, v in element.items()}
 
 
 def eval_batches(
@@ -261,8 +265,9 @@ def eval_batches(
     examples += [blank] * (batch_size - num_real)
     batch = {k: np.stack([ex[k] for ex in examples]) for k in blank}
     if vocab_size is not None:
-      sources.check_tokens_in_vocab(batch["x"][:num_real], vocab_size, source,
-                                    indices, split)
+      sources.check_tokens_in_vocab(
+          batch["x"][:num_real], vocab_size, source, indices, split
+      )
     weight = np.zeros(batch_size, np.float32)  # [b]
     weight[:num_real] = 1.0
     batch["weight"] = weight
@@ -282,8 +287,7 @@ def _loader(data_config: Any) -> Callable[[Any], sources.LoadedData]:
         f" to {', '.join(_PADDABLE)}, not {name!r}; set data_config.pad_to ="
         " 0."
     )
-  for field, users in (("path", _WITH_PATH),
-                       ("characters", _WITH_CHARACTERS)):
+  for field, users in (("path", _WITH_PATH), ("characters", _WITH_CHARACTERS)):
     if data_config[field] and name not in users:
       raise ValueError(
           f"data_config.{field} is {data_config[field]!r} but only"
@@ -337,7 +341,7 @@ def _read_options(num_workers: int) -> grain.ReadOptions | None:
 def _check_seed(seed: int) -> None:
   if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
     raise ValueError(
-        f"seed must be an integer in [0, 2**32) (grain's shuffle seed), got"
+        "seed must be an integer in [0, 2**32) (grain's shuffle seed), got"
         f" {seed!r}; change the config's seed."
     )
 

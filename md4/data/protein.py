@@ -118,8 +118,9 @@ def read_proteins(files: list[pathlib.Path]) -> tuple[np.ndarray, np.ndarray]:
             " characters (gaps, stops, digits) in the FASTA file."
         ) from e
   if not pieces:
-    raise ValueError(f"the FASTA files {[str(f) for f in files]} hold no"
-                     " protein sequence.")
+    raise ValueError(
+        f"the FASTA files {[str(f) for f in files]} hold no protein sequence."
+    )
   offsets = np.cumsum([0] + [len(p) for p in pieces])
   return np.concatenate(pieces), offsets
 
@@ -131,8 +132,14 @@ class ProteinSource:
   padded); without, they are the whole proteins as uint8 token arrays.
   """
 
-  def __init__(self, name: str, tokens: np.ndarray, offsets: np.ndarray,
-               indices: np.ndarray, seq_len: int | None = None):
+  def __init__(
+      self,
+      name: str,
+      tokens: np.ndarray,
+      offsets: np.ndarray,
+      indices: np.ndarray,
+      seq_len: int | None = None,
+  ):
     self._name = name
     self._tokens = tokens
     self._offsets = offsets
@@ -144,7 +151,7 @@ class ProteinSource:
 
   def __getitem__(self, index: int) -> np.ndarray | sources.Example:
     protein = int(self._indices[index])
-    residues = self._tokens[self._offsets[protein]: self._offsets[protein + 1]]
+    residues = self._tokens[self._offsets[protein] : self._offsets[protein + 1]]
     if self._seq_len is None:
       return residues
     return {"x": pad_or_crop(residues, self._seq_len, 0)}
@@ -153,8 +160,10 @@ class ProteinSource:
     return f"{self._name} protein {int(self._indices[index])}"
 
   def __repr__(self) -> str:
-    return (f"ProteinSource(name={self._name!r}, num_proteins={len(self)},"
-            f" seq_len={self._seq_len})")
+    return (
+        f"ProteinSource(name={self._name!r}, num_proteins={len(self)},"
+        f" seq_len={self._seq_len})"
+    )
 
 
 def pad_or_crop(residues: np.ndarray, seq_len: int, start: int) -> np.ndarray:
@@ -171,8 +180,9 @@ class RandomCropOrPad(grain.transforms.RandomMap):
   def __init__(self, seq_len: int):
     self.seq_len = seq_len
 
-  def random_map(self, element: np.ndarray,
-                 rng: np.random.Generator) -> sources.Example:
+  def random_map(
+      self, element: np.ndarray, rng: np.random.Generator
+  ) -> sources.Example:
     max_start = max(0, len(element) - self.seq_len)
     start = int(rng.integers(0, max_start + 1))
     return {"x": pad_or_crop(element, self.seq_len, start)}
@@ -185,12 +195,15 @@ def load(data_config: Any) -> sources.LoadedData:
   """Loads proteins as a "train" source and a held-out "valid" source."""
   seq_len = token_files.seq_len_of(data_config)
   sources.check_matches_config(
-      data_config, data_shape=(seq_len,), vocab_size=VOCAB_SIZE)
+      data_config, data_shape=(seq_len,), vocab_size=VOCAB_SIZE
+  )
   files = fasta_files(data_config)
   tokens, offsets = read_proteins(files)
   train, valid = token_files.held_out_indices(
-      len(offsets) - 1, float(data_config.eval_fraction),
-      f"the proteins in {files[0].parent}")
+      len(offsets) - 1,
+      float(data_config.eval_fraction),
+      f"the proteins in {files[0].parent}",
+  )
   tokenizer = Tokenizer()
   return sources.LoadedData(
       info=sources.DataInfo(
@@ -204,6 +217,9 @@ def load(data_config: Any) -> sources.LoadedData:
       ),
       train=ProteinSource("protein/train", tokens, offsets, train),
       train_transforms=(RandomCropOrPad(seq_len),),
-      eval={"valid": ProteinSource("protein/valid", tokens, offsets, valid,
-                                   seq_len)},
+      eval={
+          "valid": ProteinSource(
+              "protein/valid", tokens, offsets, valid, seq_len
+          )
+      },
   )

@@ -148,8 +148,9 @@ class ArraySource:
     return f"ArraySource(name={self._name!r}, num_records={len(self)})"
 
 
-def record_location(source: grain.sources.RandomAccessDataSource,
-                    index: int) -> str:
+def record_location(
+    source: grain.sources.RandomAccessDataSource, index: int
+) -> str:
   """Names record `index` of `source`: its file and row where known."""
   describe = getattr(source, "describe", None)
   return describe(index) if describe else f"{source!r} record {index}"
@@ -216,8 +217,9 @@ def check_sample(
   vocab_size = int(data_config.vocab_size)
   data_shape = tuple(int(d) for d in data_config.data_shape)
   num = len(source)
-  for index in np.unique(np.linspace(0, num - 1, min(num, num_samples))
-                         .astype(np.int64)):
+  for index in np.unique(
+      np.linspace(0, num - 1, min(num, num_samples)).astype(np.int64)
+  ):
     record = source[int(index)]
     x = np.asarray(record["x"] if isinstance(record, dict) else record)
     where = record_location(source, int(index))

@@ -50,12 +50,14 @@ def _read_text(path: pathlib.Path) -> str:
   try:
     text = path.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path} is not UTF-8 text ({e}); convert it to UTF-8."
-                     ) from e
+    raise ValueError(
+        f"{path} is not UTF-8 text ({e}); convert it to UTF-8."
+    ) from e
   if not text:
     raise ValueError(
         f"the text file {path} is empty; put the text to model in it, or"
-        " set data_config.path to another file.")
+        " set data_config.path to another file."
+    )
   return text
 
 
@@ -100,9 +102,11 @@ def load(data_config: Any) -> sources.LoadedData:
   path = text_path(data_config)
   text = _read_text(path)
   tokenizer = tokenizers.CharTokenizer(
-      alphabet(data_config, path, text), name=f"the text file {path}")
+      alphabet(data_config, path, text), name=f"the text file {path}"
+  )
   sources.check_matches_config(
-      data_config, data_shape=(seq_len,), vocab_size=tokenizer.vocab_size)
+      data_config, data_shape=(seq_len,), vocab_size=tokenizer.vocab_size
+  )
   tokens = tokenizer.encode(text)  # [N] int32
   dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.int32
   tokens = tokens.astype(dtype)
@@ -124,10 +128,14 @@ def load(data_config: Any) -> sources.LoadedData:
           decode=tokenizer.decode,
           encode=tokenizer.encode,
       ),
-      train=text8.CropWindowSource("text_chars/train", tokens[:num_train],
-                                   seq_len),
+      train=text8.CropWindowSource(
+          "text_chars/train", tokens[:num_train], seq_len
+      ),
       train_transforms=(text8.RandomCrop(seq_len),),
-      eval={"valid": sources.ArraySource(
-          "text_chars/valid",
-          text8.chunks(tokens[num_train:], seq_len, "text_chars valid"))},
+      eval={
+          "valid": sources.ArraySource(
+              "text_chars/valid",
+              text8.chunks(tokens[num_train:], seq_len, "text_chars valid"),
+          )
+      },
   )

@@ -67,8 +67,10 @@ def _build_command(name: str, data_dir: pathlib.Path) -> str:
   manual = ""
   if name == IMAGENET2012:
     manual = " --manual_dir=DIR_WITH_ILSVRC2012_TARS"
-  return (f"tfds build {name} --data_dir={data_dir}"
-          f" --file_format=array_record{manual}")
+  return (
+      f"tfds build {name} --data_dir={data_dir}"
+      f" --file_format=array_record{manual}"
+  )
 
 
 def open_splits(
@@ -100,10 +102,13 @@ def open_splits(
     try:
       builder.download_and_prepare(file_format="array_record")
     except Exception as e:  # TFDS fails in many ways: network, missing deps.
-      where = ("with ImageNet's ILSVRC2012_img_train.tar and"
-               " ILSVRC2012_img_val.tar (from image-net.org) in"
-               " DIR_WITH_ILSVRC2012_TARS" if name == IMAGENET2012 else
-               "on a machine with internet access")
+      where = (
+          "with ImageNet's ILSVRC2012_img_train.tar and"
+          " ILSVRC2012_img_val.tar (from image-net.org) in"
+          " DIR_WITH_ILSVRC2012_TARS"
+          if name == IMAGENET2012
+          else "on a machine with internet access"
+      )
       raise FileNotFoundError(
           f"TFDS data set {name!r} is not prepared in {data_dir} and TFDS"
           f" could not download and prepare it ({type(e).__name__}: {e})."
@@ -193,8 +198,9 @@ def area_weights(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
   edges = np.arange(size + 1) * scale  # [size + 1]
   k = int(np.ceil(scale)) + 1  # the most input pixels one output touches
   rows = np.floor(edges[:-1]).astype(np.int64)[:, None] + np.arange(k)
-  covered = (np.minimum(edges[1:, None], rows + 1)
-             - np.maximum(edges[:-1, None], rows))  # [size, k]
+  covered = np.minimum(edges[1:, None], rows + 1) - np.maximum(
+      edges[:-1, None], rows
+  )  # [size, k]
   weights = np.clip(covered, 0.0, None) / scale
   return np.minimum(rows, n - 1), weights.astype(np.float32)
 
@@ -216,7 +222,7 @@ class CentreCropResize:
     height, width, _ = image.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    crop = image[top:top + side, left:left + side]  # [S, S, C]
+    crop = image[top : top + side, left : left + side]  # [S, S, C]
     rows, weights = area_weights(side, self.size)  # [size, k] each
     # Rows, then columns: each output pixel is a weighted sum of its inputs.
     tall = crop[rows].astype(np.float32)  # [size, k, S, C]
@@ -270,8 +276,9 @@ def _load(
       in_memory_ok=in_memory_ok,
   )
   classes = num_classes(tfds_info)
-  train = TfdsImageSource(examples["train"], with_label=classes > 0,
-                          transform=transform)
+  train = TfdsImageSource(
+      examples["train"], with_label=classes > 0, transform=transform
+  )
   check_image_shape(train, data_shape, data_config.dataset)
   return sources.LoadedData(
       info=sources.DataInfo(
@@ -283,8 +290,9 @@ def _load(
       ),
       train=train,
       eval={
-          ours: TfdsImageSource(examples[theirs], with_label=classes > 0,
-                                transform=transform)
+          ours: TfdsImageSource(
+              examples[theirs], with_label=classes > 0, transform=transform
+          )
           for ours, theirs in eval_splits.items()
       },
   )

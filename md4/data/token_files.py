@@ -43,8 +43,12 @@ METADATA_FILE = "metadata.json"
 TOKENIZER_SUBDIR = "tokenizer"
 PREPARED = ("openwebtext", "fineweb_edu")
 _NPY_MAGIC = b"\x93NUMPY"
-_SPLIT_PREFIXES = (("train", "train"), ("valid", "valid"), ("eval", "valid"),
-                   ("test", "test"))
+_SPLIT_PREFIXES = (
+    ("train", "train"),
+    ("valid", "valid"),
+    ("eval", "valid"),
+    ("test", "test"),
+)
 _SPLIT_SEED = 0  # the held-out examples of unsplit data; not the train seed
 
 
@@ -111,7 +115,7 @@ class ArrayRecordRecords:
       raise ValueError(
           f"{self.path} record {row} is raw bytes, not .npy bytes, and no"
           f" {METADATA_FILE} gives their dtype; store each record with"
-          " np.save into a buffer, or add a metadata.json with \"dtype\"."
+          ' np.save into a buffer, or add a metadata.json with "dtype".'
       )
     return np.frombuffer(data, self._dtype)
 
@@ -169,12 +173,16 @@ class TokenExamples:
   def describe(self, index: int) -> str:
     """Where example `index` comes from (for error messages)."""
     file, row, piece = self._locate(index)
-    return (f"{self._files[file].path} (row {row}, tokens from"
-            f" {piece * self._seq_len})")
+    return (
+        f"{self._files[file].path} (row {row}, tokens from"
+        f" {piece * self._seq_len})"
+    )
 
   def __repr__(self) -> str:
-    return (f"TokenExamples(name={self._name!r}, num_examples={len(self)},"
-            f" seq_len={self._seq_len})")
+    return (
+        f"TokenExamples(name={self._name!r}, num_examples={len(self)},"
+        f" seq_len={self._seq_len})"
+    )
 
 
 def seq_len_of(data_config: Any) -> int:
@@ -188,9 +196,7 @@ def seq_len_of(data_config: Any) -> int:
   return int(shape[0])
 
 
-def _open_files(
-    paths, seq_len, dtype
-) -> list[NpyRecords | ArrayRecordRecords]:
+def _open_files(paths, seq_len, dtype) -> list[NpyRecords | ArrayRecordRecords]:
   files = []
   for path in paths:
     if path.suffix == ".npy":
@@ -208,8 +214,9 @@ def _open_files(
 
 
 def _examples(name, paths, seq_len, dtype, indices=None) -> TokenExamples:
-  examples = TokenExamples(name, _open_files(paths, seq_len, dtype), seq_len,
-                           indices)
+  examples = TokenExamples(
+      name, _open_files(paths, seq_len, dtype), seq_len, indices
+  )
   if len(examples) == 0:
     raise ValueError(
         f"the {name} split has no example of data_config.data_shape[0] ="
@@ -219,12 +226,12 @@ def _examples(name, paths, seq_len, dtype, indices=None) -> TokenExamples:
   return examples
 
 
-def _prepared_metadata(
-    directory: pathlib.Path, dataset: str
-) -> dict[str, Any]:
+def _prepared_metadata(directory: pathlib.Path, dataset: str) -> dict[str, Any]:
   path = directory / METADATA_FILE
-  command = (f"python prepare_openwebtext_data.py --dataset={dataset}"
-             f" --data_dir={directory.parent}")
+  command = (
+      f"python prepare_openwebtext_data.py --dataset={dataset}"
+      f" --data_dir={directory.parent}"
+  )
   if not path.is_file():
     raise FileNotFoundError(
         f"{dataset} is not prepared: {path} does not exist. Prepare it with"
@@ -242,8 +249,9 @@ def _prepared_metadata(
   return metadata
 
 
-def _check_prepared(metadata: dict[str, Any], path: pathlib.Path,
-                    data_config: Any, seq_len: int) -> None:
+def _check_prepared(
+    metadata: dict[str, Any], path: pathlib.Path, data_config: Any, seq_len: int
+) -> None:
   if int(data_config.vocab_size) != metadata["vocab_size"]:
     raise ValueError(
         f"data_config.vocab_size is {data_config.vocab_size} but {path} was"
@@ -267,8 +275,7 @@ def _codec(
   tokenizer_dir = directory / TOKENIZER_SUBDIR
   if metadata is not None and tokenizer_dir.is_dir():
     try:
-      tokenizer = tokenizers.load(metadata["tokenizer"]["kind"],
-                                  tokenizer_dir)
+      tokenizer = tokenizers.load(metadata["tokenizer"]["kind"], tokenizer_dir)
       return tokenizer.encode, tokenizer.decode
     except (FileNotFoundError, ImportError, ValueError):
       pass  # samples are still written, and prompts read, as ids
@@ -288,7 +295,7 @@ def text_as_ids(text: str) -> np.ndarray:
     raise ValueError(
         f"{bad[0]!r} is not a token id: this token data has no tokenizer"
         f" ({TOKENIZER_SUBDIR}/ with a {METADATA_FILE} naming it), so text is"
-        " read as space-separated non-negative ids, e.g. \"17 4 230\"."
+        ' read as space-separated non-negative ids, e.g. "17 4 230".'
     )
   return np.array([int(w) for w in words], np.int32)
 
@@ -307,14 +314,20 @@ def load_prepared(data_config: Any) -> sources.LoadedData:
   _check_prepared(metadata, directory / METADATA_FILE, data_config, seq_len)
   name = data_config.dataset
   splits = {
-      split: _examples(f"{name}/{split}",
-                       [directory / f for f in metadata["files"][split]],
-                       seq_len, metadata["dtype"])
-      for split in ("train", "valid") if metadata["files"][split]
+      split: _examples(
+          f"{name}/{split}",
+          [directory / f for f in metadata["files"][split]],
+          seq_len,
+          metadata["dtype"],
+      )
+      for split in ("train", "valid")
+      if metadata["files"][split]
   }
   if "train" not in splits:
-    raise ValueError(f"{directory / METADATA_FILE} lists no training file;"
-                     " prepare more documents.")
+    raise ValueError(
+        f"{directory / METADATA_FILE} lists no training file;"
+        " prepare more documents."
+    )
   encode, decode = _codec(directory, metadata)
   return sources.LoadedData(
       info=sources.DataInfo(
@@ -341,8 +354,9 @@ def _split_files(paths: list[pathlib.Path]) -> dict[str, list[pathlib.Path]]:
   return splits
 
 
-def held_out_indices(num: int, eval_fraction: float, what: str
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def held_out_indices(
+    num: int, eval_fraction: float, what: str
+) -> tuple[np.ndarray, np.ndarray]:
   """A fixed seeded split of `num` items: (train, valid) sorted indices."""
   if not 0.0 < eval_fraction < 1.0:
     raise ValueError(
@@ -365,8 +379,9 @@ def load_tokens(data_config: Any) -> sources.LoadedData:
   """Loads the user's token arrays from `data_config.path`."""
   seq_len = seq_len_of(data_config)
   directory = _directory(data_config)
-  paths = sorted(p for p in directory.glob("*")
-                 if p.suffix in (".npy", ".array_record"))
+  paths = sorted(
+      p for p in directory.glob("*") if p.suffix in (".npy", ".array_record")
+  )
   if not paths:
     raise FileNotFoundError(
         f"no .npy or .array_record token files in {directory}; put them"
@@ -381,13 +396,17 @@ def load_tokens(data_config: Any) -> sources.LoadedData:
   dtype = metadata["dtype"] if metadata else None
   splits = _split_files(paths)
   if "train" in splits:
-    examples = {s: _examples(f"tokens/{s}", ps, seq_len, dtype)
-                for s, ps in splits.items()}
+    examples = {
+        s: _examples(f"tokens/{s}", ps, seq_len, dtype)
+        for s, ps in splits.items()
+    }
   else:
     everything = _examples("tokens/all", paths, seq_len, dtype)
-    train, valid = held_out_indices(everything.num_all,
-                                    float(data_config.eval_fraction),
-                                    f"the token files in {directory}")
+    train, valid = held_out_indices(
+        everything.num_all,
+        float(data_config.eval_fraction),
+        f"the token files in {directory}",
+    )
     files = _open_files(paths, seq_len, dtype)
     examples = {
         "train": TokenExamples("tokens/train", files, seq_len, train),

@@ -100,9 +100,7 @@ class CharTokenizer:
       )
     self.name = name
     self.alphabet = alphabet
-    self.special_ids = {
-        s: len(alphabet) + i for i, s in enumerate(special)
-    }
+    self.special_ids = {s: len(alphabet) + i for i, s in enumerate(special)}
     self.vocab_size = len(alphabet) + len(special)
     # Code points, sorted, and the id of each, for searchsorted lookups.
     points = np.array([ord(c) for c in alphabet], np.int64)
@@ -114,8 +112,7 @@ class CharTokenizer:
     if self._points[-1] < 256:
       self._byte_to_id = np.full(256, _INVALID, np.int32)
       self._byte_to_id[self._points] = self._point_ids
-    self._id_to_char = np.array(list(alphabet) + [UNKNOWN] * (
-        len(special) + 1))
+    self._id_to_char = np.array(list(alphabet) + [UNKNOWN] * (len(special) + 1))
 
   def encode_bytes(self, data: bytes) -> np.ndarray:
     """Encodes single-byte (ASCII/Latin-1) text; returns ids `[len(data)]`.

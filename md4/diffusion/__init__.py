@@ -23,19 +23,25 @@ NAMES = tuple(PROCESSES)
 def get(name: str) -> type[process.Process]:
   """The process class called `name`, or a ValueError listing them."""
   if name not in PROCESSES:
-    raise ValueError(f"config.model.process={name!r} is not a process; "
-                     f"valid: {', '.join(NAMES)}.")
+    raise ValueError(
+        f"config.model.process={name!r} is not a process; "
+        f"valid: {', '.join(NAMES)}."
+    )
   return PROCESSES[name]
 
 
 def from_config(config) -> process.Process:
   """The process of a full config (its section model.<process>)."""
   cls = get(config.model.process)
-  return cls.from_config(config.model[cls.name], config.data.vocab_size,
-                         tuple(config.data.data_shape))
+  return cls.from_config(
+      config.model[cls.name],
+      config.data.vocab_size,
+      tuple(config.data.data_shape),
+  )
 
 
 def legacy_flat_names() -> tuple[str, ...]:
   """Every old flat model.<key> of a process field (`upgrade_saved`)."""
-  return tuple(sorted({old for cls in _PROCESSES
-                       for old in cls.legacy_names()}))
+  return tuple(
+      sorted({old for cls in _PROCESSES for old in cls.legacy_names()})
+  )

@@ -31,10 +31,10 @@ class Autoregressive(process_lib.Process):
   """Next-token prediction with a causal transformer (this module)."""
 
   name: ClassVar[str] = "autoregressive"
-  summary: ClassVar[str] = ("next-token baseline: exact likelihood, causal "
-                            "transformer")
-  capabilities: ClassVar[frozenset[str]] = frozenset(
-      {process_lib.NEXT_TOKEN})
+  summary: ClassVar[str] = (
+      "next-token baseline: exact likelihood, causal transformer"
+  )
+  capabilities: ClassVar[frozenset[str]] = frozenset({process_lib.NEXT_TOKEN})
   default_sampler: ClassVar[str] = "autoregressive"
   uses_time_draws: ClassVar[bool] = False
 
@@ -43,14 +43,16 @@ class Autoregressive(process_lib.Process):
     name = network_config.get("name")
     if not network_config.get("causal", False):
       raise ValueError(
-          f"config.model.process='autoregressive' needs a causal network, "
+          "config.model.process='autoregressive' needs a causal network, "
           f"got config.network.name={name!r} with causal attention off; "
           "set config.network.name='transformer' and "
-          "config.network.causal=True.")
+          "config.network.causal=True."
+      )
     if network_config.get("time_features", "t") != "none":
       raise ValueError(
           "config.model.process='autoregressive' has no diffusion time; set "
-          "config.network.time_features='none'.")
+          "config.network.time_features='none'."
+      )
 
   @property
   def start_token(self) -> int:

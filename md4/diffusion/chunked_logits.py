@@ -32,6 +32,7 @@ class FactoredLogits:
     bias: [V] in the compute dtype.
     chunk: positions per chunk (> 0); the last chunk is padded.
   """
+
   features: jax.Array
   kernel: jax.Array
   bias: jax.Array
@@ -73,7 +74,8 @@ def _chunked_log_prob(features, kernel, bias, x):
 
 def _chunked_log_prob_fwd(features, kernel, bias, x):
   logp, lse = jax.lax.map(
-      lambda fx: _chunk_forward(kernel, bias, *fx), (features, x))  # [C, R]
+      lambda fx: _chunk_forward(kernel, bias, *fx), (features, x)
+  )  # [C, R]
   return logp, (features, kernel, bias, x, lse)
 
 
@@ -88,26 +90,36 @@ def _chunked_log_prob_bwd(residuals, g):
     p = jnp.exp(logits - lse_c[:, None])  # [R, V]
     target = jnp.arange(vocab)[None, :] == xc[:, None]  # [R, V]
     d_logits = (g_c[:, None] * (target.astype(jnp.float32) - p)).astype(
-        f.dtype)  # [R, V]
+        f.dtype
+    )  # [R, V]
     d_f = jnp.dot(d_logits, kernel.T)  # [R, D]
     d_kernel, d_bias = acc
     d_kernel += jnp.dot(f.T, d_logits, preferred_element_type=jnp.float32)
     d_bias += d_logits.astype(jnp.float32).sum(axis=0)
     return (d_kernel, d_bias), d_f
 
-  zeros = (jnp.zeros(kernel.shape, jnp.float32),
-           jnp.zeros(bias.shape, jnp.float32))
+  zeros = (
+      jnp.zeros(kernel.shape, jnp.float32),
+      jnp.zeros(bias.shape, jnp.float32),
+  )
   (d_kernel, d_bias), d_features = jax.lax.scan(
-      chunk_grads, zeros, (features, x, lse, g))  # d_features: [C, R, D]
-  return (d_features, d_kernel.astype(kernel.dtype), d_bias.astype(bias.dtype),
-          None)
+      chunk_grads, zeros, (features, x, lse, g)
+  )  # d_features: [C, R, D]
+  return (
+      d_features,
+      d_kernel.astype(kernel.dtype),
+      d_bias.astype(bias.dtype),
+      None,
+  )
 
 
 _chunked_log_prob.defvjp(_chunked_log_prob_fwd, _chunked_log_prob_bwd)
 
 
-def factored_target_log_prob(logits: FactoredLogits, x: jax.Array,
-                             ) -> jax.Array:
+def factored_target_log_prob(
+    logits: FactoredLogits,
+    x: jax.Array,
+) -> jax.Array:
   """log softmax(logits)[x] in float32, forming B x chunk rows at a time.
 
   Args:
@@ -125,20 +137,26 @@ def factored_target_log_prob(logits: FactoredLogits, x: jax.Array,
   pad = num_chunks * chunk - num_positions
   # Chunks run along the positions, so a batch-sharded mesh stays sharded.
   f = jnp.pad(f.reshape(batch, num_positions, dim), ((0, 0), (0, pad), (0, 0)))
-  targets = jnp.pad(x.reshape(batch, num_positions).astype(jnp.int32),
-                    ((0, 0), (0, pad)))
+  targets = jnp.pad(
+      x.reshape(batch, num_positions).astype(jnp.int32), ((0, 0), (0, pad))
+  )
   f = f.reshape(batch, num_chunks, chunk, dim).swapaxes(0, 1)  # [C, B, c, D]
   targets = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
   logp = _chunked_log_prob(
-      f.reshape(num_chunks, batch * chunk, dim), logits.kernel, logits.bias,
-      targets.reshape(num_chunks, batch * chunk))  # [C, B * c]
+      f.reshape(num_chunks, batch * chunk, dim),
+      logits.kernel,
+      logits.bias,
+      targets.reshape(num_chunks, batch * chunk),
+  )  # [C, B * c]
   logp = logp.reshape(num_chunks, batch, chunk).swapaxes(0, 1)  # [B, C, c]
   logp = logp.reshape(batch, num_chunks * chunk)[:, :num_positions]
   return logp.reshape(x.shape)  # [B, *data_shape]
 
 
-def target_log_prob(logits: jax.Array | FactoredLogits, x: jax.Array,
-                    ) -> jax.Array:
+def target_log_prob(
+    logits: jax.Array | FactoredLogits,
+    x: jax.Array,
+) -> jax.Array:
   """log softmax(logits)[x] in float32, without a [..., V] one-hot.
 
   Args:
@@ -152,6 +170,7 @@ def target_log_prob(logits: jax.Array | FactoredLogits, x: jax.Array,
     return factored_target_log_prob(logits, x)
   logits = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)  # [...]
-  picked = jnp.take_along_axis(logits, x[..., None].astype(jnp.int32),
-                               axis=-1)[..., 0]  # [...]
+  picked = jnp.take_along_axis(logits, x[..., None].astype(jnp.int32), axis=-1)[
+      ..., 0
+  ]  # [...]
   return picked - lse

@@ -18,8 +18,11 @@ from md4.diffusion import chunked_logits
 
 # `logits = denoise(z_t, t, label)`: logits [B, *data_shape, V], or
 # `chunked_logits.FactoredLogits` where the loss asked for them.
-Denoiser = Callable[[jax.Array, jax.Array, jax.Array | None],
-                    jax.Array | chunked_logits.FactoredLogits]
+Denoiser = Callable[
+    [jax.Array, jax.Array, jax.Array | None],
+    jax.Array | chunked_logits.FactoredLogits,
+]
+
 
 def mask_token(vocab_size: int) -> int:
   """The id of the mask token: one past the last data value."""
@@ -35,7 +38,8 @@ def check_tokens(x, vocab_size: int, data_shape) -> None:
   if tuple(x.shape[1:]) != tuple(data_shape):
     raise ValueError(
         f"data batch has shape {tuple(x.shape)} but config.data.data_shape is "
-        f"{tuple(data_shape)}; set data_shape to the data set's example shape.")
+        f"{tuple(data_shape)}; set data_shape to the data set's example shape."
+    )
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise ValueError(f"data batch must hold integer tokens, got {x.dtype}.")
   if isinstance(x, jax.core.Tracer):
@@ -45,7 +49,8 @@ def check_tokens(x, vocab_size: int, data_shape) -> None:
     raise ValueError(
         f"data batch has tokens in [{low}, {high}] but config.data.vocab_size "
         f"is {vocab_size}; tokens must lie in [0, {vocab_size - 1}] (the id "
-        f"{vocab_size} is the mask token). Raise vocab_size or fix the data.")
+        f"{vocab_size} is the mask token). Raise vocab_size or fix the data."
+    )
 
 
 def antithetic_draws(u: jax.Array, batch_size: int) -> jax.Array:
@@ -65,8 +70,11 @@ def antithetic_draws(u: jax.Array, batch_size: int) -> jax.Array:
   return jnp.mod(u + jnp.arange(batch_size) / batch_size, 1.0)
 
 
-def sample_times(rng: jax.Array, batch_size: int, antithetic: bool = True,
-                 ) -> jax.Array:
+def sample_times(
+    rng: jax.Array,
+    batch_size: int,
+    antithetic: bool = True,
+) -> jax.Array:
   """Draws u ~ U[0, 1) per example; antithetic = stratified, one offset.
 
   These are draws, not yet times: each process maps them onto the interval
@@ -111,8 +119,9 @@ def uniform(rng: jax.Array, shape) -> jax.Array:
   return jax.vmap(lambda k: jax.random.uniform(k, shape[1:]))(rng)
 
 
-def forward_sample(rng: jax.Array, x: jax.Array, alpha_t: jax.Array,
-                   mask_id: int) -> jax.Array:
+def forward_sample(
+    rng: jax.Array, x: jax.Array, alpha_t: jax.Array, mask_id: int
+) -> jax.Array:
   """Draws z_t ~ q(z_t | x): each token kept with probability alpha_t.
 
   Args:
@@ -142,12 +151,15 @@ def broadcast_to_data(v: jax.Array, x: jax.Array) -> jax.Array:
   return v.reshape(v.shape + (1,) * (x.ndim - 1))
 
 
-def masked_cross_entropy(x: jax.Array, z_t: jax.Array,
-                         logits: jax.Array | chunked_logits.FactoredLogits,
-                         mask_id: int) -> jax.Array:
+def masked_cross_entropy(
+    x: jax.Array,
+    z_t: jax.Array,
+    logits: jax.Array | chunked_logits.FactoredLogits,
+    mask_id: int,
+) -> jax.Array:
   """sum over masked positions of -log mu[x]; per example [B]."""
   logp = chunked_logits.target_log_prob(logits, x)  # [B, ...]
-  masked = (z_t == mask_id)
+  masked = z_t == mask_id
   per_token = jnp.where(masked, -logp, 0.0)
   return per_token.reshape(per_token.shape[0], -1).sum(axis=-1)
 
@@ -159,8 +171,9 @@ def reveal_probability(alpha_s: jax.Array, alpha_t: jax.Array) -> jax.Array:
   return (alpha_s - alpha_t) / (1.0 - alpha_t)
 
 
-def drop_labels(rng: jax.Array, label: jax.Array, drop_prob: float,
-                num_classes: int) -> jax.Array:
+def drop_labels(
+    rng: jax.Array, label: jax.Array, drop_prob: float, num_classes: int
+) -> jax.Array:
   """Replaces each label by the "no label" id `num_classes` w.p. drop_prob.
 
   Training with dropped labels lets one network serve as both the
@@ -172,8 +185,11 @@ def drop_labels(rng: jax.Array, label: jax.Array, drop_prob: float,
   return jnp.where(drop, num_classes, label)
 
 
-def summarize(terms: Mapping[str, jax.Array], num_elements: int,
-              weight: jax.Array | None = None) -> dict[str, jax.Array]:
+def summarize(
+    terms: Mapping[str, jax.Array],
+    num_elements: int,
+    weight: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """Weighted batch means of per-example terms, plus bits per dimension.
 
   Args:

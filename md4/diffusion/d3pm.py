@@ -114,8 +114,10 @@ def betas(schedule: str, num_steps: int) -> np.ndarray:
     return b
   if schedule == "jsd":
     return 1.0 / (num_steps - t + 1.0)
-  raise ValueError(f"config.model.d3pm.schedule={schedule!r} is not a D3PM "
-                   f"schedule; valid: {', '.join(SCHEDULES)}.")
+  raise ValueError(
+      f"config.model.d3pm.schedule={schedule!r} is not a D3PM "
+      f"schedule; valid: {', '.join(SCHEDULES)}."
+  )
 
 
 def gaussian_log_step(beta: float, vocab_size: int) -> np.ndarray:
@@ -126,7 +128,7 @@ def gaussian_log_step(beta: float, vocab_size: int) -> np.ndarray:
   """
   k = vocab_size
   n = np.arange(-(k - 1), k, dtype=np.float64)
-  logits = -4.0 * n ** 2 / ((k - 1) ** 2 * beta)  # Max 0 at n = 0.
+  logits = -4.0 * n**2 / ((k - 1) ** 2 * beta)  # Max 0 at n = 0.
   log_band = logits - np.log(np.exp(logits).sum())  # [2K - 1]
   i = np.arange(k)
   log_q = log_band[k - 1 + np.abs(i[:, None] - i[None, :])]  # [K, K]
@@ -169,6 +171,7 @@ class D3PM:
     parameterization: how the reverse step uses the denoiser's p~(x_0 | x_t),
       "soft_x0" (the papers') or "posterior_mixture" (module docstring).
   """
+
   transition: str
   vocab_size: int
   num_steps: int
@@ -179,31 +182,37 @@ class D3PM:
     if self.transition not in TRANSITIONS:
       raise ValueError(
           f"config.model.d3pm.transition={self.transition!r}; valid: "
-          f"{', '.join(TRANSITIONS)}.")
+          f"{', '.join(TRANSITIONS)}."
+      )
     if self.num_steps < 1:
-      raise ValueError(f"config.model.d3pm.num_steps must be >= 1 for D3PM, got "
-                       f"{self.num_steps}.")
+      raise ValueError(
+          "config.model.d3pm.num_steps must be >= 1 for D3PM, got "
+          f"{self.num_steps}."
+      )
     if self.parameterization not in PARAMETERIZATIONS:
       raise ValueError(
           f"config.model.d3pm.parameterization={self.parameterization!r}; "
-          f"valid: {', '.join(PARAMETERIZATIONS)}.")
+          f"valid: {', '.join(PARAMETERIZATIONS)}."
+      )
     abar_last = np.prod(1.0 - betas(self.schedule, self.num_steps))
     if self.transition == "absorbing" and abar_last > 0:
       raise ValueError(
           f"config.model.d3pm.schedule={self.schedule!r} with "
-          f"config.model.d3pm.transition='absorbing' keeps abar_T = "
+          "config.model.d3pm.transition='absorbing' keeps abar_T = "
           f"{abar_last:.1e} of the tokens unmasked at T = {self.num_steps}, "
           "but the prior p(x_T) is all masks, so the prior KL is infinite; "
           "set config.model.d3pm.schedule='jsd' (1/(T-t+1), Austin et al.'s "
-          "absorbing schedule) or 'cosine', which mask every token at T.")
+          "absorbing schedule) or 'cosine', which mask every token at T."
+      )
     if self.transition == "gaussian" and self.vocab_size < 3:
       raise ValueError(
-          "config.model.d3pm.transition='gaussian' needs config.data.vocab_size "
-          f">= 3 ordinal values, got {self.vocab_size}: with two values its "
-          "one move spans the whole range (probability <= 0.018 per step), "
-          "so the chain never reaches its uniform prior (prior KL about "
-          "log 2 nats per dimension). For binary data set "
-          "config.model.d3pm.transition='uniform'.")
+          "config.model.d3pm.transition='gaussian' needs"
+          f" config.data.vocab_size >= 3 ordinal values, got {self.vocab_size}:"
+          " with two values its one move spans the whole range (probability <="
+          " 0.018 per step), so the chain never reaches its uniform prior"
+          " (prior KL about log 2 nats per dimension). For binary data set"
+          " config.model.d3pm.transition='uniform'."
+      )
 
   # ------------------------------------------------------ the schedule --
 
@@ -226,10 +235,13 @@ class D3PM:
 
   def gaussian_tables(self):
     """float32 log Q_t and log Qbar_t, [T + 1, K, K] each (Gaussian only)."""
-    steps, cumulative = gaussian_log_tables(self.vocab_size, self.num_steps,
-                                            self.schedule)
-    return (jnp.asarray(steps, jnp.float32),
-            jnp.asarray(cumulative, jnp.float32))
+    steps, cumulative = gaussian_log_tables(
+        self.vocab_size, self.num_steps, self.schedule
+    )
+    return (
+        jnp.asarray(steps, jnp.float32),
+        jnp.asarray(cumulative, jnp.float32),
+    )
 
   def _noise_log_prob(self, j):
     """log u(j) for state ids j (any shape); for Gaussian noise the uniform
@@ -265,8 +277,9 @@ class D3PM:
       return jnp.argmax(log_q - jnp.log(e), axis=-1).astype(x0.dtype)
     _, _, log_abar, _ = self.log_tables()
     keep_rng, noise_rng = jax.random.split(rng)
-    keep = (jnp.log(common.uniform(keep_rng, x0.shape))
-            < common.broadcast_to_data(log_abar[t], x0))
+    keep = jnp.log(
+        common.uniform(keep_rng, x0.shape)
+    ) < common.broadcast_to_data(log_abar[t], x0)
     if self.transition == "uniform":
       noise = jax.random.randint(noise_rng, x0.shape, 0, self.vocab_size)
     else:
@@ -287,8 +300,11 @@ class D3PM:
       noise = log_1m_abar[t_b] - math.log(self.vocab_size)
       return jnp.where(same, jnp.logaddexp(log_abar[t_b], noise), noise)
     masked = x_t[..., None] == self.mask_id
-    return jnp.where(masked, log_1m_abar[t_b] * jnp.ones_like(same, float),
-                     jnp.where(same, log_abar[t_b], _NEG_INF))
+    return jnp.where(
+        masked,
+        log_1m_abar[t_b] * jnp.ones_like(same, float),
+        jnp.where(same, log_abar[t_b], _NEG_INF),
+    )
 
   def log_q_step(self, x_t, t):
     """log q(x_t | x_{t-1} = j) for every state j: [B, ..., S]."""
@@ -303,11 +319,13 @@ class D3PM:
     if self.transition == "absorbing":
       # From the mask state x_t can only be the mask.
       from_mask = jnp.where(x_t[..., None] == self.mask_id, 0.0, _NEG_INF)
-      keep = jnp.where(j == x_t[..., None], jnp.logaddexp(log_1m_beta[t_b],
-                                                          noise), noise)
+      keep = jnp.where(
+          j == x_t[..., None], jnp.logaddexp(log_1m_beta[t_b], noise), noise
+      )
       return jnp.where(j == self.mask_id, from_mask, keep)
-    return jnp.where(j == x_t[..., None],
-                     jnp.logaddexp(log_1m_beta[t_b], noise), noise)
+    return jnp.where(
+        j == x_t[..., None], jnp.logaddexp(log_1m_beta[t_b], noise), noise
+    )
 
   # ---------------------------------------------------------- posterior --
 
@@ -333,7 +351,8 @@ class D3PM:
       lq = self.log_q_given_each_x0(x_t, t)  # [B, ..., K]
       consistent = lq > _NEG_INF
       log_p0 = jax.nn.log_softmax(
-          jnp.where(consistent, log_x0, _NEG_INF), axis=-1)
+          jnp.where(consistent, log_x0, _NEG_INF), axis=-1
+      )
       log_w = jnp.where(consistent, log_p0 - lq, _NEG_INF)  # [B, ..., K]
     mixed = self._log_mix_marginals(log_w, t - 1)
     return jax.nn.log_softmax(self.log_q_step(x_t, t) + mixed, axis=-1)
@@ -358,8 +377,7 @@ class D3PM:
     _, _, log_abar, log_1m_abar = self.log_tables()
     s_b = s_b[..., None]  # [B, 1.., 1]
     data_part = log_abar[s_b] + log_w  # j < K
-    noise = log_1m_abar[s_b] + jax.nn.logsumexp(log_w, axis=-1,
-                                                keepdims=True)
+    noise = log_1m_abar[s_b] + jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
     if self.transition == "uniform":
       return jnp.logaddexp(data_part, noise - math.log(self.vocab_size))
     return jnp.concatenate([data_part, noise], axis=-1)
@@ -388,7 +406,8 @@ def prior_loss(process: D3PM, x0):
 def step_loss(process: D3PM, x0, x_t, t, logits):
   """L_{t-1} per example: the step's KL, or -log p(x0 | x1) at t = 1."""
   one_hot_log = jnp.where(
-      jnp.arange(process.vocab_size) == x0[..., None], 0.0, _NEG_INF)
+      jnp.arange(process.vocab_size) == x0[..., None], 0.0, _NEG_INF
+  )
   log_q = process.log_posterior(one_hot_log, x_t, t)  # [B, ..., S]
   log_p = process.log_posterior(logits, x_t, t)  # [B, ..., S]
   step_kl = kl(log_q, log_p)
@@ -397,8 +416,17 @@ def step_loss(process: D3PM, x0, x_t, t, logits):
   return _sum_data(jnp.where(first, recon, step_kl))
 
 
-def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
-          label=None, antithetic: bool = True, t=None):
+def nelbo(
+    rng,
+    x,
+    denoise,
+    process: D3PM,
+    *,
+    hybrid_coeff: float = 0.0,
+    label=None,
+    antithetic: bool = True,
+    t=None,
+):
   """One-sample D3PM negative ELBO and the hybrid objective, per example.
 
   Args:
@@ -421,11 +449,15 @@ def nelbo(rng, x, denoise, process: D3PM, *, hybrid_coeff: float = 0.0,
   t_rng, z_rng = common.time_and_mask_rngs(rng, t)
   if t is None:
     t = common.sample_times(t_rng, x.shape[0], antithetic)
-  steps = jnp.clip(jnp.floor(t * process.num_steps).astype(jnp.int32) + 1, 1,
-                   process.num_steps)  # [B] in 1..T
+  steps = jnp.clip(
+      jnp.floor(t * process.num_steps).astype(jnp.int32) + 1,
+      1,
+      process.num_steps,
+  )  # [B] in 1..T
   if z_rng.ndim:  # Per-example keys: one noise key each.
-    x_t = jax.vmap(lambda k, xi, ti: process.sample_marginal(
-        k, xi[None], ti[None])[0])(z_rng, x, steps)
+    x_t = jax.vmap(
+        lambda k, xi, ti: process.sample_marginal(k, xi[None], ti[None])[0]
+    )(z_rng, x, steps)
   else:
     x_t = process.sample_marginal(z_rng, x, steps)
   logits = denoise(x_t, steps.astype(jnp.float32) / process.num_steps, label)
@@ -455,6 +487,7 @@ class D3PMProcess(process_lib.Process):
     hybrid_coeff: lambda of the auxiliary cross-entropy.
     parameterization: the reverse step, soft_x0 or posterior_mixture.
   """
+
   transition: str = "uniform"
   schedule: str = "linear"
   num_steps: int = 1000
@@ -462,27 +495,45 @@ class D3PMProcess(process_lib.Process):
   parameterization: str = "soft_x0"
 
   name: ClassVar[str] = "d3pm"
-  summary: ClassVar[str] = ("D3PM (Austin et al., 2021) uniform, absorbing, "
-                            "Gaussian; multinomial diffusion")
+  summary: ClassVar[str] = (
+      "D3PM (Austin et al., 2021) uniform, absorbing, "
+      "Gaussian; multinomial diffusion"
+  )
   FIELDS: ClassVar[tuple[fields.Field, ...]] = (
-      fields.Field("model.d3pm.transition", "uniform",
-                   "Noise: uniform (multinomial diffusion), absorbing "
-                   "(masking) or gaussian (ordinal values).",
-                   choices=TRANSITIONS),
-      fields.Field("model.d3pm.schedule", "linear",
-                   "beta_t: linear, cosine, or jsd (1/(T-t+1)).",
-                   choices=SCHEDULES),
-      fields.Field("model.d3pm.num_steps", 1000, "T, the chain's steps.",
-                   low=1),
-      fields.Field("model.d3pm.hybrid_coeff", 0.0,
-                   "lambda of the auxiliary cross-entropy loss.", low=0.0),
-      fields.Field("model.d3pm.parameterization", "soft_x0",
-                   "Reverse step from p~(x_0 | x_t): soft_x0 (the papers') "
-                   "or posterior_mixture (module docstring); checkpoints do "
-                   "not transfer between them.", choices=PARAMETERIZATIONS),
+      fields.Field(
+          "model.d3pm.transition",
+          "uniform",
+          "Noise: uniform (multinomial diffusion), absorbing "
+          "(masking) or gaussian (ordinal values).",
+          choices=TRANSITIONS,
+      ),
+      fields.Field(
+          "model.d3pm.schedule",
+          "linear",
+          "beta_t: linear, cosine, or jsd (1/(T-t+1)).",
+          choices=SCHEDULES,
+      ),
+      fields.Field(
+          "model.d3pm.num_steps", 1000, "T, the chain's steps.", low=1
+      ),
+      fields.Field(
+          "model.d3pm.hybrid_coeff",
+          0.0,
+          "lambda of the auxiliary cross-entropy loss.",
+          low=0.0,
+      ),
+      fields.Field(
+          "model.d3pm.parameterization",
+          "soft_x0",
+          "Reverse step from p~(x_0 | x_t): soft_x0 (the papers') "
+          "or posterior_mixture (module docstring); checkpoints do "
+          "not transfer between them.",
+          choices=PARAMETERIZATIONS,
+      ),
   )
   capabilities: ClassVar[frozenset[str]] = frozenset(
-      {process_lib.TRANSITION_CHAIN})
+      {process_lib.TRANSITION_CHAIN}
+  )
   default_sampler: ClassVar[str] = "reverse_chain"
 
   @classmethod
@@ -496,13 +547,26 @@ class D3PMProcess(process_lib.Process):
 
   @property
   def chain(self) -> D3PM:
-    return D3PM(self.transition, self.vocab_size, self.num_steps,
-                self.schedule, self.parameterization)
+    return D3PM(
+        self.transition,
+        self.vocab_size,
+        self.num_steps,
+        self.schedule,
+        self.parameterization,
+    )
 
   def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
     del params
-    return nelbo(rng, x, denoise, self.chain, hybrid_coeff=self.hybrid_coeff,
-                 label=label, antithetic=antithetic, t=t)
+    return nelbo(
+        rng,
+        x,
+        denoise,
+        self.chain,
+        hybrid_coeff=self.hybrid_coeff,
+        label=label,
+        antithetic=antithetic,
+        t=t,
+    )
 
   def prior_sample(self, rng: jax.Array, shape) -> jax.Array:
     """x_T ~ p(x_T): all masks (absorbing) or uniform values; int32."""

@@ -51,7 +51,8 @@ def power_param_init(power_init: float):
   """Initializer giving softplus(param) = power_init for every value."""
   if power_init <= 0:
     raise ValueError(
-        f"config.model.genmd4.power_init must be > 0, got {power_init}.")
+        f"config.model.genmd4.power_init must be > 0, got {power_init}."
+    )
   inverse_softplus = math.log(math.expm1(power_init))
 
   def init(rng, shape, dtype=jnp.float32):
@@ -71,8 +72,9 @@ def alpha(w_x: jax.Array, t: jax.Array, eps: float) -> jax.Array:
   return 1.0 - (1.0 - eps) * jnp.power(t, w_x)
 
 
-def log_q(x_power: jax.Array, z_masked: jax.Array, t: jax.Array,
-          eps: float) -> jax.Array:
+def log_q(
+    x_power: jax.Array, z_masked: jax.Array, t: jax.Array, eps: float
+) -> jax.Array:
   """log q(z_t | x) per example [B], from the mask pattern.
 
   Args:
@@ -87,9 +89,14 @@ def log_q(x_power: jax.Array, z_masked: jax.Array, t: jax.Array,
   return per_token.reshape(per_token.shape[0], -1).sum(axis=-1)
 
 
-def diffusion_integrand(x: jax.Array, z_t: jax.Array, logits: jax.Array,
-                        w: jax.Array, t: jax.Array,
-                        mask_id: int) -> jax.Array:
+def diffusion_integrand(
+    x: jax.Array,
+    z_t: jax.Array,
+    logits: jax.Array,
+    w: jax.Array,
+    t: jax.Array,
+    mask_id: int,
+) -> jax.Array:
   """The bracket of loss_diff summed over masked tokens, per example [B].
 
   Args:
@@ -104,16 +111,24 @@ def diffusion_integrand(x: jax.Array, z_t: jax.Array, logits: jax.Array,
   mu = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [B, ..., V]
   expected_w = jnp.einsum("...v,v->...", mu, w)  # [B, ...]
   w_x = w[x]  # [B, ...]
-  per_token = (expected_w - w_x - w_x * log_mu_x)  # [B, ...] times t
+  per_token = expected_w - w_x - w_x * log_mu_x  # [B, ...] times t
   per_token = jnp.where(z_t == mask_id, per_token, 0.0)
   return per_token.reshape(per_token.shape[0], -1).sum(axis=-1) / t
 
 
-def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
-          power_param: jax.Array, *, vocab_size: int, eps: float = 1e-4,
-          t1: float = 1e-4, label: jax.Array | None = None,
-          antithetic: bool = True, t: jax.Array | None = None,
-          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+def nelbo(
+    rng: jax.Array,
+    x: jax.Array,
+    denoise: common.Denoiser,
+    power_param: jax.Array,
+    *,
+    vocab_size: int,
+    eps: float = 1e-4,
+    t1: float = 1e-4,
+    label: jax.Array | None = None,
+    antithetic: bool = True,
+    t: jax.Array | None = None,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """The GenMD4 surrogate loss and negative ELBO per example.
 
   The denoiser is called once on a batch of 2B (two draws per example).
@@ -145,12 +160,15 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
   num_elements = math.prod(x.shape[1:])
   w = powers(power_param)  # [V]
   if eps <= 0:
-    raise ValueError(f"config.model.genmd4.eps must be > 0 for GenMD4, got {eps}.")
+    raise ValueError(
+        f"config.model.genmd4.eps must be > 0 for GenMD4, got {eps}."
+    )
   if not 0.0 < float(np.float32(t1)) < 1.0:
     raise ValueError(
-        f"config.model.genmd4.t1 must be in (0, 1) for GenMD4 (in float32), got {t1}:"
-        " the diffusion integral starts at t1 and its integrand is w / t, "
-        "infinite at t = 0; set e.g. config.model.genmd4.t1=1e-4.")
+        "config.model.genmd4.t1 must be in (0, 1) for GenMD4 (in float32), got"
+        f" {t1}: the diffusion integral starts at t1 and its integrand is w /"
+        " t, infinite at t = 0; set e.g. config.model.genmd4.t1=1e-4."
+    )
   t_rng, z_rng = common.time_and_mask_rngs(rng, t)
   if t is None:
     t = common.sample_times(t_rng, batch_size, antithetic)
@@ -176,10 +194,12 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
 
   x_power = w[x]  # [B, ...]
   masked_at_t1 = (1.0 - eps) * jnp.power(t1, x_power)  # 1 - alpha_x(t1)
-  loss_recon = (masked_at_t1.reshape(batch_size, -1).sum(-1)
-                * math.log(vocab_size))
-  loss_prior = jnp.full((batch_size,), num_elements * eps
-                        * math.log(vocab_size), jnp.float32)
+  loss_recon = masked_at_t1.reshape(batch_size, -1).sum(-1) * math.log(
+      vocab_size
+  )
+  loss_prior = jnp.full(
+      (batch_size,), num_elements * eps * math.log(vocab_size), jnp.float32
+  )
   loss_nelbo = loss_diff + loss_recon + loss_prior
   terms = {
       "loss": loss_nelbo + reinforce,
@@ -188,8 +208,7 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
       "loss_recon": loss_recon,
       "loss_prior": loss_prior,
   }
-  scalars = {"power_min": w.min(), "power_mean": w.mean(),
-             "power_max": w.max()}
+  scalars = {"power_min": w.min(), "power_mean": w.mean(), "power_max": w.max()}
   return terms, scalars
 
 
@@ -202,23 +221,43 @@ class GenMD4(process_lib.Process):
     power_init: the initial exponent w_v of every value.
     t1: the diffusion integral runs over [t1, 1].
   """
+
   eps: float = 1e-4
   power_init: float = 1.0
   t1: float = 1e-4
 
   name: ClassVar[str] = "genmd4"
-  summary: ClassVar[str] = ("masked diffusion with a learnable schedule per "
-                            "value (Shi et al., 2024, Sec. 5)")
+  summary: ClassVar[str] = (
+      "masked diffusion with a learnable schedule per "
+      "value (Shi et al., 2024, Sec. 5)"
+  )
   FIELDS: ClassVar[tuple[fields.Field, ...]] = (
-      fields.Field("model.genmd4.eps", 1e-4, "alpha_v(1) = eps.", low=0.0,
-                   high=0.5, low_open=True, high_open=True),
-      fields.Field("model.genmd4.power_init", 1.0,
-                   "Initial exponent w_v of every value's schedule.",
-                   low=0.0, low_open=True),
-      fields.Field("model.genmd4.t1", 1e-4,
-                   "The bound's integral runs over [t1, 1] (reconstruction "
-                   "at t1); > 0, its integrand is w / t.", low=0.0, high=1.0,
-                   low_open=True, high_open=True),
+      fields.Field(
+          "model.genmd4.eps",
+          1e-4,
+          "alpha_v(1) = eps.",
+          low=0.0,
+          high=0.5,
+          low_open=True,
+          high_open=True,
+      ),
+      fields.Field(
+          "model.genmd4.power_init",
+          1.0,
+          "Initial exponent w_v of every value's schedule.",
+          low=0.0,
+          low_open=True,
+      ),
+      fields.Field(
+          "model.genmd4.t1",
+          1e-4,
+          "The bound's integral runs over [t1, 1] (reconstruction "
+          "at t1); > 0, its integrand is w / t.",
+          low=0.0,
+          high=1.0,
+          low_open=True,
+          high_open=True,
+      ),
   )
   capabilities: ClassVar[frozenset[str]] = frozenset({process_lib.UNMASKING})
   default_sampler: ClassVar[str] = "ancestral"
@@ -227,21 +266,35 @@ class GenMD4(process_lib.Process):
     power_param_init(self.power_init)  # Checks it.
 
   def param_specs(self):
-    return {"power_param": process_lib.ParamSpec(
-        power_param_init(self.power_init), (self.vocab_size,),
-        (sharding.VOCAB,))}
+    return {
+        "power_param": process_lib.ParamSpec(
+            power_param_init(self.power_init),
+            (self.vocab_size,),
+            (sharding.VOCAB,),
+        )
+    }
 
   def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
-    return nelbo(rng, x, denoise, params["power_param"],
-                 vocab_size=self.vocab_size, eps=self.eps, t1=self.t1,
-                 label=label, antithetic=antithetic, t=t)
+    return nelbo(
+        rng,
+        x,
+        denoise,
+        params["power_param"],
+        vocab_size=self.vocab_size,
+        eps=self.eps,
+        t1=self.t1,
+        label=label,
+        antithetic=antithetic,
+        t=t,
+    )
 
   def unmask_probability(self, params, s, t):
     w = powers(params["power_param"])  # [V]
     expand = (1,) * len(self.data_shape) + (1,)
     s_b, t_b = s.reshape(s.shape + expand), t.reshape(t.shape + expand)
-    return common.reveal_probability(alpha(w, s_b, self.eps),
-                                     alpha(w, t_b, self.eps))  # [B, 1.., V]
+    return common.reveal_probability(
+        alpha(w, s_b, self.eps), alpha(w, t_b, self.eps)
+    )  # [B, 1.., V]
 
   def keep_probability(self, params, x, t):
     t_b = t.reshape(t.shape + (1,) * (x.ndim - 1))

@@ -41,22 +41,27 @@ from md4.diffusion import process as process_lib
 from md4.diffusion import schedules
 
 
-
-def prior_loss(schedule: schedules.MaskingSchedule, num_elements: int,
-               vocab_size: int) -> jax.Array:
+def prior_loss(
+    schedule: schedules.MaskingSchedule, num_elements: int, vocab_size: int
+) -> jax.Array:
   """KL(q(z_1|x) || p(z_1)) = N alpha(1) log V, the same for every x."""
   return num_elements * schedule.alpha(jnp.float32(1.0)) * math.log(vocab_size)
 
 
-def recon_loss(schedule: schedules.MaskingSchedule, num_elements: int,
-               vocab_size: int) -> jax.Array:
+def recon_loss(
+    schedule: schedules.MaskingSchedule, num_elements: int, vocab_size: int
+) -> jax.Array:
   """-E log p(x | z_0) with a uniform decoder: N (1 - alpha(0)) log V."""
-  return (num_elements * (1.0 - schedule.alpha(jnp.float32(0.0)))
-          * math.log(vocab_size))
+  return (
+      num_elements
+      * (1.0 - schedule.alpha(jnp.float32(0.0)))
+      * math.log(vocab_size)
+  )
 
 
-def diffusion_weight(schedule: schedules.MaskingSchedule, u: jax.Array,
-                     num_steps: int):
+def diffusion_weight(
+    schedule: schedules.MaskingSchedule, u: jax.Array, num_steps: int
+):
   """Per-example weight on the masked cross-entropy, and the time to query.
 
   Continuous time (num_steps == 0): -alpha'(t) / (1 - alpha(t)) at the time
@@ -80,11 +85,18 @@ def diffusion_weight(schedule: schedules.MaskingSchedule, u: jax.Array,
   return num_steps * common.reveal_probability(alpha_s, alpha_t), t_i
 
 
-def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
-          schedule: schedules.MaskingSchedule, *, vocab_size: int,
-          label: jax.Array | None = None, num_steps: int = 0,
-          antithetic: bool = True, t: jax.Array | None = None,
-          ) -> dict[str, jax.Array]:
+def nelbo(
+    rng: jax.Array,
+    x: jax.Array,
+    denoise: common.Denoiser,
+    schedule: schedules.MaskingSchedule,
+    *,
+    vocab_size: int,
+    label: jax.Array | None = None,
+    num_steps: int = 0,
+    antithetic: bool = True,
+    t: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """One Monte-Carlo sample of the MD4 negative ELBO per example.
 
   Args:
@@ -110,12 +122,16 @@ def nelbo(rng: jax.Array, x: jax.Array, denoise: common.Denoiser,
   num_elements = math.prod(x.shape[1:])
   t_rng, z_rng = common.time_and_mask_rngs(rng, t)
   if t is None:
-    t = common.sample_times(t_rng, batch_size, antithetic)  # [B] draws in [0, 1)
+    t = common.sample_times(
+        t_rng, batch_size, antithetic
+    )  # [B] draws in [0, 1)
   weight, t_query = diffusion_weight(schedule, t, num_steps)  # [B], [B]
   alpha_t = common.broadcast_to_data(schedule.alpha(t_query), x)  # [B, 1, ...]
   z_t = common.forward_sample(z_rng, x, alpha_t, mask_id)  # [B, ...]
   logits = denoise(z_t, t_query, label)  # [B, ..., V]
-  loss_diff = weight * common.masked_cross_entropy(x, z_t, logits, mask_id)  # [B]
+  loss_diff = weight * common.masked_cross_entropy(
+      x, z_t, logits, mask_id
+  )  # [B]
 
   ones = jnp.ones((batch_size,), jnp.float32)
   loss_prior = prior_loss(schedule, num_elements, vocab_size) * ones
@@ -137,34 +153,48 @@ class MD4(process_lib.Process):
     eps: alpha stays in [eps, 1 - eps].
     num_steps: 0 for the continuous-time bound, T > 0 for the T-step one.
   """
+
   schedule: str = "linear"
   eps: float = 1e-4
   num_steps: int = 0
 
   name: ClassVar[str] = "md4"
-  summary: ClassVar[str] = ("masked diffusion, one schedule for every value "
-                            "(Shi et al., 2024)")
+  summary: ClassVar[str] = (
+      "masked diffusion, one schedule for every value (Shi et al., 2024)"
+  )
   FIELDS: ClassVar[tuple[fields.Field, ...]] = (
-      fields.Field("model.md4.schedule", "linear",
-                   "Masking schedule alpha(t): linear, cosine or polyK "
-                   "(e.g. poly3)."),
-      fields.Field("model.md4.eps", 1e-4,
-                   "alpha(t) stays in [eps, 1 - eps].", low=0.0, high=0.5,
-                   high_open=True),
-      fields.Field("model.md4.num_steps", 0,
-                   "0: continuous-time ELBO; T > 0: the T-step ELBO.",
-                   low=0),
+      fields.Field(
+          "model.md4.schedule",
+          "linear",
+          "Masking schedule alpha(t): linear, cosine or polyK (e.g. poly3).",
+      ),
+      fields.Field(
+          "model.md4.eps",
+          1e-4,
+          "alpha(t) stays in [eps, 1 - eps].",
+          low=0.0,
+          high=0.5,
+          high_open=True,
+      ),
+      fields.Field(
+          "model.md4.num_steps",
+          0,
+          "0: continuous-time ELBO; T > 0: the T-step ELBO.",
+          low=0,
+      ),
   )
   capabilities: ClassVar[frozenset[str]] = frozenset(
-      {process_lib.UNMASKING, process_lib.VALUE_INDEPENDENT})
+      {process_lib.UNMASKING, process_lib.VALUE_INDEPENDENT}
+  )
   default_sampler: ClassVar[str] = "ancestral"
 
   def __post_init__(self):
     try:
       schedules.MaskingSchedule(self.schedule, self.eps)
     except ValueError as e:
-      raise ValueError(str(e).replace("config.model.", "config.model.md4.")
-                       ) from None
+      raise ValueError(
+          str(e).replace("config.model.", "config.model.md4.")
+      ) from None
 
   @property
   def masking(self) -> schedules.MaskingSchedule:
@@ -173,9 +203,17 @@ class MD4(process_lib.Process):
   def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
     del params
     loss_denoise = lambda z, tt, c: denoise(z, tt, c, factored=True)
-    terms = nelbo(rng, x, loss_denoise, self.masking,
-                  vocab_size=self.vocab_size, label=label,
-                  num_steps=self.num_steps, antithetic=antithetic, t=t)
+    terms = nelbo(
+        rng,
+        x,
+        loss_denoise,
+        self.masking,
+        vocab_size=self.vocab_size,
+        label=label,
+        num_steps=self.num_steps,
+        antithetic=antithetic,
+        t=t,
+    )
     return terms, {}
 
   def unmask_probability(self, params, s, t):

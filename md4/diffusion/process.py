@@ -53,6 +53,7 @@ class ParamSpec:
     shape: its shape.
     axes: its logical axis names (`md4.sharding`), one per dimension.
   """
+
   init: Callable[..., jax.Array]
   shape: tuple[int, ...]
   axes: tuple[str | None, ...]
@@ -66,6 +67,7 @@ class Process:
     vocab_size: V; the mask token (or start token) is V.
     data_shape: one example's shape.
   """
+
   vocab_size: int
   data_shape: tuple[int, ...]
 
@@ -78,16 +80,23 @@ class Process:
   uses_time_draws: ClassVar[bool] = True
 
   @classmethod
-  def from_config(cls, section: ml_collections.ConfigDict, vocab_size: int,
-                  data_shape: tuple[int, ...]) -> "Process":
+  def from_config(
+      cls,
+      section: ml_collections.ConfigDict,
+      vocab_size: int,
+      data_shape: tuple[int, ...],
+  ) -> "Process":
     """The process a config section describes; ValueError naming the field.
 
     The default builds the dataclass from the section's fields of the same
     names; `__post_init__` checks their combinations.
     """
     own = {f.name.rsplit(".", 1)[-1] for f in cls.FIELDS}
-    return cls(vocab_size=vocab_size, data_shape=tuple(data_shape),
-               **{k: section[k] for k in own})
+    return cls(
+        vocab_size=vocab_size,
+        data_shape=tuple(data_shape),
+        **{k: section[k] for k in own},
+    )
 
   @classmethod
   def legacy_names(cls) -> dict[str, str]:
@@ -109,9 +118,17 @@ class Process:
     """Learnable parameters of the process (none by default)."""
     return {}
 
-  def nelbo(self, params: Params, rng: jax.Array, x: jax.Array,
-            denoise: Callable[..., Any], *, label: jax.Array | None,
-            antithetic: bool, t: jax.Array | None) -> tuple[Terms, Terms]:
+  def nelbo(
+      self,
+      params: Params,
+      rng: jax.Array,
+      x: jax.Array,
+      denoise: Callable[..., Any],
+      *,
+      label: jax.Array | None,
+      antithetic: bool,
+      t: jax.Array | None,
+  ) -> tuple[Terms, Terms]:
     """One Monte-Carlo sample of the negative ELBO of each example.
 
     Args:
@@ -132,14 +149,16 @@ class Process:
 
   # ------------------------------------------------ UNMASKING processes --
 
-  def unmask_probability(self, params: Params, s: jax.Array,
-                         t: jax.Array) -> jax.Array:
+  def unmask_probability(
+      self, params: Params, s: jax.Array, t: jax.Array
+  ) -> jax.Array:
     """P(a token masked at t is revealed with value v by s < t), per unit
     of the denoiser's mu[v]: [B, 1, ..., 1] or [B, 1, ..., V]."""
     raise ValueError(self._cannot("reveal masked tokens"))
 
-  def keep_probability(self, params: Params, x: jax.Array,
-                       t: jax.Array) -> jax.Array:
+  def keep_probability(
+      self, params: Params, x: jax.Array, t: jax.Array
+  ) -> jax.Array:
     """q(z_t = x | x) for tokens x [B, ...] at times t [B]: [B, ...]."""
     raise ValueError(self._cannot("mask tokens in its forward process"))
 
@@ -149,15 +168,20 @@ class Process:
     return None
 
   def _cannot(self, what: str) -> str:
-    return (f"config.model.process={self.name!r} does not {what}; this "
-            f"needs a process with {UNMASKING!r} among its capabilities.")
+    return (
+        f"config.model.process={self.name!r} does not {what}; this "
+        f"needs a process with {UNMASKING!r} among its capabilities."
+    )
 
 
-def reason_missing(process: Process, capability: str, who: str,
-                   fix: str) -> str | None:
+def reason_missing(
+    process: Process, capability: str, who: str, fix: str
+) -> str | None:
   """None when process has the capability, else a sentence saying so."""
   if capability in process.capabilities:
     return None
-  return (f"{who} needs a process with the {capability!r} capability; "
-          f"config.model.process={process.name!r} has "
-          f"{', '.join(sorted(process.capabilities)) or 'none'}. {fix}")
+  return (
+      f"{who} needs a process with the {capability!r} capability; "
+      f"config.model.process={process.name!r} has "
+      f"{', '.join(sorted(process.capabilities)) or 'none'}. {fix}"
+  )

@@ -31,14 +31,14 @@ class MaskingSchedule:
     name: `linear`, `cosine`, or `polyK` for any exponent K > 0.
     eps: keeps alpha in [eps, 1 - eps].
   """
+
   name: str
   eps: float = 1e-4
 
   def __post_init__(self):
     _shape_fn(self.name)  # Validates the name early.
     if not 0.0 <= self.eps < 0.5:
-      raise ValueError(
-          f"config.model.eps must be in [0, 0.5), got {self.eps}.")
+      raise ValueError(f"config.model.eps must be in [0, 0.5), got {self.eps}.")
 
   def alpha(self, t):
     """alpha(t) for t in [0, 1]; any shape."""
@@ -75,16 +75,21 @@ def _shape_fn(name: str):
     return (lambda t: 1.0 - t), (lambda t: -jnp.ones_like(t)), (lambda t: t)
   if name == "cosine":
     half_pi = math.pi / 2
-    return (lambda t: 1.0 - jnp.cos(half_pi * (1.0 - t)),
-            lambda t: -half_pi * jnp.sin(half_pi * (1.0 - t)),
-            lambda t: jnp.sin(half_pi * t))  # = cos(pi/2 (1 - t))
+    return (
+        lambda t: 1.0 - jnp.cos(half_pi * (1.0 - t)),
+        lambda t: -half_pi * jnp.sin(half_pi * (1.0 - t)),
+        lambda t: jnp.sin(half_pi * t),
+    )  # = cos(pi/2 (1 - t))
   match = _POLY.match(name) if isinstance(name, str) else None
   if match:
     k = float(match.group(1))
     if k > 0:
-      return (lambda t: 1.0 - jnp.power(t, k),
-              lambda t: -k * jnp.power(t, k - 1.0),
-              lambda t: jnp.power(t, k))
+      return (
+          lambda t: 1.0 - jnp.power(t, k),
+          lambda t: -k * jnp.power(t, k - 1.0),
+          lambda t: jnp.power(t, k),
+      )
   raise ValueError(
       f"config.model.schedule={name!r} is not a masking schedule; valid: "
-      f"{', '.join(VALID_NAMES)}.")
+      f"{', '.join(VALID_NAMES)}."
+  )

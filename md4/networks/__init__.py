@@ -51,21 +51,30 @@ def compute_dtype(dtype: Any) -> Any:
   """Converts "float32"/"bfloat16"/"float16" (or a dtype) to a jnp dtype."""
   name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   if name not in COMPUTE_DTYPES:
-    raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got "
-                     f"{dtype!r}.")
+    raise ValueError(
+        f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {dtype!r}."
+    )
   return COMPUTE_DTYPES[name]
 
 
 def network_fields(name: str) -> tuple[str, ...]:
   """The fields of network `name` that a config may set as keyword args."""
   return tuple(
-      f.name for f in dataclasses.fields(NETWORKS[name])
-      if f.name not in ("parent", "name") + _SET_BY_BUILDER)
+      f.name
+      for f in dataclasses.fields(NETWORKS[name])
+      if f.name not in ("parent", "name") + _SET_BY_BUILDER
+  )
 
 
-def build_network(name: str, *, vocab_size: int, data_shape: Sequence[int],
-                  num_classes: int = 0, dtype: Any = "float32",
-                  **kwargs) -> nn.Module:
+def build_network(
+    name: str,
+    *,
+    vocab_size: int,
+    data_shape: Sequence[int],
+    num_classes: int = 0,
+    dtype: Any = "float32",
+    **kwargs,
+) -> nn.Module:
   """Constructs the denoiser `name` after checking its arguments.
 
   Args:
@@ -85,14 +94,16 @@ def build_network(name: str, *, vocab_size: int, data_shape: Sequence[int],
       keyword that is not a field of the network.
   """
   if name not in NETWORKS:
-    raise ValueError(f"network name {name!r} is unknown; valid names: "
-                     f"{sorted(NETWORKS)}.")
+    raise ValueError(
+        f"network name {name!r} is unknown; valid names: {sorted(NETWORKS)}."
+    )
   data_shape = tuple(data_shape)
   shape_doc, rank = _DATA_SHAPES[name]
   if len(data_shape) != rank or any(d <= 0 for d in data_shape):
     raise ValueError(
         f"data_shape={data_shape} does not fit network {name!r}, which needs "
-        f"data_shape={shape_doc} ({rank} positive sizes).")
+        f"data_shape={shape_doc} ({rank} positive sizes)."
+    )
   fields = network_fields(name)
   for key in kwargs:
     if key not in fields:
@@ -100,14 +111,19 @@ def build_network(name: str, *, vocab_size: int, data_shape: Sequence[int],
       hint = f" Did you mean {close[0]!r}?" if close else ""
       raise ValueError(
           f"{key!r} is not a field of network {name!r}.{hint} Valid fields: "
-          f"{', '.join(fields)}.")
+          f"{', '.join(fields)}."
+      )
   for key in ("ch_mult", "attn_resolutions"):
     if key in kwargs:  # configs give lists; module fields must be hashable
       kwargs[key] = tuple(kwargs[key])
   if name == "transformer" and not kwargs.get("use_rope", True):
     kwargs.setdefault("max_length", data_shape[0])
-  return NETWORKS[name](vocab_size=vocab_size, num_classes=num_classes,
-                        dtype=compute_dtype(dtype), **kwargs)
+  return NETWORKS[name](
+      vocab_size=vocab_size,
+      num_classes=num_classes,
+      dtype=compute_dtype(dtype),
+      **kwargs,
+  )
 
 
 def count_params(params: Any) -> int:

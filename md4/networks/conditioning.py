@@ -36,8 +36,9 @@ TIME_SCALE = 1000.0
 HIDDEN_MULT = 4
 
 
-def sinusoidal_features(t: jnp.ndarray, dim: int,
-                        max_period: float = 10_000.0) -> jnp.ndarray:
+def sinusoidal_features(
+    t: jnp.ndarray, dim: int, max_period: float = 10_000.0
+) -> jnp.ndarray:
   """Transformer-style sinusoidal features of a batch of scalars.
 
   Args:
@@ -51,8 +52,9 @@ def sinusoidal_features(t: jnp.ndarray, dim: int,
     DDPM / reference MD4 convention: `f_i = max_period ** (-i / (dim/2 - 1))`).
   """
   if dim % 2 or dim < 4:
-    raise ValueError(f"sinusoidal feature dim must be even and >= 4, got "
-                     f"{dim}.")
+    raise ValueError(
+        f"sinusoidal feature dim must be even and >= 4, got {dim}."
+    )
   half = dim // 2
   freqs = np.exp(-np.log(max_period) * np.arange(half) / (half - 1))  # [D/2]
   args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, dim/2]
@@ -62,8 +64,9 @@ def sinusoidal_features(t: jnp.ndarray, dim: int,
 def check_time_features(time_features: str) -> None:
   """Raises a ValueError unless `time_features` is one of TIME_FEATURES."""
   if time_features not in TIME_FEATURES:
-    raise ValueError(f"time_features must be one of {TIME_FEATURES}, got "
-                     f"{time_features!r}.")
+    raise ValueError(
+        f"time_features must be one of {TIME_FEATURES}, got {time_features!r}."
+    )
 
 
 class Conditioning(nn.Module):
@@ -76,14 +79,16 @@ class Conditioning(nn.Module):
     time_features: "t" to condition on diffusion time, "none" to ignore it.
     dtype: compute dtype; parameters are float32.
   """
+
   cond_width: int
   num_classes: int = 0
   time_features: str = "t"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, t: jnp.ndarray | None, label: jnp.ndarray | None,
-               batch_size: int) -> jnp.ndarray | None:
+  def __call__(
+      self, t: jnp.ndarray | None, label: jnp.ndarray | None, batch_size: int
+  ) -> jnp.ndarray | None:
     """Returns `c: [B, cond_width]`, or None when there is nothing to embed.
 
     Args:
@@ -98,7 +103,8 @@ class Conditioning(nn.Module):
     if label is not None and self.num_classes == 0:
       raise ValueError(
           "a label was passed but num_classes == 0; set num_classes > 0 for a "
-          "class-conditional network or pass label=None.")
+          "class-conditional network or pass label=None."
+      )
 
     label_emb = None
     if self.num_classes > 0:
@@ -108,13 +114,20 @@ class Conditioning(nn.Module):
       label = jnp.asarray(label)
       if label.shape != (batch_size,):
         raise ValueError(
-            f"label must have shape [B]=({batch_size},), got {label.shape}.")
+            f"label must have shape [B]=({batch_size},), got {label.shape}."
+        )
       label_emb = nn.Embed(
-          self.num_classes + 1, self.cond_width,
-          dtype=self.dtype, param_dtype=jnp.float32,
+          self.num_classes + 1,
+          self.cond_width,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
           embedding_init=nn.with_logical_partitioning(
-              nn.initializers.normal(stddev=1.0), (None, COND)),
-          name="label_embedding")(label)  # [B, Dc]
+              nn.initializers.normal(stddev=1.0), (None, COND)
+          ),
+          name="label_embedding",
+      )(
+          label
+      )  # [B, Dc]
 
     if self.time_features == "none":
       return label_emb  # [B, Dc] or None
@@ -126,16 +139,22 @@ class Conditioning(nn.Module):
     t = jnp.broadcast_to(t, (batch_size,))  # t: [B]
     feats = sinusoidal_features(TIME_SCALE * t, self.cond_width)  # [B, Dc]
     if label_emb is not None:
-      feats = jnp.concatenate([feats, label_emb.astype(feats.dtype)],
-                              axis=-1)  # [B, 2 Dc]
+      feats = jnp.concatenate(
+          [feats, label_emb.astype(feats.dtype)], axis=-1
+      )  # [B, 2 Dc]
     c = self._dense(HIDDEN_MULT * self.cond_width, "time_mlp_0")(feats)
     return self._dense(self.cond_width, "time_mlp_1")(nn.silu(c))  # [B, Dc]
 
   def _dense(self, features: int, name: str) -> nn.Dense:
     return nn.Dense(
-        features, dtype=self.dtype, param_dtype=jnp.float32,
+        features,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), (COND_IN, COND)),
+            nn.initializers.lecun_normal(), (COND_IN, COND)
+        ),
         bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (COND,)),
-        name=name)
+            nn.initializers.zeros_init(), (COND,)
+        ),
+        name=name,
+    )

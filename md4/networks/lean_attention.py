@@ -17,14 +17,16 @@ import jax.numpy as jnp
 def _attention_logits(q, k, scale):
   """Scaled scores [B, N, L, S] of q [B, L, N, H], k [B, S, N, H], float32+."""
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
-  logits = jnp.einsum("btnh,bsnh->bnts", q, k,
-                      preferred_element_type=logits_dtype)
+  logits = jnp.einsum(
+      "btnh,bsnh->bnts", q, k, preferred_element_type=logits_dtype
+  )
   return logits * jnp.asarray(scale, logits_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def lean_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
-                   causal: bool = False) -> jnp.ndarray:
+def lean_attention(
+    q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, causal: bool = False
+) -> jnp.ndarray:
   """softmax(q k^T / sqrt(H)) v, keeping one [B, N, L, L] array for backward.
 
   The math of `jax.nn.dot_product_attention(implementation="xla")` without

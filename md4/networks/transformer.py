@@ -119,16 +119,23 @@ def rotary_embedding(x: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
   return rotated.astype(x.dtype)  # [B, L, N, H]
 
 
-def modulate(x: jnp.ndarray, shift: jnp.ndarray,
-             scale: jnp.ndarray) -> jnp.ndarray:
+def modulate(
+    x: jnp.ndarray, shift: jnp.ndarray, scale: jnp.ndarray
+) -> jnp.ndarray:
   """adaLN modulation; `scale` is an offset from 1 so zero means identity."""
   return x * (1 + scale) + shift
 
 
 def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
   """LayerNorm without learned scale or bias (adaLN supplies both)."""
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_scale=False, use_bias=False,
-                      dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.LayerNorm(
+      epsilon=LAYER_NORM_EPS,
+      use_scale=False,
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
 class ShapedDense(nn.Module):
@@ -139,6 +146,7 @@ class ShapedDense(nn.Module):
   kernel [*in_dims, *features] directly and contracts the trailing
   `num_in_axes` input dimensions.
   """
+
   features: tuple[int, ...]
   kernel_axes: tuple[str | None, ...]
   bias_axes: tuple[str | None, ...]
@@ -149,24 +157,32 @@ class ShapedDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    in_dims = x.shape[x.ndim - self.num_in_axes:]
+    in_dims = x.shape[x.ndim - self.num_in_axes :]
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(self.kernel_init,
-                                               self.kernel_axes),
-        tuple(in_dims) + tuple(self.features), jnp.float32)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
-                      axes=self.num_in_axes)
+        "kernel",
+        nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+        tuple(in_dims) + tuple(self.features),
+        jnp.float32,
+    )
+    y = jnp.tensordot(
+        x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in_axes
+    )
     if not self.use_bias:
       return y
     bias = self.param(
-        "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                             self.bias_axes),
-        tuple(self.features), jnp.float32)
+        "bias",
+        nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), self.bias_axes
+        ),
+        tuple(self.features),
+        jnp.float32,
+    )
     return y + bias.astype(self.dtype)
 
 
-def logits_chunk_positions(logits_chunk: int, batch: int, length: int,
-                           vocab_size: int) -> int:
+def logits_chunk_positions(
+    logits_chunk: int, batch: int, length: int, vocab_size: int
+) -> int:
   """Positions per chunk in which the loss forms the logits; 0: all at once.
 
   Args:
@@ -183,8 +199,9 @@ def logits_chunk_positions(logits_chunk: int, batch: int, length: int,
   """
   if logits_chunk < AUTO_LOGITS_CHUNK:
     raise ValueError(
-        f"network.logits_chunk must be -1 (automatic), 0 (full logits) or "
-        f"a number of positions per chunk > 0, got {logits_chunk}.")
+        "network.logits_chunk must be -1 (automatic), 0 (full logits) or "
+        f"a number of positions per chunk > 0, got {logits_chunk}."
+    )
   if logits_chunk == AUTO_LOGITS_CHUNK:
     if vocab_size < AUTO_CHUNK_MIN_VOCAB:
       return 0
@@ -205,6 +222,7 @@ class OutputHead(nn.Module):
     use_bias: learn a bias; without one the factors' bias is a zero constant.
     dtype: compute dtype.
   """
+
   vocab_size: int
   use_bias: bool = False
   dtype: Any = jnp.float32
@@ -217,14 +235,20 @@ class OutputHead(nn.Module):
     bias [V], whose `(x @ kernel + bias)` cast to float32 are the logits.
     """
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (EMBED, VOCAB)),
-        (x.shape[-1], self.vocab_size), jnp.float32).astype(self.dtype)
+        "kernel",
+        nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (EMBED, VOCAB)
+        ),
+        (x.shape[-1], self.vocab_size),
+        jnp.float32,
+    ).astype(self.dtype)
     if self.use_bias:
       bias = self.param(
-          "bias", nn.with_logical_partitioning(
-              nn.initializers.zeros_init(), (VOCAB,)),
-          (self.vocab_size,), jnp.float32).astype(self.dtype)
+          "bias",
+          nn.with_logical_partitioning(nn.initializers.zeros_init(), (VOCAB,)),
+          (self.vocab_size,),
+          jnp.float32,
+      ).astype(self.dtype)
     else:
       bias = jnp.zeros((self.vocab_size,), self.dtype)
     x = x.astype(self.dtype)
@@ -244,13 +268,13 @@ class AdaLNModulation(nn.Module):
       normal kernel, zero bias).
     dtype: compute dtype.
   """
+
   num_chunks: int
   cond_type: str = "adaln_zero"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, c: jnp.ndarray | None,
-               width: int) -> list[jnp.ndarray]:
+  def __call__(self, c: jnp.ndarray | None, width: int) -> list[jnp.ndarray]:
     """Returns num_chunks arrays [B, 1, width] ([1, 1, width] if c is None)."""
     check_choice("cond_type", self.cond_type, COND_TYPES)
     zeros = nn.initializers.zeros_init()
@@ -260,18 +284,27 @@ class AdaLNModulation(nn.Module):
       mod = self.param(
           "constant",
           nn.with_logical_partitioning(zeros, (None, EMBED)),
-          (self.num_chunks, width), jnp.float32)
+          (self.num_chunks, width),
+          jnp.float32,
+      )
       mod = mod.astype(self.dtype)[None]  # [1, n, W]
     else:
-      kernel_init = (zeros if self.cond_type == "adaln_zero"
-                     else nn.initializers.lecun_normal())
+      kernel_init = (
+          zeros
+          if self.cond_type == "adaln_zero"
+          else nn.initializers.lecun_normal()
+      )
       mod = ShapedDense(
-          (self.num_chunks, width), (COND, None, EMBED), (None, EMBED),
-          kernel_init=kernel_init, dtype=self.dtype,
-          name="dense")(nn.silu(c))  # mod: [B, n, W]
+          (self.num_chunks, width),
+          (COND, None, EMBED),
+          (None, EMBED),
+          kernel_init=kernel_init,
+          dtype=self.dtype,
+          name="dense",
+      )(
+          nn.silu(c)
+      )  # mod: [B, n, W]
     return [mod[:, None, i, :] for i in range(self.num_chunks)]
-
-
 
 
 class Attention(nn.Module):
@@ -290,6 +323,7 @@ class Attention(nn.Module):
       bidirectional, the denoisers').
     dtype: compute dtype.
   """
+
   num_heads: int
   use_rope: bool = True
   attention_impl: str | None = "xla"
@@ -304,20 +338,29 @@ class Attention(nn.Module):
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     width = x.shape[-1]
     if self.num_heads <= 0 or width % self.num_heads:
-      raise ValueError(f"num_heads={self.num_heads} must divide the width "
-                       f"{width}.")
+      raise ValueError(
+          f"num_heads={self.num_heads} must divide the width {width}."
+      )
     head_dim = width // self.num_heads
     if self.use_rope and head_dim % 2:
-      raise ValueError(f"rotary embeddings need an even head dim, got "
-                       f"width {width} / num_heads {self.num_heads} = "
-                       f"{head_dim}.")
+      raise ValueError(
+          "rotary embeddings need an even head dim, got "
+          f"width {width} / num_heads {self.num_heads} = "
+          f"{head_dim}."
+      )
 
     def project(name):
       return ShapedDense(
-          (self.num_heads, head_dim), (EMBED, HEADS, HEAD_DIM),
-          (HEADS, HEAD_DIM), kernel_init=nn.initializers.normal(INIT_STD),
-          use_bias=self.qkv_bias, dtype=self.dtype,
-          name=name)(x)  # [B, L, N, H]
+          (self.num_heads, head_dim),
+          (EMBED, HEADS, HEAD_DIM),
+          (HEADS, HEAD_DIM),
+          kernel_init=nn.initializers.normal(INIT_STD),
+          use_bias=self.qkv_bias,
+          dtype=self.dtype,
+          name=name,
+      )(
+          x
+      )  # [B, L, N, H]
 
     axes = (BATCH, LENGTH, HEADS, HEAD_DIM)
     q = nn.with_logical_constraint(project("query"), axes)
@@ -331,13 +374,21 @@ class Attention(nn.Module):
       out = lean_attention(q, k, v, self.causal)  # [B, L, N, H]
     else:
       out = jax.nn.dot_product_attention(
-          q, k, v, is_causal=self.causal,
-          implementation=self.attention_impl)  # [B, L, N, H]
+          q, k, v, is_causal=self.causal, implementation=self.attention_impl
+      )  # [B, L, N, H]
     out = nn.with_logical_constraint(out, axes)
     return ShapedDense(
-        (width,), (HEADS, HEAD_DIM, EMBED), (EMBED,),
-        kernel_init=nn.initializers.normal(self.out_std), num_in_axes=2,
-        use_bias=self.out_bias, dtype=self.dtype, name="out")(out)  # [B, L, W]
+        (width,),
+        (HEADS, HEAD_DIM, EMBED),
+        (EMBED,),
+        kernel_init=nn.initializers.normal(self.out_std),
+        num_in_axes=2,
+        use_bias=self.out_bias,
+        dtype=self.dtype,
+        name="out",
+    )(
+        out
+    )  # [B, L, W]
 
 
 class Mlp(nn.Module):
@@ -353,6 +404,7 @@ class Mlp(nn.Module):
     out_std: init std of the output projection.
     dtype: compute dtype.
   """
+
   hidden: int
   mlp_type: str = "glu"
   out_std: float = INIT_STD
@@ -366,13 +418,18 @@ class Mlp(nn.Module):
 
     def dense(features, axes, std, name):
       return nn.Dense(
-          features, use_bias=use_bias, dtype=self.dtype,
+          features,
+          use_bias=use_bias,
+          dtype=self.dtype,
           param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.normal(std), axes),
+              nn.initializers.normal(std), axes
+          ),
           bias_init=nn.with_logical_partitioning(
-              nn.initializers.zeros_init(), axes[-1:]),
-          name=name)
+              nn.initializers.zeros_init(), axes[-1:]
+          ),
+          name=name,
+      )
 
     if self.mlp_type == "gelu":
       h = nn.gelu(dense(self.hidden, (EMBED, MLP), INIT_STD, "wi")(x))
@@ -406,6 +463,7 @@ class TransformerBlock(nn.Module):
     qkv_bias: see `Attention`.
     dtype: compute dtype.
   """
+
   num_heads: int
   mlp_type: str = "glu"
   mlp_ratio: float = 4.0
@@ -419,31 +477,44 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None,
-               train: bool) -> jnp.ndarray:
+  def __call__(
+      self, x: jnp.ndarray, c: jnp.ndarray | None, train: bool
+  ) -> jnp.ndarray:
     axes = (BATCH, LENGTH, EMBED)
     x = nn.with_logical_constraint(x, axes)  # [B, L, W]
     width = x.shape[-1]
-    (shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp,
-     gate_mlp) = AdaLNModulation(6, self.cond_type, dtype=self.dtype,
-                                 name="adaln")(c, width)
+    shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = (
+        AdaLNModulation(6, self.cond_type, dtype=self.dtype, name="adaln")(
+            c, width
+        )
+    )
     # One mask per (example, channel), shared by every position.
-    dropout = nn.Dropout(self.dropout_rate, broadcast_dims=(1,),
-                         deterministic=not train)
+    dropout = nn.Dropout(
+        self.dropout_rate, broadcast_dims=(1,), deterministic=not train
+    )
 
-    h = modulate(layer_norm(self.dtype, "norm_attn")(x), shift_attn,
-                 scale_attn)
-    h = Attention(self.num_heads, use_rope=self.use_rope,
-                  attention_impl=self.attention_impl, out_std=self.out_std,
-                  qkv_bias=self.qkv_bias, causal=self.causal,
-                  dtype=self.dtype, name="attention")(h)
+    h = modulate(layer_norm(self.dtype, "norm_attn")(x), shift_attn, scale_attn)
+    h = Attention(
+        self.num_heads,
+        use_rope=self.use_rope,
+        attention_impl=self.attention_impl,
+        out_std=self.out_std,
+        qkv_bias=self.qkv_bias,
+        causal=self.causal,
+        dtype=self.dtype,
+        name="attention",
+    )(h)
     h = dropout(h)
     x = nn.with_logical_constraint(x + gate_attn * h, axes)
 
     h = modulate(layer_norm(self.dtype, "norm_mlp")(x), shift_mlp, scale_mlp)
-    h = Mlp(mlp_hidden_width(width, self.mlp_ratio, self.mlp_type),
-            mlp_type=self.mlp_type, out_std=self.out_std, dtype=self.dtype,
-            name="mlp")(h)
+    h = Mlp(
+        mlp_hidden_width(width, self.mlp_ratio, self.mlp_type),
+        mlp_type=self.mlp_type,
+        out_std=self.out_std,
+        dtype=self.dtype,
+        name="mlp",
+    )(h)
     h = dropout(h)
     return nn.with_logical_constraint(x + gate_mlp * h, axes)  # [B, L, W]
 
@@ -507,6 +578,7 @@ class Transformer(nn.Module):
       logits and their gradient for one extra output-head matmul. See
       `logits_chunk_positions`.
   """
+
   vocab_size: int
   num_classes: int = 0
   time_features: str = "t"
@@ -530,13 +602,20 @@ class Transformer(nn.Module):
 
   def logits_chunk_positions(self, batch: int, length: int) -> int:
     """Positions per chunk of the loss's logits for [B, L] input; 0: none."""
-    return logits_chunk_positions(self.logits_chunk, batch, length,
-                                  self.vocab_size)
+    return logits_chunk_positions(
+        self.logits_chunk, batch, length, self.vocab_size
+    )
 
   @nn.compact
-  def __call__(self, z: jnp.ndarray, t: jnp.ndarray | None,
-               label: jnp.ndarray | None = None, *,
-               train: bool, head_factors: bool = False):
+  def __call__(
+      self,
+      z: jnp.ndarray,
+      t: jnp.ndarray | None,
+      label: jnp.ndarray | None = None,
+      *,
+      train: bool,
+      head_factors: bool = False,
+  ):
     """Logits of the clean tokens.
 
     Args:
@@ -552,62 +631,97 @@ class Transformer(nn.Module):
       whose `features @ kernel + bias` cast to float32 are those logits.
     """
     if z.ndim != 2:
-      raise ValueError(f"Transformer takes text tokens z: [B, L], got shape "
-                       f"{z.shape}; use 'unet' or 'uvit' for images.")
+      raise ValueError(
+          "Transformer takes text tokens z: [B, L], got shape "
+          f"{z.shape}; use 'unet' or 'uvit' for images."
+      )
     check_choice("mlp_type", self.mlp_type, MLP_TYPES)
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     check_choice("cond_type", self.cond_type, COND_TYPES)
     batch, length = z.shape
     self.logits_chunk_positions(batch, length)  # rejects a bad logits_chunk
 
-    c = Conditioning(self.cond_width, self.num_classes, self.time_features,
-                     dtype=self.dtype, name="conditioning")(t, label, batch)
+    c = Conditioning(
+        self.cond_width,
+        self.num_classes,
+        self.time_features,
+        dtype=self.dtype,
+        name="conditioning",
+    )(t, label, batch)
 
     if self.embed_dim < 0:
-      raise ValueError(f"embed_dim must be 0 (embed at the width) or > 0, got "
-                       f"{self.embed_dim}.")
+      raise ValueError(
+          "embed_dim must be 0 (embed at the width) or > 0, got "
+          f"{self.embed_dim}."
+      )
     x = nn.Embed(
-        self.vocab_size + 1, self.embed_dim or self.width,  # +1: MASK
-        dtype=self.dtype, param_dtype=jnp.float32,
+        self.vocab_size + 1,
+        self.embed_dim or self.width,  # +1: MASK
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(INIT_STD),
-            (VOCAB, None if self.embed_dim else EMBED)),
-        name="token_embedding")(z)  # x: [B, L, E or W]
+            (VOCAB, None if self.embed_dim else EMBED),
+        ),
+        name="token_embedding",
+    )(
+        z
+    )  # x: [B, L, E or W]
     if self.embed_dim:
       x = nn.Dense(
-          self.width, dtype=self.dtype, param_dtype=jnp.float32,
+          self.width,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
           kernel_init=nn.with_logical_partitioning(
-              nn.initializers.lecun_normal(), (None, EMBED)),
+              nn.initializers.lecun_normal(), (None, EMBED)
+          ),
           bias_init=nn.with_logical_partitioning(
-              nn.initializers.zeros_init(), (EMBED,)),
-          name="embedding_projection")(x)  # x: [B, L, W]
+              nn.initializers.zeros_init(), (EMBED,)
+          ),
+          name="embedding_projection",
+      )(
+          x
+      )  # x: [B, L, W]
     else:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     if not self.use_rope:
       if self.max_length is None or length > self.max_length:
         raise ValueError(
             f"use_rope=False needs max_length >= sequence length {length}, "
-            f"got max_length={self.max_length}.")
+            f"got max_length={self.max_length}."
+        )
       pos = self.param(
           "position_embedding",
           nn.with_logical_partitioning(
-              nn.initializers.normal(INIT_STD), (LENGTH, EMBED)),
-          (self.max_length, self.width), jnp.float32)
+              nn.initializers.normal(INIT_STD), (LENGTH, EMBED)
+          ),
+          (self.max_length, self.width),
+          jnp.float32,
+      )
       x = x + pos[None, :length].astype(self.dtype)
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
 
     block = block_class(self.remat)
     out_std = depth_scaled_std(self.num_layers, self.depth_scaled_init)
     for i in range(self.num_layers):
-      x = block(self.num_heads, mlp_type=self.mlp_type,
-                mlp_ratio=self.mlp_ratio, use_rope=self.use_rope,
-                attention_impl=self.attention_impl,
-                dropout_rate=self.dropout_rate, out_std=out_std,
-                cond_type=self.cond_type, causal=self.causal,
-                dtype=self.dtype, name=f"block_{i}")(x, c, train)
+      x = block(
+          self.num_heads,
+          mlp_type=self.mlp_type,
+          mlp_ratio=self.mlp_ratio,
+          use_rope=self.use_rope,
+          attention_impl=self.attention_impl,
+          dropout_rate=self.dropout_rate,
+          out_std=out_std,
+          cond_type=self.cond_type,
+          causal=self.causal,
+          dtype=self.dtype,
+          name=f"block_{i}",
+      )(x, c, train)
 
-    shift, scale = AdaLNModulation(2, self.cond_type, dtype=self.dtype,
-                                   name="final_adaln")(c, self.width)
+    shift, scale = AdaLNModulation(
+        2, self.cond_type, dtype=self.dtype, name="final_adaln"
+    )(c, self.width)
     x = modulate(layer_norm(self.dtype, "final_norm")(x), shift, scale)
     return OutputHead(self.vocab_size, dtype=self.dtype, name="logits")(
-        x, factors=head_factors)  # [B, L, V] or (x, kernel, bias)
+        x, factors=head_factors
+    )  # [B, L, V] or (x, kernel, bias)

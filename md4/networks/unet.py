@@ -64,13 +64,18 @@ def num_groups(channels: int) -> int:
 def group_norm(channels: int, dtype: Any, name: str | None = None):
   """GroupNorm with learned scale and bias, for `channels` input channels."""
   return nn.GroupNorm(
-      num_groups=num_groups(channels), epsilon=GROUP_NORM_EPS, dtype=dtype,
+      num_groups=num_groups(channels),
+      epsilon=GROUP_NORM_EPS,
+      dtype=dtype,
       param_dtype=jnp.float32,
       scale_init=nn.with_logical_partitioning(
-          nn.initializers.ones_init(), (NORM,)),
+          nn.initializers.ones_init(), (NORM,)
+      ),
       bias_init=nn.with_logical_partitioning(
-          nn.initializers.zeros_init(), (NORM,)),
-      name=name)
+          nn.initializers.zeros_init(), (NORM,)
+      ),
+      name=name,
+  )
 
 
 # How c enters a ResBlock (see the module docstring).
@@ -84,6 +89,7 @@ class CondGroupNorm(nn.Module):
   (scale, shift) a zero-initialised Dense of c (the reference U-ViT's
   CondGroupNorm). Otherwise (or with c None) a GroupNorm with learned affine.
   """
+
   modulated: bool = False
   dtype: Any = jnp.float32
 
@@ -92,34 +98,64 @@ class CondGroupNorm(nn.Module):
     channels = x.shape[-1]
     if not self.modulated or c is None:
       return group_norm(channels, self.dtype, "norm")(x)
-    h = nn.GroupNorm(num_groups=num_groups(channels), epsilon=GROUP_NORM_EPS,
-                     use_bias=False, use_scale=False, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="norm")(x)
+    h = nn.GroupNorm(
+        num_groups=num_groups(channels),
+        epsilon=GROUP_NORM_EPS,
+        use_bias=False,
+        use_scale=False,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name="norm",
+    )(x)
     scale_shift = nn.Dense(
-        2 * channels, dtype=self.dtype, param_dtype=jnp.float32,
+        2 * channels,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (COND, EMBED)),
+            nn.initializers.zeros_init(), (COND, EMBED)
+        ),
         bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (EMBED,)),
-        name="cond")(c)  # [B, 2 C]
+            nn.initializers.zeros_init(), (EMBED,)
+        ),
+        name="cond",
+    )(
+        c
+    )  # [B, 2 C]
     scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
     return h * (1 + scale) + shift
 
 
-def conv(features: int, dtype: Any, *, kernel_size: int = 3, strides: int = 1,
-         zero_init: bool = False, out_axis: str = CONV_OUT,
-         name: str | None = None) -> nn.Conv:
+def conv(
+    features: int,
+    dtype: Any,
+    *,
+    kernel_size: int = 3,
+    strides: int = 1,
+    zero_init: bool = False,
+    out_axis: str = CONV_OUT,
+    name: str | None = None,
+) -> nn.Conv:
   """Same-padded square convolution; `zero_init` zeroes kernel and bias."""
-  kernel_init = (nn.initializers.zeros_init() if zero_init
-                 else nn.initializers.lecun_normal())
+  kernel_init = (
+      nn.initializers.zeros_init()
+      if zero_init
+      else nn.initializers.lecun_normal()
+  )
   return nn.Conv(
-      features, (kernel_size, kernel_size), strides=(strides, strides),
-      padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+      features,
+      (kernel_size, kernel_size),
+      strides=(strides, strides),
+      padding="SAME",
+      dtype=dtype,
+      param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(
-          kernel_init, (KERNEL, KERNEL_W, CONV_IN, out_axis)),
+          kernel_init, (KERNEL, KERNEL_W, CONV_IN, out_axis)
+      ),
       bias_init=nn.with_logical_partitioning(
-          nn.initializers.zeros_init(), (out_axis,)),
-      name=name)
+          nn.initializers.zeros_init(), (out_axis,)
+      ),
+      name=name,
+  )
 
 
 class ResBlock(nn.Module):
@@ -138,25 +174,34 @@ class ResBlock(nn.Module):
     cond_type: one of RES_COND_TYPES.
     dtype: compute dtype.
   """
+
   out_ch: int
   dropout_rate: float = 0.0
   cond_type: str = "add"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None,
-               train: bool) -> jnp.ndarray:
+  def __call__(
+      self, x: jnp.ndarray, c: jnp.ndarray | None, train: bool
+  ) -> jnp.ndarray:
     check_choice("cond_type", self.cond_type, RES_COND_TYPES)
     modulated = self.cond_type == "norm"
     h = nn.silu(CondGroupNorm(modulated, self.dtype, name="norm_0")(x, c))
     h = conv(self.out_ch, self.dtype, name="conv_0")(h)  # [B, H, W, Cout]
     if c is not None and not modulated:
-      h = h + nn.Dense(
-          self.out_ch, use_bias=False, dtype=self.dtype,
-          param_dtype=jnp.float32,
-          kernel_init=nn.with_logical_partitioning(
-              nn.initializers.zeros_init(), (COND, EMBED)),
-          name="cond")(c)[:, None, None, :]  # [B, 1, 1, Cout]
+      h = (
+          h
+          + nn.Dense(
+              self.out_ch,
+              use_bias=False,
+              dtype=self.dtype,
+              param_dtype=jnp.float32,
+              kernel_init=nn.with_logical_partitioning(
+                  nn.initializers.zeros_init(), (COND, EMBED)
+              ),
+              name="cond",
+          )(c)[:, None, None, :]
+      )  # [B, 1, 1, Cout]
     h = CondGroupNorm(modulated, self.dtype, name="norm_1")(h, c)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.silu(h))
     h = conv(self.out_ch, self.dtype, zero_init=True, name="conv_1")(h)
@@ -178,6 +223,7 @@ class AttentionBlock(nn.Module):
     modulated_norm: c sets the GroupNorm's scale and shift (`CondGroupNorm`).
     dtype: compute dtype.
   """
+
   num_heads: int = 1
   attention_impl: str | None = "xla"
   modulated_norm: bool = False
@@ -188,10 +234,16 @@ class AttentionBlock(nn.Module):
     batch, height, width, channels = x.shape
     h = CondGroupNorm(self.modulated_norm, self.dtype, name="norm")(x, c)
     h = h.reshape(batch, height * width, channels)  # [B, H*W, C]
-    h = Attention(self.num_heads, use_rope=False,
-                  attention_impl=self.attention_impl, out_std=0.0,
-                  qkv_bias=True, out_bias=True,
-                  dtype=self.dtype, name="attention")(h)
+    h = Attention(
+        self.num_heads,
+        use_rope=False,
+        attention_impl=self.attention_impl,
+        out_std=0.0,
+        qkv_bias=True,
+        out_bias=True,
+        dtype=self.dtype,
+        name="attention",
+    )(h)
     h = h.reshape(batch, height, width, channels)  # [B, H, W, C]
     return nn.with_logical_constraint(x + h, FEATURE_AXES)
 
@@ -205,12 +257,14 @@ def _attention_block_class(remat: bool) -> type[AttentionBlock]:
   return nn.remat(AttentionBlock) if remat else AttentionBlock
 
 
-def check_unet_fields(ch_mult: Sequence[int], num_res_blocks: int,
-                      attention_impl: str | None) -> None:
+def check_unet_fields(
+    ch_mult: Sequence[int], num_res_blocks: int, attention_impl: str | None
+) -> None:
   """Validates the fields shared by UNet and UViT."""
   if not ch_mult or any(m <= 0 for m in ch_mult):
-    raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got "
-                     f"{ch_mult!r}.")
+    raise ValueError(
+        f"ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}."
+    )
   if num_res_blocks < 0:
     raise ValueError(f"num_res_blocks must be >= 0, got {num_res_blocks}.")
   check_choice("attention_impl", attention_impl, ATTENTION_IMPLS)
@@ -219,14 +273,17 @@ def check_unet_fields(ch_mult: Sequence[int], num_res_blocks: int,
 def check_image_shape(z: jnp.ndarray, num_levels: int, network: str) -> None:
   """Checks z: [B, H, W, C] with H, W divisible by 2**(num_levels - 1)."""
   if z.ndim != 4:
-    raise ValueError(f"{network} takes image tokens z: [B, H, W, C], got shape "
-                     f"{z.shape}; use 'transformer' for text.")
+    raise ValueError(
+        f"{network} takes image tokens z: [B, H, W, C], got shape "
+        f"{z.shape}; use 'transformer' for text."
+    )
   factor = 2 ** (num_levels - 1)
   if z.shape[1] % factor or z.shape[2] % factor:
     raise ValueError(
         f"{network} with len(ch_mult)={num_levels} downsamples by {factor}; "
         f"height and width {z.shape[1:3]} must be divisible by it. Use a "
-        "shorter ch_mult.")
+        "shorter ch_mult."
+    )
 
 
 class PixelEmbedding(nn.Module):
@@ -235,6 +292,7 @@ class PixelEmbedding(nn.Module):
   One table (vocab_size + 1 rows, the last is MASK) is shared by all
   channels; concatenating keeps which channel a token came from.
   """
+
   vocab_size: int
   embed_dim: int
   dtype: Any = jnp.float32
@@ -242,11 +300,17 @@ class PixelEmbedding(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
     x = nn.Embed(
-        self.vocab_size + 1, self.embed_dim, dtype=self.dtype,
+        self.vocab_size + 1,
+        self.embed_dim,
+        dtype=self.dtype,
         param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(
-            nn.initializers.normal(1.0), (VOCAB, EMBED)),
-        name="token_embedding")(z)  # [B, H, W, C, E]
+            nn.initializers.normal(1.0), (VOCAB, EMBED)
+        ),
+        name="token_embedding",
+    )(
+        z
+    )  # [B, H, W, C, E]
     return x.reshape(*z.shape[:3], -1)  # [B, H, W, C*E]
 
 
@@ -256,6 +320,7 @@ class PixelLogits(nn.Module):
   GroupNorm (modulated by c when `modulated_norm`), SiLU and a
   zero-initialised 3x3 conv, as the reference.
   """
+
   vocab_size: int
   num_channels: int
   modulated_norm: bool = False
@@ -263,11 +328,18 @@ class PixelLogits(nn.Module):
 
   @nn.compact
   def __call__(self, h: jnp.ndarray, c: jnp.ndarray | None) -> jnp.ndarray:
-    h = nn.silu(CondGroupNorm(self.modulated_norm, self.dtype,
-                              name="norm")(h, c))
-    logits = conv(self.num_channels * self.vocab_size, self.dtype,
-                  zero_init=True, out_axis=VOCAB,
-                  name="conv")(h)  # [B, H, W, C*V]
+    h = nn.silu(
+        CondGroupNorm(self.modulated_norm, self.dtype, name="norm")(h, c)
+    )
+    logits = conv(
+        self.num_channels * self.vocab_size,
+        self.dtype,
+        zero_init=True,
+        out_axis=VOCAB,
+        name="conv",
+    )(
+        h
+    )  # [B, H, W, C*V]
     logits = logits.reshape(*h.shape[:3], self.num_channels, self.vocab_size)
     return logits.astype(jnp.float32)  # [B, H, W, C, V]
 
@@ -280,6 +352,7 @@ class UNetEncoder(nn.Module):
   output, every ResBlock output and every downsample output, which is what
   `UNetDecoder` with the same fields consumes.
   """
+
   ch: int
   ch_mult: tuple[int, ...]
   num_res_blocks: int
@@ -292,24 +365,37 @@ class UNetEncoder(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, c: jnp.ndarray | None,
-               train: bool) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+  def __call__(
+      self, x: jnp.ndarray, c: jnp.ndarray | None, train: bool
+  ) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
     res_block = _res_block_class(self.remat)
     attention_block = _attention_block_class(self.remat)
     h = conv(self.ch, self.dtype, name="conv_in")(x)  # [B, H, W, ch]
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = res_block(self.ch * mult, self.dropout_rate, self.cond_type,
-                      self.dtype, name=f"down_{level}_res_{i}")(h, c, train)
+        h = res_block(
+            self.ch * mult,
+            self.dropout_rate,
+            self.cond_type,
+            self.dtype,
+            name=f"down_{level}_res_{i}",
+        )(h, c, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention_block(self.num_heads, self.attention_impl,
-                              self.cond_type == "norm", self.dtype,
-                              name=f"down_{level}_attn_{i}")(h, c)
+          h = attention_block(
+              self.num_heads,
+              self.attention_impl,
+              self.cond_type == "norm",
+              self.dtype,
+              name=f"down_{level}_attn_{i}",
+          )(h, c)
         skips.append(h)
       if level != len(self.ch_mult) - 1:
-        h = conv(h.shape[-1], self.dtype, strides=2,
-                 name=f"down_{level}_downsample")(h)  # [B, H/2, W/2, *]
+        h = conv(
+            h.shape[-1], self.dtype, strides=2, name=f"down_{level}_downsample"
+        )(
+            h
+        )  # [B, H/2, W/2, *]
         skips.append(h)
     return h, skips
 
@@ -321,6 +407,7 @@ class UNetDecoder(nn.Module):
   one skip; nearest-neighbour upsampling and a conv double the resolution
   between levels.
   """
+
   ch: int
   ch_mult: tuple[int, ...]
   num_res_blocks: int
@@ -333,27 +420,42 @@ class UNetDecoder(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray, skips: list[jnp.ndarray],
-               c: jnp.ndarray | None, train: bool) -> jnp.ndarray:
+  def __call__(
+      self,
+      h: jnp.ndarray,
+      skips: list[jnp.ndarray],
+      c: jnp.ndarray | None,
+      train: bool,
+  ) -> jnp.ndarray:
     res_block = _res_block_class(self.remat)
     attention_block = _attention_block_class(self.remat)
     skips = list(skips)
     for level in reversed(range(len(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)  # [B, H, W, C + Cskip]
-        h = res_block(self.ch * self.ch_mult[level], self.dropout_rate,
-                      self.cond_type, self.dtype,
-                      name=f"up_{level}_res_{i}")(h, c, train)
+        h = res_block(
+            self.ch * self.ch_mult[level],
+            self.dropout_rate,
+            self.cond_type,
+            self.dtype,
+            name=f"up_{level}_res_{i}",
+        )(h, c, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention_block(self.num_heads, self.attention_impl,
-                              self.cond_type == "norm", self.dtype,
-                              name=f"up_{level}_attn_{i}")(h, c)
+          h = attention_block(
+              self.num_heads,
+              self.attention_impl,
+              self.cond_type == "norm",
+              self.dtype,
+              name=f"up_{level}_attn_{i}",
+          )(h, c)
       if level != 0:
         h = h.repeat(2, axis=1).repeat(2, axis=2)  # [B, 2H, 2W, C]
         h = conv(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
     if skips:
-      raise ValueError(f"UNetDecoder left {len(skips)} skips unused; encoder "
-                       "and decoder fields differ.")
+      raise ValueError(
+          f"UNetDecoder left {len(skips)} skips unused; encoder "
+          "and decoder fields differ."
+      )
     return h
 
 
@@ -380,6 +482,7 @@ class UNet(nn.Module):
     cond_width: width of the time/label conditioning vector.
     attention_impl: "xla", "cudnn" or None (JAX chooses).
   """
+
   vocab_size: int
   num_classes: int = 0
   time_features: str = "t"
@@ -396,9 +499,14 @@ class UNet(nn.Module):
   attention_impl: str | None = "xla"
 
   @nn.compact
-  def __call__(self, z: jnp.ndarray, t: jnp.ndarray | None,
-               label: jnp.ndarray | None = None, *,
-               train: bool) -> jnp.ndarray:
+  def __call__(
+      self,
+      z: jnp.ndarray,
+      t: jnp.ndarray | None,
+      label: jnp.ndarray | None = None,
+      *,
+      train: bool,
+  ) -> jnp.ndarray:
     """Logits of the clean pixels.
 
     Args:
@@ -412,30 +520,49 @@ class UNet(nn.Module):
     """
     check_unet_fields(self.ch_mult, self.num_res_blocks, self.attention_impl)
     check_image_shape(z, len(self.ch_mult), "UNet")
-    c = Conditioning(self.cond_width, self.num_classes, self.time_features,
-                     dtype=self.dtype, name="conditioning")(
-                         t, label, z.shape[0])  # c: [B, Dc] or None
-    x = PixelEmbedding(self.vocab_size, self.embed_dim, self.dtype,
-                       name="embedding")(z)  # [B, H, W, C*E]
+    c = Conditioning(
+        self.cond_width,
+        self.num_classes,
+        self.time_features,
+        dtype=self.dtype,
+        name="conditioning",
+    )(
+        t, label, z.shape[0]
+    )  # c: [B, Dc] or None
+    x = PixelEmbedding(
+        self.vocab_size, self.embed_dim, self.dtype, name="embedding"
+    )(
+        z
+    )  # [B, H, W, C*E]
 
-    path = dict(ch=self.ch, ch_mult=tuple(self.ch_mult),
-                num_res_blocks=self.num_res_blocks,
-                attn_resolutions=tuple(self.attn_resolutions),
-                num_heads=self.num_heads, attention_impl=self.attention_impl,
-                dropout_rate=self.dropout_rate, dtype=self.dtype,
-                remat=self.remat)
+    path = dict(
+        ch=self.ch,
+        ch_mult=tuple(self.ch_mult),
+        num_res_blocks=self.num_res_blocks,
+        attn_resolutions=tuple(self.attn_resolutions),
+        num_heads=self.num_heads,
+        attention_impl=self.attention_impl,
+        dropout_rate=self.dropout_rate,
+        dtype=self.dtype,
+        remat=self.remat,
+    )
     h, skips = UNetEncoder(**path, name="encoder")(x, c, train)
 
     res_block = _res_block_class(self.remat)
     mid_ch = h.shape[-1]
-    h = res_block(mid_ch, self.dropout_rate, "add", self.dtype,
-                  name="mid_res_0")(h, c, train)
+    h = res_block(
+        mid_ch, self.dropout_rate, "add", self.dtype, name="mid_res_0"
+    )(h, c, train)
     h = _attention_block_class(self.remat)(
-        self.num_heads, self.attention_impl, False, self.dtype,
-        name="mid_attn")(h, c)
-    h = res_block(mid_ch, self.dropout_rate, "add", self.dtype,
-                  name="mid_res_1")(h, c, train)
+        self.num_heads, self.attention_impl, False, self.dtype, name="mid_attn"
+    )(h, c)
+    h = res_block(
+        mid_ch, self.dropout_rate, "add", self.dtype, name="mid_res_1"
+    )(h, c, train)
 
     h = UNetDecoder(**path, name="decoder")(h, skips, c, train)
-    return PixelLogits(self.vocab_size, z.shape[-1], False, self.dtype,
-                       name="output")(h, c)  # [B, H, W, C, V]
+    return PixelLogits(
+        self.vocab_size, z.shape[-1], False, self.dtype, name="output"
+    )(
+        h, c
+    )  # [B, H, W, C, V]

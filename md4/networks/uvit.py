@@ -53,8 +53,10 @@ def sincos_position_embedding(grid: int, dim: int) -> np.ndarray:
   `w_i = 10000 ** (-i / (dim / 4))` (the MAE / DiT initialisation).
   """
   if dim % 4:
-    raise ValueError(f"transformer_width must be divisible by 4 for the 2-D "
-                     f"position embedding, got {dim}.")
+    raise ValueError(
+        "transformer_width must be divisible by 4 for the 2-D "
+        f"position embedding, got {dim}."
+    )
   freqs = 10_000.0 ** (-np.arange(dim // 4) / (dim // 4))  # [D/4]
   rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
 
@@ -62,8 +64,11 @@ def sincos_position_embedding(grid: int, dim: int) -> np.ndarray:
     angles = pos[:, None] * freqs[None, :]
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-  return np.concatenate([encode(rows.reshape(-1)), encode(cols.reshape(-1))],
-                        axis=1).astype(np.float32)  # [grid^2, D]
+  return np.concatenate(
+      [encode(rows.reshape(-1)), encode(cols.reshape(-1))], axis=1
+  ).astype(
+      np.float32
+  )  # [grid^2, D]
 
 
 class UViT(nn.Module):
@@ -96,6 +101,7 @@ class UViT(nn.Module):
       INIT_STD / sqrt(2 * num_transformer_layers).
     attention_impl: "xla", "cudnn" or None (JAX chooses).
   """
+
   vocab_size: int
   num_classes: int = 0
   time_features: str = "t"
@@ -117,9 +123,14 @@ class UViT(nn.Module):
   attention_impl: str | None = "xla"
 
   @nn.compact
-  def __call__(self, z: jnp.ndarray, t: jnp.ndarray | None,
-               label: jnp.ndarray | None = None, *,
-               train: bool) -> jnp.ndarray:
+  def __call__(
+      self,
+      z: jnp.ndarray,
+      t: jnp.ndarray | None,
+      label: jnp.ndarray | None = None,
+      *,
+      train: bool,
+  ) -> jnp.ndarray:
     """Logits of the clean pixels.
 
     Args:
@@ -140,69 +151,117 @@ class UViT(nn.Module):
       raise ValueError(
           f"UViT needs square images whose transformer resolution {low} is "
           f"divisible by patch_size={self.patch_size}; got image "
-          f"{z.shape[1:3]}. Change network.patch_size or network.ch_mult.")
-    c = Conditioning(self.cond_width, self.num_classes, self.time_features,
-                     dtype=self.dtype, name="conditioning")(
-                         t, label, z.shape[0])  # c: [B, Dc] or None
-    x = PixelEmbedding(self.vocab_size, self.embed_dim, self.dtype,
-                       name="embedding")(z)  # [B, H, W, C*E]
+          f"{z.shape[1:3]}. Change network.patch_size or network.ch_mult."
+      )
+    c = Conditioning(
+        self.cond_width,
+        self.num_classes,
+        self.time_features,
+        dtype=self.dtype,
+        name="conditioning",
+    )(
+        t, label, z.shape[0]
+    )  # c: [B, Dc] or None
+    x = PixelEmbedding(
+        self.vocab_size, self.embed_dim, self.dtype, name="embedding"
+    )(
+        z
+    )  # [B, H, W, C*E]
 
-    path = dict(ch=self.ch, ch_mult=tuple(self.ch_mult),
-                num_res_blocks=self.num_res_blocks, attn_resolutions=(),
-                dropout_rate=self.dropout_rate, cond_type="norm",
-                dtype=self.dtype, remat=self.remat)
+    path = dict(
+        ch=self.ch,
+        ch_mult=tuple(self.ch_mult),
+        num_res_blocks=self.num_res_blocks,
+        attn_resolutions=(),
+        dropout_rate=self.dropout_rate,
+        cond_type="norm",
+        dtype=self.dtype,
+        remat=self.remat,
+    )
     h, skips = UNetEncoder(**path, name="encoder")(x, c, train)
     h = self._dit(h, c, train)
     h = UNetDecoder(**path, name="decoder")(h, skips, c, train)
-    return PixelLogits(self.vocab_size, z.shape[-1], True, self.dtype,
-                       name="output")(h, c)  # [B, H, W, C, V]
+    return PixelLogits(
+        self.vocab_size, z.shape[-1], True, self.dtype, name="output"
+    )(
+        h, c
+    )  # [B, H, W, C, V]
 
-  def _dit(self, h: jnp.ndarray, c: jnp.ndarray | None,
-           train: bool) -> jnp.ndarray:
+  def _dit(
+      self, h: jnp.ndarray, c: jnp.ndarray | None, train: bool
+  ) -> jnp.ndarray:
     """DiT over p x p patches of the low-resolution map: [B, h, w, Cl]."""
     batch, height, _, channels = h.shape
     p = self.patch_size
     grid = height // p
     axes = (BATCH, LENGTH, EMBED)
     x = nn.Conv(
-        self.transformer_width, (p, p), strides=(p, p), padding="VALID",
-        dtype=self.dtype, param_dtype=jnp.float32,
+        self.transformer_width,
+        (p, p),
+        strides=(p, p),
+        padding="VALID",
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), (KERNEL, KERNEL_W, CONV_IN, EMBED)),
+            nn.initializers.lecun_normal(), (KERNEL, KERNEL_W, CONV_IN, EMBED)
+        ),
         bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (EMBED,)),
-        name="patch_embedding")(h)  # [B, grid, grid, Wt]
+            nn.initializers.zeros_init(), (EMBED,)
+        ),
+        name="patch_embedding",
+    )(
+        h
+    )  # [B, grid, grid, Wt]
     x = x.reshape(batch, grid * grid, self.transformer_width)  # [B, T, Wt]
     pos = self.param(
         "position_embedding",
         nn.with_logical_partitioning(
             lambda *_: jnp.asarray(
-                sincos_position_embedding(grid, self.transformer_width)),
-            (LENGTH, EMBED)),
-        (grid * grid, self.transformer_width), jnp.float32)
+                sincos_position_embedding(grid, self.transformer_width)
+            ),
+            (LENGTH, EMBED),
+        ),
+        (grid * grid, self.transformer_width),
+        jnp.float32,
+    )
     x = nn.with_logical_constraint(x + pos[None].astype(self.dtype), axes)
 
     block = block_class(self.remat)
-    out_std = depth_scaled_std(self.num_transformer_layers,
-                               self.depth_scaled_init)
+    out_std = depth_scaled_std(
+        self.num_transformer_layers, self.depth_scaled_init
+    )
     for i in range(self.num_transformer_layers):
-      x = block(self.num_heads, mlp_type=self.mlp_type,
-                mlp_ratio=self.mlp_ratio, use_rope=False,
-                attention_impl=self.attention_impl,
-                dropout_rate=self.dropout_rate, out_std=out_std,
-                qkv_bias=True, dtype=self.dtype,
-                name=f"transformer_block_{i}")(x, c, train)
+      x = block(
+          self.num_heads,
+          mlp_type=self.mlp_type,
+          mlp_ratio=self.mlp_ratio,
+          use_rope=False,
+          attention_impl=self.attention_impl,
+          dropout_rate=self.dropout_rate,
+          out_std=out_std,
+          qkv_bias=True,
+          dtype=self.dtype,
+          name=f"transformer_block_{i}",
+      )(x, c, train)
 
     shift, scale = AdaLNModulation(2, dtype=self.dtype, name="final_adaln")(
-        c, self.transformer_width)
+        c, self.transformer_width
+    )
     x = modulate(layer_norm(self.dtype, "transformer_norm")(x), shift, scale)
     x = nn.Dense(
-        p * p * channels, dtype=self.dtype, param_dtype=jnp.float32,
+        p * p * channels,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (EMBED, CONV_OUT)),
+            nn.initializers.zeros_init(), (EMBED, CONV_OUT)
+        ),
         bias_init=nn.with_logical_partitioning(
-            nn.initializers.zeros_init(), (CONV_OUT,)),
-        name="transformer_out")(x)  # [B, T, p*p*Cl]
+            nn.initializers.zeros_init(), (CONV_OUT,)
+        ),
+        name="transformer_out",
+    )(
+        x
+    )  # [B, T, p*p*Cl]
     x = x.reshape(batch, grid, grid, p, p, channels)
     x = x.transpose(0, 1, 3, 2, 4, 5)  # [B, grid, p, grid, p, Cl]
     h = x.reshape(batch, height, height, channels)

@@ -44,6 +44,7 @@ class Sampler:
     exact: "yes", "T-step" (exact for its grid) or "no".
     known_tokens: it can keep given tokens (prompts, infilling, inpainting).
   """
+
   name: str
   draw: Callable[..., core.Result]
   settings: type[core.BaseSettings]
@@ -58,47 +59,99 @@ class Sampler:
 
   def make_settings(self, **values) -> core.BaseSettings:
     """Its settings from the values of the fields it has (others dropped)."""
-    return self.settings(**{k: v for k, v in values.items()
-                            if k in self.setting_names})
+    return self.settings(
+        **{k: v for k, v in values.items() if k in self.setting_names}
+    )
 
   def reason_not_applicable(self, process) -> str | None:
     """None when the sampler applies to the process, else why not."""
     for capability in self.requires:
       reason = process_lib.reason_missing(
-          process, capability, f"--sampler={self.name}",
+          process,
+          capability,
+          f"--sampler={self.name}",
           f"Use --sampler={process.default_sampler} (the process's default)"
-          f" or one of: {', '.join(names_for(process))}.")
+          f" or one of: {', '.join(names_for(process))}.",
+      )
       if reason:
         return reason
     return None
 
 
 _SAMPLERS = (
-    Sampler("ancestral", ancestral.sample_ancestral, core.Settings,
-            _UNMASKING, "reverse process on a time grid", "T-step"),
-    Sampler("topp", ancestral.sample_topp, ancestral.TopPSettings,
-            _UNMASKING, "ancestral on the nucleus of mu", "no"),
-    Sampler("mean", ancestral.sample_mean, core.Settings, _UNMASKING,
-            "ancestral drawn in two steps: reveal?, then value", "T-step"),
-    Sampler("confidence", confidence.sample_confidence,
-            confidence.ConfidenceSettings, _UNMASKING,
-            "MaskGIT: reveal the most confident tokens", "no"),
-    Sampler("remask", remask.sample_remask, remask.RemaskSettings,
-            _VALUE_INDEPENDENT, "ReMDM remasking with remask_strength",
-            "T-step"),
-    Sampler("cached", cached.sample_cached, core.Settings, _VALUE_INDEPENDENT,
-            "ancestral, network called only at reveal steps", "T-step"),
-    Sampler("first_hitting", first_hitting.sample_first_hitting,
-            core.BaseSettings, _VALUE_INDEPENDENT,
-            "one token per call at its exact time", "yes"),
-    Sampler("reverse_chain", reverse_chain.sample_reverse_chain,
-            core.BaseSettings, (process_lib.TRANSITION_CHAIN,),
-            "the T-step reverse chain of a transition process (D3PM)",
-            "yes", known_tokens=False),
-    Sampler("autoregressive", autoregressive.sample_autoregressive,
-            autoregressive.Settings, (process_lib.NEXT_TOKEN,),
-            "left to right, one token per call, temperature and top-p",
-            "yes at temperature 1, topp 1"),
+    Sampler(
+        "ancestral",
+        ancestral.sample_ancestral,
+        core.Settings,
+        _UNMASKING,
+        "reverse process on a time grid",
+        "T-step",
+    ),
+    Sampler(
+        "topp",
+        ancestral.sample_topp,
+        ancestral.TopPSettings,
+        _UNMASKING,
+        "ancestral on the nucleus of mu",
+        "no",
+    ),
+    Sampler(
+        "mean",
+        ancestral.sample_mean,
+        core.Settings,
+        _UNMASKING,
+        "ancestral drawn in two steps: reveal?, then value",
+        "T-step",
+    ),
+    Sampler(
+        "confidence",
+        confidence.sample_confidence,
+        confidence.ConfidenceSettings,
+        _UNMASKING,
+        "MaskGIT: reveal the most confident tokens",
+        "no",
+    ),
+    Sampler(
+        "remask",
+        remask.sample_remask,
+        remask.RemaskSettings,
+        _VALUE_INDEPENDENT,
+        "ReMDM remasking with remask_strength",
+        "T-step",
+    ),
+    Sampler(
+        "cached",
+        cached.sample_cached,
+        core.Settings,
+        _VALUE_INDEPENDENT,
+        "ancestral, network called only at reveal steps",
+        "T-step",
+    ),
+    Sampler(
+        "first_hitting",
+        first_hitting.sample_first_hitting,
+        core.BaseSettings,
+        _VALUE_INDEPENDENT,
+        "one token per call at its exact time",
+        "yes",
+    ),
+    Sampler(
+        "reverse_chain",
+        reverse_chain.sample_reverse_chain,
+        core.BaseSettings,
+        (process_lib.TRANSITION_CHAIN,),
+        "the T-step reverse chain of a transition process (D3PM)",
+        "yes",
+        known_tokens=False,
+    ),
+    Sampler(
+        "autoregressive",
+        autoregressive.sample_autoregressive,
+        autoregressive.Settings,
+        (process_lib.NEXT_TOKEN,),
+        "left to right, one token per call, temperature and top-p",
+        "yes at temperature 1, topp 1",
+    ),
 )
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _SAMPLERS}
 NAMES = tuple(SAMPLERS)
@@ -107,15 +160,19 @@ NAMES = tuple(SAMPLERS)
 def get(name: str) -> Sampler:
   """The sampler called `name`, or a ValueError listing them."""
   if name not in SAMPLERS:
-    raise ValueError(f"--sampler={name!r} is not a sampler; valid: "
-                     f"{', '.join(NAMES)}.")
+    raise ValueError(
+        f"--sampler={name!r} is not a sampler; valid: {', '.join(NAMES)}."
+    )
   return SAMPLERS[name]
 
 
 def names_for(process) -> tuple[str, ...]:
   """The samplers that apply to a process."""
-  return tuple(s.name for s in _SAMPLERS
-               if all(c in process.capabilities for c in s.requires))
+  return tuple(
+      s.name
+      for s in _SAMPLERS
+      if all(c in process.capabilities for c in s.requires)
+  )
 
 
 def own_settings() -> dict[str, dataclasses.Field]:
@@ -132,11 +189,18 @@ def own_settings() -> dict[str, dataclasses.Field]:
 def markdown_table() -> str:
   """The README's table of samplers."""
   common = {f.name for f in dataclasses.fields(core.Settings)}
-  rows = ["| sampler | what | exact | needs | own settings |",
-          "|---|---|---|---|---|"]
+  rows = [
+      "| sampler | what | exact | needs | own settings |",
+      "|---|---|---|---|---|",
+  ]
   for s in _SAMPLERS:
-    own = [f"`--{core.flag_name(f)}`" for f in dataclasses.fields(s.settings)
-           if f.name not in common]
-    rows.append(f"| `{s.name}` | {s.summary} | {s.exact} | "
-                f"{', '.join(s.requires)} | {', '.join(own) or '-'} |")
+    own = [
+        f"`--{core.flag_name(f)}`"
+        for f in dataclasses.fields(s.settings)
+        if f.name not in common
+    ]
+    rows.append(
+        f"| `{s.name}` | {s.summary} | {s.exact} | "
+        f"{', '.join(s.requires)} | {', '.join(own) or '-'} |"
+    )
   return "\n".join(rows)

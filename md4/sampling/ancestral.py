@@ -36,7 +36,9 @@ def _mass(value) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class TopPSettings(core.Settings):
   """The grid settings and the nucleus mass of `topp`."""
+
   topp: float = core.setting(0.9, "Nucleus mass kept, in (0, 1].", _mass)
+
 
 # `time_grid` and `categorical` have always been importable from here.
 time_grid = core.time_grid
@@ -45,8 +47,9 @@ categorical = core.categorical
 
 def ancestral_step(reverse: core.Reverse, step: core.Step) -> jax.Array:
   unmask = reverse.unmask_probability(step.s, step.t)
-  return core.ancestral_reveal(step.rng, step.z, step.log_mu, unmask,
-                               reverse.mask_id)
+  return core.ancestral_reveal(
+      step.rng, step.z, step.log_mu, unmask, reverse.mask_id
+  )
 
 
 def mean_step(reverse: core.Reverse, step: core.Step) -> jax.Array:
@@ -82,8 +85,15 @@ def sample_ancestral(reverse, rng, num_samples, settings, known=None):
 
 
 def sample_topp(reverse, rng, num_samples, settings, known=None):
-  return core.run(reverse, rng, num_samples, settings, ancestral_step, known,
-                  transform=lambda log_mu: nucleus(log_mu, settings.topp))
+  return core.run(
+      reverse,
+      rng,
+      num_samples,
+      settings,
+      ancestral_step,
+      known,
+      transform=lambda log_mu: nucleus(log_mu, settings.topp),
+  )
 
 
 def sample_mean(reverse, rng, num_samples, settings, known=None):

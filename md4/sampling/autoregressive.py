@@ -31,15 +31,22 @@ def _mass(value) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Settings(core.BaseSettings):
   """The next-token sampler's settings."""
+
   temperature: float = core.setting(
-      1.0, "Softmax temperature of the next-token sampler (1 = exact).",
-      _positive)
+      1.0,
+      "Softmax temperature of the next-token sampler (1 = exact).",
+      _positive,
+  )
   topp: float = core.setting(1.0, "Nucleus mass kept, in (0, 1].", _mass)
 
 
-def sample_autoregressive(reverse: core.Reverse, rng: jax.Array,
-                          num_samples: int, settings: Settings,
-                          known: core.Known | None = None) -> core.Result:
+def sample_autoregressive(
+    reverse: core.Reverse,
+    rng: jax.Array,
+    num_samples: int,
+    settings: Settings,
+    known: core.Known | None = None,
+) -> core.Result:
   """Draws [N, *data_shape] samples left to right.
 
   History frame k shows the tokens drawn by the time a share k / (F - 1) of
@@ -48,22 +55,27 @@ def sample_autoregressive(reverse: core.Reverse, rng: jax.Array,
   """
   process = reverse.process
   shape = (num_samples,) + tuple(reverse.data_shape)
-  known = known if known is not None else core.no_known(num_samples,
-                                                        reverse.data_shape)
+  known = (
+      known
+      if known is not None
+      else core.no_known(num_samples, reverse.data_shape)
+  )
   length = 1
   for d in reverse.data_shape:
     length *= d
   flat_known = known.mask.reshape(num_samples, length)
   flat_tokens = known.tokens.reshape(num_samples, length)
   x = jnp.where(flat_known, flat_tokens, process.start_token).astype(
-      jnp.int32)  # [N, L]
+      jnp.int32
+  )  # [N, L]
   time = jnp.zeros((num_samples,), jnp.float32)
 
   def body(i, x):
     logits = reverse.denoise(process.inputs(x.reshape(shape)), time)
     logits = logits.reshape(num_samples, length, -1)[:, i]  # [N, V]
     log_p = jax.nn.log_softmax(
-        logits.astype(jnp.float32) / settings.temperature, -1)
+        logits.astype(jnp.float32) / settings.temperature, -1
+    )
     log_p = ancestral.nucleus(log_p, settings.topp)
     token = core.categorical(jax.random.fold_in(rng, i), log_p)  # [N]
     token = jnp.where(flat_known[:, i], flat_tokens[:, i], token)
@@ -77,5 +89,6 @@ def sample_autoregressive(reverse: core.Reverse, rng: jax.Array,
     position = jnp.arange(length)[None, None]  # [1, 1, L]
     drawn = (position < done[:, None, None]) | flat_known[None]  # [F, N, L]
     history = jnp.where(drawn, x[None], process.start_token).reshape(
-        (settings.num_frames,) + shape)
+        (settings.num_frames,) + shape
+    )
   return core.Result(samples, jnp.int32(length), history)

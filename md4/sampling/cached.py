@@ -31,8 +31,12 @@ import jax.numpy as jnp
 from md4.sampling import core
 
 
-def reveal_steps(reverse: core.Reverse, plan_keys: jax.Array,
-                 times: jax.Array, known: core.Known) -> jax.Array:
+def reveal_steps(
+    reverse: core.Reverse,
+    plan_keys: jax.Array,
+    times: jax.Array,
+    known: core.Known,
+) -> jax.Array:
   """Every token's reveal step, int32 [B, ...]: -1 known, T the final fill."""
   alpha = reverse.require_alpha("cached")
   a = alpha(times)  # [T + 1], increasing as t decreases
@@ -46,13 +50,14 @@ def reveal_steps(reverse: core.Reverse, plan_keys: jax.Array,
 
 def _draw_values(value_keys, steps, log_mu):
   """Per-sample categorical draws keyed by (sample, step); [B, ...]."""
-  return jax.vmap(lambda k, i, lm: core.categorical(jax.random.fold_in(k, i),
-                                                    lm))(value_keys, steps,
-                                                         log_mu)
+  return jax.vmap(
+      lambda k, i, lm: core.categorical(jax.random.fold_in(k, i), lm)
+  )(value_keys, steps, log_mu)
 
 
-def sample_cached(reverse, rng, num_samples, settings, known=None,
-                  skip: bool = True) -> core.Result:
+def sample_cached(
+    reverse, rng, num_samples, settings, known=None, skip: bool = True
+) -> core.Result:
   """Ancestral samples with network calls only at reveal steps.
 
   Args:
@@ -68,8 +73,11 @@ def sample_cached(reverse, rng, num_samples, settings, known=None,
   """
   num_steps = settings.num_steps
   times = jnp.asarray(core.sampler_times(settings))  # [T + 1]
-  known = known if known is not None else core.no_known(num_samples,
-                                                        reverse.data_shape)
+  known = (
+      known
+      if known is not None
+      else core.no_known(num_samples, reverse.data_shape)
+  )
   mask_id = reverse.mask_id
   keys = jax.random.split(rng, num_samples)
   plan_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
@@ -111,6 +119,7 @@ def sample_cached(reverse, rng, num_samples, settings, known=None,
   if settings.num_frames:
     after = jnp.concatenate([times[1:], jnp.zeros((1,))])  # [T + 1]
     reveal_time = jnp.where(known.mask, 2.0, after[jnp.maximum(steps, 0)])
-    history = core.frames_from_reveal_times(z, reveal_time,
-                                            settings.num_frames, mask_id)
+    history = core.frames_from_reveal_times(
+        z, reveal_time, settings.num_frames, mask_id
+    )
   return core.Result(z, calls, history)

@@ -48,8 +48,10 @@ def character_encoder(info):
   def encode(text: str) -> np.ndarray:
     unknown = sorted(set(text) - set(index))
     if unknown:
-      raise ValueError(f"prompt has characters {unknown} outside the data "
-                       f"set's alphabet {''.join(chars)!r}.")
+      raise ValueError(
+          f"prompt has characters {unknown} outside the data "
+          f"set's alphabet {''.join(chars)!r}."
+      )
     return np.array([index[c] for c in text], np.int32)
 
   return encode
@@ -61,36 +63,42 @@ def encoder(info, dataset: str):
   if encode is None:
     raise ValueError(
         f"the {dataset} data set gives no encoder (DataInfo.encode), so "
-        "--prompt/--infill cannot be tokenized; set `encode` in its loader.")
+        "--prompt/--infill cannot be tokenized; set `encode` in its loader."
+    )
   return encode
 
 
-def text_known(template: str, encode, length: int,
-               num_samples: int) -> core.Known:
+def text_known(
+    template: str, encode, length: int, num_samples: int
+) -> core.Known:
   """Known tokens [B, L] from a prompt or infilling template (see above)."""
   pieces = GAP.split(template)
   texts, gaps = pieces[0::2], pieces[1::2]
   encoded = [np.asarray(encode(t), np.int32).reshape(-1) for t in texts]
   if gaps.count("*") > 1:
-    raise ValueError(f"--infill={template!r} has {gaps.count('*')} [*] gaps;"
-                     " at most one can stretch to fill the sequence.")
-  fixed = sum(len(e) for e in encoded) + sum(int(g) for g in gaps
-                                              if g != "*")
+    raise ValueError(
+        f"--infill={template!r} has {gaps.count('*')} [*] gaps;"
+        " at most one can stretch to fill the sequence."
+    )
+  fixed = sum(len(e) for e in encoded) + sum(int(g) for g in gaps if g != "*")
   if fixed > length:
     raise ValueError(
         f"the template {template!r} needs {fixed} tokens but sequences have "
-        f"{length} (config.data.data_shape); shorten it.")
+        f"{length} (config.data.data_shape); shorten it."
+    )
   tokens = np.zeros(length, np.int32)
   mask = np.zeros(length, bool)
   position = 0
   for i, piece in enumerate(encoded):
-    tokens[position:position + len(piece)] = piece
-    mask[position:position + len(piece)] = True
+    tokens[position : position + len(piece)] = piece
+    mask[position : position + len(piece)] = True
     position += len(piece)
     if i < len(gaps):
       position += length - fixed if gaps[i] == "*" else int(gaps[i])
-  return core.Known(np.broadcast_to(mask, (num_samples, length)),
-                    np.broadcast_to(tokens, (num_samples, length)))
+  return core.Known(
+      np.broadcast_to(mask, (num_samples, length)),
+      np.broadcast_to(tokens, (num_samples, length)),
+  )
 
 
 # -------------------------------------------------------------- images ----
@@ -99,8 +107,12 @@ def text_known(template: str, encode, length: int,
 def region_mask(region: str, height: int, width: int) -> np.ndarray:
   """bool [H, W], True on the known part named by `region`."""
   rows, cols = np.mgrid[:height, :width]
-  inner = ((rows >= height // 4) & (rows < height - height // 4)
-           & (cols >= width // 4) & (cols < width - width // 4))
+  inner = (
+      (rows >= height // 4)
+      & (rows < height - height // 4)
+      & (cols >= width // 4)
+      & (cols < width - width // 4)
+  )
   masks = {
       "top": rows < height // 2,
       "bottom": rows >= height // 2,
@@ -110,8 +122,10 @@ def region_mask(region: str, height: int, width: int) -> np.ndarray:
       "border": ~inner,
   }
   if region not in masks:
-    raise ValueError(f"--inpaint={region!r} is neither a region "
-                     f"({', '.join(REGIONS)}) nor a .png file.")
+    raise ValueError(
+        f"--inpaint={region!r} is neither a region "
+        f"({', '.join(REGIONS)}) nor a .png file."
+    )
   return masks[region]
 
 
@@ -127,14 +141,17 @@ def pixel_mask(spec: str, height: int, width: int) -> np.ndarray:
   try:
     image = Image.open(spec).convert("L")
   except OSError as e:
-    raise ValueError(f"--inpaint={spec!r} cannot be read as an image "
-                     f"({e}); give a PNG whose white pixels are known, or a "
-                     f"region ({', '.join(REGIONS)}).") from e
+    raise ValueError(
+        f"--inpaint={spec!r} cannot be read as an image "
+        f"({e}); give a PNG whose white pixels are known, or a "
+        f"region ({', '.join(REGIONS)})."
+    ) from e
   if image.width * height != image.height * width:
     raise ValueError(
         f"--inpaint={spec!r} is {image.width}x{image.height} pixels but the "
         f"images are {width}x{height} (width x height); give a mask of that "
-        "size (or a multiple of it).")
+        "size (or a multiple of it)."
+    )
   image = image.resize((width, height), Image.NEAREST)
   return np.asarray(image) > 127
 
@@ -155,11 +172,13 @@ def check_known_tokens(known: core.Known, vocab_size: int, flag: str) -> None:
     raise ValueError(
         f"{flag} gives token id {bad}, outside the model's vocabulary [0, "
         f"{vocab_size}) (config.data.vocab_size); give only ids the run was "
-        "trained on.")
+        "trained on."
+    )
 
 
-def split_rows(datasets, split: str, count: int,
-               flag: str = "--inpaint_split") -> dict[str, np.ndarray]:
+def split_rows(
+    datasets, split: str, count: int, flag: str = "--inpaint_split"
+) -> dict[str, np.ndarray]:
   """The first `count` examples of a split: {"x": [n, ...], "label": [n]}.
 
   `split` is an evaluation split or "train" (the first batches of the
@@ -171,12 +190,17 @@ def split_rows(datasets, split: str, count: int,
   elif split in datasets.eval:
     batches = datasets.eval[split]()
   else:
-    raise ValueError(f"{flag}={split!r} is not a split; valid: train, "
-                     f"{', '.join(datasets.eval)}.")
+    raise ValueError(
+        f"{flag}={split!r} is not a split; valid: train, "
+        f"{', '.join(datasets.eval)}."
+    )
   rows, found = {}, 0
   for batch in batches:
-    real = (np.asarray(batch["weight"]) > 0 if "weight" in batch
-            else np.ones(len(batch["x"]), bool))  # [b], padding dropped
+    real = (
+        np.asarray(batch["weight"]) > 0
+        if "weight" in batch
+        else np.ones(len(batch["x"]), bool)
+    )  # [b], padding dropped
     for key in ("x", "label"):
       if key in batch:
         rows.setdefault(key, []).append(np.asarray(batch[key])[real])

@@ -27,21 +27,28 @@ def _non_negative(value) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class ConfidenceSettings(core.Settings):
   """The grid settings and the scale of the annealed choice noise."""
+
   choice_temperature: float = core.setting(
-      1.0, "Gumbel noise on the confidence scores (0 = most confident "
-      "first).", _non_negative)
+      1.0,
+      "Gumbel noise on the confidence scores (0 = most confident first).",
+      _non_negative,
+  )
 
 
-def confidence_step(reverse: core.Reverse, step: core.Step,
-                    choice_temperature: float,
-                    start_time: float = 1.0) -> jax.Array:
+def confidence_step(
+    reverse: core.Reverse,
+    step: core.Step,
+    choice_temperature: float,
+    start_time: float = 1.0,
+) -> jax.Array:
   data_rank = len(reverse.data_shape)
   value_rng, noise_rng = jax.random.split(step.rng)
   values = core.categorical(value_rng, step.log_mu)  # [B, ...]
   score = jnp.take_along_axis(step.log_mu, values[..., None], -1)[..., 0]
   anneal = 1.0 - (step.index + 1) / step.num_steps
-  gumbel = -jnp.log(jnp.maximum(core.exponential(noise_rng, values.shape),
-                                1e-38))
+  gumbel = -jnp.log(
+      jnp.maximum(core.exponential(noise_rng, values.shape), 1e-38)
+  )
   score = score + choice_temperature * anneal * gumbel  # [B, ...]
   masked = step.z == reverse.mask_id
   score = jnp.where(masked, score, -jnp.inf)
@@ -50,8 +57,9 @@ def confidence_step(reverse: core.Reverse, step: core.Step,
   flat_score = core.flat_positions(score, data_rank)  # [B, N]
   num_masked = core.flat_positions(masked, data_rank).sum(-1)  # [B]
   num_unknown = (~core.flat_positions(step.known.mask, data_rank)).sum(-1)
-  stay = jnp.round(num_unknown *
-                   reverse.masked_fraction(step.s, start_time))  # [B]
+  stay = jnp.round(
+      num_unknown * reverse.masked_fraction(step.s, start_time)
+  )  # [B]
   count = jnp.maximum(num_masked - stay.astype(jnp.int32), 0)  # [B]
 
   # ------------------------------------------ the most confident k ----
@@ -62,6 +70,8 @@ def confidence_step(reverse: core.Reverse, step: core.Step,
 
 def sample_confidence(reverse, rng, num_samples, settings, known=None):
   def step_fn(reverse, step):
-    return confidence_step(reverse, step, settings.choice_temperature,
-                           settings.start_time)
+    return confidence_step(
+        reverse, step, settings.choice_temperature, settings.start_time
+    )
+
   return core.run(reverse, rng, num_samples, settings, step_fn, known)

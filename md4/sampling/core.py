@@ -52,8 +52,12 @@ _TINY = float(np.finfo(np.float32).tiny)
 # ------------------------------------------------------------ settings ----
 
 
-def setting(default, doc: str, check: Callable[[object], str | None] | None
-            = None, flag: str | None = None):
+def setting(
+    default,
+    doc: str,
+    check: Callable[[object], str | None] | None = None,
+    flag: str | None = None,
+):
   """A settings field: its default, one-line doc, check and flag name.
 
   Args:
@@ -63,8 +67,9 @@ def setting(default, doc: str, check: Callable[[object], str | None] | None
       (0, 1]; 1 keeps every value"); the error names the flag.
     flag: the `md4.sample` flag, when it is not the field's name.
   """
-  return dataclasses.field(default=default, metadata={
-      "doc": doc, "check": check, "flag": flag})
+  return dataclasses.field(
+      default=default, metadata={"doc": doc, "check": check, "flag": flag}
+  )
 
 
 def flag_name(field: dataclasses.Field) -> str:
@@ -85,8 +90,10 @@ def _frames(value) -> str | None:
 
 def _start_time(value) -> str | None:
   if not 0.0 < value <= 1.0:
-    return ("must be in (0, 1]: the time the inputs are masked to and the "
-            "reverse process starts from")
+    return (
+        "must be in (0, 1]: the time the inputs are masked to and the "
+        "reverse process starts from"
+    )
   return None
 
 
@@ -111,10 +118,16 @@ class BaseSettings:
       z_1 (every unknown token masked); t < 1 from data masked forward to t,
       the unknown tokens being those masked (reconstruction).
   """
-  num_frames: int = setting(0, "History frames (0 = none).", _frames,
-                            flag="history_frames")
-  start_time: float = setting(1.0, "The time the reverse process starts "
-                              "from.", _start_time, flag="reconstruct_t")
+
+  num_frames: int = setting(
+      0, "History frames (0 = none).", _frames, flag="history_frames"
+  )
+  start_time: float = setting(
+      1.0,
+      "The time the reverse process starts from.",
+      _start_time,
+      flag="reconstruct_t",
+  )
 
   def validate(self) -> None:
     """Raises ValueError naming the flag, its value and the rule."""
@@ -134,6 +147,7 @@ class Settings(BaseSettings):
     num_steps: T, steps of the time grid.
     grid: "uniform" or "cosine" time grid (`grid_times`).
   """
+
   num_steps: int = setting(100, "Time steps T.", _positive_int, flag="steps")
   grid: str = setting("uniform", "Time grid.", _grid)
 
@@ -145,6 +159,7 @@ class Known(NamedTuple):
     mask: bool [B, *data_shape], True where the token is given.
     tokens: int32 [B, *data_shape], the given values (ignored elsewhere).
   """
+
   mask: jax.Array
   tokens: jax.Array
 
@@ -160,6 +175,7 @@ class Result(NamedTuple):
     history: int32 [F, B, *data_shape] frames at times 1 - k / (F - 1), mask
       tokens included, or None when no frames were asked for.
   """
+
   samples: jax.Array
   network_calls: jax.Array
   history: jax.Array | None = None
@@ -180,10 +196,12 @@ class Reverse:
       capabilities first).
     process_params: the process's own parameters (GenMD4's exponents).
   """
+
   denoise: Callable[[jax.Array, jax.Array], jax.Array]
   process: process_lib.Process
   process_params: Mapping[str, jax.Array] = dataclasses.field(
-      default_factory=dict)
+      default_factory=dict
+  )
 
   @property
   def vocab_size(self) -> int:
@@ -215,8 +233,7 @@ class Reverse:
     """log mu(z, t) in float32, [B, *data_shape, V]."""
     return jax.nn.log_softmax(self.denoise(z, t).astype(jnp.float32), -1)
 
-  def masked_fraction(self, t: jax.Array,
-                      start: float = 1.0) -> jax.Array:
+  def masked_fraction(self, t: jax.Array, start: float = 1.0) -> jax.Array:
     """Expected share of tokens masked at t among those masked at start, [B].
 
     (1 - alpha(t)) / (1 - alpha(start)) for MD4; GenMD4 averages it over
@@ -228,14 +245,20 @@ class Reverse:
   def require_alpha(self, sampler: str) -> Callable[[jax.Array], jax.Array]:
     alpha = self.alpha
     if alpha is None:
-      raise ValueError(process_lib.reason_missing(
-          self.process, process_lib.VALUE_INDEPENDENT, f"--sampler={sampler}",
-          "Use --sampler=ancestral, mean, topp or confidence."))
+      raise ValueError(
+          process_lib.reason_missing(
+              self.process,
+              process_lib.VALUE_INDEPENDENT,
+              f"--sampler={sampler}",
+              "Use --sampler=ancestral, mean, topp or confidence.",
+          )
+      )
     return alpha
 
 
-def from_model(model, variables, *, label=None,
-               guidance: float = 0.0) -> Reverse:
+def from_model(
+    model, variables, *, label=None, guidance: float = 0.0
+) -> Reverse:
   """The `Reverse` of a trained `md4.model.DiffusionModel`.
 
   Args:
@@ -254,14 +277,17 @@ def from_model(model, variables, *, label=None,
   if label is not None and not num_classes:
     raise ValueError(
         f"--label={label} but the model is not class-conditional "
-        "(config.model.class_conditional=False); drop --label.")
+        "(config.model.class_conditional=False); drop --label."
+    )
   if isinstance(label, (int, np.integer)) and not 0 <= label < num_classes:
     raise ValueError(f"--label must be in [0, {num_classes}), got {label}.")
   if guidance < 0.0:
     raise ValueError(f"--guidance must be >= 0, got {guidance}.")
   if guidance > 0.0 and label is None:
-    raise ValueError(f"--guidance={guidance} needs --label: guidance pushes "
-                     "samples towards a class.")
+    raise ValueError(
+        f"--guidance={guidance} needs --label: guidance pushes "
+        "samples towards a class."
+    )
 
   def labels(batch: int, value):
     if value is None:
@@ -271,28 +297,40 @@ def from_model(model, variables, *, label=None,
   def denoise(z, t):
     batch = z.shape[0]
     if guidance == 0.0:
-      return model.apply(variables, z, t, labels(batch, label),
-                         method=model.denoise)
+      return model.apply(
+          variables, z, t, labels(batch, label), method=model.denoise
+      )
     both = model.apply(
-        variables, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
+        variables,
+        jnp.concatenate([z, z]),
+        jnp.concatenate([t, t]),
         jnp.concatenate([labels(batch, label), labels(batch, num_classes)]),
-        method=model.denoise).astype(jnp.float32)  # [2B, ..., V]
+        method=model.denoise,
+    ).astype(
+        jnp.float32
+    )  # [2B, ..., V]
     cond = jax.nn.log_softmax(both[:batch], -1)
     uncond = jax.nn.log_softmax(both[batch:], -1)
     return (1.0 + guidance) * cond - guidance * uncond
 
   params = (variables or {}).get("params", {})
-  process_params = {name: params[name]
-                    for name in model.process.param_specs()}
+  process_params = {name: params[name] for name in model.process.param_specs()}
   return Reverse(denoise, model.process, process_params)
 
 
-def from_schedule(denoise: Callable[[jax.Array, jax.Array], jax.Array],
-                  schedule: schedules.MaskingSchedule, vocab_size: int,
-                  data_shape: tuple[int, ...]) -> Reverse:
+def from_schedule(
+    denoise: Callable[[jax.Array, jax.Array], jax.Array],
+    schedule: schedules.MaskingSchedule,
+    vocab_size: int,
+    data_shape: tuple[int, ...],
+) -> Reverse:
   """The `Reverse` of any denoiser under an MD4 schedule (e.g. an oracle)."""
-  process = masked.MD4(vocab_size=vocab_size, data_shape=tuple(data_shape),
-                       schedule=schedule.name, eps=schedule.eps)
+  process = masked.MD4(
+      vocab_size=vocab_size,
+      data_shape=tuple(data_shape),
+      schedule=schedule.name,
+      eps=schedule.eps,
+  )
   return Reverse(denoise, process)
 
 
@@ -312,8 +350,9 @@ def grid_times(num_steps: int, grid: str = "uniform") -> np.ndarray:
     return u.astype(np.float32)
   if grid == "cosine":
     return np.sin(0.5 * np.pi * u).astype(np.float32)
-  raise ValueError(f"--grid={grid!r} is not a time grid; valid: "
-                   f"{', '.join(GRIDS)}.")
+  raise ValueError(
+      f"--grid={grid!r} is not a time grid; valid: {', '.join(GRIDS)}."
+  )
 
 
 def time_grid(num_steps: int, grid: str = "uniform") -> jax.Array:
@@ -335,8 +374,8 @@ def uniform_from_bits(high: jax.Array, low: jax.Array) -> jax.Array:
   `categorical`) are not rounded to a multiple of 2**-24. Adding them only
   below 1/2 keeps the result < 1.
   """
-  coarse = (high >> 8).astype(jnp.float32) * (2.0 ** -24)
-  fine = low.astype(jnp.float32) * (2.0 ** -56)
+  coarse = (high >> 8).astype(jnp.float32) * (2.0**-24)
+  fine = low.astype(jnp.float32) * (2.0**-56)
   return jnp.where(coarse < 0.5, coarse + fine, coarse)
 
 
@@ -383,13 +422,19 @@ def reveal_log_probs(log_mu: jax.Array, unmask: jax.Array) -> jax.Array:
   """
   unmask = jnp.broadcast_to(unmask, log_mu.shape[:-1] + unmask.shape[-1:])
   log_reveal = jnp.log(unmask) + log_mu  # [B, ..., V]
-  log_stay = jax.nn.logsumexp(jnp.log1p(-unmask) + log_mu, axis=-1,
-                              keepdims=True)  # [B, ..., 1]
+  log_stay = jax.nn.logsumexp(
+      jnp.log1p(-unmask) + log_mu, axis=-1, keepdims=True
+  )  # [B, ..., 1]
   return jnp.concatenate([log_reveal, log_stay], axis=-1)
 
 
-def ancestral_reveal(rng: jax.Array, z: jax.Array, log_mu: jax.Array,
-                     unmask: jax.Array, mask_id: int) -> jax.Array:
+def ancestral_reveal(
+    rng: jax.Array,
+    z: jax.Array,
+    log_mu: jax.Array,
+    unmask: jax.Array,
+    mask_id: int,
+) -> jax.Array:
   """One exact reverse step for every masked token of z; [B, ...] -> [B, ...].
 
   One categorical draw over V + 1 outcomes per token; outcome V ("stay
@@ -399,8 +444,9 @@ def ancestral_reveal(rng: jax.Array, z: jax.Array, log_mu: jax.Array,
   return jnp.where(z == mask_id, choice, z).astype(z.dtype)
 
 
-def fill(rng: jax.Array, z: jax.Array, log_mu: jax.Array,
-         mask_id: int) -> jax.Array:
+def fill(
+    rng: jax.Array, z: jax.Array, log_mu: jax.Array, mask_id: int
+) -> jax.Array:
   """Draws every still-masked token of z from mu (the final t = 0 call)."""
   return jnp.where(z == mask_id, categorical(rng, log_mu), z).astype(z.dtype)
 
@@ -430,8 +476,9 @@ def frame_times(num_frames: int) -> np.ndarray:
   return np.linspace(1.0, 0.0, num_frames)
 
 
-def frames_from_reveal_times(samples: jax.Array, reveal_time: jax.Array,
-                             num_frames: int, mask_id: int) -> jax.Array:
+def frames_from_reveal_times(
+    samples: jax.Array, reveal_time: jax.Array, num_frames: int, mask_id: int
+) -> jax.Array:
   """Frames [F, B, ...] of a sampler whose revealed tokens never change.
 
   Frame k shows the tokens revealed at a time >= tau_k (known tokens have
@@ -450,8 +497,9 @@ def _frame_writes(times: np.ndarray, num_frames: int) -> np.ndarray:
   """
   taus = frame_times(num_frames)
   ends = times[1:]  # [T], decreasing
-  last_step = np.array([np.nonzero(ends >= tau - 1e-7)[0].max(initial=-1)
-                        for tau in taus])  # [F]
+  last_step = np.array(
+      [np.nonzero(ends >= tau - 1e-7)[0].max(initial=-1) for tau in taus]
+  )  # [F]
   return np.arange(len(ends))[:, None] == last_step[None, :]
 
 
@@ -471,6 +519,7 @@ class Step(NamedTuple):
     s: float32 [B] next time (< t).
     known: the given tokens.
   """
+
   rng: jax.Array
   index: jax.Array
   num_steps: int
@@ -484,9 +533,15 @@ class Step(NamedTuple):
 StepFn = Callable[[Reverse, Step], jax.Array]
 
 
-def run(reverse: Reverse, rng: jax.Array, num_samples: int,
-        settings: Settings, step_fn: StepFn, known: Known | None = None,
-        transform: Callable[[jax.Array], jax.Array] | None = None) -> Result:
+def run(
+    reverse: Reverse,
+    rng: jax.Array,
+    num_samples: int,
+    settings: Settings,
+    step_fn: StepFn,
+    known: Known | None = None,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> Result:
   """The step loop: T network calls and sampler steps, then the fill call.
 
   Args:
@@ -505,24 +560,27 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
   num_steps = settings.num_steps
   times = jnp.asarray(sampler_times(settings))  # [T + 1]
   mask_id = reverse.mask_id
-  known = known if known is not None else no_known(num_samples,
-                                                   reverse.data_shape)
+  known = (
+      known if known is not None else no_known(num_samples, reverse.data_shape)
+  )
   transform = transform or (lambda log_mu: log_mu)
   ones = jnp.ones((num_samples,), jnp.float32)
   z = initial_tokens(known, mask_id)
   num_frames = settings.num_frames
   writes = history = None
   if num_frames:
-    writes = jnp.asarray(_frame_writes(sampler_times(settings),
-                                       num_frames))  # [T, F]
+    writes = jnp.asarray(
+        _frame_writes(sampler_times(settings), num_frames)
+    )  # [T, F]
     history = jnp.broadcast_to(z, (num_frames,) + z.shape)  # [F, B, ...]
 
   def body(i, carry):
     z, history = carry
     t, s = times[i] * ones, times[i + 1] * ones  # [B], [B]
     log_mu = transform(reverse.log_probs(z, t))  # [B, ..., V]
-    step = Step(jax.random.fold_in(rng, i), i, num_steps, z, log_mu, t, s,
-                known)
+    step = Step(
+        jax.random.fold_in(rng, i), i, num_steps, z, log_mu, t, s, known
+    )
     z = keep_known(step_fn(reverse, step), known)
     if history is not None:
       write = writes[i].reshape((-1,) + (1,) * z.ndim)  # [F, 1, ...]
@@ -532,8 +590,9 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
   z, history = jax.lax.fori_loop(0, num_steps, body, (z, history))
   # ------------------------------------------- final fill at t = 0 --
   log_mu = transform(reverse.log_probs(z, 0.0 * ones))
-  z = keep_known(fill(jax.random.fold_in(rng, num_steps), z, log_mu,
-                      mask_id), known)
+  z = keep_known(
+      fill(jax.random.fold_in(rng, num_steps), z, log_mu, mask_id), known
+  )
   if history is not None:
     history = history.at[-1].set(z)
   return Result(z, jnp.int32(num_steps + 1), history)
@@ -541,4 +600,4 @@ def run(reverse: Reverse, rng: jax.Array, num_samples: int,
 
 def flat_positions(x: jax.Array, data_rank: int) -> jax.Array:
   """[B, *data_shape, ...] -> [B, N, ...] (N = prod(data_shape))."""
-  return x.reshape((x.shape[0], -1) + x.shape[1 + data_rank:])
+  return x.reshape((x.shape[0], -1) + x.shape[1 + data_rank :])

@@ -30,6 +30,7 @@ class Drawn:
     seconds: sampling time, compilation excluded.
     compile_seconds: time to compile the sampler.
   """
+
   samples: np.ndarray
   history: np.ndarray | None
   network_calls: float
@@ -49,21 +50,32 @@ def _rows(array, start: int, size: int) -> np.ndarray:
 
 def _batch_of(known: core.Known, start: int, size: int) -> core.Known:
   """Rows [start, start + size) of known tokens, wrapping around."""
-  return core.Known(_rows(known.mask, start, size),
-                    _rows(known.tokens, start, size).astype(np.int32))
+  return core.Known(
+      _rows(known.mask, start, size),
+      _rows(known.tokens, start, size).astype(np.int32),
+  )
 
 
 def batch_size_for(num_samples: int, batch_size: int) -> int:
   """The batch size actually compiled; both flags must be positive."""
-  for name, value in (("--num_samples", num_samples),
-                      ("--batch_size", batch_size)):
+  for name, value in (
+      ("--num_samples", num_samples),
+      ("--batch_size", batch_size),
+  ):
     if value < 1:
       raise ValueError(f"{name} must be a positive integer, got {value}.")
   return min(batch_size, num_samples)
 
 
-def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
-                seed: int, per_batch=lambda start: ()) -> Drawn:
+def run_batches(
+    one_batch,
+    params,
+    *,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    per_batch=lambda start: (),
+) -> Drawn:
   """Compiles `one_batch` once and runs it until num_samples are drawn.
 
   Args:
@@ -86,11 +98,16 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
   samples, calls, history = [], [], None
   start = time.perf_counter()
   # A bar on interactive terminals only (disable=None), on process 0.
-  bar = tqdm.tqdm(total=num_samples, unit="sample", desc="sampling",
-                  disable=None if jax.process_index() == 0 else True)
+  bar = tqdm.tqdm(
+      total=num_samples,
+      unit="sample",
+      desc="sampling",
+      disable=None if jax.process_index() == 0 else True,
+  )
   for b in range(math.ceil(num_samples / batch_size)):
-    result = compiled(params, jax.random.fold_in(key, b),
-                      *per_batch(b * batch_size))
+    result = compiled(
+        params, jax.random.fold_in(key, b), *per_batch(b * batch_size)
+    )
     samples.append(np.asarray(result.samples))
     calls.append(int(result.network_calls))
     if b == 0 and result.history is not None:
@@ -98,8 +115,13 @@ def run_batches(one_batch, params, *, num_samples: int, batch_size: int,
     bar.update(min(batch_size, num_samples - b * batch_size))
   bar.close()
   seconds = time.perf_counter() - start
-  return Drawn(np.concatenate(samples)[:num_samples], history,
-               float(np.mean(calls)), seconds, compile_seconds)
+  return Drawn(
+      np.concatenate(samples)[:num_samples],
+      history,
+      float(np.mean(calls)),
+      seconds,
+      compile_seconds,
+  )
 
 
 def cycled_labels(num_samples: int, num_classes: int) -> jax.Array | None:
@@ -113,9 +135,15 @@ def cycled_labels(num_samples: int, num_classes: int) -> jax.Array | None:
   return jnp.arange(num_samples, dtype=jnp.int32) % num_classes
 
 
-def sample_batch(model, variables, rng: jax.Array, sampler: str,
-                 settings: core.Settings, num_samples: int,
-                 label=None) -> jax.Array:
+def sample_batch(
+    model,
+    variables,
+    rng: jax.Array,
+    sampler: str,
+    settings: core.Settings,
+    num_samples: int,
+    label=None,
+) -> jax.Array:
   """One batch [N, *data_shape] of the named sampler (e.g. under jit).
 
   Args:
@@ -132,14 +160,22 @@ def sample_batch(model, variables, rng: jax.Array, sampler: str,
   """
   settings.validate()
   reverse = core.from_model(model, variables, label=label)
-  return sampling.get(sampler).draw(reverse, rng, num_samples,
-                                    settings).samples
+  return sampling.get(sampler).draw(reverse, rng, num_samples, settings).samples
 
 
-def draw(model, params, sampler: str, settings: core.Settings, *,
-         num_samples: int, batch_size: int, seed: int,
-         known: core.Known | None = None, label=None,
-         guidance: float = 0.0) -> Drawn:
+def draw(
+    model,
+    params,
+    sampler: str,
+    settings: core.Settings,
+    *,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    known: core.Known | None = None,
+    label=None,
+    guidance: float = 0.0,
+) -> Drawn:
   """Draws num_samples samples with the named sampler.
 
   Args:
@@ -168,16 +204,27 @@ def draw(model, params, sampler: str, settings: core.Settings, *,
   per_sample = label is not None and np.ndim(label) > 0
 
   def one_batch(params, rng, known, labels):
-    reverse = core.from_model(model, {"params": params},
-                              label=labels if per_sample else label,
-                              guidance=guidance)
-    return sample_fn(reverse, rng, batch_size, settings,
-                     known if given else None)
+    reverse = core.from_model(
+        model,
+        {"params": params},
+        label=labels if per_sample else label,
+        guidance=guidance,
+    )
+    return sample_fn(
+        reverse, rng, batch_size, settings, known if given else None
+    )
 
   def per_batch(start):
-    labels = (_rows(label, start, batch_size).astype(np.int32)
-              if per_sample else None)
+    labels = (
+        _rows(label, start, batch_size).astype(np.int32) if per_sample else None
+    )
     return _batch_of(known, start, batch_size), labels
 
-  return run_batches(one_batch, params, num_samples=num_samples,
-                     batch_size=batch_size, seed=seed, per_batch=per_batch)
+  return run_batches(
+      one_batch,
+      params,
+      num_samples=num_samples,
+      batch_size=batch_size,
+      seed=seed,
+      per_batch=per_batch,
+  )

@@ -26,6 +26,7 @@ BISECTION_STEPS = 40
 
 def inverse_alpha(alpha, target: jax.Array) -> jax.Array:
   """t in [0, 1] with alpha(t) = target (alpha decreasing), by bisection."""
+
   def halve(_, bounds):
     low, high = bounds
     middle = 0.5 * (low + high)
@@ -36,12 +37,16 @@ def inverse_alpha(alpha, target: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(0, BISECTION_STEPS, halve, bounds)[1]
 
 
-def sample_first_hitting(reverse, rng, num_samples, settings,
-                         known=None) -> core.Result:
+def sample_first_hitting(
+    reverse, rng, num_samples, settings, known=None
+) -> core.Result:
   """Exact continuous-time samples; network_calls = tokens revealed."""
   alpha = reverse.require_alpha("first_hitting")
-  known = known if known is not None else core.no_known(num_samples,
-                                                        reverse.data_shape)
+  known = (
+      known
+      if known is not None
+      else core.no_known(num_samples, reverse.data_shape)
+  )
   mask_id = reverse.mask_id
   data_rank = len(reverse.data_shape)
   z = core.initial_tokens(known, mask_id)
@@ -55,7 +60,8 @@ def sample_first_hitting(reverse, rng, num_samples, settings,
   def event(carry):
     z, tau, reveal_time, calls = carry
     time_rng, position_rng, value_rng = jax.random.split(
-        jax.random.fold_in(rng, calls), 3)
+        jax.random.fold_in(rng, calls), 3
+    )
     masked = core.flat_positions(z == mask_id, data_rank)  # [B, N]
     num_masked = jnp.maximum(masked.sum(-1), 1)  # [B]
     # ----------------------------------------- when: the next time --
@@ -65,21 +71,25 @@ def sample_first_hitting(reverse, rng, num_samples, settings,
     s = jnp.where(at_end, 0.0, jnp.minimum(inverse_alpha(alpha, target), tau))
     # ----------------------------------------- which token, which value --
     log_mu = reverse.log_probs(z, s)  # [B, ..., V]
-    position = core.categorical(position_rng,
-                                jnp.where(masked, 0.0, -jnp.inf))  # [B]
+    position = core.categorical(
+        position_rng, jnp.where(masked, 0.0, -jnp.inf)
+    )  # [B]
     chosen = jax.nn.one_hot(position, masked.shape[1], dtype=bool)
     chosen = (chosen | at_end[:, None]) & masked  # [B, N]
     chosen = chosen.reshape(z.shape)
     values = core.categorical(value_rng, log_mu)  # [B, ...]
     z = jnp.where(chosen, values, z).astype(z.dtype)
-    reveal_time = jnp.where(chosen, s.reshape(s.shape + (1,) * data_rank),
-                            reveal_time)
+    reveal_time = jnp.where(
+        chosen, s.reshape(s.shape + (1,) * data_rank), reveal_time
+    )
     return z, s, reveal_time, calls + 1
 
   z, _, reveal_time, calls = jax.lax.while_loop(
-      pending, event, (z, tau, reveal_time, jnp.int32(0)))
+      pending, event, (z, tau, reveal_time, jnp.int32(0))
+  )
   history = None
   if settings.num_frames:
-    history = core.frames_from_reveal_times(z, reveal_time,
-                                            settings.num_frames, mask_id)
+    history = core.frames_from_reveal_times(
+        z, reveal_time, settings.num_frames, mask_id
+    )
   return core.Result(z, calls, history)

@@ -34,6 +34,7 @@ class Reconstruction:
     expected_masked_fraction: the mean over tokens of 1 - keep probability.
     drawn: the sampler's output; `drawn.samples` are the reconstructions.
   """
+
   originals: np.ndarray
   noised: np.ndarray
   expected_masked_fraction: float
@@ -52,13 +53,15 @@ class Reconstruction:
         "masked_fraction": float(masked.mean()),
         "expected_masked_fraction": self.expected_masked_fraction,
         "equal_fraction": float(equal.mean()),
-        "masked_equal_fraction": (float(equal[masked].mean())
-                                  if masked.any() else None),
+        "masked_equal_fraction": (
+            float(equal[masked].mean()) if masked.any() else None
+        ),
     }
 
 
-def noise(reverse: core.Reverse, keys: jax.Array, x: jax.Array,
-          t: float) -> tuple[jax.Array, jax.Array]:
+def noise(
+    reverse: core.Reverse, keys: jax.Array, x: jax.Array, t: float
+) -> tuple[jax.Array, jax.Array]:
   """z_t ~ q(z_t | x): each token kept with its keep probability at t.
 
   Args:
@@ -73,8 +76,11 @@ def noise(reverse: core.Reverse, keys: jax.Array, x: jax.Array,
     float [N, ...]).
   """
   reason = process_lib.reason_missing(
-      reverse.process, process_lib.UNMASKING, "--reconstruct_from",
-      "Reconstruct from a masked-diffusion run (md4, genmd4).")
+      reverse.process,
+      process_lib.UNMASKING,
+      "--reconstruct_from",
+      "Reconstruct from a masked-diffusion run (md4, genmd4).",
+  )
   if reason:
     raise ValueError(reason)
   times = jnp.full((x.shape[0],), t, jnp.float32)  # [N]
@@ -82,10 +88,18 @@ def noise(reverse: core.Reverse, keys: jax.Array, x: jax.Array,
   return common.forward_sample(keys, x, keep, reverse.mask_id), keep
 
 
-def reconstruct(model, params, examples: np.ndarray, sampler: str,
-                settings: core.Settings, *, batch_size: int, seed: int,
-                labels: np.ndarray | None = None,
-                guidance: float = 0.0) -> Reconstruction:
+def reconstruct(
+    model,
+    params,
+    examples: np.ndarray,
+    sampler: str,
+    settings: core.Settings,
+    *,
+    batch_size: int,
+    seed: int,
+    labels: np.ndarray | None = None,
+    guidance: float = 0.0,
+) -> Reconstruction:
   """Masks examples forward to settings.start_time and denoises them.
 
   Args:
@@ -115,8 +129,16 @@ def reconstruct(model, params, examples: np.ndarray, sampler: str,
   noised, keep = jax.jit(noised_of)(params, keys, examples)
   noised = np.asarray(noised)
   known = core.Known(noised != model.mask_id, examples)
-  drawn = drawing.draw(model, params, sampler, settings,
-                       num_samples=len(examples), batch_size=batch_size,
-                       seed=seed, known=known, label=labels,
-                       guidance=guidance)
+  drawn = drawing.draw(
+      model,
+      params,
+      sampler,
+      settings,
+      num_samples=len(examples),
+      batch_size=batch_size,
+      seed=seed,
+      known=known,
+      label=labels,
+      guidance=guidance,
+  )
   return Reconstruction(examples, noised, float(1.0 - np.mean(keep)), drawn)

@@ -31,12 +31,15 @@ def _strength(value) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class RemaskSettings(core.Settings):
   """The grid settings and ReMDM's remasking strength eta."""
+
   remask_strength: float = core.setting(
-      0.05, "ReMDM eta in [0, 1] (0 = ancestral).", _strength)
+      0.05, "ReMDM eta in [0, 1] (0 = ancestral).", _strength
+  )
 
 
-def remask_step(reverse: core.Reverse, step: core.Step,
-                strength: float) -> jax.Array:
+def remask_step(
+    reverse: core.Reverse, step: core.Step, strength: float
+) -> jax.Array:
   alpha = reverse.require_alpha("remask")
   expand = (1,) * (step.z.ndim - 1)
   a_t = alpha(step.t).reshape(step.t.shape + expand)  # [B, 1, ...]
@@ -44,8 +47,9 @@ def remask_step(reverse: core.Reverse, step: core.Step,
   sigma = strength * jnp.minimum(1.0, (1.0 - a_s) / a_t)  # [B, 1, ...]
   unmask = (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)  # [B, 1, ...]
   reveal_rng, remask_rng = jax.random.split(step.rng)
-  z = core.ancestral_reveal(reveal_rng, step.z, step.log_mu, unmask[..., None],
-                            reverse.mask_id)
+  z = core.ancestral_reveal(
+      reveal_rng, step.z, step.log_mu, unmask[..., None], reverse.mask_id
+  )
   revealed_at_t = (step.z != reverse.mask_id) & ~step.known.mask
   remasked = revealed_at_t & core.bernoulli(remask_rng, sigma, z.shape)
   return jnp.where(remasked, reverse.mask_id, z).astype(z.dtype)
@@ -56,4 +60,5 @@ def sample_remask(reverse, rng, num_samples, settings, known=None):
 
   def step_fn(reverse, step):
     return remask_step(reverse, step, settings.remask_strength)
+
   return core.run(reverse, rng, num_samples, settings, step_fn, known)

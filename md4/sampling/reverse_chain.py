@@ -17,9 +17,13 @@ import numpy as np
 from md4.sampling import core
 
 
-def sample_reverse_chain(reverse: core.Reverse, rng: jax.Array,
-                         num_samples: int, settings: core.BaseSettings,
-                         known: core.Known | None = None) -> core.Result:
+def sample_reverse_chain(
+    reverse: core.Reverse,
+    rng: jax.Array,
+    num_samples: int,
+    settings: core.BaseSettings,
+    known: core.Known | None = None,
+) -> core.Result:
   """Draws [N, *data_shape] samples with the process's T-step chain.
 
   Args:
@@ -33,8 +37,10 @@ def sample_reverse_chain(reverse: core.Reverse, rng: jax.Array,
     The `core.Result`; network_calls counts the denoiser calls (T).
   """
   if known is not None:
-    raise ValueError("the reverse chain cannot keep known tokens; drop "
-                     "--prompt, --infill and --inpaint.")
+    raise ValueError(
+        "the reverse chain cannot keep known tokens; drop "
+        "--prompt, --infill and --inpaint."
+    )
   process = reverse.process
   num_steps = process.num_steps
   shape = (num_samples,) + tuple(reverse.data_shape)
@@ -50,12 +56,14 @@ def sample_reverse_chain(reverse: core.Reverse, rng: jax.Array,
     return (z, calls + 1), z
 
   z_T = z
-  (z, calls), states = jax.lax.scan(body, (z, jnp.int32(0)),
-                                    jnp.arange(num_steps))
+  (z, calls), states = jax.lax.scan(
+      body, (z, jnp.int32(0)), jnp.arange(num_steps)
+  )
   if settings.num_frames <= 0:
     return core.Result(z, calls)
   # all_states[i] = x_{T - i}; frame k at time 1 - k / (F - 1).
   all_states = jnp.concatenate([z_T[None], states])  # [T + 1, N, ...]
-  picks = np.linspace(0, num_steps, settings.num_frames).round().astype(
-      np.int32)
+  picks = (
+      np.linspace(0, num_steps, settings.num_frames).round().astype(np.int32)
+  )
   return core.Result(z, calls, all_states[picks])
