@@ -51,6 +51,7 @@ def random_variables(model, seed: int = 0):
 # -------------------------------------------------------- likelihood ------
 
 
+@pytest.mark.slow
 def test_loss_is_the_exact_negative_log_likelihood_of_an_explicit_loop():
   config = tiny_ar_config()
   model = model_lib.build_model(config)
@@ -94,6 +95,7 @@ def test_the_network_must_be_causal_and_time_free():
     configuration.validate(config)
 
 
+@pytest.mark.slow
 def test_causal_attention_equals_attention_masked_by_an_explicit_loop():
   b, length, heads, dim = 2, 9, 3, 4
   q, k, v = (

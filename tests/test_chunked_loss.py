@@ -165,6 +165,7 @@ def test_md4_nelbo_and_gradient_with_chunked_logits_equal_full_reference(
   assert_trees_close(grads, expected_grads)
 
 
+@pytest.mark.slow
 def test_transformer_training_loss_equals_full_logits_reference():
   # The automatic rule: VOCAB is large enough to chunk, and this batch
   # fits one chunk (the rule's cap), so it also covers chunk >= positions.

@@ -131,6 +131,7 @@ def test_md4_monte_carlo_nelbo_matches_the_exact_value(num_steps):
       assert abs(mean - kd.neg_log_prob(x)) < 4 * se + 2e-3
 
 
+@pytest.mark.slow
 def test_md4_loss_terms_add_up_and_bits_per_dim_is_loss_over_n_ln2():
   schedule = schedules.MaskingSchedule("linear")
   denoise = kd.oracle(lambda v, t: schedule.alpha(t))
@@ -413,6 +414,7 @@ def test_genmd4_nelbo_is_tight_with_the_true_posterior(x):
   assert total == pytest.approx(kd.neg_log_prob(x), abs=2e-3)
 
 
+@pytest.mark.slow
 def test_genmd4_with_equal_powers_reduces_to_the_md4_weighted_cross_entropy():
   rng = jax.random.key(7)
   logits = jax.random.normal(rng, (16, kd.LENGTH, kd.VOCAB)) * 3
@@ -428,6 +430,7 @@ def test_genmd4_with_equal_powers_reduces_to_the_md4_weighted_cross_entropy():
     np.testing.assert_allclose(gen, md, rtol=2e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_genmd4_monte_carlo_nelbo_matches_the_exact_value():
   eps, t1 = 1e-4, 1e-4
   denoise = _genmd4_oracle(POWERS, eps)
@@ -509,6 +512,7 @@ def test_genmd4_reinforce_gradient_is_unbiased_for_the_schedule():
   assert np.abs(expected_grad).max() > 10 * se.max()
 
 
+@pytest.mark.slow
 def test_genmd4_reports_its_powers_and_the_surrogate_differs_from_the_bound():
   x = jnp.asarray(kd.sample(np.random.default_rng(1), 32))
   terms, scalars = genmd4.nelbo(

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from md4 import configuration
 from md4 import optimizers
@@ -29,6 +30,7 @@ def _updates(multiplier):
   return updates
 
 
+@pytest.mark.slow
 def test_embedding_updates_are_scaled_and_others_are_not():
   base, scaled = _updates(1.0), _updates(0.25)
   np.testing.assert_allclose(
