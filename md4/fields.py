@@ -75,10 +75,9 @@ class Field:
         raise ValueError(f"{where} must be a string, got {value!r}.")
       valid = self.valid_choices
       if valid is not None and value not in valid:
-        near = difflib.get_close_matches(value, valid, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ValueError(
-            f"{where}={value!r} is not valid; valid: {', '.join(valid)}.{hint}"
+            f"{where}={value!r} is not valid; valid: {', '.join(valid)}."
+            + did_you_mean(value, valid)
         )
       return
     if isinstance(default, tuple) and not isinstance(value, (tuple, list)):
@@ -142,18 +141,27 @@ def build(declared: Iterable[Field]) -> ml_collections.ConfigDict:
   return config
 
 
+def did_you_mean(word: str, valid: Iterable[str], spell: str = "{!r}") -> str:
+  """ " Did you mean X?" for the valid name nearest to `word`, or "".
+
+  The one spelling suggestion of md4's messages (misspelt fields, flags,
+  choices, network fields, overrides); `spell` formats the name.
+  """
+  near = difflib.get_close_matches(word, list(valid), n=1)
+  return f" Did you mean {spell.format(near[0])}?" if near else ""
+
+
 def unknown_key_error(
     key: str,
     valid: Iterable[str],
     where: str,
 ) -> ValueError:
-  """ "<where>.<key> is not a known field; did you mean ...?" - the one
-  message for a misspelt key (config files, --config.x, --override)."""
+  """ "<where>.<key> is not a known field. Did you mean ...?" - the
+  message for a misspelt key in a config file."""
   valid = sorted(valid)
-  near = difflib.get_close_matches(key, valid, n=1)
-  hint = f"; did you mean {where}.{near[0]}?" if near else ""
+  hint = did_you_mean(key, valid, spell=where + ".{}")
   return ValueError(
-      f"{where}.{key} is not a known field{hint} Valid fields: "
+      f"{where}.{key} is not a known field.{hint} Valid fields: "
       f"{', '.join(valid)}."
   )
 

@@ -22,8 +22,6 @@ from md4 import console
 
 console.hide_native_logs()  # Before anything imports TensorFlow.
 
-import difflib
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -33,6 +31,7 @@ from md4 import config_files
 from md4 import configuration
 from md4 import distributed
 from md4 import error_boundary
+from md4 import fields
 from md4 import metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -144,7 +143,7 @@ def check_config_arguments(argv) -> None:
   Raises:
     error_boundary.UserError: naming the flag and the fix.
   """
-  value, fields = None, []
+  value, flag_names = None, []
   args = list(argv[1:])
   for i, arg in enumerate(args):
     if arg == "--":
@@ -154,12 +153,12 @@ def check_config_arguments(argv) -> None:
     elif arg == "--config" and i + 1 < len(args):
       value = args[i + 1]
     elif arg.startswith("--config."):
-      fields.append(arg[2:].split("=", 1)[0])
+      flag_names.append(arg[2:].split("=", 1)[0])
   if value is None:
     return  # absl reports the missing required flag.
   path, _, variant = value.partition(":")
   config = load_config_file(path, variant or None, value)
-  for name in fields:
+  for name in flag_names:
     check_field(config, name)
 
 
@@ -222,11 +221,11 @@ def check_field(config, name: str) -> None:
   for i, part in enumerate(parts):
     keys = list(node.keys()) if hasattr(node, "keys") else []
     if part not in keys:
-      near = difflib.get_close_matches(part, keys, n=1)
       section = ".".join(["config"] + parts[:i])
+      hint = fields.did_you_mean(part, keys, spell=f"--{section}.{{}}")
       hint = (
-          f"; did you mean --{section}.{near[0]}?"
-          if near
+          "." + hint
+          if hint
           else f"; its fields: {', '.join(sorted(keys))}."
           if keys
           else f"; {section} is a value, not a section."

@@ -18,7 +18,6 @@ Nothing here imports the loop (`md4.train`) or the commands.
 import ast
 from collections.abc import Sequence
 import dataclasses
-import difflib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ import orbax.checkpoint as ocp
 from md4 import checkpointing
 from md4 import configuration
 from md4 import console
+from md4 import fields
 from md4 import model as model_lib
 from md4 import networks
 from md4 import optimizers
@@ -464,8 +464,8 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
       )
     node = node[name]
   if field not in node:
-    near = difflib.get_close_matches(field, list(node.keys()), n=1)
-    hint = f" Did you mean {'.'.join(parents + near)!r}?" if near else ""
+    prefix = "".join(f"{name}." for name in parents)
+    hint = fields.did_you_mean(field, node.keys(), spell=f"'{prefix}{{}}'")
     raise ValueError(
         f"--override={override!r}: {key!r} is not a config field.{hint}"
     )

@@ -162,7 +162,7 @@ CASES = {
             "--workdir={env.tmp}/run",
             "--config.train.num_step=4",
         ),
-        "did you mean --config.train.num_steps?",
+        "Did you mean --config.train.num_steps?",
     ),
     "main.py: wrong-typed flag": Case(
         subprocess_command(

@@ -344,11 +344,11 @@ CASES = {
     # main.py: the command line and the config file.
     "misspelt field": Case(
         config_arguments("--config.train.num_step=4"),
-        "did you mean --config.train.num_steps?",
+        "Did you mean --config.train.num_steps?",
     ),
     "misspelt section": Case(
         config_arguments("--config.trian.num_steps=4"),
-        "did you mean --config.train?",
+        "Did you mean --config.train?",
     ),
     "field below a value": Case(
         config_arguments("--config.seed.x=1"),

@@ -148,7 +148,7 @@ def test_misspelt_key_names_the_nearest_valid_field():
   config = configuration.default_config()
   with config.unlocked():
     config.train.batch_sise = 3
-  with pytest.raises(ValueError, match="did you mean config.train.batch_size"):
+  with pytest.raises(ValueError, match="Did you mean config.train.batch_size"):
     configuration.validate(config)
 
 

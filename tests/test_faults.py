@@ -468,7 +468,7 @@ def _unprepared_openwebtext(config, tmp):
 
 
 BAD_INPUTS = {
-    "misspelt field": (_misspelt, "did you mean config.train.batch_size"),
+    "misspelt field": (_misspelt, "Did you mean config.train.batch_size"),
     "zero steps": (_set(train__num_steps=0), "config.train.num_steps"),
     "negative lr": (
         _set(optimizer__learning_rate=-1.0),

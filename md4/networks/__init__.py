@@ -12,7 +12,6 @@ from a config's `model` fields.
 
 from collections.abc import Sequence
 import dataclasses
-import difflib
 import math
 from typing import Any
 
@@ -20,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from md4 import fields as md4_fields
 from md4.networks.transformer import Transformer
 from md4.networks.unet import UNet
 from md4.networks.uvit import UViT
@@ -107,8 +107,7 @@ def build_network(
   fields = network_fields(name)
   for key in kwargs:
     if key not in fields:
-      close = difflib.get_close_matches(key, fields, n=1)
-      hint = f" Did you mean {close[0]!r}?" if close else ""
+      hint = md4_fields.did_you_mean(key, fields)
       raise ValueError(
           f"{key!r} is not a field of network {name!r}.{hint} Valid fields: "
           f"{', '.join(fields)}."
