@@ -410,16 +410,44 @@ def field_table() -> str:
   return fields.markdown_table(declared_fields())
 
 
+def check_batch_sizes(
+    config: ml_collections.ConfigDict,
+    data_parallel: int = 1,
+    processes: int = 1,
+    mesh_doc: str = "",
+) -> None:
+  """The one check that the batch sizes divide as the run splits them.
+
+  `validate` calls it without a mesh (micro-batches only); `run.build`
+  again with the mesh's data-parallel size and the process count.
+  """
+  train = config.train
+  if train.batch_size % train.micro_batches:
+    raise ValueError(
+        f"config.train.batch_size={train.batch_size} must be divisible"
+        f" by config.train.micro_batches={train.micro_batches}."
+    )
+  for name, size in (
+      ("train.batch_size", train.batch_size),
+      ("train.eval_batch_size", train.eval_batch_size),
+      (
+          "train.batch_size / train.micro_batches",
+          train.batch_size // train.micro_batches,
+      ),
+  ):
+    if size % data_parallel or size % processes:
+      raise ValueError(
+          f"config.{name}={size} must be divisible by the data-parallel size "
+          f"{data_parallel}{mesh_doc} and the process count {processes}."
+      )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects unknown keys (with the nearest valid one) and bad values."""
   fields.check_keys(config, default_config(), "config", _OPEN_SECTIONS)
   fields.check_values(config, declared_fields())
   _check_shapes(config)
-  if config.train.batch_size % config.train.micro_batches:
-    raise ValueError(
-        f"config.train.batch_size={config.train.batch_size} must be divisible"
-        f" by config.train.micro_batches={config.train.micro_batches}."
-    )
+  check_batch_sizes(config)
   # The process checks its own combinations (e.g. D3PM's absorbing noise
   # needs abar_T = 0); its errors name the fields and the fix.
   process = diffusion.from_config(config)

@@ -114,18 +114,9 @@ def build(
   mesh = sharding.make_mesh(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   dp = sharding.data_parallel_size(mesh, rules)
-  micro = config.train.batch_size // config.train.micro_batches
-  for name, size in (
-      ("train.batch_size", config.train.batch_size),
-      ("train.eval_batch_size", config.train.eval_batch_size),
-      ("train.batch_size / train.micro_batches", micro),
-  ):
-    if size % dp or size % jax.process_count():
-      raise ValueError(
-          f"config.{name}={size} must be divisible by the data-parallel size "
-          f"{dp} (mesh {dict(mesh.shape)}) and the process count "
-          f"{jax.process_count()}."
-      )
+  configuration.check_batch_sizes(
+      config, dp, jax.process_count(), f" (mesh {dict(mesh.shape)})"
+  )
   datasets = pipelines.build_datasets(
       config.data,
       global_batch_size=config.train.batch_size,
