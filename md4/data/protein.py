@@ -206,14 +206,12 @@ def load(data_config: Any) -> sources.LoadedData:
   )
   tokenizer = Tokenizer()
   return sources.LoadedData(
-      info=sources.DataInfo(
-          data_shape=(seq_len,),
-          vocab_size=VOCAB_SIZE,
-          num_classes=0,
-          kind="text",
-          unit="bits_per_char",
-          decode=tokenizer.decode,
+      info=sources.text_info(
+          seq_len,
+          VOCAB_SIZE,
+          "bits_per_char",
           encode=tokenizer.encode,
+          decode=tokenizer.decode,
       ),
       train=ProteinSource("protein/train", tokens, offsets, train),
       train_transforms=(RandomCropOrPad(seq_len),),

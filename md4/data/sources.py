@@ -54,6 +54,25 @@ class DataInfo:
   encode: Callable[[str], np.ndarray] | None = None
 
 
+def text_info(
+    seq_len: int,
+    vocab_size: int,
+    unit: str,
+    encode: Callable[[str], np.ndarray] | None,
+    decode: Callable[[np.ndarray], str] | None,
+) -> DataInfo:
+  """The `DataInfo` of a text data set of sequences of `seq_len` tokens."""
+  return DataInfo(
+      data_shape=(seq_len,),
+      vocab_size=int(vocab_size),
+      num_classes=0,
+      kind="text",
+      unit=unit,
+      decode=decode,
+      encode=encode,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedData:
   """A data set's sources, as returned by each data-set module's `load`.

@@ -193,14 +193,12 @@ def load(data_config: Any) -> sources.LoadedData:
   valid = tokens[num_train : num_train + num_valid]
   test = tokens[num_train + num_valid :]
   tokenizer = Tokenizer()
-  info = sources.DataInfo(
-      data_shape=(seq_len,),
-      vocab_size=VOCAB_SIZE,
-      num_classes=0,
-      kind="text",
-      unit="bits_per_char",
-      decode=tokenizer.decode,
+  info = sources.text_info(
+      seq_len,
+      VOCAB_SIZE,
+      "bits_per_char",
       encode=tokenizer.encode,
+      decode=tokenizer.decode,
   )
   return sources.LoadedData(
       info=info,

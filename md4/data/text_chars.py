@@ -119,14 +119,12 @@ def load(data_config: Any) -> sources.LoadedData:
     )
   num_train = len(tokens) - int(len(tokens) * eval_fraction)
   return sources.LoadedData(
-      info=sources.DataInfo(
-          data_shape=(seq_len,),
-          vocab_size=tokenizer.vocab_size,
-          num_classes=0,
-          kind="text",
-          unit="bits_per_char",
-          decode=tokenizer.decode,
+      info=sources.text_info(
+          seq_len,
+          tokenizer.vocab_size,
+          "bits_per_char",
           encode=tokenizer.encode,
+          decode=tokenizer.decode,
       ),
       train=text8.CropWindowSource(
           "text_chars/train", tokens[:num_train], seq_len

@@ -330,14 +330,12 @@ def load_prepared(data_config: Any) -> sources.LoadedData:
     )
   encode, decode = _codec(directory, metadata)
   return sources.LoadedData(
-      info=sources.DataInfo(
-          data_shape=(seq_len,),
-          vocab_size=metadata["vocab_size"],
-          num_classes=0,
-          kind="text",
-          unit="perplexity",
-          decode=decode,
+      info=sources.text_info(
+          seq_len,
+          metadata["vocab_size"],
+          "perplexity",
           encode=encode,
+          decode=decode,
       ),
       train=splits.pop("train"),
       eval=splits,
@@ -414,14 +412,12 @@ def load_tokens(data_config: Any) -> sources.LoadedData:
     }
   encode, decode = _codec(directory, metadata)
   return sources.LoadedData(
-      info=sources.DataInfo(
-          data_shape=(seq_len,),
-          vocab_size=int(data_config.vocab_size),
-          num_classes=0,
-          kind="text",
-          unit="perplexity",
-          decode=decode,
+      info=sources.text_info(
+          seq_len,
+          int(data_config.vocab_size),
+          "perplexity",
           encode=encode,
+          decode=decode,
       ),
       train=examples.pop("train"),
       eval=examples,
