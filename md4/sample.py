@@ -47,7 +47,7 @@ from md4 import run as run_lib
 from md4 import sample_writing
 from md4 import sampling
 from md4.diffusion import process as process_lib
-from md4.sampling import conditioning
+from md4.sampling import known_tokens
 from md4.sampling import core
 from md4.sampling import drawing
 from md4.sampling import reconstruction
@@ -87,7 +87,7 @@ class Request:
 # -------------------------------------------------------------- logic -----
 
 
-def known_tokens(request: Request, run: run_lib.RestoredRun):
+def known_for(request: Request, run: run_lib.RestoredRun):
   """Known tokens from the prompt, infilling template or mask, or None."""
   info = run.setup.datasets.info
   dataset = run.config.data.dataset
@@ -114,11 +114,11 @@ def known_tokens(request: Request, run: run_lib.RestoredRun):
           "use --prompt or --infill."
       )
     split = request.inpaint_split or next(iter(run.setup.datasets.eval))
-    images = conditioning.split_examples(
+    images = known_tokens.split_examples(
         run.setup.datasets, split, request.num_samples
     )
-    known = conditioning.image_known(request.inpaint, images)
-    conditioning.check_known_tokens(
+    known = known_tokens.image_known(request.inpaint, images)
+    known_tokens.check_known_tokens(
         known, info.vocab_size, f"--inpaint_split={split!r}"
     )
     return known
@@ -127,13 +127,13 @@ def known_tokens(request: Request, run: run_lib.RestoredRun):
         f"--prompt/--infill need a text data set, not {dataset}; use --inpaint."
     )
   ((flag, template),) = given.items()
-  known = conditioning.text_known(
+  known = known_tokens.text_known(
       template,
-      conditioning.encoder(info, dataset),
+      known_tokens.encoder(info, dataset),
       info.data_shape[0],
       request.num_samples,
   )
-  conditioning.check_known_tokens(
+  known_tokens.check_known_tokens(
       known, info.vocab_size, f"--{flag}={template!r}"
   )
   return known
@@ -230,7 +230,7 @@ def _reconstruct(
     settings: core.BaseSettings,
 ):
   """The `Reconstruction` of the examples of --reconstruct_from."""
-  rows = conditioning.split_rows(
+  rows = known_tokens.split_rows(
       run.setup.datasets,
       request.reconstruct_from,
       request.num_samples,
@@ -284,7 +284,7 @@ def sample_to_files(request: Request) -> dict:
   info = run.setup.datasets.info
   rebuilt = known = None
   if request.reconstruct_from is None:
-    known = known_tokens(request, run)
+    known = known_for(request, run)
   with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
     if request.reconstruct_from is not None:
       rebuilt = _reconstruct(request, run, entry, settings)
@@ -412,7 +412,7 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "inpaint",
       None,
-      f"Known region ({', '.join(conditioning.REGIONS)}) or "
+      f"Known region ({', '.join(known_tokens.REGIONS)}) or "
       "a PNG whose white pixels are known.",
   )
   flags.DEFINE_string(

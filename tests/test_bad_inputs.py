@@ -41,7 +41,7 @@ from md4 import sample as sample_command
 from md4 import sample_writing
 from md4 import train
 from md4 import workdir_lock
-from md4.sampling import conditioning
+from md4.sampling import known_tokens
 from md4.sampling import core
 
 pytestmark = pytest.mark.slow
@@ -544,7 +544,7 @@ CASES = {
     ),
     "prompt longer than the sequence": Case(
         lambda env: error_boundary.check_call(
-            conditioning.text_known,
+            known_tokens.text_known,
             "abcdefghi",
             lambda t: np.zeros(len(t), np.int32),
             8,
@@ -554,7 +554,7 @@ CASES = {
     ),
     "prompt token beyond vocab": Case(
         lambda env: error_boundary.check_call(
-            conditioning.check_known_tokens,
+            known_tokens.check_known_tokens,
             core.Known(np.ones((1, 4), bool), np.full((1, 4), 99)),
             17,
             "--prompt='99'",

@@ -15,7 +15,7 @@ import trained_digits
 from md4 import configuration
 from md4 import run as run_lib
 from md4 import sample as sample_command
-from md4.sampling import conditioning
+from md4.sampling import known_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
   assert samples.shape == (6, 8, 8, 1)
   assert samples.min() >= 0 and samples.max() < 17
   run = run_lib.restore(workdir)
-  images = conditioning.split_examples(run.setup.datasets, "test", 6)
+  images = known_tokens.split_examples(run.setup.datasets, "test", 6)
   np.testing.assert_array_equal(samples[:, :, :4], images[:, :, :4])
   with Image.open(os.path.join(out, "history.gif")) as gif:
     assert gif.n_frames == 5
@@ -91,7 +91,7 @@ def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
   )
   run = run_lib.restore(workdir)
   np.testing.assert_array_equal(
-      originals, conditioning.split_examples(run.setup.datasets, "test", 32)
+      originals, known_tokens.split_examples(run.setup.datasets, "test", 32)
   )
   masked = noised == run.setup.model.mask_id  # [32, 8, 8, 1]
   np.testing.assert_array_equal(noised[~masked], originals[~masked])

@@ -47,7 +47,7 @@ from md4.diffusion import masked
 from md4.diffusion import schedules
 from md4.sampling import ancestral
 from md4.sampling import cached
-from md4.sampling import conditioning
+from md4.sampling import known_tokens
 from md4.sampling import confidence
 from md4.sampling import core
 from md4.sampling import drawing
@@ -476,24 +476,24 @@ def abc_encoder(text):
 
 
 def test_infill_template_places_spans_and_stretches_the_star_gap():
-  known = conditioning.text_known("a[2]cb", abc_encoder, 8, 3)
+  known = known_tokens.text_known("a[2]cb", abc_encoder, 8, 3)
   np.testing.assert_array_equal(known.mask[0], [1, 0, 0, 1, 1, 0, 0, 0])
   np.testing.assert_array_equal(known.tokens[2][known.mask[2]], [0, 2, 1])
-  known = conditioning.text_known("ab[*]c", abc_encoder, 8, 1)
+  known = known_tokens.text_known("ab[*]c", abc_encoder, 8, 1)
   np.testing.assert_array_equal(known.mask[0], [1, 1, 0, 0, 0, 0, 0, 1])
   np.testing.assert_array_equal(known.tokens[0][[0, 1, 7]], [0, 1, 2])
-  prefix = conditioning.text_known("ba", abc_encoder, 8, 1)
+  prefix = known_tokens.text_known("ba", abc_encoder, 8, 1)
   np.testing.assert_array_equal(prefix.mask[0], [1, 1, 0, 0, 0, 0, 0, 0])
   with pytest.raises(ValueError, match="needs 9 tokens but sequences have 8"):
-    conditioning.text_known("abc[6]", abc_encoder, 8, 1)
+    known_tokens.text_known("abc[6]", abc_encoder, 8, 1)
   with pytest.raises(ValueError, match="at most one can stretch"):
-    conditioning.text_known("a[*]b[*]", abc_encoder, 8, 1)
+    known_tokens.text_known("a[*]b[*]", abc_encoder, 8, 1)
 
 
 def test_character_encoder_inverts_a_character_decoder():
   tokenizer = text8.Tokenizer()
   info = sources.DataInfo((16,), 27, 0, "text", decode=tokenizer.decode)
-  encode = conditioning.encoder(info, "text8")
+  encode = known_tokens.encoder(info, "text8")
   ids = encode("the cat")
   np.testing.assert_array_equal(ids, tokenizer.encode("the cat"))
   assert tokenizer.decode(ids) == "the cat"
@@ -501,21 +501,21 @@ def test_character_encoder_inverts_a_character_decoder():
     encode("The Cat")
   no_decoder = sources.DataInfo((16,), 50, 0, "text")
   with pytest.raises(ValueError, match="gives no encoder"):
-    conditioning.encoder(no_decoder, "tokens")
+    known_tokens.encoder(no_decoder, "tokens")
 
 
 def test_image_masks_name_the_known_region_and_read_pngs(tmp_path):
-  top = conditioning.pixel_mask("top", 8, 8)
+  top = known_tokens.pixel_mask("top", 8, 8)
   assert top[:4].all() and not top[4:].any()
-  border = conditioning.pixel_mask("border", 8, 8)
+  border = known_tokens.pixel_mask("border", 8, 8)
   assert border[0].all() and not border[2:6, 2:6].any()
   png = np.zeros((16, 16), np.uint8)
   png[:, :8] = 255
   Image.fromarray(png).save(tmp_path / "mask.png")
-  from_png = conditioning.pixel_mask(str(tmp_path / "mask.png"), 8, 8)
-  np.testing.assert_array_equal(from_png, conditioning.pixel_mask("left", 8, 8))
+  from_png = known_tokens.pixel_mask(str(tmp_path / "mask.png"), 8, 8)
+  np.testing.assert_array_equal(from_png, known_tokens.pixel_mask("left", 8, 8))
   with pytest.raises(ValueError, match="neither a region"):
-    conditioning.pixel_mask("middle", 8, 8)
+    known_tokens.pixel_mask("middle", 8, 8)
 
 
 # ----------------------------------------------------- sampler details ----
@@ -728,8 +728,8 @@ def test_text_samples_are_written_as_txt_and_jsonl_that_decode(tmp_path):
   info = sources.DataInfo(
       (12,), 27, 0, "text", decode=tokenizer.decode, encode=tokenizer.encode
   )
-  known = conditioning.text_known(
-      "the[*]end", conditioning.encoder(info, "text8"), 12, 3
+  known = known_tokens.text_known(
+      "the[*]end", known_tokens.encoder(info, "text8"), 12, 3
   )
   samples = np.where(
       known.mask,
