@@ -1,4 +1,5 @@
-"""benchmarks/accelerator.py --dry_run: every part runs on CPU at tiny shapes.
+"""Benchmarks run as users run them, at tiny shapes: accelerator.py --dry_run
+(every part on CPU) and families.py --data=text.
 
 The script is run as a user runs it (a subprocess from the repository root);
 its JSON must hold every figure the GPU run reports. No timing is asserted:
@@ -63,3 +64,47 @@ def test_accelerator_dry_run_writes_every_figure(tmp_path):
     assert s[name]["samples_per_s"] > 0
     assert 1 <= s[name]["network_calls"] <= s["steps"] + 1
   assert s["cached_speedup"] > 0
+
+
+def test_families_text_puts_autoregressive_beside_md4_at_one_network(tmp_path):
+  """benchmarks/families.py --data=text: both families train on the same
+  corpus, network, steps and batch, and each row's bound is finite."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the cat sat on the mat. " * 400, encoding="utf-8")
+  out = tmp_path / "families.json"
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "benchmarks/families.py",
+          "--data=text",
+          f"--corpus={corpus}",
+          "--families=md4,autoregressive",
+          "--train_steps=3",
+          "--T=4",
+          "--num_time_samples=1",
+          "--seq_len=16",
+          f"--json={out}",
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  md4_row, ar_row = json.loads(out.read_text())
+  assert (md4_row["family"], ar_row["family"]) == ("md4", "autoregressive")
+  assert ar_row["T"] == "exact" and md4_row["T"] == 4
+  # One network but for causal attention and the time input.
+  same = lambda net: {
+      k: v for k, v in net.items() if k not in ("causal", "time_features")
+  }
+  assert same(md4_row["network"]) == same(ar_row["network"])
+  assert ar_row["network"]["causal"] and not md4_row["network"]["causal"]
+  # The autoregressive network lacks only the time-embedding MLP.
+  assert 0 < ar_row["parameters"] < md4_row["parameters"]
+  for row in (md4_row, ar_row):
+    assert row["unit"] == "bits_per_char" and row["split"] == "valid"
+    assert math.isfinite(row["bound"]) and row["bound"] > 0
+  assert "| autoregressive | 3 | exact |" in proc.stdout
