@@ -24,6 +24,7 @@ with the ones the config builds: a checkpoint of another model shape is
 reported as such (never as damaged) and nothing is moved.
 """
 
+from collections.abc import Sequence
 import contextlib
 import errno
 import logging as py_logging
@@ -32,6 +33,7 @@ import re
 import shutil
 import sys
 import traceback
+from typing import Any
 import warnings
 
 from absl import logging
@@ -566,7 +568,14 @@ def find_checkpoint(path: str) -> tuple[str, int]:
   )
 
 
-def read_state(directory: str, step: int, abstract_state, what: str, fix: str):
+def read_state(
+    directory: str,
+    step: int,
+    abstract_state,
+    what: str,
+    fix: str,
+    parts: Sequence[str] | None = None,
+):
   """The `state` item of a checkpoint, read-only, shape-checked and verified.
 
   Args:
@@ -575,6 +584,11 @@ def read_state(directory: str, step: int, abstract_state, what: str, fix: str):
     abstract_state: shapes and shardings to restore into.
     what: names the checkpoint's owner in messages, e.g. "--workdir=...".
     fix: advice for a checkpoint of another model shape.
+    parts: read only these fields of the state (e.g. `("ema_params",)` for
+      sampling: the optimizer state, twice the parameters' size, is then
+      never read) and return them as a dict; None reads the whole state.
+      The shapes of every field are checked either way, and the digests of
+      the fields read.
 
   Raises:
     ModelShapeError: for a checkpoint of another model shape.
@@ -592,15 +606,21 @@ def read_state(directory: str, step: int, abstract_state, what: str, fix: str):
       item_names=("state", "data"),
       options=ocp.CheckpointManagerOptions(read_only=True),
   )
-  try:
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+  if parts is None:
+    state_args = ocp.args.StandardRestore(abstract_state)
+  else:
+    wanted = {name: getattr(abstract_state, name) for name in parts}
+    state_args = ocp.args.PyTreeRestore(
+        item=wanted,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore=True,
     )
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=state_args))
   finally:
     manager.close()
   try:
-    checkpoint_integrity.verify(path, restored.state)
+    checkpoint_integrity.verify(path, restored.state, partial=parts is not None)
   except checkpoint_integrity.IntegrityError as e:
     raise ValueError(
         f"{e}; it is damaged. Use another checkpoint (saved steps: "
@@ -610,8 +630,9 @@ def read_state(directory: str, step: int, abstract_state, what: str, fix: str):
   return restored.state
 
 
-def restore_params(path: str, abstract_state):
-  """The `state` item (parameters and EMA) of another run's checkpoint."""
+def restore_params(path: str, abstract_state) -> dict[str, Any]:
+  """{"params", "ema_params"} of another run's checkpoint (no optimizer
+  state is read)."""
   directory, step = find_checkpoint(path)
   return read_state(
       directory,
@@ -621,4 +642,5 @@ def restore_params(path: str, abstract_state):
       "config.restore_from needs a run of the same model shape; point it at "
       "such a run, or change the network fields to match that run's "
       "config.json.",
+      parts=("params", "ema_params"),
   )

@@ -551,5 +551,6 @@ def restore(
       f"--workdir={workdir!r}",
       f"Its {CONFIG_FILE} no longer describes it; restore that file, "
       "or drop the --override that changed the model shape.",
+      parts=("ema_params",),  # Sampling and evaluation read only the EMA.
   )
-  return RestoredRun(workdir, config, setup, state.ema_params, step)
+  return RestoredRun(workdir, config, setup, state["ema_params"], step)

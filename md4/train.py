@@ -353,7 +353,9 @@ def _train_holding_lock(setup: run.Setup, workdir: str) -> dict[str, Any]:
       loaded = checkpointing.restore_params(
           config.restore_from, setup.abstract_state
       )
-      state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
+      state = state.replace(
+          params=loaded["params"], ema_params=loaded["ema_params"]
+      )
       logging.info("Initialised parameters from %s.", config.restore_from)
   outputs: dict[str, Any] = {
       "tensorboard": workdir,

@@ -87,6 +87,50 @@ def test_every_saved_step_holds_digests_that_its_arrays_match(trained):
     assert checkpoint_integrity.verify(step_dir, state)
 
 
+def test_reading_only_the_ema_reads_the_same_arrays_and_checks_only_them(
+    trained, copy
+):
+  _, setup = trained
+  directory = checkpointing.checkpoint_dir(copy)
+  full = checkpointing.read_state(directory, 6, setup.abstract_state, "t", "")
+  part = checkpointing.read_state(
+      directory, 6, setup.abstract_state, "t", "", parts=("ema_params",)
+  )
+  assert list(part) == ["ema_params"]
+  for a, b in zip(
+      jax.tree.leaves(part["ema_params"]), jax.tree.leaves(full.ema_params)
+  ):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  # A wrong digest of an optimizer-state array is not read, so not judged;
+  # a wrong digest of an EMA array is.
+  digest_file = os.path.join(directory, "6", checkpoint_integrity.DIGEST_FILE)
+  with open(digest_file) as f:
+    saved = json.load(f)
+  opt_name = next(n for n in saved["arrays"] if n.startswith("opt_state/"))
+  ema_name = next(n for n in saved["arrays"] if n.startswith("ema_params/"))
+  for name, fails in ((opt_name, False), (ema_name, True)):
+    changed = json.loads(json.dumps(saved))
+    changed["arrays"][name] = "0" * 16
+    with open(digest_file, "w") as f:
+      json.dump(changed, f)
+    read = lambda: checkpointing.read_state(
+        directory, 6, setup.abstract_state, "t", "", parts=("ema_params",)
+    )
+    if fails:
+      with pytest.raises(ValueError, match=ema_name):
+        read()
+    else:
+      read()
+  with open(digest_file, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=opt_name):  # The full read judges it.
+    changed["arrays"][ema_name] = saved["arrays"][ema_name]
+    changed["arrays"][opt_name] = "0" * 16
+    with open(digest_file, "w") as f:
+      json.dump(changed, f)
+    checkpointing.read_state(directory, 6, setup.abstract_state, "t", "")
+
+
 def _restore(workdir, setup, moved):
   manager = checkpointing.make_manager(workdir, 3, 0)
   state = checkpointing.restore(
