@@ -6,8 +6,9 @@ Every network is a Linen module called as
 
 with z: [B, L] (text) or [B, H, W, C] (images) int tokens in [0, vocab_size]
 (vocab_size is the MASK token), t: [B] diffusion time, label: [B] or None, and
-float32 logits [..., vocab_size] out. `build_network` constructs one by name
-from a config's `model` fields.
+float32 logits [..., vocab_size] out; each subclasses `denoiser.Denoiser`,
+which declares the fields they share. `build_network` constructs one by name
+from a config's `network` fields.
 """
 
 from collections.abc import Sequence

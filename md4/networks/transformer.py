@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from md4.networks import denoiser
 from md4.networks.conditioning import Conditioning
 from md4.networks.lean_attention import lean_attention
 from md4.sharding import BATCH, COND, EMBED, HEAD_DIM, HEADS, LENGTH, MLP, VOCAB
@@ -538,18 +539,13 @@ def depth_scaled_std(num_layers: int, depth_scaled_init: bool) -> float:
   return INIT_STD
 
 
-class Transformer(nn.Module):
+class Transformer(denoiser.Denoiser):
   """Text denoiser: `logits [B, L, V] = net(z [B, L], t [B], label, train=)`.
 
-  Attributes:
-    vocab_size: V, number of real tokens; token id V is MASK.
-    num_classes: labels for class conditioning (0: none); id num_classes is
-      "no label".
-    time_features: "t" (condition on time) or "none".
+  Attributes (`Denoiser`'s fields, here with where dropout and remat apply):
     dropout_rate: dropout on attention and MLP branches (see
       `TransformerBlock`) and, when `embed_dim` is 0, on the token
       embeddings (as the reference).
-    dtype: compute dtype; parameters and logits are float32.
     remat: rematerialise each block in the backward pass.
     num_layers: number of blocks.
     width: model width W.
@@ -579,12 +575,6 @@ class Transformer(nn.Module):
       `logits_chunk_positions`.
   """
 
-  vocab_size: int
-  num_classes: int = 0
-  time_features: str = "t"
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  remat: bool = False
   num_layers: int = 12
   width: int = 768
   num_heads: int = 12

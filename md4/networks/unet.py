@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from md4.networks import denoiser
 from md4.networks.conditioning import Conditioning
 from md4.networks.transformer import ATTENTION_IMPLS
 from md4.networks.transformer import Attention
@@ -459,16 +460,11 @@ class UNetDecoder(nn.Module):
     return h
 
 
-class UNet(nn.Module):
+class UNet(denoiser.Denoiser):
   """Image denoiser: `logits [B, H, W, C, V] = net(z [B, H, W, C], t, label)`.
 
-  Attributes:
-    vocab_size: V, values per channel (256 for 8-bit images); V is MASK.
-    num_classes: labels for class conditioning (0: none); id num_classes is
-      "no label".
-    time_features: "t" (condition on time) or "none".
+  Attributes (`Denoiser`'s fields, here with where dropout and remat apply):
     dropout_rate: dropout inside the ResBlocks.
-    dtype: compute dtype; parameters and logits are float32.
     remat: rematerialise each ResBlock / AttentionBlock in the backward pass.
     embed_dim: embedding width of one channel's token.
     ch: base channels; level i has ch * ch_mult[i].
@@ -483,12 +479,6 @@ class UNet(nn.Module):
     attention_impl: "xla", "cudnn" or None (JAX chooses).
   """
 
-  vocab_size: int
-  num_classes: int = 0
-  time_features: str = "t"
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  remat: bool = False
   embed_dim: int = 128
   ch: int = 128
   ch_mult: tuple[int, ...] = (1,)

@@ -19,12 +19,11 @@ blocks 768 wide over 32 x 32 = 1024 patches of 2 x 2, 9 ResBlocks up;
 204,595,712 parameters, the reference's count.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from md4.networks import denoiser
 from md4.networks.conditioning import Conditioning
 from md4.networks.transformer import ATTENTION_IMPLS
 from md4.networks.transformer import MLP_TYPES
@@ -71,16 +70,11 @@ def sincos_position_embedding(grid: int, dim: int) -> np.ndarray:
   )  # [grid^2, D]
 
 
-class UViT(nn.Module):
+class UViT(denoiser.Denoiser):
   """Image denoiser: `logits [B, H, W, C, V] = net(z [B, H, W, C], t, label)`.
 
-  Attributes:
-    vocab_size: V, values per channel (256 for 8-bit images); V is MASK.
-    num_classes: labels for class conditioning (0: none); id num_classes is
-      "no label".
-    time_features: "t" (condition on time) or "none".
+  Attributes (`Denoiser`'s fields, here with where dropout and remat apply):
     dropout_rate: dropout in ResBlocks and transformer blocks.
-    dtype: compute dtype; parameters and logits are float32.
     remat: rematerialise each ResBlock and transformer block.
     embed_dim: embedding width of one channel's token.
     ch: base channels of the convolutional part; level i has ch * ch_mult[i].
@@ -102,12 +96,6 @@ class UViT(nn.Module):
     attention_impl: "xla", "cudnn" or None (JAX chooses).
   """
 
-  vocab_size: int
-  num_classes: int = 0
-  time_features: str = "t"
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  remat: bool = False
   embed_dim: int = 256
   ch: int = 256
   ch_mult: tuple[int, ...] = (1,)
