@@ -20,21 +20,24 @@ from md4.sampling import known_tokens
 pytestmark = pytest.mark.slow
 
 
-def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
+def _sample(tmp_path, **fields):
+  """(workdir, output dir, summary) of md4.sample on the shared digits run."""
   workdir, _ = trained_digits.trained_run()
   out = str(tmp_path / "out")
-  summary = sample_command.sample_to_files(
-      sample_command.Request(
-          workdir=workdir,
-          output_dir=out,
-          num_samples=6,
-          batch_size=4,
-          steps=12,
-          sampler="cached",
-          inpaint="left",
-          history=True,
-          history_frames=5,
-      )
+  request = sample_command.Request(workdir=workdir, output_dir=out, **fields)
+  return workdir, out, sample_command.sample_to_files(request)
+
+
+def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
+  workdir, out, summary = _sample(
+      tmp_path,
+      num_samples=6,
+      batch_size=4,
+      steps=12,
+      sampler="cached",
+      inpaint="left",
+      history=True,
+      history_frames=5,
   )
   names = sorted(os.listdir(out))
   assert names == [
@@ -65,18 +68,13 @@ def test_sample_command_writes_inpainted_png_history_gif_and_strip(tmp_path):
 
 @pytest.mark.parametrize("t", [0.5, 1e-3])
 def test_reconstruct_writes_originals_noised_and_reconstructions(tmp_path, t):
-  workdir, _ = trained_digits.trained_run()
-  out = str(tmp_path / "out")
-  summary = sample_command.sample_to_files(
-      sample_command.Request(
-          workdir=workdir,
-          output_dir=out,
-          num_samples=32,
-          batch_size=16,
-          steps=6,
-          reconstruct_from="test",
-          reconstruct_t=t,
-      )
+  workdir, out, summary = _sample(
+      tmp_path,
+      num_samples=32,
+      batch_size=16,
+      steps=6,
+      reconstruct_from="test",
+      reconstruct_t=t,
   )
   assert sorted(os.listdir(out)) == [
       f"{name}.{ext}"
