@@ -9,8 +9,9 @@ Speed: for each sequence length in `--lengths`, one model: the DiT
 transformer of the paired size in `--sizes` (`cpu`: 4 layers, width 256,
 8 heads; `tiny`: 2 x 64, 4 heads) with `time_features="none"`, vocabulary
 27, random weights (speed does not depend on training). For each sampler
-(naive `ancestral`, `cached`, `first_hitting`, and `mean` for reference) the
-script compiles one batch of the paired `--batches` samples; then
+(by default every sampler of an MD4 model, with its own settings at their
+defaults; naive `ancestral` first, as the base of the ratios) the script
+compiles one batch of the paired `--batches` samples; then
 `--repeats` rounds each time one batch of every sampler, alternating
 (the order rotated each round): samples/s, network calls per sample, and
 both as ratios against `ancestral` at the same length, in the same run. The
@@ -34,6 +35,7 @@ Exactness: the probability that a two-outcome categorical draw
   pi (Poisson standard error shown); the draws/s of all four are timed.
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -65,8 +67,9 @@ from md4.sampling import core
 _PARTS = flags.DEFINE_list("parts", ["speed", "exactness"], "speed, exactness.")
 _SAMPLERS = flags.DEFINE_list(
     "samplers",
-    ["ancestral", "cached", "first_hitting", "mean"],
-    "Samplers timed in the speed part.",
+    None,
+    "Samplers timed in the speed part; default every sampler of an MD4 "
+    "model, naive `ancestral` first (the ratios' base).",
 )
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024"], "Sequence lengths.")
 _SIZES = flags.DEFINE_list(
@@ -133,9 +136,21 @@ def run_speed() -> None:
     )
 
 
+def sampler_names(process) -> list[str]:
+  """Every sampler of the process, `ancestral` (the naive one) first."""
+  names = list(sampling.names_for(process))
+  return ["ancestral"] + [n for n in names if n != "ancestral"]
+
+
 def compiled_sampler(model, params, name: str, settings, batch: int):
-  """One batch of the named sampler, jitted and compiled: rng -> Result."""
-  sample_fn = sampling.get(name).draw
+  """One batch of the named sampler, jitted and compiled: rng -> Result.
+
+  The sampler's own settings take their defaults, with the grid of
+  `settings`.
+  """
+  sampler = sampling.get(name)
+  sample_fn = sampler.draw
+  settings = sampler.make_settings(**dataclasses.asdict(settings))
 
   def one_batch(params, rng):
     reverse = core.from_model(model, {"params": params})
@@ -156,7 +171,7 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
   model, params = speed_model(length, size)
   settings = core.Settings(num_steps=_STEPS.value)
   settings.validate()
-  names = list(_SAMPLERS.value)
+  names = list(_SAMPLERS.value or sampler_names(model.process))
   print(
       f"\nSpeed: transformer {size}, time_features=none, V=27, "
       f"L={length}, T={_STEPS.value}, batch {batch}, {_REPEATS.value} "
@@ -206,7 +221,7 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
         f"{compile_s[name]:10.1f}"
     )
   print(
-      f"load average at the start of each round: "
+      "load average at the start of each round: "
       + ", ".join(f"{x:.1f}" for x in loads)
   )
   expected = expected_reveal_steps(model, settings, length)
@@ -347,7 +362,7 @@ def check_flags() -> None:
     raise app.UsageError(
         f"--parts: unknown {unknown}; valid: speed, exactness."
     )
-  for name in _SAMPLERS.value:
+  for name in _SAMPLERS.value or ():
     try:
       sampling.get(name)
     except ValueError as e:
