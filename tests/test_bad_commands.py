@@ -193,6 +193,10 @@ CASES = {
         benchmark("train_step.py", "--shapes=text8,owt2"),
         "valid: text8, owt, cifar; run with --helpshort to list the flags.",
     ),
+    "step_profile benchmark: unknown shape": Case(
+        benchmark("step_profile.py", "--shapes=text9"),
+        "valid: text8, owt, cifar; run with --helpshort to list the flags.",
+    ),
     "accelerator benchmark: unknown flag": Case(
         benchmark("accelerator.py", "--dryrun"),
         "Run with --helpshort to list the flags.",

@@ -108,3 +108,48 @@ def test_families_text_puts_autoregressive_beside_md4_at_one_network(tmp_path):
     assert row["unit"] == "bits_per_char" and row["split"] == "valid"
     assert math.isfinite(row["bound"]) and row["bound"] > 0
   assert "| autoregressive | 3 | exact |" in proc.stdout
+
+
+def test_step_profile_books_each_op_to_its_module_and_direction():
+  """benchmarks/step_profile.py's op-name map on a real compiled gradient."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import step_profile  # pylint: disable=g-import-not-at-top
+
+  class Block(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      x = x + nn.Dense(64, name="attention")(x)
+      return x + nn.Dense(64, name="mlp")(jnp.tanh(x))
+
+  class DiffusionModel(nn.Module):  # The name stack md4's model has.
+
+    @nn.compact
+    def __call__(self, x):
+      return Block(name="network")(x)
+
+  model = DiffusionModel()
+  x = jnp.ones((8, 64))
+  params = model.init(jax.random.key(0), x)
+
+  def step(params):
+    grads = jax.grad(lambda p: (model.apply(p, x) ** 2).sum())(params)
+    return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+
+  names = step_profile.op_names(jax.jit(step).lower(params).compile().as_text())
+  dots = {n: op for n, op in names.items() if "dot" in op or "dot" in n}
+  parts = {
+      (step_profile.part_of(o), step_profile.is_backward(o))
+      for o in dots.values()
+  }
+  assert ("attention", False) in parts and ("attention", True) in parts
+  assert ("mlp", False) in parts and ("mlp", True) in parts
+  # The update p - 0.1 g is outside the model's scope.
+  assert any(
+      step_profile.part_of(o) == step_profile.OPTIMIZER for o in names.values()
+  )
+  assert step_profile.part_of("") == step_profile.OTHER
