@@ -11,7 +11,8 @@ transformer of the paired size in `--sizes` (`cpu`: 4 layers, width 256,
 27, random weights (speed does not depend on training). For each sampler
 (by default every sampler of an MD4 model, with its own settings at their
 defaults; naive `ancestral` first, as the base of the ratios) the script
-compiles one batch of the paired `--batches` samples; then
+compiles one batch of the paired `--batches` samples and draws it once,
+untimed; then
 `--repeats` rounds each time one batch of every sampler, alternating
 (the order rotated each round): samples/s, network calls per sample, and
 both as ratios against `ancestral` at the same length, in the same run. The
@@ -184,6 +185,8 @@ def run_speed_at(length: int, size: str, batch: int) -> list[dict]:
     start = time.perf_counter()
     runs[name] = compiled_sampler(model, params, name, settings, batch)
     compile_s[name] = time.perf_counter() - start
+  for name in names:  # One untimed draw each: first-run costs stay out.
+    runs[name](jax.random.key(1))
   seconds = {n: 0.0 for n in names}
   calls = {n: [] for n in names}
   loads = []
