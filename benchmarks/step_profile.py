@@ -15,9 +15,9 @@ is booked to the first part whose pattern the path matches:
 | part | what |
 |---|---|
 | attention | the attention sublayers (q, k, v, out projections and the scores) |
-| mlp | the MLP sublayers and U-Net ResBlocks' convolutions |
+| mlp / convolutions | the MLP sublayers; the U-Net's ResBlocks and convolutions |
 | conditioning | time/label embedding and adaLN / FiLM modulation |
-| head + loss | the output projection, logits, cross-entropy, the bound |
+| head + loss | the output projection, logits, cross-entropy, the bound (the chunked head's `lax.map` included) |
 | norms | layer and group norms |
 | embedding | token embeddings |
 | optimizer + step | AdamW, clipping, EMA, the time and mask draws: ops of the step outside the model's name stack |
@@ -66,10 +66,15 @@ _REFERENCE = flags.DEFINE_bool(
 PARTS = (
     ("conditioning", r"conditioning|adaln|AdaLN|film|time_embed|modulation"),
     ("attention", r"[Aa]ttention|attn"),
-    ("mlp", r"[Mm]lp|MLP|ResBlock|res_block|conv"),
+    ("mlp / convolutions", r"[Mm]lp|MLP|ResBlock|res_block|[Cc]onv(?!ert)"),
     ("norms", r"[Nn]orm"),
     ("embedding", r"embedding|[Ee]mbed"),
-    ("head + loss", r"output|logits|head|target_log_prob|nelbo|loss|process"),
+    # The chunked head runs inside a lax.map: its ops sit under while/body.
+    (
+        "head + loss",
+        r"output|logits|head|target_log_prob|log_softmax|nelbo|loss|"
+        r"while|closed_call",
+    ),
 )
 OPTIMIZER = "optimizer + step"  # In the step, outside the model's scope.
 OTHER = "other"

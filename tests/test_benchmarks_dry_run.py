@@ -147,9 +147,17 @@ def test_step_profile_books_each_op_to_its_module_and_direction():
       for o in dots.values()
   }
   assert ("attention", False) in parts and ("attention", True) in parts
-  assert ("mlp", False) in parts and ("mlp", True) in parts
+  assert ("mlp / convolutions", False) in parts
+  assert ("mlp / convolutions", True) in parts
   # The update p - 0.1 g is outside the model's scope.
   assert any(
       step_profile.part_of(o) == step_profile.OPTIMIZER for o in names.values()
   )
   assert step_profile.part_of("") == step_profile.OTHER
+  # A dtype conversion is not a convolution.
+  assert (
+      step_profile.part_of(
+          "jit(train_step)/jvp(DiffusionModel)/network/convert_element_type"
+      )
+      == step_profile.OTHER
+  )
