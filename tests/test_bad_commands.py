@@ -211,7 +211,8 @@ CASES = {
     ),
     "families benchmark: unknown family": Case(
         benchmark("families.py", "--families=md4,sedd"),
-        "valid: md4, d3pm_uniform, d3pm_absorbing, multinomial, d3pm_gaussian.",
+        "valid: md4, d3pm_uniform, d3pm_absorbing, multinomial, d3pm_gaussian,"
+        " autoregressive.",
     ),
     "mesh benchmark: bad choice": Case(
         benchmark("mesh.py", "--part=speed"),
