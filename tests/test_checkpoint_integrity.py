@@ -1,7 +1,6 @@
 """Checkpoint checksums (md4.checkpoint_integrity) and what restore does."""
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import file_trees
 import pytest
 import trained_digits
 
@@ -21,14 +21,7 @@ from md4 import run as run_lib
 pytestmark = pytest.mark.slow
 
 
-def tree_hashes(path):
-  out = {}
-  for directory, _, files in os.walk(path):
-    for name in files:
-      full = os.path.join(directory, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-  return out
+tree_hashes = file_trees.tree_hashes
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ processes; they share a persistent XLA compilation cache so that only the
 first one compiles, and two chains of interrupted runs go side by side.
 """
 
-import hashlib
 import os
 import random
 import re
@@ -20,10 +19,11 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import file_trees
 import pytest
 
 from md4 import checkpointing
-from md4 import configuration
+from md4 import config_recipes
 from md4 import main
 from md4 import run as run_lib
 
@@ -59,7 +59,7 @@ TIMEOUT_S = 300
 
 
 def tiny_config():
-  config = configuration.load_file(CONFIG_FILE, "tiny")
+  config = config_recipes.load_file(CONFIG_FILE, "tiny")
   for name, value in TINY.items():
     section, field = name.split(".")
     config[section][field] = value
@@ -138,15 +138,7 @@ def saved_steps(workdir):
   )
 
 
-def tree_hashes(path):
-  """relative path -> sha256 of every file under path."""
-  out = {}
-  for directory, _, files in os.walk(path):
-    for name in files:
-      full = os.path.join(directory, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-  return out
+tree_hashes = file_trees.tree_hashes
 
 
 def saved_tree(workdir, step):
@@ -403,18 +395,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(
 # ------------------------------------------------------------ bad inputs --
 
 
-def _set(**fields):
-  """A mutation setting dotted fields ("train__num_steps" style)."""
-
-  def mutate(config, unused_tmp):
-    for key, value in fields.items():
-      *sections, field = key.split("__")
-      node = config
-      for section in sections:
-        node = node[section]
-      node[field] = value
-
-  return mutate
+_set = file_trees.set_fields
 
 
 def _misspelt(config, unused_tmp):
