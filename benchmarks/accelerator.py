@@ -69,6 +69,7 @@ console.hide_native_logs()  # Before md4's modules import TensorFlow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import compiled_step
+from md4 import config_recipes
 from md4 import configuration
 from md4 import model as model_lib
 from md4.sampling import core
@@ -154,12 +155,12 @@ def log(text: str) -> None:
 
 def owt_config(impl: str | None, dry_run: bool, batch: int):
   """OpenWebText small in bfloat16 with the given attention implementation."""
-  c = configuration.load_file(
+  c = config_recipes.load_file(
       os.path.join(ROOT, "configs/md4/openwebtext.py"),
       "cpu" if dry_run else "small",
   )
   if dry_run:
-    c.network = configuration.transformer("tiny", dropout_rate=0.02)
+    c.network = config_recipes.transformer("tiny", dropout_rate=0.02)
     c.network.num_layers = 1
     c.data.data_shape = (64,)
     c.data.vocab_size = DRY_RUN_VOCAB
@@ -180,7 +181,7 @@ DRY_RUN_XLA_FLAGS = (
 
 
 def text8_config(dry_run: bool):
-  return configuration.load_file(
+  return config_recipes.load_file(
       os.path.join(ROOT, "configs/md4/text8.py"), "tiny" if dry_run else "cpu"
   )
 

@@ -63,7 +63,8 @@ from md4 import error_boundary
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
 
-from md4 import configuration  # pylint: disable=g-import-not-at-top
+from md4 import config_recipes  # pylint: disable=g-import-not-at-top
+from md4 import configuration
 from md4 import diffusion
 from md4 import evaluate
 from md4 import run as run_lib
@@ -195,10 +196,10 @@ def family_config(
   fields = dict(FAMILIES[family])
   process = fields.pop("process")
   if text is None:
-    c = configuration.load_file(DIGITS_CONFIG)
+    c = config_recipes.load_file(DIGITS_CONFIG)
   else:
     config_file = os.path.join(ROOT, fields.pop("config", TEXT_CONFIG))
-    c = configuration.load_file(config_file, _TEXT_SIZE.value)
+    c = config_recipes.load_file(config_file, _TEXT_SIZE.value)
     path, characters = text
     c.data.dataset = "text_chars"
     c.data.data_dir = os.path.dirname(path)

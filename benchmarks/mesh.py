@@ -39,7 +39,7 @@ from md4 import error_boundary
 
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
 
-from md4 import configuration  # pylint: disable=g-import-not-at-top
+from md4 import config_recipes  # pylint: disable=g-import-not-at-top
 from md4 import model as model_lib
 from md4 import optimizers
 from md4 import run as run_lib
@@ -88,7 +88,7 @@ def boxed_state(config):
 
 def memory_rows(size: str) -> list[dict]:
   """Per-device GiB of parameters, optimizer state and EMA on each mesh."""
-  config = configuration.load_file(CONFIG, size)
+  config = config_recipes.load_file(CONFIG, size)
   rules = sharding.rules_from_config(config.sharding.rules)
   boxed = boxed_state(config)
   num_params = sum(x.size for x in jax.tree.leaves(boxed.params))

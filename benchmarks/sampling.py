@@ -58,6 +58,7 @@ from md4 import error_boundary
 console.hide_native_logs()  # Before md4's modules import TensorFlow.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4 import config_recipes
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import sampling
@@ -77,7 +78,7 @@ _SIZES = flags.DEFINE_list(
     "sizes",
     ["cpu", "tiny"],
     "Transformer size for each length (see "
-    "md4.configuration.TRANSFORMER_SIZES).",
+    "md4.config_recipes.TRANSFORMER_SIZES).",
 )
 _BATCHES = flags.DEFINE_list(
     "batches", ["4", "2"], "Samples per compiled call, for each length."
@@ -106,7 +107,7 @@ def speed_model(length: int, size: str):
   c.data.dataset = "text8"
   c.data.data_shape = (length,)
   c.data.vocab_size = 27
-  c.network = configuration.transformer(size, dropout_rate=0.0)
+  c.network = config_recipes.transformer(size, dropout_rate=0.0)
   c.network.time_features = "none"
   model = model_lib.build_model(c)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(

@@ -72,6 +72,7 @@ console.hide_native_logs()  # Before md4's modules import TensorFlow.
 import compiled_step
 from compiled_step import loadavg
 from compiled_step import machine
+from md4 import config_recipes
 from md4 import configuration
 from md4.diffusion import chunked_logits
 from md4.networks import transformer
@@ -117,7 +118,7 @@ SHAPES = {
 def make_config(shape: str, dtype: str = "float32"):
   """The shipped CPU config of a shape, with the compute dtype set."""
   path, arg = SHAPES[shape]
-  c = configuration.load_file(os.path.join(ROOT, path), arg)
+  c = config_recipes.load_file(os.path.join(ROOT, path), arg)
   c.network.dtype = dtype
   configuration.validate(c)
   return c

@@ -163,7 +163,7 @@ def check_config_arguments(argv) -> None:
 
 
 def load_config_file(path: str, variant: str | None, value: str):
-  """configuration.load_file with errors that name the file and the fix."""
+  """config_recipes.load_file with errors that name the file and the fix."""
   import importlib.util  # pylint: disable=g-import-not-at-top
 
   if not os.path.isfile(path):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from md4 import config_recipes
 from md4 import configuration
 from md4 import evaluate
 from md4 import model as model_lib
@@ -28,7 +29,7 @@ AR_TEXT8 = os.path.join(ROOT, "configs", "autoregressive", "text8.py")
 
 
 def tiny_ar_config(length: int = 12, vocab_size: int = 7):
-  config = configuration.load_file(AR_TEXT8, "tiny")
+  config = config_recipes.load_file(AR_TEXT8, "tiny")
   config.data.data_shape = (length,)
   config.data.vocab_size = vocab_size
   return config
@@ -233,7 +234,7 @@ def trained_ar(tmp_path_factory):
   root = tmp_path_factory.mktemp("ar")
   data_dir = str(root / "data")
   generated_data.write_text8(data_dir)
-  config = configuration.load_file(AR_TEXT8, "tiny")
+  config = config_recipes.load_file(AR_TEXT8, "tiny")
   config.data.data_dir = data_dir
   config.train.num_steps = 6
   config.train.eval_every = config.train.checkpoint_every = 6

@@ -17,7 +17,6 @@ unless the restore itself is what they test.
 """
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -29,10 +28,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from PIL import Image
+import file_trees
 import pytest
 import trained_digits
 
 from md4 import checkpointing
+from md4 import config_recipes
 from md4 import error_boundary
 from md4 import evaluate
 from md4 import main
@@ -74,14 +75,12 @@ class Env:
 
 
 def tree_hashes(*paths):
-  out = {}
-  for path in paths:
-    for directory, _, files in os.walk(path):
-      for name in files:
-        full = os.path.join(directory, name)
-        with open(full, "rb") as f:
-          out[full] = hashlib.sha256(f.read()).hexdigest()
-  return out
+  """Full path -> sha256 of every file below each of `paths`."""
+  return {
+      os.path.join(path, name): digest
+      for path in paths
+      for name, digest in file_trees.tree_hashes(path).items()
+  }
 
 
 def tiny():
@@ -100,18 +99,7 @@ def run_main(mutate=None, workdir=None):
   return call
 
 
-def set_fields(**fields):
-  """A mutation setting "section__field" (or top-level) values."""
-
-  def mutate(config, unused_env):
-    for key, value in fields.items():
-      *sections, field = key.split("__")
-      node = config
-      for section in sections:
-        node = node[section]
-      node[field] = value
-
-  return mutate
+set_fields = file_trees.set_fields
 
 
 def in_tmp(name):
@@ -151,7 +139,7 @@ def config_file(text):
 
 def text_network(config):
   """The text8:tiny network, for text data in a digits config."""
-  config.network = train.configuration.load_file(
+  config.network = config_recipes.load_file(
       os.path.join(ROOT, "configs", "md4", "text8.py"), "tiny"
   ).network
 

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import pytest
 
+from md4 import config_recipes
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import optimizers
@@ -41,7 +42,7 @@ NUM_CLASSES = {
 
 
 def load(path, arg=None):
-  return configuration.load_file(path, arg)
+  return config_recipes.load_file(path, arg)
 
 
 def _name(path):

@@ -15,6 +15,7 @@ import pytest
 
 import known_distribution as kd
 from md4 import checkpointing
+from md4 import config_recipes
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import run as run_lib
@@ -704,7 +705,7 @@ def test_sampler_reverse_step_uses_the_loss_parameterization(parameterization):
   process = d3pm.D3PM("uniform", K, T, "cosine", parameterization)
   np.testing.assert_array_equal(got, process.log_posterior(logits, z, step))
   # build_model reads the field from the config.
-  config = configuration.load_file(
+  config = config_recipes.load_file(
       os.path.join(ROOT, "configs", "multinomial", "binarized_mnist.py"),
       "digits",
   )
@@ -726,10 +727,10 @@ def d3pm_workdir(tmp_path_factory):
   train state's structure, with random parameters: compiling the real
   initialisation (the whole loss) would cost more than the test."""
   workdir = str(tmp_path_factory.mktemp("d3pm_run"))
-  config = configuration.load_file(
+  config = config_recipes.load_file(
       os.path.join(ROOT, "configs", "d3pm", "text8.py"), "digits"
   )
-  config.network = configuration.unet(
+  config.network = config_recipes.unet(
       ch=16, num_res_blocks=1, dropout_rate=0.0, embed_dim=8
   )
   config.model.d3pm.num_steps = SAMPLE_STEPS

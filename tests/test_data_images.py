@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_setup import build, make_config, mnist_config, needs_mnist, take
-from md4 import configuration
+from md4 import config_recipes
 from md4.data import mnist
 from md4.data import tfds_images
 
@@ -165,7 +165,7 @@ def test_area_resize_weights_edge_pixels_by_the_share_they_cover():
 
 
 def test_class_cond_imagenet64_crops_resizes_and_keeps_the_labels(tmp_path):
-  config = configuration.load_file(
+  config = config_recipes.load_file(
       str(ROOT / "configs/md4/imagenet64.py"), "cond"
   )
   assert config.model.class_conditional

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4 import configuration
+from md4 import config_recipes
 from md4 import model as model_lib
 
 pytestmark = pytest.mark.slow
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name, arg):
-  return configuration.load_file(os.path.join(ROOT, "configs", name), arg)
+  return config_recipes.load_file(os.path.join(ROOT, "configs", name), arg)
 
 
 def _loss_and_logits(config, x):

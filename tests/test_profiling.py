@@ -6,7 +6,7 @@ import os
 import jax
 import pytest
 
-from md4 import configuration
+from md4 import config_recipes
 from md4 import profiling
 from md4 import train
 
@@ -46,7 +46,7 @@ def test_traces_cover_the_steps_after_every_kth_and_stop_at_exit(
 
 
 def test_a_short_run_with_profiling_on_writes_a_trace_for_tensorboard(tmp_path):
-  config = configuration.load_file(
+  config = config_recipes.load_file(
       os.path.join(ROOT, "configs", "md4", "digits.py"), "tiny"
   )
   config.train.num_steps = 4

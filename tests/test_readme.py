@@ -7,6 +7,7 @@ import re
 import pytest
 
 from md4 import config_files
+from md4 import config_recipes
 from md4 import configuration
 from md4 import networks
 from md4 import sampling
@@ -159,7 +160,7 @@ def test_readme_command_uses_existing_flags_and_config_fields(program, args):
           os.path.join(ROOT, value.strip("\"'"))
       ).partition(":")
       assert os.path.exists(path), value
-      configuration.load_file(path, variant or None)
+      config_recipes.load_file(path, variant or None)
 
 
 def test_quickstart_commands_are_make_targets_and_ci_runs_the_test_command():

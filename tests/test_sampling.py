@@ -34,6 +34,7 @@ from PIL import Image
 import pytest
 import trained_digits
 
+from md4 import config_recipes
 from md4 import configuration
 from md4 import model as model_lib
 from md4 import run as run_lib
@@ -311,7 +312,7 @@ def test_genmd4_keep_probability_is_alpha_of_each_tokens_value():
   config = configuration.default_config()
   config.data.dataset, config.data.data_shape = "text8", (8,)
   config.data.vocab_size = 5
-  config.network = configuration.transformer("tiny", dropout_rate=0.0)
+  config.network = config_recipes.transformer("tiny", dropout_rate=0.0)
   config.model.process, config.model.genmd4.power_init = "genmd4", 2.0
   model = model_lib.build_model(config)
   variables = model_lib.init_variables(model, jax.random.key(0))
@@ -335,7 +336,7 @@ def time_agnostic_model(vocab_size=7, length=32):
   config.data.dataset = "text8"
   config.data.data_shape = (length,)
   config.data.vocab_size = vocab_size
-  config.network = configuration.transformer("tiny", dropout_rate=0.0)
+  config.network = config_recipes.transformer("tiny", dropout_rate=0.0)
   config.network.time_features = "none"
   model = model_lib.build_model(config)
   params = jax.jit(lambda r: model_lib.init_variables(model, r))(

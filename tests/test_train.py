@@ -15,7 +15,7 @@ import pytest
 
 import generated_data
 from md4 import checkpointing
-from md4 import configuration
+from md4 import config_recipes
 from md4 import optimizers
 from md4 import run as run_lib
 from md4 import train
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name, arg):
-  return configuration.load_file(os.path.join(ROOT, "configs", name), arg)
+  return config_recipes.load_file(os.path.join(ROOT, "configs", name), arg)
 
 
 def final_state(workdir):

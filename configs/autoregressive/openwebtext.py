@@ -12,13 +12,14 @@ MLP); periodic samples from the left-to-right sampler. Prepare the data
 first: python prepare_openwebtext_data.py.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("small", "medium", "cpu"))
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/openwebtext.py"), size
+  size = config_recipes.variant(arg, ("small", "medium", "cpu"))
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/openwebtext.py"), size
   )
   configuration.switch_process(c, "autoregressive")
   c.network.causal = True

@@ -18,13 +18,14 @@ steps and batch. What changes, and why:
 Variants: `small`, `cpu`, `tiny`.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("small", "cpu", "tiny"))
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/text8.py"), size
+  size = config_recipes.variant(arg, ("small", "cpu", "tiny"))
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/text8.py"), size
   )
   configuration.switch_process(c, "autoregressive")
   c.network.causal = True

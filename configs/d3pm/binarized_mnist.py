@@ -18,13 +18,14 @@ Hoogeboom et al. report binarized MNIST; what each value follows:
 Variants: `default`, `cpu` (shrunk), `digits` (offline, minutes).
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "cpu", "digits"))
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/binarized_mnist.py"),
+  name = config_recipes.variant(arg, ("default", "cpu", "digits"))
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/binarized_mnist.py"),
       "cpu" if name == "cpu" else "default",
   )
   configuration.switch_process(c, "d3pm")
@@ -34,5 +35,5 @@ def get_config(arg=None):
   c.model.d3pm.num_steps = 200
   c.model.d3pm.hybrid_coeff = 0.01
   if name == "digits":
-    configuration.use_digits(c)
+    config_recipes.use_digits(c)
   return c

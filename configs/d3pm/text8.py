@@ -17,13 +17,14 @@ What each value follows:
 Variants: `small` (12 x 768), `cpu`, `tiny`, `digits` (offline, minutes).
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("small", "cpu", "tiny", "digits"))
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/text8.py"),
+  name = config_recipes.variant(arg, ("small", "cpu", "tiny", "digits"))
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/text8.py"),
       "small" if name == "digits" else name,
   )
   configuration.switch_process(c, "d3pm")
@@ -35,6 +36,6 @@ def get_config(arg=None):
   if name in ("cpu", "tiny"):
     c.model.d3pm.num_steps = 100 if name == "cpu" else 10
   if name == "digits":
-    configuration.use_digits(c)
+    config_recipes.use_digits(c)
     c.model.d3pm.num_steps = 100
   return c

@@ -5,12 +5,13 @@ exponents start at power_init = 1 (the linear schedule) and are learned with
 the leave-one-out REINFORCE gradient. Variants: `small`, `medium`, `cpu`.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/openwebtext.py"), arg
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/openwebtext.py"), arg
   )
   configuration.switch_process(c, "genmd4")
   c.model.genmd4.power_init = (

@@ -5,12 +5,13 @@ start at power_init = 1 (the linear schedule) and are learned with the
 leave-one-out REINFORCE gradient. Variants: `small`, `cpu`, `tiny`.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../md4/text8.py"), arg
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../md4/text8.py"), arg
   )
   configuration.switch_process(c, "genmd4")
   c.model.genmd4.power_init = (

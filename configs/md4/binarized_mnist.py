@@ -5,18 +5,19 @@ embedding, as in the PyTorch setups researchers port from. Variants:
 `default`, `cpu` (shrunk), `digits` (offline, minutes).
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "cpu", "digits"))
+  name = config_recipes.variant(arg, ("default", "cpu", "digits"))
   c = configuration.default_config()
   c.data.dataset = "binarized_mnist"
   c.data.data_shape = (32, 32, 1)
   c.data.vocab_size = 2
   c.data.pad_to = 32
   c.model.md4.schedule = "cosine"
-  c.network = configuration.unet(
+  c.network = config_recipes.unet(
       ch=64,
       num_res_blocks=2,
       dropout_rate=0.1,
@@ -38,8 +39,8 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 200
   if name == "cpu":
-    configuration.use_cpu_unet(c)
+    config_recipes.use_cpu_unet(c)
     c.train.sample_steps = 32
   if name == "digits":
-    configuration.use_digits(c)
+    config_recipes.use_digits(c)
   return c

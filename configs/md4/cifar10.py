@@ -21,18 +21,19 @@ attention's output projection starts at zero (the reference's U-Net uses
 flax's default init there; same parameter count).
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "discrete", "cpu"))
+  name = config_recipes.variant(arg, ("default", "discrete", "cpu"))
   c = configuration.default_config()
   c.data.dataset = "cifar10"
   c.data.data_shape = (32, 32, 3)
   c.data.vocab_size = 256
   c.model.md4.schedule = "linear"
   c.model.md4.num_steps = 256 if name == "discrete" else 0
-  c.network = configuration.unet(
+  c.network = config_recipes.unet(
       ch=128,
       num_res_blocks=32,
       dropout_rate=0.1,
@@ -57,7 +58,7 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 256
   if name == "cpu":
-    c.network = configuration.unet(
+    c.network = config_recipes.unet(
         ch=64, num_res_blocks=4, dropout_rate=0.0, embed_dim=64, cond_width=64
     )
     c.train.batch_size = c.train.eval_batch_size = 8

@@ -5,17 +5,18 @@ trains anywhere with no download. On 2 CPU cores the default finishes in a
 few minutes and its samples look like digits. Variant `tiny` is for tests.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("default", "tiny"))
+  size = config_recipes.variant(arg, ("default", "tiny"))
   c = configuration.default_config()
-  configuration.use_digits(c)
+  config_recipes.use_digits(c)
   c.model.md4.schedule = "linear"
   c.train.sample_steps = 64
   if size == "tiny":
-    c.network = configuration.unet(
+    c.network = config_recipes.unet(
         ch=16,
         num_res_blocks=1,
         dropout_rate=0.0,

@@ -5,12 +5,12 @@ FineWeb-Edu. Variants: `small` (default), `medium`, `cpu`.
 Prepare the data first: python prepare_openwebtext_data.py --dataset=fineweb_edu.
 """
 
-from md4 import configuration
+from md4 import config_recipes
 
 
 def get_config(arg=None):
-  c = configuration.load_file(
-      configuration.sibling(__file__, "openwebtext.py"), arg
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "openwebtext.py"), arg
   )
   c.data.dataset = "fineweb_edu"
   return c

@@ -30,11 +30,12 @@ is kept).
 
 import ml_collections
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "cond", "cpu"))
+  name = config_recipes.variant(arg, ("default", "cond", "cpu"))
   c = configuration.default_config()
   # The downsampled TFDS set has no labels; the labelled one is made from
   # imagenet2012 (see md4/data/tfds_images.py).

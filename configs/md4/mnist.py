@@ -1,16 +1,17 @@
 """MD4 on MNIST (28x28x1, 256 grey levels). Variant `cpu` is shrunk."""
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  name = configuration.variant(arg, ("default", "cpu"))
+  name = config_recipes.variant(arg, ("default", "cpu"))
   c = configuration.default_config()
   c.data.dataset = "mnist"
   c.data.data_shape = (28, 28, 1)
   c.data.vocab_size = 256
   c.model.md4.schedule = "linear"
-  c.network = configuration.unet(
+  c.network = config_recipes.unet(
       ch=64,
       num_res_blocks=2,
       dropout_rate=0.1,
@@ -31,6 +32,6 @@ def get_config(arg=None):
   c.train.num_samples = 64
   c.train.sample_steps = 256
   if name == "cpu":
-    configuration.use_cpu_unet(c)
+    config_recipes.use_cpu_unet(c)
     c.train.sample_steps = 32
   return c

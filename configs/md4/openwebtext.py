@@ -25,17 +25,18 @@ the logits a chunk of positions at a time (network.logits_chunk), which
 gives the same values with less memory.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("small", "medium", "cpu"))
+  size = config_recipes.variant(arg, ("small", "medium", "cpu"))
   c = configuration.default_config()
   c.data.dataset = "openwebtext"
   c.data.data_shape = (1024,)
   c.data.vocab_size = 50257  # GPT-2 BPE.
   c.model.md4.schedule = "cosine" if size == "medium" else "linear"
-  c.network = configuration.transformer(
+  c.network = config_recipes.transformer(
       size, dropout_rate=0.0 if size == "medium" else 0.02
   )
   c.optimizer.learning_rate = 3e-4

@@ -7,17 +7,18 @@ md4/data/protein.py). Data: FASTA files (plain or .gz) in
 shrunk.
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("small", "cpu"))
+  size = config_recipes.variant(arg, ("small", "cpu"))
   c = configuration.default_config()
   c.data.dataset = "protein"
   c.data.data_shape = (512,)
   c.data.vocab_size = 26
   c.model.md4.schedule = "linear"
-  c.network = configuration.transformer(size, dropout_rate=0.05)
+  c.network = config_recipes.transformer(size, dropout_rate=0.05)
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 2000
   c.optimizer.weight_decay = 0.03

@@ -32,18 +32,19 @@ Deviations from the reference, with their reasons (README "Shipped configs"):
   example and channel).
 """
 
+from md4 import config_recipes
 from md4 import configuration
 
 
 def get_config(arg=None):
-  size = configuration.variant(arg, ("small", "cpu", "tiny"))
-  _, width, heads = configuration.TRANSFORMER_SIZES[size]
+  size = config_recipes.variant(arg, ("small", "cpu", "tiny"))
+  _, width, heads = config_recipes.TRANSFORMER_SIZES[size]
   c = configuration.default_config()
   c.data.dataset = "text8"
   c.data.data_shape = (256,)
   c.data.vocab_size = 27  # a-z and space.
   c.model.md4.schedule = "linear"
-  c.network = configuration.transformer(
+  c.network = config_recipes.transformer(
       size, dropout_rate=0.05, embed_dim=width // heads
   )
   c.optimizer.learning_rate = 3e-4

@@ -19,12 +19,12 @@ posterior), so it is configured as exactly that. What each value follows:
 Variants: `default`, `cpu`, `digits`.
 """
 
-from md4 import configuration
+from md4 import config_recipes
 
 
 def get_config(arg=None):
-  c = configuration.load_file(
-      configuration.sibling(__file__, "../d3pm/binarized_mnist.py"), arg
+  c = config_recipes.load_file(
+      config_recipes.sibling(__file__, "../d3pm/binarized_mnist.py"), arg
   )
   c.model.d3pm.hybrid_coeff = 0.0  # The bound alone.
   c.model.d3pm.parameterization = "soft_x0"  # Their posterior form.
