@@ -99,7 +99,14 @@ class DiffusionModel(nn.Module):
     return chunk_positions(*z_shape)
 
   def __call__(
-      self, x, label=None, *, train: bool = False, t=None, example_keys=None
+      self,
+      x,
+      label=None,
+      *,
+      train: bool = False,
+      t=None,
+      example_keys=None,
+      loss_mask=None,
   ):
     """Per-example loss terms [B] (nats) and scalar diagnostics.
 
@@ -111,6 +118,9 @@ class DiffusionModel(nn.Module):
         times (MD4: 1 - u); drawn from the `sample` stream when None.
       example_keys: optional per-example keys [B] for the noise draws
         (makes every example's noise independent of how the batch is split).
+      loss_mask: optional bool [B, *data_shape], True where a token is
+        scored; the others are never noised nor scored (processes with
+        `supports_loss_mask`).
     """
     rng = example_keys if example_keys is not None else self.make_rng("sample")
     if self.num_classes and train and label is not None:
@@ -121,6 +131,15 @@ class DiffusionModel(nn.Module):
     def denoise(z, tt, c, factored=False):
       return self.denoise(z, tt, c, train=train, factored=factored)
 
+    extra = {}
+    if loss_mask is not None:
+      if not self.process.supports_loss_mask:
+        raise ValueError(
+            f"config.model.process={self.process.name!r} has no loss mask "
+            "(padded positions excluded from the bound); evaluate padded "
+            "examples with an md4 model, or pack them (--packing=packed)."
+        )
+      extra["loss_mask"] = loss_mask
     return self.process.nelbo(
         self.process_params,
         rng,
@@ -129,6 +148,7 @@ class DiffusionModel(nn.Module):
         label=label,
         antithetic=self.antithetic,
         t=t,
+        **extra,
     )
 
   def unmask_probability(self, s, t):

@@ -131,6 +131,88 @@ def test_md4_monte_carlo_nelbo_matches_the_exact_value(num_steps):
       assert abs(mean - kd.neg_log_prob(x)) < 4 * se + 2e-3
 
 
+def _conditional_neg_log_prob(x, scored):
+  """-log p(x_scored | x_unscored) by enumerating the known distribution."""
+  states = kd.all_states()
+  log_p = kd.log_probs(states)
+  agree = np.all(states[:, ~scored] == x[~scored], axis=1)
+  log_marginal = np.logaddexp.reduce(log_p[agree])
+  return float(-(kd.log_probs(x[None])[0] - log_marginal))
+
+
+@pytest.mark.parametrize(
+    "scored",
+    [[True, True, True, False, False], [False, True, False, True, True]],
+    ids=["prefix", "scattered"],
+)
+def test_md4_loss_mask_bound_is_tight_for_the_scored_tokens_given_the_rest(
+    scored,
+):
+  # Unscored positions stay observed, so with the true posterior the bound
+  # is -log p(x_scored | x_unscored), not -log p(x).
+  scored = np.array(scored)
+  schedule = schedules.MaskingSchedule("cosine")
+  denoise = kd.oracle(lambda v, t: schedule.alpha(t))
+
+  @jax.jit
+  def loss_fn(rng, batch):
+    mask = jnp.broadcast_to(jnp.asarray(scored), batch.shape)
+    return masked.nelbo(
+        rng, batch, denoise, schedule, vocab_size=kd.VOCAB, loss_mask=mask
+    )
+
+  x = X_CASES[1]
+  batch = jnp.tile(jnp.asarray(x)[None], (20000, 1))
+  terms = loss_fn(jax.random.key(5), batch)
+  values = np.asarray(terms["loss"], np.float64)
+  mean, se = values.mean(), values.std() / math.sqrt(len(values))
+  expected = _conditional_neg_log_prob(x, scored)
+  assert abs(mean - expected) < 4 * se + 2e-3, (mean, se, expected)
+  assert abs(mean - kd.neg_log_prob(x)) > 0.5  # a different number
+  n = int(scored.sum())
+  np.testing.assert_allclose(
+      terms["loss_prior"], n * 1e-4 * math.log(kd.VOCAB), rtol=1e-3
+  )
+
+
+def test_md4_loss_mask_never_noises_unscored_tokens_and_all_true_is_plain():
+  schedule = schedules.MaskingSchedule("linear")
+  seen = []
+
+  def denoise(z, t, label):
+    del t, label
+    seen.append(np.asarray(z))
+    return jnp.zeros(z.shape + (kd.VOCAB,))
+
+  x = jnp.asarray(kd.sample(np.random.default_rng(1), 256))
+  scored = np.zeros(x.shape, bool)
+  scored[:, :2] = True
+  scored[:8] = False  # examples with nothing scored
+  rng = jax.random.key(3)
+  terms = masked.nelbo(
+      rng, x, denoise, schedule, vocab_size=kd.VOCAB, loss_mask=scored
+  )
+  z = seen[-1]
+  np.testing.assert_array_equal(z[~scored], np.asarray(x)[~scored])
+  assert (z[scored] == kd.VOCAB).mean() > 0.3  # scored ones are noised
+  np.testing.assert_array_equal(terms["loss"][:8], 0.0)
+  # Uniform logits: each masked scored token costs log V, nothing else.
+  counts = (z == kd.VOCAB).sum(1)
+  assert np.all(counts[8:] <= 2)
+  plain = masked.nelbo(rng, x, denoise, schedule, vocab_size=kd.VOCAB)
+  every = masked.nelbo(
+      rng,
+      x,
+      denoise,
+      schedule,
+      vocab_size=kd.VOCAB,
+      loss_mask=np.ones(x.shape, bool),
+  )
+  for key in plain:
+    np.testing.assert_allclose(every[key], plain[key], rtol=1e-6)
+  np.testing.assert_array_equal(seen[-1], seen[-2])  # the same draws
+
+
 @pytest.mark.slow
 def test_md4_loss_terms_add_up_and_bits_per_dim_is_loss_over_n_ln2():
   schedule = schedules.MaskingSchedule("linear")

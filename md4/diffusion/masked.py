@@ -21,6 +21,13 @@ The negative ELBO of one example x with N = prod(data_shape) tokens is
   loss_recon = -E_q(z_0|x) log p(x | z_0) with p keeping unmasked tokens and
       decoding a still-masked token uniformly: exactly N (1 - alpha(0)) log V.
 
+With a loss mask m [B, *data_shape] (True: scored), a position with m = 0
+is never noised (z_t keeps x there at every t) and never scored, and N is
+each example's count of scored positions: the bound is then on
+-log p(x_scored | x_unscored), the unscored tokens observed throughout, as
+padding is in one-example-per-sequence evaluation (MDLM's unwrapped
+batches). With m all True it is the plain bound, draw for draw.
+
 All functions are pure functions of arrays; the denoiser is any callable
 `logits = denoise(z_t, t, label)` returning float logits [B, *data_shape, V],
 or a `FactoredLogits` (the output head's input and weights, from which the
@@ -96,6 +103,7 @@ def nelbo(
     num_steps: int = 0,
     antithetic: bool = True,
     t: jax.Array | None = None,
+    loss_mask: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """One Monte-Carlo sample of the MD4 negative ELBO per example.
 
@@ -113,6 +121,8 @@ def nelbo(
     t: optional draws [B] in [0, 1) to use instead of drawing them; the
       continuous time is 1 - t (`time_of_draw`), the discrete step
       floor(t T) + 1.
+    loss_mask: optional bool [B, *data_shape], True where a token is scored;
+      the others are never masked (the module docstring).
 
   Returns:
     Per-example nats [B]: `loss` = `loss_diff` + `loss_recon` + `loss_prior`.
@@ -128,14 +138,20 @@ def nelbo(
   weight, t_query = diffusion_weight(schedule, t, num_steps)  # [B], [B]
   alpha_t = common.broadcast_to_data(schedule.alpha(t_query), x)  # [B, 1, ...]
   z_t = common.forward_sample(z_rng, x, alpha_t, mask_id)  # [B, ...]
+  ones = jnp.ones((batch_size,), jnp.float32)
+  loss_prior = prior_loss(schedule, num_elements, vocab_size) * ones
+  loss_recon = recon_loss(schedule, num_elements, vocab_size) * ones
+  if loss_mask is not None:
+    loss_mask = jnp.broadcast_to(loss_mask, x.shape).astype(bool)
+    z_t = jnp.where(loss_mask, z_t, x)  # unscored: observed at every t
+    scored = loss_mask.reshape(batch_size, -1).sum(-1).astype(jnp.float32)
+    loss_prior = prior_loss(schedule, 1, vocab_size) * scored
+    loss_recon = recon_loss(schedule, 1, vocab_size) * scored
   logits = denoise(z_t, t_query, label)  # [B, ..., V]
   loss_diff = weight * common.masked_cross_entropy(
       x, z_t, logits, mask_id
   )  # [B]
 
-  ones = jnp.ones((batch_size,), jnp.float32)
-  loss_prior = prior_loss(schedule, num_elements, vocab_size) * ones
-  loss_recon = recon_loss(schedule, num_elements, vocab_size) * ones
   return {
       "loss": loss_diff + loss_recon + loss_prior,
       "loss_diff": loss_diff,
@@ -187,6 +203,7 @@ class MD4(process_lib.Process):
       {process_lib.UNMASKING, process_lib.VALUE_INDEPENDENT}
   )
   default_sampler: ClassVar[str] = "ancestral"
+  supports_loss_mask: ClassVar[bool] = True
 
   def __post_init__(self):
     try:
@@ -200,7 +217,9 @@ class MD4(process_lib.Process):
   def masking(self) -> schedules.MaskingSchedule:
     return schedules.MaskingSchedule(self.schedule, self.eps)
 
-  def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
+  def nelbo(
+      self, params, rng, x, denoise, *, label, antithetic, t, loss_mask=None
+  ):
     del params
     loss_denoise = lambda z, tt, c: denoise(z, tt, c, factored=True)
     terms = nelbo(
@@ -213,6 +232,7 @@ class MD4(process_lib.Process):
         num_steps=self.num_steps,
         antithetic=antithetic,
         t=t,
+        loss_mask=loss_mask,
     )
     return terms, {}
 

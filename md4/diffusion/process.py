@@ -20,6 +20,9 @@ library code compares process names, it asks the process:
 * `uses_time_draws`: the bound draws times (it reads `model.antithetic`).
 * `check_network(network_config)`: what the process needs of the network
   (the autoregressive process: causal attention, no time input).
+* `supports_loss_mask`: its `nelbo` takes `loss_mask` [B, *data_shape]
+  (True: scored; the others never noised nor scored), for evaluation of
+  padded examples (`md4.zero_shot`).
 
 Denoisers are callables `logits = denoise(z, t, label)`; the loss may ask
 for `denoise(z, t, label, factored=True)`, which returns a
@@ -78,6 +81,7 @@ class Process:
   capabilities: ClassVar[frozenset[str]] = frozenset()
   default_sampler: ClassVar[str] = ""
   uses_time_draws: ClassVar[bool] = True
+  supports_loss_mask: ClassVar[bool] = False
 
   @classmethod
   def from_config(
@@ -139,6 +143,8 @@ class Process:
       label: optional int [B], passed to the denoiser.
       antithetic: stratify the time draws within the batch.
       t: optional draws u [B] in [0, 1) that the process maps to its times.
+      Processes with `supports_loss_mask` also take `loss_mask` (bool
+      [B, *data_shape], True where scored; default all).
 
     Returns:
       (terms, scalars): per-example nats [B] with `loss` the training
