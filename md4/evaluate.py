@@ -27,6 +27,14 @@ Both use the same times and masks.
 
 EMA parameters; a JSON result file (default
 <workdir>/eval_<split>_step<N>.json); a tqdm bar.
+
+With --benchmark, the zero-shot suite instead (`md4.zero_shot`): the run's
+perplexity on the field's test sets read from --benchmark_dir, packed or
+one example per padded sequence (--packing), written as JSON and a
+Markdown table (default <workdir>/zero_shot_<packing>_step<N>.json / .md):
+
+  python -m md4.evaluate --workdir=./expt/owt --benchmark=ptb,wikitext2 \
+      --benchmark_dir=/data/zero_shot --packing=padded
 """
 
 import json
@@ -51,6 +59,7 @@ from md4 import metrics
 from md4 import error_boundary
 from md4 import run as run_lib
 from md4 import sample_writing
+from md4 import zero_shot
 
 # -------------------------------------------------------------- logic -----
 
@@ -204,7 +213,31 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "output",
       None,
-      "JSON result path; default <workdir>/eval_<split>_step<N>.json.",
+      "JSON result path; default <workdir>/eval_<split>_step<N>.json "
+      "(--benchmark: <workdir>/zero_shot_<packing>_step<N>.json, and the "
+      "Markdown table beside it as .md).",
+  )
+  flags.DEFINE_string(
+      "benchmark",
+      None,
+      "Zero-shot suite instead of --split: comma-separated names of "
+      f"{', '.join(zero_shot.BENCHMARKS)}.",
+  )
+  flags.DEFINE_string(
+      "benchmark_dir",
+      None,
+      "Directory of the benchmarks' released test files (md4/zero_shot.py "
+      "lists where each goes).",
+  )
+  flags.DEFINE_enum(
+      "packing",
+      "packed",
+      list(zero_shot.PACKINGS),
+      "packed: examples + end-of-text cut into blocks of L; padded: one "
+      "example per sequence, padding kept out of the bound.",
+  )
+  flags.DEFINE_integer(
+      "max_examples", 0, "--benchmark: first n examples of each; 0 = all."
   )
   flags.mark_flags_as_required(["workdir"])
 
@@ -217,12 +250,29 @@ def main(argv):
   overrides = list(f.override)
   if f.batch_size:
     overrides.append(f"train.eval_batch_size={f.batch_size}")
+  names = None
+  if f.benchmark is not None:  # Before the slow restore.
+    names = zero_shot.parse_names(f.benchmark)
+    if not f.benchmark_dir or not os.path.isdir(f.benchmark_dir):
+      raise ValueError(
+          f"--benchmark_dir={f.benchmark_dir!r} is not a directory; give the"
+          " directory holding the benchmarks' test files (md4/zero_shot.py "
+          "lists where each goes)."
+      )
+  elif f.benchmark_dir:
+    raise ValueError(
+        "--benchmark_dir is given without --benchmark; name the benchmarks, "
+        f"e.g. --benchmark={','.join(zero_shot.BENCHMARKS)}."
+    )
   if jax.process_index() == 0:  # Before the slow restore.
     sample_writing.check_output_dir(
         os.path.dirname(os.path.abspath(f.output)) if f.output else f.workdir,
         "--output",
     )
   run = run_lib.restore(f.workdir, f.step, overrides)
+  if names is not None:
+    _zero_shot(run, names)
+    return
   split = f.split or next(iter(run.setup.datasets.eval))
   result = negative_elbo(
       run,
@@ -249,6 +299,31 @@ def main(argv):
       f"{split}: {values}{given} (se; {result['num_examples']} examples, "
       f"K={result['num_time_samples']}); written to {path}"
   )
+
+
+def _zero_shot(run: run_lib.RestoredRun, names: list[str]) -> None:
+  f = flags.FLAGS
+  result = zero_shot.evaluate_suite(
+      run,
+      names,
+      f.benchmark_dir,
+      packing=f.packing,
+      num_time_samples=f.num_time_samples,
+      max_examples=f.max_examples,
+      seed=f.seed,
+  )
+  if jax.process_index() > 0:
+    return
+  path = f.output or os.path.join(
+      run.workdir, f"zero_shot_{f.packing}_step{run.step}.json"
+  )
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as out:
+    json.dump(result, out, indent=2)
+  table = zero_shot.markdown_table(result)
+  with open(os.path.splitext(path)[0] + ".md", "w") as out:
+    out.write(table)
+  print(table + f"Written to {path} and {os.path.splitext(path)[0]}.md")
 
 
 def cli() -> None:

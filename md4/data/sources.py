@@ -43,6 +43,8 @@ class DataInfo:
     decode: for text, turns tokens `[L]` back into a string; None for images.
     encode: for text, turns a string into int tokens `[n]` (the tokenizer's
       `encode`, no special tokens); used for prompts. None when unknown.
+    separator_id: for token data, the id that ends every document in the
+      training stream (GPT-2's end-of-text), when the data records it.
   """
 
   data_shape: tuple[int, ...]
@@ -52,6 +54,7 @@ class DataInfo:
   unit: str = "bits_per_dim"
   decode: Callable[[np.ndarray], str] | None = None
   encode: Callable[[str], np.ndarray] | None = None
+  separator_id: int | None = None
 
 
 def text_info(
@@ -60,6 +63,7 @@ def text_info(
     unit: str,
     encode: Callable[[str], np.ndarray] | None,
     decode: Callable[[np.ndarray], str] | None,
+    separator_id: int | None = None,
 ) -> DataInfo:
   """The `DataInfo` of a text data set of sequences of `seq_len` tokens."""
   return DataInfo(
@@ -70,6 +74,7 @@ def text_info(
       unit=unit,
       decode=decode,
       encode=encode,
+      separator_id=separator_id,
   )
 
 

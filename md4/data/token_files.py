@@ -282,6 +282,14 @@ def _codec(
   return text_as_ids, ids_as_text
 
 
+def separator_of(metadata: dict[str, Any] | None) -> int | None:
+  """The document separator a prepared corpus's metadata records, if any."""
+  if not metadata:
+    return None
+  separator = metadata.get("tokenizer", {}).get("separator_id")
+  return None if separator is None or separator < 0 else int(separator)
+
+
 def ids_as_text(tokens: np.ndarray | Sequence[int]) -> str:
   """Space-separated ids: the decoder of token data without a tokenizer."""
   return " ".join(str(int(t)) for t in np.asarray(tokens).reshape(-1))
@@ -336,6 +344,7 @@ def load_prepared(data_config: Any) -> sources.LoadedData:
           "perplexity",
           encode=encode,
           decode=decode,
+          separator_id=separator_of(metadata),
       ),
       train=splits.pop("train"),
       eval=splits,
@@ -418,6 +427,7 @@ def load_tokens(data_config: Any) -> sources.LoadedData:
           "perplexity",
           encode=encode,
           decode=decode,
+          separator_id=separator_of(metadata),
       ),
       train=examples.pop("train"),
       eval=examples,
