@@ -64,7 +64,11 @@ def test_loss_is_the_exact_negative_log_likelihood_of_an_explicit_loop():
   time = jnp.zeros((3,), jnp.float32)
   junk = np.random.default_rng(5)
   expected = np.zeros(3)
+  prefix = 5
+  expected_prefix = None
   for i in range(length):
+    if i == prefix:
+      expected_prefix = expected.copy()
     # Position i sees the start token and x_1 .. x_{i-1}; what follows is
     # junk that causal attention must never read.
     inputs = np.asarray(junk.integers(0, vocab, (3, length)))
@@ -78,6 +82,14 @@ def test_loss_is_the_exact_negative_log_likelihood_of_an_explicit_loop():
         np.asarray(log_p), np.asarray(x)[:, i : i + 1], -1
     )[:, 0]
   np.testing.assert_allclose(terms["loss"], expected, rtol=2e-5)
+  # A loss mask on the first 5 positions (the rest padding): -log p(x_{<=5}),
+  # whatever the padding holds.
+  scored = jnp.arange(length)[None] < prefix
+  padded = jnp.where(scored, x, 1)
+  masked, _ = model.apply(
+      variables, padded, rngs={"sample": jax.random.key(4)}, loss_mask=scored
+  )
+  np.testing.assert_allclose(masked["loss"], expected_prefix, rtol=2e-5)
   # The same for every call: the likelihood draws nothing.
   again, _ = model.apply(variables, x, rngs={"sample": jax.random.key(9)})
   np.testing.assert_array_equal(again["loss"], terms["loss"])

@@ -37,6 +37,7 @@ class Autoregressive(process_lib.Process):
   capabilities: ClassVar[frozenset[str]] = frozenset({process_lib.NEXT_TOKEN})
   default_sampler: ClassVar[str] = "autoregressive"
   uses_time_draws: ClassVar[bool] = False
+  supports_loss_mask: ClassVar[bool] = True
 
   @classmethod
   def check_network(cls, network_config: ml_collections.ConfigDict) -> None:
@@ -64,11 +65,19 @@ class Autoregressive(process_lib.Process):
     start = jnp.full((x.shape[0], 1), self.start_token, x.dtype)
     return jnp.concatenate([start, flat[:, :-1]], 1).reshape(x.shape)
 
-  def nelbo(self, params, rng, x, denoise, *, label, antithetic, t):
-    """The exact negative log-likelihood; rng, antithetic and t unused."""
+  def nelbo(
+      self, params, rng, x, denoise, *, label, antithetic, t, loss_mask=None
+  ):
+    """The exact negative log-likelihood; rng, antithetic and t unused.
+
+    With `loss_mask` (True: scored) only the scored tokens' terms count:
+    for a scored prefix followed by padding, the exact -log p(prefix).
+    """
     del params, rng, antithetic, t
     time = jnp.zeros((x.shape[0],), jnp.float32)
     logits = denoise(self.inputs(x), time, label, factored=True)
     log_p = chunked_logits.target_log_prob(logits, x)  # [B, ...]
+    if loss_mask is not None:
+      log_p = jnp.where(loss_mask, log_p, 0.0)
     nll = -log_p.reshape(x.shape[0], -1).sum(-1)  # [B]
     return {"loss": nll}, {}
