@@ -28,6 +28,7 @@ the chosen sampler does not read is rejected, naming the samplers that do.
 import dataclasses
 import json
 import os
+import pathlib
 from typing import Any
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,6 +44,7 @@ import jax
 from md4 import configuration
 from md4 import diffusion
 from md4 import error_boundary
+from md4 import judge as judge_lib
 from md4 import run as run_lib
 from md4 import sample_writing
 from md4 import sampling
@@ -82,6 +84,7 @@ class Request:
   history_frames: int = 32
   reconstruct_from: str | None = None  # A split: reconstruct its examples.
   reconstruct_t: float = 0.5  # The time they are masked to.
+  judge: str | None = None  # GPT-2 directory or autoregressive workdir.
 
 
 # -------------------------------------------------------------- logic -----
@@ -280,8 +283,24 @@ def sample_to_files(request: Request) -> dict:
         or os.path.join(request.workdir, sample_writing.SAMPLE_DIR),
         "--output_dir",
     )
+  if request.judge is not None and not os.path.isdir(request.judge):
+    raise ValueError(
+        f"--judge={request.judge!r} is not a directory; give a GPT-2 "
+        "directory in the Hugging Face layout or an autoregressive md4 "
+        "run's workdir."
+    )
   run = run_lib.restore(request.workdir, request.step, request.overrides)
   info = run.setup.datasets.info
+  judge = None
+  if request.judge is not None:  # Loaded (and checked) before sampling.
+    if info.kind != "text" or request.reconstruct_from is not None:
+      raise ValueError(
+          f"--judge scores generated text, but {run.config.data.dataset!r} "
+          f"is {info.kind} data"
+          + (" and --reconstruct_from" if info.kind == "text" else "")
+          + "; drop --judge."
+      )
+    judge = judge_lib.load_judge(request.judge)
   rebuilt = known = None
   if request.reconstruct_from is None:
     known = known_for(request, run)
@@ -340,6 +359,25 @@ def sample_to_files(request: Request) -> dict:
     )
   if drawn.history is not None:
     paths += sample_writing.write_history(out, drawn.history, info)
+  if judge is not None:
+    samples_file = next(p for p in paths if p.endswith(judge_lib.SAMPLES_FILE))
+    judged = judge_lib.judge_texts(
+        judge, judge_lib.read_samples(pathlib.Path(samples_file))
+    )
+    judged_path = judge_lib.output_path(pathlib.Path(samples_file), judge.name)
+    judged_path.write_text(json.dumps(judged, indent=2))
+    paths.append(str(judged_path))
+    summary["judged"] = {
+        k: judged[k]
+        for k in (
+            "judge",
+            "generative_perplexity",
+            "entropy",
+            "samples",
+            "empty_samples",
+            "tokens",
+        )
+    }
   paths.append(os.path.join(out, "summary.json"))
   summary["files"] = paths
   with open(paths[-1], "w") as f:
@@ -436,6 +474,13 @@ def define_flags() -> None:
       "Time in (0, 1] the examples are masked to "
       "(each token kept with probability alpha(t)).",
   )
+  flags.DEFINE_string(
+      "judge",
+      None,
+      "Score the text samples: generative perplexity under a GPT-2 Hugging "
+      "Face directory or an autoregressive md4 workdir, and unigram entropy "
+      "(md4.judge); written as judged_<judge>.json.",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -468,6 +513,7 @@ def request_from_flags() -> Request:
       history_frames=f.history_frames,
       reconstruct_from=f.reconstruct_from,
       reconstruct_t=f.reconstruct_t,
+      judge=f.judge,
   )
 
 
@@ -500,6 +546,8 @@ def main(argv):
         "to:"
     )
   print("\n".join(f"  {p}" for p in summary.get("files", [])))
+  if "judged" in summary:
+    print(judge_lib.summary_line(summary["judged"]))
 
 
 def cli() -> None:

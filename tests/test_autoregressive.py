@@ -2,6 +2,8 @@
 sampler, and a run trained, evaluated and sampled by md4's own commands."""
 
 import itertools
+import subprocess
+import sys
 import json
 import os
 
@@ -315,3 +317,59 @@ def test_autoregressive_run_trains_evaluates_and_samples(trained_ar, tmp_path):
           )
       )
   assert not os.path.exists(tmp_path / "no")
+
+
+@pytest.mark.slow
+def test_an_autoregressive_run_judges_samples_with_its_exact_likelihood(
+    trained_ar, tmp_path
+):
+  workdir, _ = trained_ar
+  out = tmp_path / "judged"
+  summary = sample_command.sample_to_files(
+      sample_command.Request(
+          workdir=workdir,
+          output_dir=str(out),
+          num_samples=3,
+          batch_size=3,
+          judge=workdir,
+      )
+  )
+  name = os.path.basename(workdir)
+  judged = json.loads((out / f"judged_{name}.json").read_text())
+  assert summary["judged"]["generative_perplexity"] == (
+      judged["generative_perplexity"]
+  )
+  with open(out / "samples.jsonl") as f:
+    tokens = np.array([json.loads(line)["tokens"] for line in f], np.int32)
+  # Independently: the run's own exact NLL of the sampled tokens.
+  run = run_lib.restore(workdir)
+  terms, _ = run.setup.model.apply(
+      {"params": run.params},
+      jnp.asarray(tokens),
+      rngs={"sample": jax.random.key(0)},
+  )
+  np.testing.assert_allclose(
+      [s["nll"] for s in judged["per_sample"]], terms["loss"], rtol=1e-5
+  )
+  assert [s["tokens"] for s in judged["per_sample"]] == [32] * 3
+  # The md4.judge command on the directory gives the same figures.
+  done = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "md4.judge",
+          f"--judge={workdir}",
+          f"--samples={tmp_path}",
+          f"--output={tmp_path / 'again.json'}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  again = json.loads((tmp_path / "again.json").read_text())
+  assert again["generative_perplexity"]["mean"] == pytest.approx(
+      judged["generative_perplexity"]["mean"], rel=1e-5
+  )
+  assert "generative perplexity" in done.stdout

@@ -1,7 +1,7 @@
 """Each command as a user runs it: one clear error, nothing lost.
 
 The commands' command lines as real processes (md4/main.py, md4.sample,
-md4.evaluate, prepare_openwebtext_data.py and the benchmarks' scripts), in
+md4.evaluate, md4.judge, prepare_openwebtext_data.py and the benchmarks' scripts), in
 the environment a user's shell gives (no TensorFlow quieting set, so the
 commands must quiet its start-up banner themselves), and a disk that fills
 while a checkpoint is written. Each case is checked as those of
@@ -179,6 +179,21 @@ CASES = {
     "md4.evaluate process": Case(
         subprocess_command("--workdir={env.tmp}", module="md4.evaluate"),
         "Give the workdir of a training run.",
+    ),
+    "md4.evaluate: benchmark directory missing": Case(
+        subprocess_command(
+            "--workdir={env.tmp}",
+            "--benchmark=ptb,wikitext2",
+            "--benchmark_dir={env.tmp}/nope",
+            module="md4.evaluate",
+        ),
+        "(md4/zero_shot.py lists where each goes).",
+    ),
+    "md4.judge process": Case(
+        subprocess_command(
+            "--judge={env.tmp}", "--samples={env.tmp}/none", module="md4.judge"
+        ),
+        "give md4.sample's output directory (or the file itself).",
     ),
     "prepare process": Case(
         subprocess_command(

@@ -19,6 +19,7 @@ COMMANDS = (
     "md4-train",
     "md4-sample",
     "md4-evaluate",
+    "md4-judge",
     "md4-prepare-openwebtext",
 )
 
