@@ -18,12 +18,14 @@ PROGRAMS = {
     "md4-train": "md4/main.py",
     "md4-sample": "md4/sample.py",
     "md4-evaluate": "md4/evaluate.py",
+    "md4-judge": "md4/judge.py",
     "md4-prepare-openwebtext": "prepare_openwebtext_data.py",
 }
 _ALIASES = (
     (r"python md4/main\.py|python -m md4\.main|md4-train", "md4-train"),
     (r"python -m md4\.sample|md4-sample", "md4-sample"),
     (r"python -m md4\.evaluate|md4-evaluate", "md4-evaluate"),
+    (r"python -m md4\.judge|md4-judge", "md4-judge"),
     (
         r"python prepare_openwebtext_data\.py|md4-prepare-openwebtext",
         "md4-prepare-openwebtext",
