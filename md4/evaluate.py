@@ -64,13 +64,20 @@ from md4 import zero_shot
 # -------------------------------------------------------------- logic -----
 
 
-def make_bound_fn(model, num_time_samples: int):
-  """(params, x, label, rng) -> per-example mean bound over K times [B]."""
+def make_bound_fn(model, num_time_samples: int, masked: bool = False):
+  """(params, x, label, rng) -> per-example mean bound over K times [B].
+
+  With `masked`, the second argument is instead a boolean [B, L] loss mask
+  (positions scored) and there is no label.
+  """
   k = num_time_samples
 
-  def bound(params, x, label, rng):
+  def bound(params, x, label_or_mask, rng):
     offset_rng, mask_rng = jax.random.split(rng)
     offset = jax.random.uniform(offset_rng, (x.shape[0],))  # [B]
+    label, extra = label_or_mask, {}
+    if masked:
+      label, extra = None, {"loss_mask": label_or_mask}
 
     def one_time(j):
       t = jnp.mod(offset + j / k, 1.0)  # [B], stratified per example
@@ -81,6 +88,7 @@ def make_bound_fn(model, num_time_samples: int):
           train=False,
           t=t,
           rngs={"sample": jax.random.fold_in(mask_rng, j)},
+          **extra,
       )
       return terms.get("loss_nelbo", terms["loss"])  # [B] nats
 

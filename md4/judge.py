@@ -52,7 +52,6 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -60,6 +59,7 @@ import tqdm
 from md4 import checkpointing
 from md4 import error_boundary
 from md4 import gpt2
+from md4 import metrics
 from md4.diffusion import process as process_lib
 
 JudgeError = gpt2.JudgeError
@@ -189,38 +189,31 @@ class RunJudge:
   def score(
       self, token_lists: Sequence[np.ndarray], progress: bool = False
   ) -> np.ndarray:
+    from md4 import zero_shot  # pylint: disable=g-import-not-at-top
+
     setup = self.run.setup
     windows, owner = [], []
     for i, ids in enumerate(token_lists):
       for start in range(0, len(ids), self.length):
         windows.append(np.asarray(ids[start : start + self.length]))
         owner.append(i)
-    nll = np.zeros(len(token_lists))
-    local = self.batch // jax.process_count()
-    first_row = jax.process_index() * local
-    bar = tqdm.tqdm(total=len(windows), disable=not progress, desc=self.name)
+    x = np.zeros((len(windows), self.length), np.int32)
+    m = np.zeros((len(windows), self.length), bool)
+    for row, window in enumerate(windows):
+      x[row, : len(window)] = window
+      m[row, : len(window)] = True
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-      for first in range(0, len(windows), self.batch):
-        chosen = range(first, min(first + self.batch, len(windows)))
-        x = np.zeros((self.batch, self.length), np.int32)
-        m = np.zeros((self.batch, self.length), bool)
-        for row, j in enumerate(chosen):
-          x[row, : len(windows[j])] = windows[j]
-          m[row, : len(windows[j])] = True
-        arrays = [
-            jax.make_array_from_process_local_data(
-                setup.batch_sharding, a[first_row : first_row + local]
-            )
-            for a in (x, m)
-        ]
-        values = self._nll(self.run.params, *arrays)
-        values = np.asarray(
-            multihost_utils.process_allgather(values, tiled=True), np.float64
-        )
-        for row, j in enumerate(chosen):
-          nll[owner[j]] += values[row]
-        bar.update(len(chosen))
-    bar.close()
+      values = zero_shot.score_rows(
+          self.run,
+          lambda x, m, i: self._nll(self.run.params, x, m),
+          x,
+          m,
+          batch_size=self.batch,
+          desc=self.name,
+          progress=progress,
+      )
+    nll = np.zeros(len(token_lists))
+    np.add.at(nll, owner, values)
     return nll
 
 
@@ -273,14 +266,8 @@ def judge_texts(judge, texts: Sequence[str], progress: bool = True) -> dict:
   nll = judge.score(token_lists, progress=progress)
   counts = np.array([len(t) for t in token_lists], np.float64)
   entropy = np.array([unigram_entropy(t) for t in token_lists])
-  per_token = nll.sum() / counts.sum()
+  per_token, se = metrics.ratio_with_se(nll, counts)
   m = len(nll)
-  se = (
-      math.sqrt(((nll - per_token * counts) ** 2).sum() / (m * (m - 1)))
-      / counts.mean()
-      if m > 1
-      else math.nan
-  )
   perplexity = math.exp(per_token)
   entropy_stats = _mean_se(entropy)
   return {

@@ -11,6 +11,8 @@ take their numbers from `in_units`.
 
 import math
 
+import numpy as np
+
 # Unit key -> how the console writes it.
 LABELS = {
     "bits_per_dim": "bits/dim",
@@ -55,3 +57,17 @@ def from_bits_per_dim(unit: str, bits_per_dim: float) -> float:
   """A bound given in bits per dimension, in `unit` (a key of LABELS)."""
   check_unit(unit)
   return 2.0**bits_per_dim if unit == "perplexity" else bits_per_dim
+
+
+def ratio_with_se(nats: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+  """sum(nats) / sum(counts) and its delta-method standard error over the
+  blocks: sqrt(sum((a_i - r n_i)^2) / (m (m - 1))) / mean(n)."""
+  nats = np.asarray(nats, np.float64)
+  counts = np.asarray(counts, np.float64)
+  r = nats.sum() / counts.sum()
+  m = len(nats)
+  if m < 2:
+    return float(r), math.nan
+  residual = nats - r * counts
+  se = math.sqrt((residual**2).sum() / (m * (m - 1))) / counts.mean()
+  return float(r), float(se)

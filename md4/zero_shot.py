@@ -75,6 +75,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from md4 import metrics
+
 PACKINGS = ("packed", "padded")
 
 # ---------------------------------------------------------- detokenisers --
@@ -550,46 +552,14 @@ def make_blocks(
   return Blocks(tokens, scored, len(examples), truncated)
 
 
-def ratio_with_se(nats: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
-  """sum(nats) / sum(counts) and its delta-method standard error over the
-  blocks: sqrt(sum((a_i - r n_i)^2) / (m (m - 1))) / mean(n)."""
-  nats = np.asarray(nats, np.float64)
-  counts = np.asarray(counts, np.float64)
-  r = nats.sum() / counts.sum()
-  m = len(nats)
-  if m < 2:
-    return float(r), math.nan
-  residual = nats - r * counts
-  se = math.sqrt((residual**2).sum() / (m * (m - 1))) / counts.mean()
-  return float(r), float(se)
-
-
 # ---------------------------------------------------------------- scoring --
 
 
 def make_masked_bound_fn(model, num_time_samples: int):
   """(params, x, scored, rng) -> per-block mean bound over K times [B]."""
-  k = num_time_samples
+  from md4 import evaluate  # pylint: disable=g-import-not-at-top
 
-  def bound(params, x, scored, rng):
-    offset_rng, mask_rng = jax.random.split(rng)
-    offset = jax.random.uniform(offset_rng, (x.shape[0],))
-
-    def one_time(j):
-      terms, _ = model.apply(
-          {"params": params},
-          x,
-          None,
-          train=False,
-          t=jnp.mod(offset + j / k, 1.0),
-          loss_mask=scored,
-          rngs={"sample": jax.random.fold_in(mask_rng, j)},
-      )
-      return terms.get("loss_nelbo", terms["loss"])
-
-    return jax.lax.map(one_time, jnp.arange(k)).mean(0)
-
-  return bound
+  return evaluate.make_bound_fn(model, num_time_samples, masked=True)
 
 
 def check_run(run) -> tuple[Callable[[str], np.ndarray], int]:
@@ -631,35 +601,64 @@ def score_blocks(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Per-block bound (nats) and scored-token counts, for real blocks."""
   setup = run.setup
-  global_batch = run.config.train.eval_batch_size
-  local = global_batch // jax.process_count()
-  first = jax.process_index() * local
-  length = blocks.tokens.shape[1]
-  nats = []
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     bound = jax.jit(make_masked_bound_fn(setup.model, num_time_samples))
-    bar = tqdm.tqdm(
-        total=len(blocks.tokens), unit="block", disable=not progress, desc=desc
+    nats = score_rows(
+        run,
+        lambda x, scored, i: bound(
+            run.params, x, scored, jax.random.fold_in(jax.random.key(seed), i)
+        ),
+        blocks.tokens,
+        blocks.scored,
+        batch_size=run.config.train.eval_batch_size,
+        desc=desc,
+        progress=progress,
     )
-    for i, start in enumerate(range(0, len(blocks.tokens), global_batch)):
-      x = np.zeros((global_batch, length), np.int32)
-      scored = np.zeros((global_batch, length), bool)
-      chunk = slice(start, start + global_batch)
-      n = len(blocks.tokens[chunk])
-      x[:n], scored[:n] = blocks.tokens[chunk], blocks.scored[chunk]
-      arrays = [
-          jax.make_array_from_process_local_data(
-              setup.batch_sharding, a[first : first + local]
-          )
-          for a in (x, scored)
-      ]
-      rng = jax.random.fold_in(jax.random.key(seed), i)
-      values = bound(run.params, *arrays, rng)
-      values = multihost_utils.process_allgather(values, tiled=True)
-      nats.extend(np.asarray(values, np.float64)[:n].tolist())
-      bar.update(n)
-    bar.close()
-  return np.asarray(nats), blocks.scored.sum(1).astype(np.float64)
+  return nats, blocks.scored.sum(1).astype(np.float64)
+
+
+def score_rows(
+    run,
+    fn: Callable[[jax.Array, jax.Array, int], jax.Array],
+    tokens: np.ndarray,
+    scored: np.ndarray,
+    *,
+    batch_size: int,
+    desc: str,
+    progress: bool = True,
+) -> np.ndarray:
+  """fn(x, scored, batch index) -> [batch] over the rows of tokens/scored.
+
+  Rows are cut into global batches of `batch_size` (the last padded with
+  unscored rows), each process feeding its share to the run's batch
+  sharding; the values of the real rows come back, float64 [N]. Call it
+  under the run's mesh and axis rules; every process must call it.
+  """
+  setup = run.setup
+  local = batch_size // jax.process_count()
+  first = jax.process_index() * local
+  length = tokens.shape[1]
+  out = []
+  bar = tqdm.tqdm(
+      total=len(tokens), unit="row", disable=not progress, desc=desc
+  )
+  for i, start in enumerate(range(0, len(tokens), batch_size)):
+    x = np.zeros((batch_size, length), np.int32)
+    m = np.zeros((batch_size, length), bool)
+    n = len(tokens[start : start + batch_size])
+    x[:n] = tokens[start : start + batch_size]
+    m[:n] = scored[start : start + batch_size]
+    arrays = [
+        jax.make_array_from_process_local_data(
+            setup.batch_sharding, a[first : first + local]
+        )
+        for a in (x, m)
+    ]
+    values = multihost_utils.process_allgather(fn(*arrays, i), tiled=True)
+    out.extend(np.asarray(values, np.float64)[:n].tolist())
+    bar.update(n)
+  bar.close()
+  return np.asarray(out, np.float64)
 
 
 def evaluate_benchmark(
@@ -692,7 +691,7 @@ def evaluate_benchmark(
       desc=f"{benchmark.name} ({packing})",
       progress=progress,
   )
-  per_token, se = ratio_with_se(nats, counts)
+  per_token, se = metrics.ratio_with_se(nats, counts)
   perplexity = math.exp(per_token)
   return {
       "benchmark": benchmark.name,

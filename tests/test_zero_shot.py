@@ -16,6 +16,7 @@ import pytest
 import tokenizers as hf_tokenizers
 
 from md4 import config_recipes
+from md4 import metrics
 from md4 import run as run_lib
 from md4 import train
 from md4 import zero_shot
@@ -93,11 +94,11 @@ def test_padded_blocks_hold_one_example_each_cut_at_the_length():
 def test_ratio_standard_error_is_the_per_token_standard_error_for_full_blocks():
   rng = np.random.default_rng(0)
   per_token = rng.gamma(3.0, 1.0, 50)
-  r, se = zero_shot.ratio_with_se(per_token * 8, np.full(50, 8.0))
+  r, se = metrics.ratio_with_se(per_token * 8, np.full(50, 8.0))
   assert r == pytest.approx(per_token.mean())
   assert se == pytest.approx(per_token.std(ddof=1) / math.sqrt(50))
   # Unequal blocks: the ratio of sums, not the mean of ratios.
-  r, _ = zero_shot.ratio_with_se(np.array([2.0, 30.0]), np.array([1.0, 10.0]))
+  r, _ = metrics.ratio_with_se(np.array([2.0, 30.0]), np.array([1.0, 10.0]))
   assert r == pytest.approx(32.0 / 11.0)
 
 
