@@ -60,7 +60,6 @@ table.
 from collections.abc import Callable, Iterable, Sequence
 import csv
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -71,7 +70,6 @@ import time
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 

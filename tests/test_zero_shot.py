@@ -402,3 +402,83 @@ def test_a_run_without_a_tokenizer_is_refused_before_scoring():
   run = run_lib.restore(trained_digits.trained_run()[0])
   with pytest.raises(ValueError, match="--benchmark scores text.*digits"):
     zero_shot.evaluate_suite(run, ["ptb"], os.devnull)
+
+
+@pytest.mark.slow
+def test_sampler_quality_scores_every_point_as_an_independent_judge_does(
+    token_run, tmp_path
+):
+  import test_judge  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  workdir, bpe_dir = token_run
+  bpe = hf_tokenizers.ByteLevelBPETokenizer(
+      str(bpe_dir / "vocab.json"), str(bpe_dir / "merges.txt")
+  )
+  eot = bpe.token_to_id("<|endoftext|>")
+  config, weights = test_judge.random_gpt2(
+      np.random.default_rng(3), bpe.get_vocab_size(), context=128
+  )
+  judge_dir = test_judge.write_judge(
+      tmp_path / "judge", config, weights, bpe_dir
+  )
+  out = tmp_path / "quality" / "q"
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "benchmarks/sampler_quality.py",
+          f"--workdir={workdir}",
+          f"--judge={judge_dir}",
+          "--samplers=ancestral,topp,first_hitting",
+          "--steps=2,5",
+          "--num_samples=3",
+          "--batch_size=2",
+          "--reference_split=valid",
+          f"--output={out}",
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.with_name("q.json").read_text())
+  assert [(p["sampler"], p["steps"]) for p in result["points"]] == [
+      ("ancestral", 2),
+      ("ancestral", 5),
+      ("topp", 2),
+      ("topp", 5),
+      ("first_hitting", None),  # no time grid: one point
+  ]
+  assert result["points"][2]["settings"]["topp"] == 0.9
+  assert result["machine"] and result["date"] and "load_end" in result
+  for point in result["points"] + [result["reference"]]:
+    texts = point["texts"]
+    assert len(texts) == 3
+    nll, tokens, entropies = 0.0, 0, []
+    for text in texts:
+      ids = bpe.encode(text.split("<|endoftext|>", 1)[0]).ids
+      if not ids:
+        continue
+      assert len(ids) < 128  # one window: the context is longer
+      nll += test_judge.numpy_nll(config, weights, eot, ids)
+      tokens += len(ids)
+      _, counts = np.unique(ids, return_counts=True)
+      shares = counts / counts.sum()
+      entropies.append(-(shares * np.log(shares)).sum())
+    assert point["tokens"] == tokens
+    assert point["generative_perplexity"]["mean"] == pytest.approx(
+        math.exp(nll / tokens), rel=1e-4
+    )
+    assert point["entropy"]["mean"] == pytest.approx(np.mean(entropies))
+  for point in result["points"]:
+    calls = point["network_calls_per_sample"]
+    # T steps and the fill call; first-hitting at most one per position.
+    assert 0 < calls <= (point["steps"] + 1 if point["steps"] else 32)
+    assert point["samples_per_second"] > 0
+  # The reference is the split's own text, not samples.
+  assert result["reference"]["split"] == "valid"
+  image = Image.open(out.with_name("q.png"))
+  assert image.format == "PNG" and image.size[0] > 400
