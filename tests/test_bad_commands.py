@@ -240,6 +240,15 @@ CASES = {
         benchmark("data.py", "--sources=digits,cifar"),
         "give a comma-separated subset.",
     ),
+    "sampler_quality benchmark: judge missing": Case(
+        benchmark(
+            "sampler_quality.py",
+            "--workdir={env.tmp}",
+            "--judge={env.tmp}/nope",
+        ),
+        "give a GPT-2 directory in the Hugging Face layout or an"
+        " autoregressive md4 run's workdir.",
+    ),
     # A disk that fills during a save.
     "disk full during a checkpoint save": Case(
         disk_full_during_save,
