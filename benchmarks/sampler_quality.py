@@ -192,16 +192,15 @@ def judged(judge, texts) -> dict:
   }
 
 
-def sweep(run, judge, points: list[Point]) -> list[dict]:
-  """Draws and judges every point; one line printed per point."""
+def sweep(run, judge, planned) -> list[dict]:
+  """Draws and judges every (point, settings); one line printed per point."""
   info = run.setup.datasets.info
   results = []
   print(
       f"{'sampler':>14s} {'steps':>6s} {'calls':>8s} {'samples/s':>10s}"
       f" {'gen ppl':>16s} {'entropy':>8s}"
   )
-  for point in points:
-    settings = settings_of(point, run.config)
+  for point, settings in planned:
     with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
       drawn = drawing.draw(
           run.setup.model,
@@ -302,7 +301,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
 
 
 def check_inputs():
-  """Every flag checked before the slow restore; (config, points, out)."""
+  """Every flag checked before the slow restore; ((point, settings)s, out)."""
   for name, flag in (("workdir", _WORKDIR), ("judge", _JUDGE)):
     if not flag.value:
       raise app.UsageError(f"--{name} is required.")
@@ -321,19 +320,19 @@ def check_inputs():
   steps = parse_steps(_STEPS.value)
   config = run_lib.load_config(_WORKDIR.value)
   points = plan(config, _SAMPLERS.value, steps)
-  for point in points:
-    settings_of(point, config).validate()
+  # sampler_of (in settings_of) checks each sampler's settings.
+  planned = [(point, settings_of(point, config)) for point in points]
   out = pathlib.Path(
       _OUTPUT.value
       or os.path.join(_WORKDIR.value, "sampler_quality", "sampler_quality")
   )
   sample_writing.check_output_dir(str(out.parent), "--output")
-  return config, points, out
+  return planned, out
 
 
 def main(argv):
   del argv
-  _, points, out = check_inputs()
+  planned, out = check_inputs()
   run = run_lib.restore(_WORKDIR.value, _STEP.value)
   info = run.setup.datasets.info
   if info.kind != "text":
@@ -364,7 +363,7 @@ def main(argv):
         f" {ref['generative_perplexity']['mean']:.1f}, entropy"
         f" {ref['entropy']['mean']:.3f}"
     )
-  result["points"] = sweep(run, judge, points)
+  result["points"] = sweep(run, judge, planned)
   result["load_end"] = compiled_step.loadavg()
   result["wall_seconds"] = time.perf_counter() - start
   out.parent.mkdir(parents=True, exist_ok=True)
