@@ -106,14 +106,19 @@ def unet(
   )
 
 
-def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Runs a config file's get_config(arg); lets one config extend another."""
+def load_module(path: str):
+  """A config file as a module (to reuse its helpers in another config)."""
   spec = importlib.util.spec_from_file_location("md4_config", path)
   if spec is None or not os.path.exists(path):
     raise FileNotFoundError(f"config file {path!r} does not exist.")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs a config file's get_config(arg); lets one config extend another."""
+  return load_module(path).get_config(arg)
 
 
 def sibling(config_file: str, relative: str) -> str:

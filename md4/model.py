@@ -76,18 +76,27 @@ class DiffusionModel(nn.Module):
     return label
 
   def denoise(
-      self, z, t, label=None, train: bool = False, factored: bool = False
+      self,
+      z,
+      t,
+      label=None,
+      train: bool = False,
+      factored: bool = False,
+      **inputs,
   ):
     """Logits [B, *data_shape, V] (float32) for tokens z at times t [B].
 
     With `factored`, a `chunked_logits.FactoredLogits` where the network
-    can factor its output head for this input (else the logits).
+    can factor its output head for this input (else the logits). `inputs`
+    go to the network as they are (block diffusion's `clean`, `block_size`,
+    `cache`, `start`: `md4.networks.transformer.Transformer`).
     """
     chunk = self.loss_logits_chunk(z.shape) if factored else 0
+    label = self._network_label(z, label)
     if not chunk:
-      return self.network(z, t, self._network_label(z, label), train=train)
+      return self.network(z, t, label, train=train, **inputs)
     features, kernel, bias = self.network(
-        z, t, self._network_label(z, label), train=train, head_factors=True
+        z, t, label, train=train, head_factors=True, **inputs
     )
     return chunked_logits.FactoredLogits(features, kernel, bias, chunk)
 
@@ -128,10 +137,10 @@ class DiffusionModel(nn.Module):
           self.make_rng("sample"), label, self.cond_drop_prob, self.num_classes
       )
 
-    def denoise(z, tt, c, factored=False):
-      return self.denoise(z, tt, c, train=train, factored=factored)
+    def denoise(z, tt, c, factored=False, **inputs):
+      return self.denoise(z, tt, c, train=train, factored=factored, **inputs)
 
-    extra = {}
+    extra = {"train": train} if self.process.train_dependent else {}
     if loss_mask is not None:
       if not self.process.supports_loss_mask:
         raise ValueError(

@@ -5,6 +5,7 @@ subclass; adding one is that file and one line in `_PROCESSES`.
 """
 
 from md4.diffusion import autoregressive
+from md4.diffusion import block_diffusion
 from md4.diffusion import d3pm
 from md4.diffusion import genmd4
 from md4.diffusion import masked
@@ -15,6 +16,7 @@ _PROCESSES = (
     genmd4.GenMD4,
     d3pm.D3PMProcess,
     autoregressive.Autoregressive,
+    block_diffusion.BlockDiffusion,
 )
 PROCESSES: dict[str, type[process.Process]] = {p.name: p for p in _PROCESSES}
 NAMES = tuple(PROCESSES)

@@ -14,12 +14,16 @@ library code compares process names, it asks the process:
   VALUE_INDEPENDENT: its alpha(t) is the same for every token value
   (`alpha`); TRANSITION_CHAIN: a T-step chain of value changes
   (`num_steps`, `prior_sample`, `log_posterior`); NEXT_TOKEN: left-to-right
-  generation, one token per network call.
+  generation, one token per network call; BLOCKS: block diffusion, each
+  block masked-diffused given the clean blocks before it (`block_size`,
+  `masking`; the denoiser takes `clean`/`cache` network inputs).
 * `default_sampler`: the sampler that periodic samples and `md4.sample` use
   when none is named.
 * `uses_time_draws`: the bound draws times (it reads `model.antithetic`).
 * `check_network(network_config)`: what the process needs of the network
   (the autoregressive process: causal attention, no time input).
+* `train_dependent`: its `nelbo` takes `train` (block diffusion's clipped
+  noise-rate schedule is a training objective; evaluation gets the bound).
 * `supports_loss_mask`: its `nelbo` takes `loss_mask` [B, *data_shape]
   (True: scored; the others never noised nor scored), for evaluation of
   padded examples (`md4.zero_shot`).
@@ -42,6 +46,7 @@ UNMASKING = "unmasking"
 VALUE_INDEPENDENT = "value_independent"
 TRANSITION_CHAIN = "transition_chain"
 NEXT_TOKEN = "next_token"
+BLOCKS = "blocks"
 
 Params = Mapping[str, jax.Array]
 Terms = dict[str, jax.Array]
@@ -81,6 +86,7 @@ class Process:
   capabilities: ClassVar[frozenset[str]] = frozenset()
   default_sampler: ClassVar[str] = ""
   uses_time_draws: ClassVar[bool] = True
+  train_dependent: ClassVar[bool] = False
   supports_loss_mask: ClassVar[bool] = False
 
   @classmethod

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from md4.networks import block_attention
 from md4.networks import denoiser
 from md4.networks.conditioning import Conditioning
 from md4.networks.lean_attention import lean_attention
@@ -335,7 +336,24 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(
+      self,
+      x: jnp.ndarray,
+      positions: jnp.ndarray | None = None,
+      mask: jnp.ndarray | None = None,
+      prefix: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+  ):
+    """[B, L, W] -> [B, L, W]; with a mask, also this input's keys and values.
+
+    Args:
+      x: [B, L, W] inputs.
+      positions: [L] int positions for RoPE (default 0..L-1).
+      mask: optional bool [L, P + L], True where query i may attend to key
+        j; the first P keys are `prefix`'s. With a mask the call returns
+        (out, (k, v)), k and v [B, L, N, H] of x (after RoPE), so that a
+        caller can keep them as a cache (`md4.networks.block_attention`).
+      prefix: optional (k, v) [B, P, N, H] attended to before x's own keys.
+    """
     check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     width = x.shape[-1]
     if self.num_heads <= 0 or width % self.num_heads:
@@ -367,18 +385,33 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(project("query"), axes)
     k = nn.with_logical_constraint(project("key"), axes)
     v = nn.with_logical_constraint(project("value"), axes)
-    if self.use_rope:
+    if positions is None:
       positions = jnp.arange(x.shape[1])  # [L]
+    if self.use_rope:
       q = rotary_embedding(q, positions)
       k = rotary_embedding(k, positions)
-    if self.attention_impl == "xla":
+    own_kv = (k, v)
+    if mask is not None:
+      if prefix is not None:
+        k = jnp.concatenate([prefix[0].astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([prefix[1].astype(v.dtype), v], axis=1)
+      out = jax.nn.dot_product_attention(
+          q,
+          k,
+          v,
+          mask=mask[None, None],
+          implementation=(
+              "xla" if self.attention_impl == "xla" else self.attention_impl
+          ),
+      )  # [B, L, N, H]
+    elif self.attention_impl == "xla":
       out = lean_attention(q, k, v, self.causal)  # [B, L, N, H]
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, is_causal=self.causal, implementation=self.attention_impl
       )  # [B, L, N, H]
     out = nn.with_logical_constraint(out, axes)
-    return ShapedDense(
+    out = ShapedDense(
         (width,),
         (HEADS, HEAD_DIM, EMBED),
         (EMBED,),
@@ -390,6 +423,7 @@ class Attention(nn.Module):
     )(
         out
     )  # [B, L, W]
+    return out if mask is None else (out, own_kv)
 
 
 class Mlp(nn.Module):
@@ -479,8 +513,15 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jnp.ndarray, c: jnp.ndarray | None, train: bool
-  ) -> jnp.ndarray:
+      self,
+      x: jnp.ndarray,
+      c: jnp.ndarray | None,
+      train: bool,
+      positions: jnp.ndarray | None = None,
+      mask: jnp.ndarray | None = None,
+      prefix: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+  ):
+    """x [B, L, W] -> [B, L, W]; with a mask, (x, (k, v)) (see `Attention`)."""
     axes = (BATCH, LENGTH, EMBED)
     x = nn.with_logical_constraint(x, axes)  # [B, L, W]
     width = x.shape[-1]
@@ -504,7 +545,10 @@ class TransformerBlock(nn.Module):
         causal=self.causal,
         dtype=self.dtype,
         name="attention",
-    )(h)
+    )(h, positions, mask, prefix)
+    kv = None
+    if mask is not None:
+      h, kv = h
     h = dropout(h)
     x = nn.with_logical_constraint(x + gate_attn * h, axes)
 
@@ -517,7 +561,8 @@ class TransformerBlock(nn.Module):
         name="mlp",
     )(h)
     h = dropout(h)
-    return nn.with_logical_constraint(x + gate_mlp * h, axes)  # [B, L, W]
+    x = nn.with_logical_constraint(x + gate_mlp * h, axes)  # [B, L, W]
+    return x if mask is None else (x, kv)
 
 
 def block_class(remat: bool) -> type[TransformerBlock]:
@@ -605,6 +650,10 @@ class Transformer(denoiser.Denoiser):
       *,
       train: bool,
       head_factors: bool = False,
+      clean: jnp.ndarray | None = None,
+      block_size: int | None = None,
+      cache: dict[str, jnp.ndarray] | None = None,
+      start: jnp.ndarray | None = None,
   ):
     """Logits of the clean tokens.
 
@@ -614,11 +663,23 @@ class Transformer(denoiser.Denoiser):
       label: [B] int labels in [0, num_classes] or None ("no label").
       train: enables dropout (rng stream "dropout").
       head_factors: return the output head's factors instead of the logits.
+      clean: block diffusion's training input: the clean tokens x_0 [B, L];
+        the network runs on [z, clean] (2L positions, each half at
+        positions 0..L-1) under `block_attention.training_mask` and returns
+        the outputs of z's positions.
+      block_size: the blocks of `clean` mode.
+      cache: block diffusion's sampling input: keys and values {"k", "v"}
+        [layers, B, P, N, H] of the clean positions before `start`
+        (`block_attention`; {} when nothing is cached); z [B, b] is then
+        the block at positions start .. start + b.
+      start: int32 scalar, the first position of z in `cache` mode.
 
     Returns:
       [B, L, vocab_size] float32 logits; with `head_factors`, the tuple
       (features [B, L, W], kernel [W, V], bias [V]) in the compute dtype,
       whose `features @ kernel + bias` cast to float32 are those logits.
+      In `cache` mode, (logits [B, b, V], z's keys and values {"k", "v"}
+      [layers, B, b, N, H]).
     """
     if z.ndim != 2:
       raise ValueError(
@@ -630,6 +691,20 @@ class Transformer(denoiser.Denoiser):
     check_choice("cond_type", self.cond_type, COND_TYPES)
     batch, length = z.shape
     self.logits_chunk_positions(batch, length)  # rejects a bad logits_chunk
+    positions = mask = None
+    if clean is not None:
+      if clean.shape != z.shape or block_size is None:
+        raise ValueError(
+            "clean mode needs clean tokens of z's shape and a block_size, "
+            f"got {clean.shape} for z {z.shape} and block_size={block_size}."
+        )
+      mask = block_attention.training_mask(length, block_size)  # [2L, 2L]
+      positions = jnp.tile(jnp.arange(length), 2)  # [2L]
+      z = jnp.concatenate([z, clean], axis=1)  # [B, 2L]
+    elif cache is not None:  # {}: nothing cached yet
+      positions = start + jnp.arange(length)  # [b]
+      cached = cache["k"].shape[2] if cache else 0
+      mask = block_attention.cache_mask(cached, length, start)
 
     c = Conditioning(
         self.cond_width,
@@ -688,13 +763,17 @@ class Transformer(denoiser.Denoiser):
           (self.max_length, self.width),
           jnp.float32,
       )
-      x = x + pos[None, :length].astype(self.dtype)
+      if positions is None:
+        x = x + pos[None, :length].astype(self.dtype)
+      else:
+        x = x + pos[positions][None].astype(self.dtype)
     x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
 
     block = block_class(self.remat)
     out_std = depth_scaled_std(self.num_layers, self.depth_scaled_init)
+    block_kv = []
     for i in range(self.num_layers):
-      x = block(
+      layer = block(
           self.num_heads,
           mlp_type=self.mlp_type,
           mlp_ratio=self.mlp_ratio,
@@ -706,12 +785,26 @@ class Transformer(denoiser.Denoiser):
           causal=self.causal,
           dtype=self.dtype,
           name=f"block_{i}",
-      )(x, c, train)
+      )
+      if mask is None:
+        x = layer(x, c, train)
+      else:
+        prefix = (cache["k"][i], cache["v"][i]) if cache else None
+        x, kv = layer(x, c, train, positions, mask, prefix)
+        block_kv.append(kv)
+    if clean is not None:
+      x = x[:, :length]  # the outputs of z's positions
 
     shift, scale = AdaLNModulation(
         2, self.cond_type, dtype=self.dtype, name="final_adaln"
     )(c, self.width)
     x = modulate(layer_norm(self.dtype, "final_norm")(x), shift, scale)
-    return OutputHead(self.vocab_size, dtype=self.dtype, name="logits")(
+    out = OutputHead(self.vocab_size, dtype=self.dtype, name="logits")(
         x, factors=head_factors
     )  # [B, L, V] or (x, kernel, bias)
+    if cache is None:
+      return out
+    return out, {
+        "k": jnp.stack([k for k, _ in block_kv]),
+        "v": jnp.stack([v for _, v in block_kv]),
+    }

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from md4.diffusion import process as process_lib
 from md4.sampling import ancestral
 from md4.sampling import autoregressive
+from md4.sampling import block_diffusion
 from md4.sampling import cached
 from md4.sampling import confidence
 from md4.sampling import core
@@ -151,6 +152,14 @@ _SAMPLERS = (
         (process_lib.NEXT_TOKEN,),
         "left to right, one token per call, temperature and top-p",
         "yes at temperature 1, topp 1",
+    ),
+    Sampler(
+        "block",
+        block_diffusion.sample_block,
+        block_diffusion.BlockSettings,
+        (process_lib.BLOCKS,),
+        "block diffusion: block by block, KV cache over finished blocks",
+        "T-step",
     ),
 )
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _SAMPLERS}

@@ -35,7 +35,7 @@ This module holds what samplers have in common:
 
 from collections.abc import Callable, Mapping
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +195,10 @@ class Reverse:
       reverse step they need (the registry in `md4.sampling` checks its
       capabilities first).
     process_params: the process's own parameters (GenMD4's exponents).
+    network: `network(z, t, **inputs)`, the model's denoiser taking network
+      inputs (block diffusion's `clean`/`block_size` or `cache`/`start`,
+      `md4.networks.transformer.Transformer`); None when the Reverse is not
+      a trained model's or uses guidance.
   """
 
   denoise: Callable[[jax.Array, jax.Array], jax.Array]
@@ -202,6 +206,7 @@ class Reverse:
   process_params: Mapping[str, jax.Array] = dataclasses.field(
       default_factory=dict
   )
+  network: Callable[..., Any] | None = None
 
   @property
   def vocab_size(self) -> int:
@@ -313,9 +318,24 @@ def from_model(
     uncond = jax.nn.log_softmax(both[batch:], -1)
     return (1.0 + guidance) * cond - guidance * uncond
 
+  def network(z, t, **inputs):
+    return model.apply(
+        variables,
+        z,
+        t,
+        labels(z.shape[0], label),
+        method=model.denoise,
+        **inputs,
+    )
+
   params = (variables or {}).get("params", {})
   process_params = {name: params[name] for name in model.process.param_specs()}
-  return Reverse(denoise, model.process, process_params)
+  return Reverse(
+      denoise,
+      model.process,
+      process_params,
+      network if guidance == 0.0 else None,
+  )
 
 
 def from_schedule(
