@@ -96,12 +96,16 @@ def sample_cached(
 
   if skip:
     # -------------------------------- one round per distinct step ----
+    # Known positions may hold the mask id (held masked): not to reveal.
+    def to_reveal(z):
+      return (z == mask_id) & ~known.mask
+
     def pending(carry):
-      return jnp.any(carry[0] == mask_id)
+      return jnp.any(to_reveal(carry[0]))
 
     def round_(carry):
       z, calls = carry
-      masked = z == mask_id
+      masked = to_reveal(z)
       later = jnp.where(masked, steps, num_steps + 1)
       current = later.reshape(num_samples, -1).min(-1)  # [B]
       return reveal(z, current), calls + 1

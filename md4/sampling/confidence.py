@@ -50,7 +50,9 @@ def confidence_step(
       jnp.maximum(core.exponential(noise_rng, values.shape), 1e-38)
   )
   score = score + choice_temperature * anneal * gumbel  # [B, ...]
-  masked = step.z == reverse.mask_id
+  # A known position may hold the mask id (a later block of semi-
+  # autoregressive sampling, held masked); it is never revealed nor counted.
+  masked = (step.z == reverse.mask_id) & ~step.known.mask
   score = jnp.where(masked, score, -jnp.inf)
 
   # ------------------------------------------ how many to reveal ------

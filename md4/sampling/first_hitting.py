@@ -54,15 +54,19 @@ def sample_first_hitting(
   tau = jnp.full((num_samples,), settings.start_time, jnp.float32)
   reveal_time = jnp.where(known.mask, 2.0, 0.0)
 
+  # Known positions may hold the mask id (held masked): never revealed.
+  def to_reveal(z):
+    return (z == mask_id) & ~known.mask
+
   def pending(carry):
-    return jnp.any(carry[0] == mask_id)
+    return jnp.any(to_reveal(carry[0]))
 
   def event(carry):
     z, tau, reveal_time, calls = carry
     time_rng, position_rng, value_rng = jax.random.split(
         jax.random.fold_in(rng, calls), 3
     )
-    masked = core.flat_positions(z == mask_id, data_rank)  # [B, N]
+    masked = core.flat_positions(to_reveal(z), data_rank)  # [B, N]
     num_masked = jnp.maximum(masked.sum(-1), 1)  # [B]
     # ----------------------------------------- when: the next time --
     u = jnp.maximum(core.uniform(time_rng, tau.shape), 1e-38)
