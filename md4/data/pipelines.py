@@ -274,6 +274,15 @@ def eval_batches(
     yield batch
 
 
+def load_info(data_config: Any) -> sources.DataInfo:
+  """The data set's `DataInfo` (shape, tokenizer, end-of-text id) alone.
+
+  Runs the data set's loader (token files are memory-mapped, text files
+  read) but builds no loader; for checks made before a run is restored.
+  """
+  return _loader(data_config)(data_config).info
+
+
 def _loader(data_config: Any) -> Callable[[Any], sources.LoadedData]:
   name = data_config.dataset
   if name not in _LOADERS:

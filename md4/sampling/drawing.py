@@ -3,7 +3,8 @@
 `draw` compiles the chosen sampler once for `batch_size` samples (the last
 batch is padded and trimmed), runs it batch after batch with keys
 `fold_in(key(seed), batch)`, and reports network calls per sample and the
-sampling time without compilation.
+sampling time without compilation. With a `semi_ar.Plan` each batch is drawn
+in windows and blocks (`md4.sampling.semi_ar`), still one compiled call.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ import tqdm
 
 from md4 import sampling
 from md4.sampling import core
+from md4.sampling import semi_ar
 
 
 @dataclasses.dataclass
@@ -175,6 +177,7 @@ def draw(
     known: core.Known | None = None,
     label=None,
     guidance: float = 0.0,
+    plan: semi_ar.Plan | None = None,
 ) -> Drawn:
   """Draws num_samples samples with the named sampler.
 
@@ -190,6 +193,9 @@ def draw(
     label: class id for class-conditional models, or one per sample (int
       [N], reused cyclically like `known`).
     guidance: classifier-free guidance scale.
+    plan: semi-autoregressive windows and blocks (text data, a sampler
+      that keeps given tokens); `known` then covers the text's first
+      positions (up to plan.length) and samples are [N, plan.length].
 
   Returns:
     The `Drawn` samples and statistics.
@@ -198,7 +204,11 @@ def draw(
   sample_fn = sampling.get(sampler).draw
   batch_size = batch_size_for(num_samples, batch_size)
   given = known is not None
-  if known is None:
+  if plan is not None:
+    rows = 1 if known is None else np.asarray(known.mask).shape[0]
+    known = semi_ar.text_known(known, rows, plan, model.mask_id)
+    given = True
+  elif known is None:
     known = core.no_known(1, model.data_shape)
 
   per_sample = label is not None and np.ndim(label) > 0
@@ -210,6 +220,10 @@ def draw(
         label=labels if per_sample else label,
         guidance=guidance,
     )
+    if plan is not None:
+      return semi_ar.generate(
+          sample_fn, reverse, rng, batch_size, settings, plan, known
+      )
     return sample_fn(
         reverse, rng, batch_size, settings, known if given else None
     )

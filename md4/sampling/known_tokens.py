@@ -69,9 +69,17 @@ def encoder(info, dataset: str):
 
 
 def text_known(
-    template: str, encode, length: int, num_samples: int
+    template: str,
+    encode,
+    length: int,
+    num_samples: int,
+    length_flag: str = "config.data.data_shape",
 ) -> core.Known:
-  """Known tokens [B, L] from a prompt or infilling template (see above)."""
+  """Known tokens [B, L] from a prompt or infilling template (see above).
+
+  `length_flag` names where the length L comes from, for the error of a
+  template longer than L.
+  """
   pieces = GAP.split(template)
   texts, gaps = pieces[0::2], pieces[1::2]
   encoded = [np.asarray(encode(t), np.int32).reshape(-1) for t in texts]
@@ -84,7 +92,7 @@ def text_known(
   if fixed > length:
     raise ValueError(
         f"the template {template!r} needs {fixed} tokens but sequences have "
-        f"{length} (config.data.data_shape); shorten it."
+        f"{length} ({length_flag}); shorten it."
     )
   tokens = np.zeros(length, np.int32)
   mask = np.zeros(length, bool)
