@@ -31,6 +31,9 @@ VARIANTS = {
     "multinomial/binarized_mnist": ["default", "cpu", "digits"],
     "autoregressive/text8": ["small", "cpu", "tiny"],
     "autoregressive/openwebtext": ["small", "medium", "cpu"],
+    "block_diffusion/openwebtext": ["small", "small,8", "small,16", "cpu"],
+    "block_diffusion/text8": ["small", "cpu,16", "tiny"],
+    "block_diffusion/lm1b": ["small", "cpu,8"],
 }
 NUM_CLASSES = {
     "cifar10": 10,

@@ -200,10 +200,16 @@ class BlockDiffusion(process_lib.Process):
       self, params, rng, x, denoise, *, label, antithetic, t, train=False
   ):
     del params
+    t_rng, z_rng = common.time_and_mask_rngs(rng, t)
+    u = block_draws(t_rng, t, x.shape[0], self.num_blocks, antithetic)
+    return self.nelbo_of_draws(z_rng, x, u, denoise, label=label, train=train)
+
+  def nelbo_of_draws(self, rng, x, u, denoise, *, label=None, train=False):
+    """`nelbo` at given per-block draws u [B, K] in [0, 1); rng (one key,
+    or one per example) draws the masks."""
     batch, length = x.shape
     schedule = self.masking
-    t_rng, z_rng = common.time_and_mask_rngs(rng, t)
-    u = block_draws(t_rng, t, batch, self.num_blocks, antithetic)  # [B, K]
+    z_rng = rng
     tau = self.times(u, train)  # [B, K]
     weight = per_token(-schedule.loss_weight(tau), self.block_size)  # [B, L]
     alpha = per_token(schedule.alpha(tau), self.block_size)  # [B, L]
