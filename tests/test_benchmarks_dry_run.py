@@ -161,3 +161,40 @@ def test_step_profile_books_each_op_to_its_module_and_direction():
       )
       == step_profile.OTHER
   )
+
+
+def test_block_sampling_dry_run_draws_the_same_samples_with_and_without_cache(
+    tmp_path,
+):
+  out = tmp_path / "block_sampling.json"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "benchmarks/block_sampling.py",
+          "--dry_run",
+          "--rounds=1",
+          f"--json={out}",
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  assert r["dry_run"] is True and r["date"] and r["machine"]
+  assert {(row["length"], row["block_size"]) for row in r["rows"]} == {
+      (16, 4),
+      (16, 16),
+      (32, 4),
+      (32, 16),
+  }
+  for row in r["rows"]:
+    assert row["same_samples"] is True
+    blocks = row["length"] // row["block_size"]
+    assert row["calls_uncached"] == blocks * (row["steps_per_block"] + 1)
+    assert row["calls_cached"] == row["calls_uncached"] + blocks
+    assert row["samples_per_s_cached"] > 0 and row["samples_per_s_uncached"] > 0
