@@ -11,10 +11,13 @@ does not depend on training), and md4's `block` sampler with `--steps`
 steps per block, once with `kv_cache=True` and once with False. Both are
 compiled and drawn once untimed; then `--rounds` rounds each draw one
 batch of both, alternating (the order swapped every round), so that load
-changes reach both alike. Reported: samples/s of each, their ratio (cached
-over uncached, same run), network calls per sample, whether the two drew
-the same samples (they must: the cache changes the order of the
-arithmetic, not the math), the date, machine and load average.
+changes reach both alike; both draw with the same key in a round.
+`--warmup=0` skips the untimed draw (compilation is timed apart anyway;
+for runs where one uncached sample takes minutes). Reported: samples/s of
+each, their ratio (cached over uncached, same run), network calls per
+sample, whether the two drew the same samples in every draw (they must:
+the cache changes the order of the arithmetic, not the math), the date,
+machine and load average.
 
 `--dry_run` runs the same code at tiny shapes (the `tiny` text8 block
 diffusion config, L = 16 and 32) for the tests.
@@ -59,6 +62,7 @@ _BLOCK_SIZES = flags.DEFINE_list("block_sizes", ["4", "16"], "Block sizes.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Denoising steps per block.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Samples per call.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternating timed rounds.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed draws of each first.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Tiny shapes (text8 tiny config, L = 16, 32)."
@@ -91,7 +95,9 @@ def compiled(model, params, settings, batch: int):
   return lambda rng: jax.block_until_ready(fn(params, rng))
 
 
-def run_one(config_arg, length, block_size, steps, batch, rounds) -> dict:
+def run_one(
+    config_arg, length, block_size, steps, batch, rounds, warmup
+) -> dict:
   """Cached against uncached at one length and block size (docstring)."""
   config, model, params = model_at(config_arg, length, block_size)
   entry = sampling.get("block")
@@ -102,20 +108,30 @@ def run_one(config_arg, length, block_size, steps, batch, rounds) -> dict:
     start = time.perf_counter()
     runs[cache] = compiled(model, params, settings, batch)
     compile_s[cache] = time.perf_counter() - start
-  first = {cache: runs[cache](jax.random.key(1)) for cache in runs}  # untimed
-  same = bool(
-      np.array_equal(
-          np.asarray(first[True].samples), np.asarray(first[False].samples)
-      )
-  )
+  same = True
+  calls = {}
+
+  def compare(drawn):
+    calls.update({c: int(d.network_calls) for c, d in drawn.items()})
+    return np.array_equal(
+        np.asarray(drawn[True].samples), np.asarray(drawn[False].samples)
+    )
+
+  for w in range(warmup):  # untimed
+    key = jax.random.fold_in(jax.random.key(1), w)
+    same &= compare({cache: runs[cache](key) for cache in runs})
   seconds = {True: 0.0, False: 0.0}
   loads = []
   for r in range(rounds):
     loads.append(os.getloadavg()[0])
+    key = jax.random.fold_in(jax.random.key(2), r)
+    drawn = {}
     for cache in (True, False) if r % 2 == 0 else (False, True):
       start = time.perf_counter()
-      runs[cache](jax.random.fold_in(jax.random.key(2), r))
+      drawn[cache] = runs[cache](key)
       seconds[cache] += time.perf_counter() - start
+    same &= compare(drawn)
+  same = bool(same)
   rate = {c: batch * rounds / seconds[c] for c in seconds}
   row = {
       "length": length,
@@ -130,8 +146,8 @@ def run_one(config_arg, length, block_size, steps, batch, rounds) -> dict:
       "samples_per_s_cached": rate[True],
       "samples_per_s_uncached": rate[False],
       "speedup": rate[True] / rate[False],
-      "calls_cached": int(first[True].network_calls),
-      "calls_uncached": int(first[False].network_calls),
+      "calls_cached": calls[True],
+      "calls_uncached": calls[False],
       "same_samples": same,
       "compile_s": {"cached": compile_s[True], "uncached": compile_s[False]},
       "load": [min(loads), max(loads)],
@@ -190,6 +206,7 @@ def main(argv):
               _STEPS.value,
               _BATCH.value,
               _ROUNDS.value,
+              _WARMUP.value,
           )
       )
   result["load_end"] = os.getloadavg()[0]
