@@ -8,6 +8,8 @@ r"""Draws samples from a trained run's checkpoint (EMA parameters).
   python -m md4.sample --workdir=./expt/ar_text8 --temperature=0.9
   python -m md4.sample --workdir=./expt/digits --reconstruct_from=test \
       --reconstruct_t=0.5
+  python -m md4.sample --workdir=./expt/owt --blocks=8 --length=2048 \
+      --stride=512 --stop_at_eos --min_length=64
 
 Writes into --output_dir (default <workdir>/samples/<sampler>_step<N>_seed<S>)
 the samples (PNG grid, or .txt and .jsonl; and .npy), `summary.json`
@@ -16,6 +18,16 @@ and a strip image of the denoising. --reconstruct_from=SPLIT masks that
 split's first examples forward to --reconstruct_t with the model's schedule
 and denoises them from there, writing originals, noised inputs and
 reconstructions and the share of tokens recovered.
+
+Semi-autoregressive text (`md4.sampling.semi_ar`, unmasking processes and
+samplers that keep given tokens): --blocks=K or --block_length=B draws each
+window block by block, left to right; --length=N (> L) with --stride=S
+draws N tokens in windows of L that each add S. --stop_at_eos cuts each
+text at its first end-of-text token (.txt/.jsonl hold the cut texts,
+samples.npy the full tokens and samples_lengths.npy the cut lengths);
+--min_length=M forbids end-of-text in the first M tokens. These flags read
+the data set's facts (tokenizer, end-of-text id) and check them before the
+restore.
 
 The sampler defaults to config.train.sampler, else the process's own
 default (D3PM: its reverse chain; autoregressive: left to right). Each
@@ -48,11 +60,13 @@ from md4 import judge as judge_lib
 from md4 import run as run_lib
 from md4 import sample_writing
 from md4 import sampling
+from md4.data import pipelines
 from md4.diffusion import process as process_lib
 from md4.sampling import known_tokens
 from md4.sampling import core
 from md4.sampling import drawing
 from md4.sampling import reconstruction
+from md4.sampling import semi_ar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +99,19 @@ class Request:
   reconstruct_from: str | None = None  # A split: reconstruct its examples.
   reconstruct_t: float = 0.5  # The time they are masked to.
   judge: str | None = None  # GPT-2 directory or autoregressive workdir.
+  blocks: int | None = None  # K blocks per window, left to right.
+  block_length: int | None = None  # Or B = L / K tokens per block.
+  length: int | None = None  # N tokens per text; None = L.
+  stride: int | None = None  # New tokens per window; None = L // 2.
+  stop_at_eos: bool = False  # Cut texts at their first end-of-text.
+  min_length: int = 0  # No end-of-text in the first M tokens.
 
 
 # -------------------------------------------------------------- logic -----
 
 
-def known_for(request: Request, run: run_lib.RestoredRun):
-  """Known tokens from the prompt, infilling template or mask, or None."""
-  info = run.setup.datasets.info
-  dataset = run.config.data.dataset
+def _conditions(request: Request) -> dict[str, str]:
+  """The given --prompt, --infill, --inpaint (at most one)."""
   given = {
       name: value
       for name, value in (
@@ -108,6 +126,39 @@ def known_for(request: Request, run: run_lib.RestoredRun):
         "give at most one of --prompt, --infill, --inpaint; "
         f"got {', '.join('--' + k for k in given)}."
     )
+  return given
+
+
+def text_known_for(
+    request: Request, info, dataset: str, length: int, length_flag: str
+):
+  """Known tokens [B, length] of --prompt/--infill, or None."""
+  given = _conditions(request)
+  if not given:
+    return None
+  if info.kind != "text":
+    raise ValueError(
+        f"--prompt/--infill need a text data set, not {dataset}; use --inpaint."
+    )
+  ((flag, template),) = given.items()
+  known = known_tokens.text_known(
+      template,
+      known_tokens.encoder(info, dataset),
+      length,
+      request.num_samples,
+      length_flag,
+  )
+  known_tokens.check_known_tokens(
+      known, info.vocab_size, f"--{flag}={template!r}"
+  )
+  return known
+
+
+def known_for(request: Request, run: run_lib.RestoredRun):
+  """Known tokens from the prompt, infilling template or mask, or None."""
+  info = run.setup.datasets.info
+  dataset = run.config.data.dataset
+  given = _conditions(request)
   if not given:
     return None
   if "inpaint" in given:
@@ -125,21 +176,9 @@ def known_for(request: Request, run: run_lib.RestoredRun):
         known, info.vocab_size, f"--inpaint_split={split!r}"
     )
     return known
-  if info.kind != "text":
-    raise ValueError(
-        f"--prompt/--infill need a text data set, not {dataset}; use --inpaint."
-    )
-  ((flag, template),) = given.items()
-  known = known_tokens.text_known(
-      template,
-      known_tokens.encoder(info, dataset),
-      info.data_shape[0],
-      request.num_samples,
+  return text_known_for(
+      request, info, dataset, info.data_shape[0], "config.data.data_shape"
   )
-  known_tokens.check_known_tokens(
-      known, info.vocab_size, f"--{flag}={template!r}"
-  )
-  return known
 
 
 def sampler_of(request: Request, config) -> sampling.Sampler:
@@ -205,7 +244,133 @@ def sampler_of(request: Request, config) -> sampling.Sampler:
             f"--{flag}."
         )
   settings_for(request, entry, config).validate()
+  plan_of(request, config, entry)
   return entry
+
+
+# ----------------------------------------- semi-autoregressive text -----
+
+_PLAN_FLAGS = ("blocks", "block_length", "length", "stride", "min_length")
+
+
+def _given_flags(request: Request, names) -> list[str]:
+  """The flags among `names` given (not at their defaults)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(Request)}
+  return [n for n in names if getattr(request, n) != defaults[n]]
+
+
+def plan_of(
+    request: Request, config, entry: sampling.Sampler
+) -> semi_ar.Plan | None:
+  """The windows and blocks of the flags, or None; checked from config.json.
+
+  Raises a ValueError naming the flag for image data, a sampler or process
+  that cannot keep given (or held-masked) tokens, a block size that does
+  not divide L, a stride that cannot reach --length, and flags that clash.
+  """
+  plan_flags = _given_flags(request, _PLAN_FLAGS)
+  text_flags = plan_flags + _given_flags(request, ("stop_at_eos",))
+  if not text_flags:
+    return None
+  flag = text_flags[0]
+  shape = tuple(config.data.data_shape)
+  if len(shape) != 1:
+    raise ValueError(
+        f"--{flag} needs text data (sequences of one length), but"
+        f" config.data.dataset={config.data.dataset!r} has examples of shape"
+        f" {shape}; drop --{flag}."
+    )
+  if request.reconstruct_from is not None:
+    raise ValueError(
+        f"--{flag} does not apply with --reconstruct_from, which denoises"
+        f" given examples in one call; drop --{flag}."
+    )
+  if not plan_flags:
+    return None
+  flag = plan_flags[0]
+  process = diffusion.from_config(config)
+  if not entry.known_tokens:
+    raise ValueError(
+        f"--{flag} does not apply to --sampler={entry.name} (config.model."
+        f"process={process.name!r}): semi-autoregressive sampling gives each"
+        f" call the tokens drawn before, and --sampler={entry.name} cannot"
+        f" keep given tokens. Drop --{flag}."
+    )
+  reason = process_lib.reason_missing(
+      process, process_lib.UNMASKING, f"--{flag}", f"Drop --{flag}."
+  )
+  if reason:
+    raise ValueError(reason)
+  if request.history:
+    raise ValueError(
+        f"--history records one sampler call, but --{flag} draws each text"
+        f" in several; drop --history (or --{flag})."
+    )
+  return semi_ar.plan_for(
+      shape[0],
+      blocks=request.blocks,
+      block_length=request.block_length,
+      length=request.length,
+      stride=request.stride,
+      min_length=request.min_length,
+  )
+
+
+def end_of_text_id(info, dataset: str, flag: str) -> int:
+  """The data set's end-of-text id (`DataInfo.separator_id`), or an error."""
+  if info.separator_id is None:
+    raise ValueError(
+        f"{flag} needs an end-of-text token, but the {dataset} data set has"
+        " none (DataInfo.separator_id: prepared corpora record GPT-2's"
+        f" end-of-text in their metadata.json); drop {flag}."
+    )
+  return int(info.separator_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPlan:
+  """What the semi-autoregressive and end-of-text flags settled.
+
+  Attributes:
+    plan: the windows and blocks, with the end-of-text id; None when only
+      --stop_at_eos was given.
+    end_id: the end-of-text id, or None.
+    known: given tokens laid out on --length positions, or None (then
+      `known_for` lays them out after the restore).
+  """
+
+  plan: semi_ar.Plan | None
+  end_id: int | None
+  known: core.Known | None
+
+
+def text_plan(request: Request, config, entry) -> TextPlan | None:
+  """The data facts the new flags need, read and checked before the restore.
+
+  Loads only the data set's `DataInfo` (`pipelines.load_info`): the
+  tokenizer lays a prompt out on --length positions (so a prompt longer
+  than --length fails here) and gives the end-of-text id.
+  """
+  plan = plan_of(request, config, entry)
+  if plan is None and not request.stop_at_eos:
+    return None
+  info = pipelines.load_info(config.data)
+  dataset = config.data.dataset
+  end_id = None
+  for flag, wanted in (
+      ("--stop_at_eos", request.stop_at_eos),
+      (f"--min_length={request.min_length}", request.min_length > 0),
+  ):
+    if wanted:
+      end_id = end_of_text_id(info, dataset, flag)
+  known = None
+  if plan is not None:
+    plan = dataclasses.replace(plan, end_id=end_id)
+    if request.length is not None:
+      known = text_known_for(
+          request, info, dataset, plan.text_length, "--length"
+      )
+  return TextPlan(plan, end_id, known)
 
 
 def settings_for(
@@ -276,6 +441,8 @@ def sample_to_files(request: Request) -> dict:
   config = run_lib.load_config(request.workdir, request.overrides)
   entry = sampler_of(request, config)  # Checked before the slow restore.
   settings = settings_for(request, entry, config)
+  texts = text_plan(request, config, entry)
+  plan = texts.plan if texts else None
   request = dataclasses.replace(request, sampler=entry.name)
   if jax.process_index() == 0:
     sample_writing.check_output_dir(
@@ -302,7 +469,9 @@ def sample_to_files(request: Request) -> dict:
       )
     judge = judge_lib.load_judge(request.judge)
   rebuilt = known = None
-  if request.reconstruct_from is None:
+  if texts is not None and texts.known is not None:
+    known = texts.known
+  elif request.reconstruct_from is None:
     known = known_for(request, run)
   with jax.set_mesh(run.setup.mesh), nn.logical_axis_rules(run.setup.rules):
     if request.reconstruct_from is not None:
@@ -320,7 +489,13 @@ def sample_to_files(request: Request) -> dict:
           known=known,
           label=request.label,
           guidance=request.guidance,
+          plan=plan,
       )
+  lengths = None
+  if request.stop_at_eos:
+    lengths = semi_ar.end_lengths(
+        drawn.samples, texts.end_id, None if known is None else known.mask
+    )
   summary = {
       "request": dataclasses.asdict(request),
       "checkpoint_step": run.step,
@@ -330,6 +505,23 @@ def sample_to_files(request: Request) -> dict:
       "seconds": drawn.seconds,
       "compile_seconds": drawn.compile_seconds,
   }
+  if plan is not None:
+    summary["semi_autoregressive"] = {
+        "blocks": plan.num_blocks,
+        "block_length": plan.block_length,
+        "steps_per_block": getattr(
+            semi_ar.block_settings(settings, plan.num_blocks), "num_steps", None
+        ),
+        "length": plan.text_length,
+        "stride": plan.stride,
+        "windows": plan.num_windows,
+        "min_length": plan.min_length,
+    }
+  if lengths is not None:
+    summary["lengths"] = {
+        "end_of_text_id": texts.end_id,
+        **semi_ar.length_summary(lengths, drawn.samples.shape[1]),
+    }
   if rebuilt is not None:
     summary["reconstruction"] = {
         "split": request.reconstruct_from,
@@ -356,6 +548,7 @@ def sample_to_files(request: Request) -> dict:
         info,
         known=known,
         prompt=request.prompt or request.infill or "",
+        lengths=lengths,
     )
   if drawn.history is not None:
     paths += sample_writing.write_history(out, drawn.history, info)
@@ -481,6 +674,39 @@ def define_flags() -> None:
       "Face directory or an autoregressive md4 workdir, and unigram entropy "
       "(md4.judge); written as judged_<judge>.json.",
   )
+  flags.DEFINE_integer(
+      "blocks",
+      None,
+      "Semi-autoregressive: draw each window in K blocks left to right (K "
+      "divides the sequence length; --steps // K steps each).",
+  )
+  flags.DEFINE_integer(
+      "block_length",
+      None,
+      "Or give the tokens per block B (dividing the sequence length).",
+  )
+  flags.DEFINE_integer(
+      "length",
+      None,
+      "Tokens per text; more than the sequence length L draws windows of L "
+      "that each add --stride tokens; fewer truncates.",
+  )
+  flags.DEFINE_integer(
+      "stride",
+      None,
+      "New tokens per window with --length > L, in [1, L]; default L // 2.",
+  )
+  flags.DEFINE_bool(
+      "stop_at_eos",
+      False,
+      "Cut each text at its first end-of-text token (the data set's "
+      "separator); summary.json gets the length distribution.",
+  )
+  flags.DEFINE_integer(
+      "min_length",
+      0,
+      "No end-of-text token in the first N tokens of each text.",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -514,6 +740,12 @@ def request_from_flags() -> Request:
       reconstruct_from=f.reconstruct_from,
       reconstruct_t=f.reconstruct_t,
       judge=f.judge,
+      blocks=f.blocks,
+      block_length=f.block_length,
+      length=f.length,
+      stride=f.stride,
+      stop_at_eos=f.stop_at_eos,
+      min_length=f.min_length,
   )
 
 
@@ -546,6 +778,13 @@ def main(argv):
         "to:"
     )
   print("\n".join(f"  {p}" for p in summary.get("files", [])))
+  if "lengths" in summary:
+    n = summary["lengths"]
+    print(
+        f"Cut at the first end-of-text: lengths {n['min']} to {n['max']} "
+        f"(median {n['median']:g}, mean {n['mean']:.1f}); "
+        f"{n['no_end_of_text']} without one."
+    )
   if "judged" in summary:
     print(judge_lib.summary_line(summary["judged"]))
 

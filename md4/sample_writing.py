@@ -9,6 +9,9 @@ becomes `samples/step_<N>.txt`, one decoded sample per paragraph.
   unknown ones in the mask colour), `samples.npy`;
 * text: `samples.txt` (paragraphs), `samples.jsonl` (one object per sample:
   index, text, tokens, and the prompt when there is one), `samples.npy`;
+  texts cut at their end-of-text (`md4.sample --stop_at_eos`) hold only the
+  tokens before the cut in .txt and .jsonl (with `length`), while
+  `samples.npy` keeps every token and `samples_lengths.npy` the lengths;
 * `--reconstruct_from`: the same three kinds of file for `originals`,
   `noised` (masked tokens in `MASK_COLOR` or as the unknown character) and
   `reconstructions` instead of `samples`;
@@ -178,15 +181,22 @@ def write_sample_files(
     known=None,
     prompt: str = "",
     name: str = "samples",
+    lengths: np.ndarray | None = None,
 ) -> list[str]:
   """Writes md4.sample's outputs (see the module docstring); their paths.
 
   Files are called `<name>.npy`, `<name>.png` or `<name>.txt` and
   `<name>.jsonl`; tokens equal to the mask id (V) are drawn masked.
+  `lengths` (int [N], text only) cuts sample i to its first lengths[i]
+  tokens in .txt and .jsonl and is saved as `<name>_lengths.npy`.
   """
   os.makedirs(directory, exist_ok=True)
   paths = [os.path.join(directory, f"{name}.npy")]
   np.save(paths[0], samples)
+  if lengths is not None:
+    paths.append(os.path.join(directory, f"{name}_lengths.npy"))
+    np.save(paths[-1], np.asarray(lengths, np.int32))
+    samples = [s[:n] for s, n in zip(np.asarray(samples), lengths)]
   if info.kind == "image":
     paths.append(os.path.join(directory, f"{name}.png"))
     masked = (np.asarray(samples) >= info.vocab_size).any()
@@ -213,6 +223,8 @@ def write_sample_files(
           "text": text,
           "tokens": np.asarray(tokens).reshape(-1).tolist(),
       }
+      if lengths is not None:
+        record["length"] = len(record["tokens"])
       if prompt:
         record["prompt"] = prompt
       f.write(json.dumps(record) + "\n")
