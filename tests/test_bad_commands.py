@@ -176,6 +176,15 @@ CASES = {
         subprocess_command("--workdir={env.tmp}", module="md4.sample"),
         "Give the workdir of a training run.",
     ),
+    "md4.sample: semi-autoregressive flags on images": Case(
+        subprocess_command(
+            "--workdir={env.workdir}",
+            "--block_length=4",
+            "--length=100",
+            module="md4.sample",
+        ),
+        "drop --block_length.",
+    ),
     "md4.evaluate process": Case(
         subprocess_command("--workdir={env.tmp}", module="md4.evaluate"),
         "Give the workdir of a training run.",

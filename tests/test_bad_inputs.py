@@ -482,6 +482,10 @@ CASES = {
     "sample: zero steps": Case(
         sample(steps=0), "or drop --steps for config.train.sample_steps."
     ),
+    "sample: stop at end of text on images": Case(
+        sample(stop_at_eos=True), "drop --stop_at_eos."
+    ),
+    "sample: blocks on images": Case(sample(blocks=2), "drop --blocks."),
     "sample: label of an unconditional model": Case(
         sample(label=3), "drop --label."
     ),
