@@ -17,7 +17,9 @@ a generated position (variable-length generation: `md4.sample
 --stop_at_eos`); blocks never generated stay masked, after the stop.
 
 Network calls per batch: (T + 1) per block, plus one per block for the
-cache.
+cache. A block whose every token is given (a prompt's, or a window's
+overlap in `--length` generation) takes no denoising steps: only its cache
+call.
 """
 
 import dataclasses
@@ -134,16 +136,20 @@ def sample_block(
       )
       return core.keep_known(block, block_known)
 
-    block = jax.lax.fori_loop(0, num_steps, step, block)
-    log_mu = block_log_mu(z, block, start, cache, 0.0 * ones)
-    block = core.keep_known(
-        core.fill(
-            jax.random.fold_in(block_rng, num_steps), block, log_mu, mask_id
-        ),
-        block_known,
-    )
+    def denoise_block(block):
+      block = jax.lax.fori_loop(0, num_steps, step, block)
+      log_mu = block_log_mu(z, block, start, cache, 0.0 * ones)
+      return core.keep_known(
+          core.fill(
+              jax.random.fold_in(block_rng, num_steps), block, log_mu, mask_id
+          ),
+          block_known,
+      )
+
+    given = jnp.all(block_known.mask)  # e.g. a prompt's blocks: no steps
+    block = jax.lax.cond(given, lambda b: b, denoise_block, block)
     z = jax.lax.dynamic_update_slice_in_dim(z, block, start, axis=1)
-    calls = calls + num_steps + 1
+    calls = calls + jnp.where(given, 0, num_steps + 1)
     if settings.kv_cache:
       _, block_kv = reverse.network(block, 0.0 * ones, cache=cache, start=start)
       cache = block_attention.write(cache, block_kv, start)
