@@ -11,7 +11,8 @@ r"""Draws samples from a trained run's checkpoint (EMA parameters).
   python -m md4.sample --workdir=./expt/owt --blocks=8 --length=2048 \
       --stride=512 --stop_at_eos --min_length=64
 
-Writes into --output_dir (default <workdir>/samples/<sampler>_step<N>_seed<S>)
+Writes into --output_dir (default <workdir>/samples/<sampler>_step<N>_seed<S>,
+with e.g. `_blocks8_length1024` appended for the semi-autoregressive flags)
 the samples (PNG grid, or .txt and .jsonl; and .npy), `summary.json`
 (settings, network calls per sample, samples/s) and, with --history, a GIF
 and a strip image of the denoising. --reconstruct_from=SPLIT masks that
@@ -354,6 +355,8 @@ def text_plan(request: Request, config, entry) -> TextPlan | None:
   plan = plan_of(request, config, entry)
   if plan is None and not request.stop_at_eos:
     return None
+  if not (request.stop_at_eos or request.min_length or request.length):
+    return TextPlan(plan, None, None)  # --blocks alone: no data facts.
   info = pipelines.load_info(config.data)
   dataset = config.data.dataset
   end_id = None
@@ -428,6 +431,10 @@ def _output_dir(request: Request, run: run_lib.RestoredRun) -> str:
         f"reconstruct_{request.reconstruct_from}_t"
         f"{request.reconstruct_t:g}_{name}"
     )
+  # Semi-autoregressive and end-of-text samples do not overwrite plain ones.
+  for flag in _given_flags(request, _PLAN_FLAGS + ("stop_at_eos",)):
+    value = getattr(request, flag)
+    name += f"_{flag}" if value is True else f"_{flag}{value}"
   return os.path.join(run.workdir, sample_writing.SAMPLE_DIR, name)
 
 
