@@ -9,7 +9,6 @@ bad combination before the restore, on workdirs that hold only config.json.
 """
 
 import dataclasses
-import functools
 import itertools
 import json
 import math
