@@ -261,30 +261,26 @@ def test_each_window_is_given_the_previous_window_s_last_tokens():
   seen = []
   reverse = oracle_reverse(record=lambda z: seen.append(z))
   plan = semi_ar.plan_for(kd.LENGTH, length=12, stride=3)
-  samples, calls = generate(reverse, "cached", plan, 4, num_steps=20)
+  steps = 4  # ancestral: steps + 1 calls per window, so call c is window c // 5
+  samples, calls = generate(reverse, "ancestral", plan, 4, num_steps=steps)
   assert samples.shape == (4, 12) and (samples < kd.VOCAB).all()
-  assert calls == len(seen)
+  windows = 1 + math.ceil((12 - kd.LENGTH) / 3)  # 4: 5 + 3 + 3 + 1 tokens
+  assert calls == len(seen) == windows * (steps + 1)
   keep = kd.LENGTH - 3
-  windows = [0]
-  for z in map(np.asarray, seen):
-    if (z[:, :keep] != kd.VOCAB).all():  # a later window: find its start
-      starts = [
-          w * 3
-          for w in range(1, plan.num_windows)
-          if (z[:, :keep] == samples[:, w * 3 : w * 3 + keep]).all()
-      ]
-      assert starts, z
-      windows.append(max(starts[-1], windows[-1]))
-    else:
-      assert windows[-1] == 0
-    start = windows[-1]
+  for c, z in enumerate(map(np.asarray, seen)):
+    start = (c // (steps + 1)) * 3
     end = min(start + kd.LENGTH, 12)
+    if start:  # the previous window's last L - S tokens, given
+      np.testing.assert_array_equal(
+          z[:, :keep], samples[:, start : start + keep]
+      )
     shown = z[:, : end - start] != kd.VOCAB
     np.testing.assert_array_equal(
         z[:, : end - start][shown], samples[:, start:end][shown]
     )
     assert (z[:, end - start :] == kd.VOCAB).all()  # past --length: masked
-  assert windows[-1] == 9  # 5 + 3 + 3 + 1: the last window keeps 1
+    if c % (steps + 1) == 0:  # a window's first call: its new part masked
+      assert (z[:, keep if start else 0 : end - start] == kd.VOCAB).all()
 
 
 def markov_log_probs(length: int, min_length=0, end=None) -> dict:
