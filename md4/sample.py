@@ -297,11 +297,24 @@ def plan_of(
         f" call the tokens drawn before, and --sampler={entry.name} cannot"
         f" keep given tokens. Drop --{flag}."
     )
-  reason = process_lib.reason_missing(
-      process, process_lib.UNMASKING, f"--{flag}", f"Drop --{flag}."
-  )
-  if reason:
-    raise ValueError(reason)
+  if process_lib.BLOCKS in process.capabilities:
+    # Block diffusion generates block by block already, and its sampler
+    # reads the network itself; windows (--length) keep the tokens before.
+    for own in ("blocks", "block_length", "min_length"):
+      if own in plan_flags:
+        raise ValueError(
+            f"--{own} does not apply to config.model.process="
+            f"{process.name!r}: it generates block by block already "
+            f"(config.model.{process.name}.block_size="
+            f"{process.block_size}), and its sampler reads the network "
+            f"directly. Drop --{own}; --length and --stride apply."
+        )
+  else:
+    reason = process_lib.reason_missing(
+        process, process_lib.UNMASKING, f"--{flag}", f"Drop --{flag}."
+    )
+    if reason:
+      raise ValueError(reason)
   if request.history:
     raise ValueError(
         f"--history records one sampler call, but --{flag} draws each text"
@@ -450,6 +463,13 @@ def sample_to_files(request: Request) -> dict:
   settings = settings_for(request, entry, config)
   texts = text_plan(request, config, entry)
   plan = texts.plan if texts else None
+  if (
+      texts is not None
+      and texts.end_id is not None
+      and "stop_token" in entry.setting_names
+      and "stop_token" not in dict(request.own_settings)
+  ):  # The block sampler stops once every sample has ended.
+    settings = dataclasses.replace(settings, stop_token=texts.end_id)
   request = dataclasses.replace(request, sampler=entry.name)
   if jax.process_index() == 0:
     sample_writing.check_output_dir(

@@ -402,3 +402,32 @@ def test_block_diffusion_run_trains_evaluates_and_samples(
         )
     )
   assert not os.path.exists(tmp_path / "no")
+  with pytest.raises(ValueError, match="--blocks does not apply to config"):
+    sample_command.sample_to_files(
+        sample_command.Request(
+            workdir=workdir, output_dir=str(tmp_path / "no"), blocks=2
+        )
+    )
+  assert not os.path.exists(tmp_path / "no")
+  # Longer than L: MDLM-style windows, each keeping the last L - S tokens.
+  longer = str(tmp_path / "longer")
+  summary = sample_command.sample_to_files(
+      sample_command.Request(
+          workdir=workdir,
+          output_dir=longer,
+          num_samples=2,
+          batch_size=2,
+          steps=2,
+          prompt="the ",
+          length=length + 16,
+          stride=8,
+      )
+  )
+  with open(os.path.join(longer, "samples.jsonl")) as f:
+    texts = [json.loads(line)["text"] for line in f]
+  assert [len(t) for t in texts] == [length + 16] * 2
+  assert all(t.startswith("the ") for t in texts)
+  # Window 0 denoises every block; windows 1 and 2 only their last one
+  # (blocks given whole are skipped); each window appends every block.
+  blocks = length // 8
+  assert summary["network_calls_per_sample"] == (blocks + 2) * 3 + 3 * blocks
