@@ -29,7 +29,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -181,8 +180,9 @@ def main(argv):
   for length in lengths:
     for size in sizes:
       if length % size:
-        raise app.UsageError(
-            f"--block_sizes={size} does not divide --lengths={length}."
+        raise ValueError(
+            f"--block_sizes={size} does not divide --lengths={length}; "
+            "give block sizes that divide every length."
         )
   result = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -258,6 +258,11 @@ CASES = {
         "give a GPT-2 directory in the Hugging Face layout or an"
         " autoregressive md4 run's workdir.",
     ),
+    "block_sampling benchmark: block size not dividing the length": Case(
+        benchmark("block_sampling.py", "--lengths=256", "--block_sizes=5"),
+        "--block_sizes=5 does not divide --lengths=256; give block sizes"
+        " that divide every length.",
+    ),
     # A disk that fills during a save.
     "disk full during a checkpoint save": Case(
         disk_full_during_save,
