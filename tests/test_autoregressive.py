@@ -8,7 +8,7 @@ import json
 import os
 
 import flax.linen as nn
-import generated_data
+import text_runs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +21,6 @@ from md4 import model as model_lib
 from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sampling
-from md4 import train
 from md4.diffusion import autoregressive
 from md4.networks import lean_attention
 from md4.sampling import core
@@ -37,18 +36,7 @@ def tiny_ar_config(length: int = 12, vocab_size: int = 7):
   return config
 
 
-def random_variables(model, seed: int = 0):
-  """The model's variables with every leaf random (no zero-initialised
-  gates: a zero gate would hide what attention does)."""
-  variables = model_lib.init_variables(
-      model, jax.random.key(seed), batch_size=2, unbox=True
-  )
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [
-      0.3 * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)
-  ]
-  return jax.tree.unflatten(tree, leaves)
+random_variables = text_runs.random_variables
 
 
 # -------------------------------------------------------- likelihood ------
@@ -246,17 +234,7 @@ def test_settings_of_the_autoregressive_sampler_are_checked():
 def trained_ar(tmp_path_factory):
   """A tiny autoregressive text8 run trained by train_and_evaluate."""
   root = tmp_path_factory.mktemp("ar")
-  data_dir = str(root / "data")
-  generated_data.write_text8(data_dir)
-  config = config_recipes.load_file(AR_TEXT8, "tiny")
-  config.data.data_dir = data_dir
-  config.train.num_steps = 6
-  config.train.eval_every = config.train.checkpoint_every = 6
-  config.train.sample_every = 6
-  config.train.eval_max_batches = 1
-  workdir = str(root / "run")
-  result = train.train_and_evaluate(config, workdir)
-  return workdir, result
+  return text_runs.train_tiny_text8(root, AR_TEXT8, "tiny")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import itertools
 import json
 import os
 
-import generated_data
+import text_runs
 import jax
 import jax.numpy as jnp
 import known_distribution as kd
@@ -21,7 +21,6 @@ from md4 import model as model_lib
 from md4 import run as run_lib
 from md4 import sample as sample_command
 from md4 import sampling
-from md4 import train
 from md4.diffusion import block_diffusion
 from md4.networks import block_attention
 from md4.sampling import core
@@ -39,17 +38,7 @@ def tiny_config(block_size: int, length: int = 16, path: str = BD_TEXT8):
   return config
 
 
-def random_variables(model, seed: int = 0):
-  """Every leaf random: zero-initialised gates would hide attention."""
-  variables = model_lib.init_variables(
-      model, jax.random.key(seed), batch_size=2, unbox=True
-  )
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [
-      0.3 * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)
-  ]
-  return jax.tree.unflatten(tree, leaves)
+random_variables = text_runs.random_variables
 
 
 # --------------------------------------------------------------- mask -----
@@ -349,17 +338,7 @@ def test_sampler_settings_are_checked():
 def trained_block(tmp_path_factory):
   """A tiny block diffusion text8 run trained by train_and_evaluate."""
   root = tmp_path_factory.mktemp("block")
-  data_dir = str(root / "data")
-  generated_data.write_text8(data_dir)
-  config = config_recipes.load_file(BD_TEXT8, "tiny,8")
-  config.data.data_dir = data_dir
-  config.train.num_steps = 6
-  config.train.eval_every = config.train.checkpoint_every = 6
-  config.train.sample_every = 6
-  config.train.eval_max_batches = 1
-  workdir = str(root / "run")
-  result = train.train_and_evaluate(config, workdir)
-  return workdir, result
+  return text_runs.train_tiny_text8(root, BD_TEXT8, "tiny,8")
 
 
 @pytest.mark.slow

@@ -156,12 +156,7 @@ class BlockDiffusion(process_lib.Process):
           f"0 <= clip_min < clip_max <= 1, got {self.clip_min} and "
           f"{self.clip_max}."
       )
-    try:
-      schedules.MaskingSchedule(self.schedule, self.eps)
-    except ValueError as e:
-      raise ValueError(
-          str(e).replace("config.model.", "config.model.block_diffusion.")
-      ) from None
+    schedules.checked(self.schedule, self.eps, self.name)
 
   @classmethod
   def check_network(cls, network_config: ml_collections.ConfigDict) -> None:

@@ -206,12 +206,7 @@ class MD4(process_lib.Process):
   supports_loss_mask: ClassVar[bool] = True
 
   def __post_init__(self):
-    try:
-      schedules.MaskingSchedule(self.schedule, self.eps)
-    except ValueError as e:
-      raise ValueError(
-          str(e).replace("config.model.", "config.model.md4.")
-      ) from None
+    schedules.checked(self.schedule, self.eps, self.name)
 
   @property
   def masking(self) -> schedules.MaskingSchedule:

@@ -93,3 +93,14 @@ def _shape_fn(name: str):
       f"config.model.schedule={name!r} is not a masking schedule; valid: "
       f"{', '.join(VALID_NAMES)}."
   )
+
+
+def checked(name: str, eps: float, section: str) -> MaskingSchedule:
+  """The schedule, or its ValueError naming the fields of `section`
+  (e.g. "md4": config.model.md4.schedule)."""
+  try:
+    return MaskingSchedule(name, eps)
+  except ValueError as e:
+    raise ValueError(
+        str(e).replace("config.model.", f"config.model.{section}.")
+    ) from None
