@@ -27,9 +27,15 @@ Deviations, with their reasons:
   the start for the MD4 config's 1M steps, with a fixed interval.
 - BD3-LM keeps the first (BOS) token unmasked (`ignore_bos`); md4's token
   streams have no BOS, so every token is diffused.
-- Optimizer, EMA and schedule of steps are MD4's OpenWebText config's
-  (warm-up 2000, cosine decay, b2 0.999, EMA 0.9999, weight decay 0.03);
-  BD3-LM uses a constant learning rate after 2,500 warm-up steps.
+- Optimizer and schedule of steps are MD4's OpenWebText config's
+  (warm-up 2000 then cosine decay, weight decay 0.03, no gradient
+  clipping); BD3-LM's `configs/config.yaml` has the same learning rate
+  3e-4, b2 0.999 and EMA 0.9999 but weight decay 0, gradient clipping at
+  1.0 and a constant rate after warm-up (`constant_warmup`), kept MD4's so
+  that the families compare under one optimizer.
+- Times: MD4's schedule, alpha in [eps, 1 - eps] with eps = 1e-4 and t in
+  (0, 1]; BD3-LM's log-linear schedule draws masking rates in [1e-3, 1]
+  (`sampling_eps_min`).
 """
 
 from md4 import config_recipes
