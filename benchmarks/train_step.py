@@ -127,12 +127,16 @@ def make_config(shape: str, dtype: str = "float32"):
 # ------------------------------------------- the reference's choices ------
 
 
-def one_hot_target_log_prob(logits, x):
+def one_hot_target_log_prob(logits, x, where=None):
   """The reference's cross-entropy: one-hot x times log_softmax, summed.
+
+  Every position's logits are formed; `where` (md4's skip of unread rows)
+  only zeroes the unread results afterwards, as the reference's mask does.
 
   Args:
     logits: [..., V] float logits.
     x: int targets [...].
+    where: optional bool [...]: the positions the loss reads.
 
   Returns:
     float32 [...].
@@ -140,7 +144,8 @@ def one_hot_target_log_prob(logits, x):
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [..., V]
   one_hot = jax.nn.one_hot(x, logits.shape[-1])  # [..., V]
   picked = jnp.where(one_hot > 0, one_hot * log_p, 0.0)  # [..., V]
-  return jnp.sum(picked, axis=-1)  # [...]
+  log_p_x = jnp.sum(picked, axis=-1)  # [...]
+  return log_p_x if where is None else jnp.where(where, log_p_x, 0.0)
 
 
 def plain_attention(q, k, v, causal=False):

@@ -165,6 +165,93 @@ def test_md4_nelbo_and_gradient_with_chunked_logits_equal_full_reference(
   assert_trees_close(grads, expected_grads)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("chunk", [1, 4, 13])
+@pytest.mark.parametrize("read", ["random", "none", "all", "one"])
+def test_reading_some_rows_gives_their_full_values_and_gradients(
+    monkeypatch, groups, chunk, read
+):
+  # `where` packs the read rows of each group of examples to the front and
+  # skips the chunks past them; the read values and every gradient must be
+  # those of the full log-softmax (unread rows contribute nothing).
+  monkeypatch.setattr(chunked_logits, "sort_groups", lambda batch: groups)
+  f_rng, k_rng, b_rng, x_rng, w_rng, g_rng = jax.random.split(
+      jax.random.key(11), 6
+  )
+  features = jax.random.normal(f_rng, (BATCH, LENGTH, WIDTH))
+  kernel = 0.5 * jax.random.normal(k_rng, (WIDTH, VOCAB))
+  bias = jax.random.normal(b_rng, (VOCAB,))
+  x = jax.random.randint(x_rng, (BATCH, LENGTH), 0, VOCAB)
+  where = {
+      "random": jax.random.bernoulli(w_rng, 0.3, (BATCH, LENGTH)),
+      "none": jnp.zeros((BATCH, LENGTH), bool),
+      "all": jnp.ones((BATCH, LENGTH), bool),
+      "one": jnp.zeros((BATCH, LENGTH), bool).at[2, 11].set(True),
+  }[read]
+  cotangent = jax.random.normal(g_rng, (BATCH, LENGTH))
+
+  def ours(f, k, b):
+    logits = chunked_logits.FactoredLogits(f, k, b, chunk)
+    return chunked_logits.target_log_prob(logits, x, where)
+
+  def theirs(f, k, b):
+    log_p = jax.nn.log_softmax(f @ k + b, axis=-1)
+    picked = jnp.take_along_axis(log_p, x[..., None], axis=-1)[..., 0]
+    return jnp.where(where, picked, 0.0)
+
+  def value_and_vjp(fn):
+    out, vjp = jax.vjp(fn, features, kernel, bias)
+    return out, vjp(cotangent)
+
+  (got, got_grads), (expected, expected_grads) = jax.jit(
+      lambda: (value_and_vjp(ours), value_and_vjp(theirs))
+  )()
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  assert bool(jnp.all(jnp.where(where, True, got == 0.0)))
+  for g, e in zip(got_grads, expected_grads):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+  if read == "none":
+    assert float(jnp.abs(got_grads[1]).max()) == 0.0
+  else:
+    assert float(jnp.abs(expected_grads[1]).max()) > 0
+
+
+def test_reading_some_rows_skips_the_chunks_past_them():
+  # Two examples, chunks of one position (2 rows). The 4 read rows pack
+  # into the first 2 of 5 chunks; the unread rows have NaN features, so a
+  # chunk formed from them would put 0 * NaN = NaN into the kernel's
+  # gradient (as the full computation does). A finite gradient equal to
+  # that of the read rows alone means the 3 chunks past them were skipped.
+  f_rng, k_rng = jax.random.split(jax.random.key(5))
+  where = jnp.zeros((2, 5), bool).at[0, :2].set(True).at[1, ::2].set(True)
+  where = where.at[1, 4].set(False)  # read: (0, 0), (0, 1), (1, 0), (1, 2)
+  features = jax.random.normal(f_rng, (2, 5, 3))
+  features = jnp.where(where[..., None], features, jnp.nan)
+  kernel = jax.random.normal(k_rng, (3, 4))
+  bias = jnp.zeros((4,))
+  x = jnp.arange(10).reshape(2, 5) % 4
+
+  def ours(k):
+    logits = chunked_logits.FactoredLogits(features, k, bias, 1)
+    return chunked_logits.target_log_prob(logits, x, where).sum()
+
+  def read_rows_only(k):
+    log_p = jax.nn.log_softmax(features[where] @ k + bias, axis=-1)
+    return jnp.take_along_axis(log_p, x[where][:, None], axis=-1).sum()
+
+  def full(k):
+    log_p = jax.nn.log_softmax(features @ k + bias, axis=-1)
+    picked = jnp.take_along_axis(log_p, x[..., None], axis=-1)[..., 0]
+    return jnp.where(where, picked, 0.0).sum()
+
+  assert bool(jnp.isnan(jax.grad(full)(kernel)).any())  # the trap works
+  value, grad = jax.value_and_grad(ours)(kernel)
+  expected, expected_grad = jax.value_and_grad(read_rows_only)(kernel)
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  assert bool(jnp.isfinite(grad).all())
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_transformer_training_loss_equals_full_logits_reference():
   # The automatic rule: VOCAB is large enough to chunk, and this batch

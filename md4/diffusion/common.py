@@ -158,8 +158,8 @@ def masked_cross_entropy(
     mask_id: int,
 ) -> jax.Array:
   """sum over masked positions of -log mu[x]; per example [B]."""
-  logp = chunked_logits.target_log_prob(logits, x)  # [B, ...]
   masked = z_t == mask_id
+  logp = chunked_logits.target_log_prob(logits, x, masked)  # [B, ...]
   per_token = jnp.where(masked, -logp, 0.0)
   return per_token.reshape(per_token.shape[0], -1).sum(axis=-1)
 
