@@ -217,9 +217,9 @@ class BlockDiffusion(process_lib.Process):
         clean=x,
         block_size=self.block_size,
     )  # [B, L, V] or FactoredLogits
-    masked = z_t == self.mask_id
-    logp = chunked_logits.target_log_prob(logits, x, masked)  # [B, L]
-    ce = jnp.where(masked, -logp, 0.0)  # [B, L]
+    is_masked = z_t == self.mask_id  # [B, L]
+    logp = chunked_logits.target_log_prob(logits, x, is_masked)  # [B, L]
+    ce = jnp.where(is_masked, -logp, 0.0)  # [B, L]
     loss_diff = (weight * ce).sum(-1)  # [B]
     ones = jnp.ones((batch,), jnp.float32)
     loss_prior = masked.prior_loss(schedule, length, self.vocab_size) * ones
