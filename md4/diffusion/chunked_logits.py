@@ -6,6 +6,12 @@ A denoiser whose last layer is a dense projection to V values can return a
 at a time, in the forward pass and again in the backward pass (a custom
 VJP), so neither the full logits nor their gradient is live at once. The
 math is that of the dense layer followed by a float32 log-softmax.
+
+Given `where` (the positions the loss reads: MD4's masked tokens), only
+those rows are formed: they are packed to the front within each group of
+examples and the chunks past them are skipped, in both passes. At MD4's
+average masking rate of one half that halves the head's work; at the
+OpenWebText vocabulary the head is most of the train step.
 """
 
 import dataclasses
