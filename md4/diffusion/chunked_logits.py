@@ -213,16 +213,12 @@ def factored_target_log_prob(
         f.reshape(groups, -1, dim), order[..., None], axis=1
     )  # [G, N, D]
     targets = jnp.take_along_axis(targets.reshape(groups, -1), order, axis=1)
-  rows = f.shape[1]
-  f_chunks = _in_chunks(f, rows_per_chunk)  # [C, B * chunk, D]
-  num_chunks = f_chunks.shape[0]
-  if where is None:
-    num_live = jnp.int32(num_chunks)
-  else:
-    most = read.sum(axis=1).max()  # the largest group's read rows
-    num_live = -(-most.astype(jnp.int32) // rows_per_chunk)
+  rows = f.shape[1]  # per group
+  # Rows up to the largest group's count of read rows are formed.
+  most = rows if where is None else read.sum(axis=1).max().astype(jnp.int32)
+  num_live = -(-jnp.int32(most) // rows_per_chunk)  # chunks formed
   logp = _chunked_log_prob(
-      f_chunks,
+      _in_chunks(f, rows_per_chunk),  # [C, B * chunk, D]
       logits.kernel,
       logits.bias,
       _in_chunks(targets, rows_per_chunk),
